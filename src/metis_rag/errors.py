@@ -1,0 +1,111 @@
+"""Every error Metis raises on purpose. Each has a stable `code`, an HTTP `status` and a human message.
+
+MetisError
+├── NotFound                      404  not_found (collection, document, conversation, task)
+├── InvalidInput                  422  invalid_input
+│   └── InvalidDocument           422  empty_document | corrupt_document | encrypted_document
+├── UnsupportedMediaType          415  unsupported_media_type
+├── PayloadTooLarge               413  payload_too_large
+├── Conflict                      409  conflict
+├── RateLimited                   429  rate_limited
+├── ProviderError                 502  provider_error (LLM or embedding backend failed)
+│   └── ProviderTimeout           504  provider_timeout
+├── ServiceUnavailable            503  service_unavailable
+└── MissingDependency             500  missing_dependency (an optional extra is not installed)
+
+One handler in `metis_rag.api` turns these into JSON bodies ``{"code", "message"}``;
+anything else becomes a 500 ``internal_error`` with no traceback in the body.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class MetisError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+class NotFound(MetisError):
+    status = 404
+    code = "not_found"
+
+
+class InvalidInput(MetisError):
+    status = 422
+    code = "invalid_input"
+
+
+class InvalidDocument(InvalidInput):
+    """A file we support whose content we cannot use: empty, corrupt or encrypted."""
+
+    code = "corrupt_document"
+
+
+class UnsupportedMediaType(MetisError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class PayloadTooLarge(MetisError):
+    status = 413
+    code = "payload_too_large"
+
+
+class Conflict(MetisError):
+    status = 409
+    code = "conflict"
+
+
+class RateLimited(MetisError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.retry_after_s = retry_after_s
+
+
+class ProviderError(MetisError):
+    status = 502
+    code = "provider_error"
+
+    def __init__(
+        self, message: str, *, upstream_status: int | None = None, retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.upstream_status = upstream_status
+        self.retry_after_s = retry_after_s
+
+
+class ProviderTimeout(ProviderError):
+    status = 504
+    code = "provider_timeout"
+
+
+class ServiceUnavailable(MetisError):
+    status = 503
+    code = "service_unavailable"
+
+
+class MissingDependency(MetisError):
+    code = "missing_dependency"
+
+    def __init__(self, package: str, extra: str) -> None:
+        super().__init__(
+            f"{package} is not installed; run: pip install 'metis-rag[{extra}]'",
+        )

@@ -1,0 +1,46 @@
+"""The `LLM` interface. Backends: Ollama `/api/chat` and OpenAI-compatible `/v1/chat/completions`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass(slots=True)
+class Completion:
+    text: str
+    model: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class LLM(Protocol):
+    """A chat model behind HTTP.
+
+    `complete` returns the whole answer; `stream` yields text deltas as they arrive and, after
+    the last one, nothing more. Both enforce the configured timeouts and raise
+    `ProviderTimeout` or `ProviderError` (with the upstream status and any Retry-After) on
+    failure. `name` is the provider and model, e.g. ``ollama:llama3``.
+    """
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def complete(
+        self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int
+    ) -> Completion: ...
+
+    def stream(
+        self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int
+    ) -> AsyncIterator[str]: ...
