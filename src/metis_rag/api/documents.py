@@ -1,0 +1,181 @@
+"""/api/documents: upload, list, show, replace and delete documents."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from sqlalchemy import select
+from starlette.datastructures import UploadFile
+
+from ..errors import InvalidInput, MetisError
+from ..ingest.pipeline import IngestResult, Upload
+from ..schemas import ChunkOut, DocumentDetail, DocumentOut, Page, UploadResponse, UploadResult
+from ..store import repo
+from ..store.models import Chunk, Collection, Document
+from .deps import ServicesDep
+
+router = APIRouter(prefix="/api", tags=["documents"])
+
+MAX_FILES = 100
+
+_MULTIPART_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "collection": {"type": "string", "default": "default"},
+                        "tags": {"type": "string", "description": "Comma-separated tags."},
+                        "folder": {"type": "string"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+async def _read_form(request: Request) -> tuple[list[tuple[str, bytes]], dict[str, str]]:
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise InvalidInput(
+            "Send the files as multipart/form-data in a field named 'files'.",
+            code="multipart_required",
+        )
+    try:
+        form = await request.form(max_files=MAX_FILES, max_fields=100)
+    except MetisError:
+        raise
+    except Exception as exc:
+        raise InvalidInput(f"The multipart body could not be read: {exc}.",
+                           code="invalid_multipart") from exc
+    files: list[tuple[str, bytes]] = []
+    fields: dict[str, str] = {}
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            files.append((value.filename or "upload", await value.read()))
+            await value.close()
+        else:
+            fields[key] = value
+    if not files:
+        raise InvalidInput("No file was sent: use the multipart field 'files'.", code="no_files")
+    return files, fields
+
+
+def _tags(raw: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in raw.split(",") if t.strip())
+
+
+def _result(r: IngestResult) -> UploadResult:
+    return UploadResult(filename=r.filename, status=r.status, document_id=r.document_id,
+                        chunks=r.chunks, error=r.error)  # type: ignore[arg-type]
+
+
+@router.post(
+    "/documents",
+    response_model=UploadResponse,
+    status_code=201,
+    openapi_extra=_MULTIPART_SCHEMA,
+    summary="Upload one or many files (all-or-nothing)",
+)
+async def upload_documents(request: Request, services: ServicesDep) -> Any:
+    started = time.perf_counter()
+    files, fields = await _read_form(request)
+    collection = fields.get("collection") or services.settings.default_collection
+    repo.check_collection_name(collection)
+    uploads = [
+        Upload(name, data, folder=fields.get("folder", ""), tags=_tags(fields.get("tags", "")))
+        for name, data in files
+    ]
+    report = await services.ingestor.ingest(uploads, collection)
+    await services.vectors.flush()
+    body = UploadResponse(
+        collection=collection,
+        results=[_result(r) for r in report.results],
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    created = any(r.status in ("created", "replaced") for r in report.results)
+    return Response(body.model_dump_json(), status_code=201 if created else 200,
+                    media_type="application/json")
+
+
+def _out(doc: Document, collection: str) -> DocumentOut:
+    fields = {name: getattr(doc, name) for name in DocumentOut.model_fields if name != "collection"}
+    return DocumentOut(collection=collection, **fields)
+
+
+async def _collection_names(services: ServicesDep) -> dict[int, str]:
+    async with services.sessions() as session:
+        return {c.id: c.name for c in await repo.list_collections(session)}
+
+
+@router.get("/documents", response_model=Page[DocumentOut])
+async def list_documents(
+    services: ServicesDep,
+    collection: str | None = None,
+    tag: str | None = None,
+    folder: str | None = None,
+    status: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Page[DocumentOut]:
+    async with services.sessions() as session:
+        collection_id = (await repo.get_collection(session, collection)).id if collection else None
+        items, total = await repo.list_documents(
+            session, collection_id=collection_id, tag=tag, folder=folder, status=status,
+            limit=limit, offset=offset,
+        )
+    names = await _collection_names(services)
+    return Page[DocumentOut](
+        items=[_out(d, names.get(d.collection_id, "")) for d in items],
+        total=total, limit=limit, offset=offset,
+    )
+
+
+@router.get("/documents/{document_id}", response_model=DocumentDetail)
+async def get_document(
+    document_id: int, services: ServicesDep, chunks: bool = False
+) -> DocumentDetail:
+    async with services.sessions() as session:
+        doc = await repo.get_document(session, document_id)
+        coll = await session.get_one(Collection, doc.collection_id)
+        rows: list[ChunkOut] = []
+        if chunks:
+            result = await session.execute(
+                select(Chunk).where(Chunk.document_id == doc.id).order_by(Chunk.position)
+            )
+            rows = [
+                ChunkOut(id=c.id, position=c.position, text=c.text, page=c.page,
+                         section=c.section, token_count=c.token_count)
+                for c in result.scalars()
+            ]
+    out = _out(doc, coll.name)
+    return DocumentDetail(**out.model_dump(), chunks=rows)
+
+
+@router.put(
+    "/documents/{document_id}",
+    response_model=UploadResult,
+    openapi_extra=_MULTIPART_SCHEMA,
+    summary="Replace a document's content; its chunks are swapped atomically",
+)
+async def replace_document(document_id: int, request: Request, services: ServicesDep) -> Any:
+    files, fields = await _read_form(request)
+    if len(files) != 1:
+        raise InvalidInput("Replace takes exactly one file.", code="one_file_expected")
+    name, data = files[0]
+    result = await services.ingestor.replace(
+        document_id, Upload(name, data, tags=_tags(fields.get("tags", "")))
+    )
+    return _result(result)
+
+
+@router.delete("/documents/{document_id}", status_code=204)
+async def delete_document(document_id: int, services: ServicesDep) -> Response:
+    await services.ingestor.delete(document_id)
+    return Response(status_code=204)

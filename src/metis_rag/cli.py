@@ -1,0 +1,252 @@
+"""The `metis` command: serve, ingest, ask, docs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .config import Settings
+from .errors import MetisError
+from .ingest.parsers import SUPPORTED
+from .ingest.pipeline import IngestResult, Upload
+from .schemas import ChatAnswer, ChatQuery
+from .services import Services, open_services
+
+app = typer.Typer(help="Metis: a fast, frugal RAG server.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+docs_app = typer.Typer(help="List, show and delete documents.", no_args_is_help=True)
+app.add_typer(docs_app, name="docs")
+console = Console()
+err_console = Console(stderr=True)
+T = TypeVar("T")
+
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="Overrides METIS_DATA_DIR.", show_default=False)
+]
+CollectionOpt = Annotated[
+    str | None, typer.Option("--collection", "-c", help="Defaults to METIS_DEFAULT_COLLECTION.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the API's JSON.")]
+
+
+def _settings(data_dir: Path | None) -> Settings:
+    return Settings(data_dir=data_dir) if data_dir else Settings()
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except MetisError as exc:
+        err_console.print(f"[red]error[/red] ({exc.code}): {exc.message}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    data_dir: DataDir = None,
+    host: Annotated[str | None, typer.Option(help="Overrides METIS_HOST.")] = None,
+    port: Annotated[int | None, typer.Option(help="Overrides METIS_PORT.")] = None,
+) -> None:
+    """Run the HTTP API (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from .app import create_app
+
+    settings = _settings(data_dir)
+    update = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    settings = settings.model_copy(update=update)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_level=settings.log_level, loop="auto", http="auto")
+
+
+def _walk(paths: list[Path], folder: str) -> Iterator[tuple[Path, str]]:
+    for root in paths:
+        if root.is_file():
+            yield root, folder
+            continue
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and path.suffix.lower().lstrip(".") in SUPPORTED:
+                rel = path.parent.relative_to(root).as_posix()
+                yield path, "/".join(p for p in (folder, rel) if p and p != ".")
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(exists=True, help="Files or directories.")],
+    collection: CollectionOpt = None,
+    tags: Annotated[str, typer.Option(help="Comma-separated tags for every file.")] = "",
+    folder: Annotated[str, typer.Option(help="Folder prefix stored with each document.")] = "",
+    data_dir: DataDir = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ingest files (txt, md, html, pdf, docx); unchanged files are skipped, changed ones replaced."""
+    settings = _settings(data_dir)
+    name = collection or settings.default_collection
+    files = list(_walk(paths, folder))
+    tag_list = tuple(t.strip() for t in tags.split(",") if t.strip())
+
+    async def main() -> list[IngestResult]:
+        async with open_services(settings) as services:
+            uploads = (Upload(p.name, p.read_bytes(), folder=f, tags=tag_list) for p, f in files)
+            with Progress(TextColumn("[bold]ingesting"), BarColumn(), MofNCompleteColumn(),
+                          TextColumn("{task.fields[chunks]} chunks"), TimeElapsedColumn(),
+                          console=err_console, disable=as_json) as progress:
+                task = progress.add_task("files", total=len(files), chunks=0)
+                counted = {"chunks": 0}
+
+                def step(result: IngestResult) -> None:
+                    counted["chunks"] += result.chunks if result.status != "duplicate" else 0
+                    progress.update(task, advance=1, chunks=counted["chunks"])
+
+                report = await services.ingestor.ingest_stream(uploads, name, step)
+            return report.results
+
+    started = time.perf_counter()
+    results = _run(main())
+    seconds = time.perf_counter() - started
+    new_chunks = sum(r.chunks for r in results if r.status in ("created", "replaced"))
+    summary = {
+        "collection": name,
+        "files": len(results),
+        "created": sum(r.status == "created" for r in results),
+        "replaced": sum(r.status == "replaced" for r in results),
+        "duplicates": sum(r.status == "duplicate" for r in results),
+        "failed": sum(r.status == "failed" for r in results),
+        "chunks": new_chunks,
+        "seconds": round(seconds, 2),
+        "chunks_per_s": round(new_chunks / seconds, 1) if seconds else 0.0,
+    }
+    failures = [r for r in results if r.status == "failed"]
+    if as_json:
+        summary["results"] = [_result_dict(r) for r in results]
+        console.print_json(json.dumps(summary, default=str))
+    else:
+        for r in failures:
+            err = r.error or {}
+            err_console.print(f"[red]failed[/red] {r.filename}: {err.get('message')}")
+        console.print(
+            f"{summary['files']} files ({summary['created']} new, {summary['replaced']} replaced, "
+            f"{summary['duplicates']} unchanged, {summary['failed']} failed), "
+            f"{new_chunks} chunks in {summary['seconds']} s: {summary['chunks_per_s']} chunks/s"
+        )
+    if failures and len(failures) == len(results):
+        raise typer.Exit(1)
+
+
+def _result_dict(r: IngestResult) -> dict[str, Any]:
+    return {"filename": r.filename, "status": r.status, "document_id": r.document_id,
+            "chunks": r.chunks, "error": r.error}
+
+
+def _print_answer(answer: ChatAnswer) -> None:
+    console.print(answer.answer, highlight=False)
+    if answer.warnings:
+        for w in answer.warnings:
+            err_console.print(f"[yellow]warning[/yellow]: {w}")
+    console.print()
+    for c in answer.citations:
+        where = [c.filename]
+        if c.page is not None:
+            where.append(f"p. {c.page}")
+        if c.section:
+            where.append(f"§ {c.section}")
+        console.print(f"[{c.index}] {', '.join(where)}  (score {c.score:.3f})", highlight=False)
+    t = answer.timings_ms
+    err_console.print(
+        f"[dim]{answer.mode}; embed {t.embed:.1f} ms, retrieve {t.retrieve:.1f} ms, "
+        f"generate {t.generate:.1f} ms, total {t.total:.1f} ms; "
+        f"conversation {answer.conversation_id}[/dim]"
+    )
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    collection: CollectionOpt = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", min=1, max=50)] = None,
+    conversation: Annotated[str | None, typer.Option(help="Continue a conversation.")] = None,
+    data_dir: DataDir = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ask a question; prints the answer and numbered citations."""
+    settings = _settings(data_dir)
+    query = ChatQuery(message=question, collection=collection, top_k=top_k,
+                      conversation_id=conversation)
+
+    async def main() -> ChatAnswer:
+        async with open_services(settings) as services:
+            return await services.chat.answer(query)
+
+    answer = _run(main())
+    if as_json:
+        console.print_json(answer.model_dump_json())
+    else:
+        _print_answer(answer)
+
+
+async def _with_services(settings: Settings, fn: Any) -> Any:
+    async with open_services(settings) as services:
+        return await fn(services)
+
+
+@docs_app.command("list")
+def docs_list(
+    collection: CollectionOpt = None,
+    tag: Annotated[str | None, typer.Option()] = None,
+    folder: Annotated[str | None, typer.Option()] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+    data_dir: DataDir = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List documents, newest first."""
+    from .api.documents import list_documents
+
+    async def fn(services: Services) -> Any:
+        return await list_documents(services, collection, tag, folder, None, limit, offset)
+
+    page = _run(_with_services(_settings(data_dir), fn))
+    if as_json:
+        console.print_json(page.model_dump_json())
+        return
+    table = Table("id", "collection", "folder", "filename", "chunks", "status", "tags")
+    for d in page.items:
+        table.add_row(str(d.id), d.collection, d.folder, d.filename, str(d.chunk_count),
+                      d.status, ",".join(d.tags))
+    console.print(table)
+    console.print(f"{len(page.items)} of {page.total}")
+
+
+@docs_app.command("show")
+def docs_show(
+    document_id: int,
+    chunks: Annotated[bool, typer.Option(help="Include the chunks.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Show one document (as JSON)."""
+    from .api.documents import get_document
+
+    async def fn(services: Services) -> Any:
+        return await get_document(document_id, services, chunks)
+
+    console.print_json(_run(_with_services(_settings(data_dir), fn)).model_dump_json())
+
+
+@docs_app.command("delete")
+def docs_delete(document_id: int, data_dir: DataDir = None) -> None:
+    """Delete a document and its chunks from every index."""
+
+    async def fn(services: Services) -> None:
+        await services.ingestor.delete(document_id)
+
+    _run(_with_services(_settings(data_dir), fn))
+    console.print(f"deleted document {document_id}")

@@ -1,0 +1,338 @@
+"""Ingestion: bytes in, parsed, chunked, embedded, and written with their vectors.
+
+Parsing and chunking run in worker threads while the embedder works on the previous group,
+so the model is the only bottleneck. A document and all its chunks (with their embeddings)
+are committed in one transaction; the vector index is updated after the commit and is
+reconciled with the database at start-up, so a crash never leaves a chunk without its vector
+or a vector without its chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from sqlalchemy import delete, insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ..embed.base import Embedder
+from ..errors import InvalidInput, MetisError, PayloadTooLarge
+from ..store import repo
+from ..store.models import Chunk, Collection, Document
+from ..store.vectors import VectorStore
+from .chunker import ChunkDraft, Chunker
+from .parsers import ParsedDocument, detect_type, parse, sanitize_filename
+
+# Chunks embedded together across small documents, so model batches stay full.
+GROUP_CHUNKS = 256
+_TAG_MAX = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    filename: str
+    data: bytes
+    folder: str = ""
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class Prepared:
+    upload: Upload
+    filename: str
+    content_hash: str
+    mime: str
+    parsed: ParsedDocument
+    chunks: list[ChunkDraft]
+
+
+@dataclass(slots=True)
+class IngestResult:
+    filename: str
+    status: Literal["created", "replaced", "duplicate", "failed"]
+    document_id: int | None = None
+    chunks: int = 0
+    error: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class IngestReport:
+    results: list[IngestResult] = field(default_factory=list)
+
+    @property
+    def chunks(self) -> int:
+        return sum(r.chunks for r in self.results)
+
+
+def clean_folder(folder: str) -> str:
+    parts = [p for p in folder.replace("\\", "/").split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise InvalidInput("Folder may not contain '..'.", code="invalid_folder")
+    return "/".join(parts)[:500]
+
+
+def clean_tags(tags: Iterable[str]) -> tuple[str, ...]:
+    out = []
+    for tag in tags:
+        tag = tag.strip()
+        if not tag:
+            continue
+        if len(tag) > _TAG_MAX:
+            raise InvalidInput(f"Tag {tag[:20]!r}... is longer than {_TAG_MAX} characters.")
+        out.append(tag)
+    return tuple(dict.fromkeys(out))
+
+
+class Ingestor:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        embedder: Embedder,
+        vectors: VectorStore,
+        chunker: Chunker,
+        *,
+        max_bytes: int,
+    ) -> None:
+        self._sessions = sessions
+        self._embedder = embedder
+        self._vectors = vectors
+        self._chunker = chunker
+        self._max_bytes = max_bytes
+        # One writer at a time keeps SQLite free of lock contention and the index consistent.
+        self._write_lock = asyncio.Lock()
+
+    def prepare(self, upload: Upload) -> Prepared:
+        """Validate, parse and chunk one file (CPU-bound; call it from a worker thread)."""
+        filename = sanitize_filename(upload.filename)
+        if len(upload.data) > self._max_bytes:
+            raise PayloadTooLarge(
+                f"{filename} is {len(upload.data)} bytes; the limit is {self._max_bytes} bytes."
+            )
+        mime = detect_type(filename, upload.data[:8192])
+        parsed = parse(upload.data, filename)
+        chunks = self._chunker.chunk(parsed)
+        if not chunks:
+            raise InvalidInput(f"{filename} has no text to index.", code="empty_document")
+        return Prepared(
+            upload=upload,
+            filename=filename,
+            content_hash=hashlib.sha256(upload.data).hexdigest(),
+            mime=mime,
+            parsed=parsed,
+            chunks=chunks,
+        )
+
+    async def ingest(self, uploads: Sequence[Upload], collection: str) -> IngestReport:
+        """All-or-nothing ingestion of a request's files: any bad file rejects them all."""
+        prepared = [await asyncio.to_thread(self.prepare, u) for u in uploads]
+        vectors = await self._embed_group(prepared)
+        async with self._write_lock:
+            return await self._write(collection, prepared, vectors)
+
+    async def ingest_stream(
+        self,
+        uploads: Iterable[Upload],
+        collection: str,
+        on_progress: Callable[[IngestResult], None] | None = None,
+    ) -> IngestReport:
+        """Ingest many files, pipelining parsing with embedding; a bad file is reported, not fatal."""
+        report = IngestReport()
+        async for group, failures in self._prepared_groups(uploads):
+            for failure in failures:
+                report.results.append(failure)
+                if on_progress:
+                    on_progress(failure)
+            if not group:
+                continue
+            vectors = await self._embed_group(group)
+            async with self._write_lock:
+                part = await self._write(collection, group, vectors)
+            for result in part.results:
+                report.results.append(result)
+                if on_progress:
+                    on_progress(result)
+        await self._vectors.flush()
+        return report
+
+    async def _prepared_groups(
+        self, uploads: Iterable[Upload]
+    ) -> AsyncIterator[tuple[list[Prepared], list[IngestResult]]]:
+        queue: asyncio.Queue[Prepared | IngestResult | None] = asyncio.Queue(maxsize=16)
+
+        async def produce() -> None:
+            try:
+                for upload in uploads:
+                    try:
+                        item: Prepared | IngestResult = await asyncio.to_thread(
+                            self.prepare, upload
+                        )
+                    except MetisError as exc:
+                        item = IngestResult(upload.filename, "failed", error=exc.to_dict())
+                    await queue.put(item)
+            finally:
+                await queue.put(None)
+
+        producer = asyncio.create_task(produce())
+        try:
+            done = False
+            while not done:
+                group: list[Prepared] = []
+                failures: list[IngestResult] = []
+                n_chunks = 0
+                item = await queue.get()
+                while True:
+                    if item is None:
+                        done = True
+                        break
+                    if isinstance(item, IngestResult):
+                        failures.append(item)
+                    else:
+                        group.append(item)
+                        n_chunks += len(item.chunks)
+                    if n_chunks >= GROUP_CHUNKS or queue.empty():
+                        break
+                    item = await queue.get()
+                yield group, failures
+        finally:
+            producer.cancel()
+            await asyncio.gather(producer, return_exceptions=True)
+
+    async def _embed_group(self, group: Sequence[Prepared]) -> list[np.ndarray]:
+        texts = [c.text for p in group for c in p.chunks]
+        matrix = await self._embedder.embed(texts) if texts else np.zeros((0, 0), np.float32)
+        out, start = [], 0
+        for p in group:
+            out.append(matrix[start : start + len(p.chunks)])
+            start += len(p.chunks)
+        return out
+
+    async def _write(
+        self, collection: str, group: Sequence[Prepared], vectors: Sequence[np.ndarray]
+    ) -> IngestReport:
+        report = IngestReport()
+        removed: list[int] = []
+        added: list[tuple[list[int], np.ndarray]] = []
+        async with self._sessions() as session, session.begin():
+            coll = await repo.get_or_create_collection(session, collection)
+            seen: dict[str, int] = {}
+            for prep, matrix in zip(group, vectors, strict=True):
+                result, old_ids, new_ids = await self._write_one(session, coll.id, prep, matrix, seen)
+                report.results.append(result)
+                removed.extend(old_ids)
+                if new_ids:
+                    added.append((new_ids, matrix))
+            if removed or added:
+                await repo.bump_version(session, coll.id)
+            collection_id = coll.id
+        if removed:
+            await self._vectors.delete(collection_id, removed)
+        for ids, matrix in added:
+            await self._vectors.add(collection_id, ids, matrix)
+        return report
+
+    async def _write_one(
+        self,
+        session: AsyncSession,
+        collection_id: int,
+        prep: Prepared,
+        matrix: np.ndarray,
+        seen: dict[str, int],
+    ) -> tuple[IngestResult, list[int], list[int]]:
+        folder = clean_folder(prep.upload.folder)
+        tags = clean_tags(prep.upload.tags)
+        if prep.content_hash in seen:
+            return IngestResult(prep.filename, "duplicate", seen[prep.content_hash]), [], []
+        existing = await repo.find_document_by_hash(session, collection_id, prep.content_hash)
+        if existing is not None:
+            return IngestResult(prep.filename, "duplicate", existing.id, existing.chunk_count), [], []
+        doc = await repo.find_document_by_path(session, collection_id, folder, prep.filename)
+        old_ids: list[int] = []
+        status: Literal["created", "replaced"] = "created"
+        if doc is None:
+            doc = Document(collection_id=collection_id, filename=prep.filename, folder=folder)
+            session.add(doc)
+        else:
+            status = "replaced"
+            old_ids = await repo.chunk_ids_of(session, doc.id)
+            await session.execute(delete(Chunk).where(Chunk.document_id == doc.id))
+        doc.content_hash = prep.content_hash
+        doc.mime = prep.mime
+        doc.size_bytes = len(prep.upload.data)
+        doc.title = (prep.parsed.title or None) and prep.parsed.title[:500]
+        doc.tags = list(tags)
+        doc.status = "ready"
+        doc.error = None
+        doc.chunk_count = len(prep.chunks)
+        await session.flush()
+        await repo.set_tags(session, doc.id, tags)
+        rows = [
+            {
+                "document_id": doc.id,
+                "collection_id": collection_id,
+                "position": c.position,
+                "text": c.text,
+                "page": c.page,
+                "section": (c.section or None) and c.section[:500],
+                "token_count": c.token_count,
+                "embedding": np.ascontiguousarray(matrix[i], dtype="<f4").tobytes(),
+            }
+            for i, c in enumerate(prep.chunks)
+        ]
+        result = await session.execute(
+            insert(Chunk).returning(Chunk.id, sort_by_parameter_order=True), rows
+        )
+        new_ids = [r[0] for r in result]
+        seen[prep.content_hash] = doc.id
+        return IngestResult(prep.filename, status, doc.id, len(new_ids)), old_ids, new_ids
+
+    async def delete(self, document_id: int) -> None:
+        async with self._write_lock:
+            async with self._sessions() as session, session.begin():
+                doc = await repo.get_document(session, document_id)
+                ids = await repo.chunk_ids_of(session, doc.id)
+                collection_id = doc.collection_id
+                await session.execute(delete(Chunk).where(Chunk.document_id == doc.id))
+                await session.delete(doc)
+                await repo.bump_version(session, collection_id)
+            await self._vectors.delete(collection_id, ids)
+            await self._vectors.flush()
+
+    async def replace(self, document_id: int, upload: Upload) -> IngestResult:
+        """Swap a document's content (and chunks) atomically, keeping its id."""
+        async with self._sessions() as session:
+            doc = await repo.get_document(session, document_id)
+            coll_name = (await session.get_one(Collection, doc.collection_id)).name
+            folder, filename, tags = doc.folder, doc.filename, tuple(doc.tags)
+        renamed = Upload(filename, upload.data, folder=folder, tags=upload.tags or tags)
+        report = await self.ingest([renamed], coll_name)
+        await self._vectors.flush()
+        return report.results[0]
+
+
+async def reconcile(
+    sessions: async_sessionmaker[AsyncSession], vectors: VectorStore
+) -> dict[str, int]:
+    """Make the vector index match the database: add vectors it lacks, drop ones it should not have."""
+    added = removed = 0
+    async with sessions() as session:
+        for coll in await repo.list_collections(session):
+            in_db = await repo.chunk_ids_of_collection(session, coll.id)
+            in_index = await vectors.ids(coll.id)
+            extra = sorted(in_index - in_db)
+            missing = sorted(in_db - in_index)
+            if extra:
+                await vectors.delete(coll.id, extra)
+                removed += len(extra)
+            if missing:
+                pairs = await repo.embeddings_of(session, missing)
+                ids = [p[0] for p in pairs]
+                matrix = np.vstack([np.frombuffer(p[1], dtype="<f4") for p in pairs])
+                await vectors.add(coll.id, ids, matrix)
+                added += len(ids)
+    if added or removed:
+        await vectors.flush()
+    return {"added": added, "removed": removed}

@@ -1,0 +1,142 @@
+"""The JSON shapes of the HTTP API (also printed by `metis ... --json`)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(examples=["document_not_found"])
+    message: str = Field(examples=["Document 42 does not exist."])
+    details: dict[str, Any] | None = None
+
+
+class DocumentOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    collection: str
+    filename: str
+    folder: str
+    title: str | None
+    mime: str
+    size_bytes: int
+    content_hash: str
+    tags: list[str]
+    status: str
+    error: str | None = None
+    chunk_count: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class UploadResult(BaseModel):
+    filename: str
+    status: Literal["created", "replaced", "duplicate", "failed", "queued"]
+    document_id: int | None
+    chunks: int = 0
+    error: ErrorBody | None = None
+
+
+class UploadResponse(BaseModel):
+    collection: str
+    results: list[UploadResult]
+    seconds: float
+
+
+class Page[T](BaseModel):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class ChunkOut(BaseModel):
+    id: int
+    position: int
+    text: str
+    page: int | None
+    section: str | None
+    token_count: int
+
+
+class DocumentDetail(DocumentOut):
+    chunks: list[ChunkOut] = []
+
+
+class ChatQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    message: str = Field(min_length=1, max_length=8000)
+    collection: str | None = Field(None, description="Defaults to METIS_DEFAULT_COLLECTION.")
+    conversation_id: str | None = None
+    use_rag: bool = True
+    top_k: int | None = Field(None, ge=1, le=50)
+    stream: bool = False
+    tags: list[str] = Field(default_factory=list, description="Only chunks carrying every tag.")
+    folder: str | None = Field(None, description="Only documents in this folder (or below).")
+    hybrid: bool | None = Field(None, description="Override METIS_RETRIEVAL__HYBRID.")
+
+
+class Citation(BaseModel):
+    index: int = Field(description="The number the answer cites as [index].")
+    document_id: int
+    filename: str
+    folder: str
+    page: int | None
+    section: str | None
+    chunk_id: int
+    position: int
+    score: float = Field(description="Cosine similarity of the chunk to the question.")
+    snippet: str
+
+
+class Timings(BaseModel):
+    embed: float = 0.0
+    retrieve: float = 0.0
+    generate: float = 0.0
+    total: float = 0.0
+
+
+class ChatAnswer(BaseModel):
+    answer: str
+    citations: list[Citation]
+    conversation_id: str
+    mode: Literal["extractive", "llm"]
+    model: str | None = None
+    timings_ms: Timings
+    usage: dict[str, int] = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list)
+
+
+class MessageOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    role: str
+    content: str
+    citations: list[dict[str, Any]]
+    created_at: datetime
+
+
+class ConversationOut(BaseModel):
+    id: str
+    collection: str
+    title: str
+    created_at: datetime
+    messages: list[MessageOut]
+
+
+class ComponentHealth(BaseModel):
+    status: Literal["ok", "degraded", "down", "disabled"]
+    detail: str = ""
+    latency_ms: float | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded", "down"]
+    version: str
+    components: dict[str, ComponentHealth]

@@ -1,0 +1,90 @@
+"""`Services`: every long-lived component of a running Metis, built and closed in one place.
+
+The HTTP app builds it in its lifespan; the CLI builds it for one command. Nothing here runs
+at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from .config import Settings
+from .embed import build_embedder
+from .embed.base import Embedder
+from .ingest.chunker import Chunker
+from .ingest.pipeline import Ingestor, reconcile
+from .llm import build_llm
+from .llm.base import LLM
+from .rag.chat import ChatService
+from .rag.retriever import Retriever
+from .store.db import create_engine, migrate, session_factory
+from .store.hnsw import HnswVectorStore
+from .store.vectors import VectorStore
+
+log = logging.getLogger("metis")
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    embedder: Embedder
+    vectors: VectorStore
+    llm: LLM | None
+    ingestor: Ingestor
+    retriever: Retriever
+    chat: ChatService
+
+
+@asynccontextmanager
+async def open_services(settings: Settings) -> AsyncIterator[Services]:
+    async with AsyncExitStack() as stack:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(settings)
+        stack.push_async_callback(engine.dispose)
+        await migrate(engine)
+        sessions = session_factory(engine)
+
+        embedder = build_embedder(settings.embed, settings.data_dir)
+        await embedder.start()
+        stack.push_async_callback(embedder.close)
+
+        vectors: VectorStore = HnswVectorStore(
+            settings.data_dir / "vectors", embedder.dim, ef_search=settings.retrieval.ef_search
+        )
+        await vectors.start()
+        stack.push_async_callback(vectors.close)
+        fixed = await reconcile(sessions, vectors)
+        if fixed["added"] or fixed["removed"]:
+            log.warning("vector index reconciled with the database: %s", fixed)
+
+        llm = build_llm(settings.llm)
+        if llm is not None:
+            await llm.start()
+            stack.push_async_callback(llm.close)
+
+        chunker = Chunker(
+            embedder.count_tokens, settings.chunk.max_tokens, settings.chunk.overlap_tokens
+        )
+        ingestor = Ingestor(
+            sessions, embedder, vectors, chunker, max_bytes=settings.max_upload_bytes
+        )
+        retriever = Retriever(sessions, vectors, settings.retrieval)
+        chat = ChatService(settings, sessions, embedder, retriever, llm)
+        yield Services(
+            settings=settings,
+            engine=engine,
+            sessions=sessions,
+            embedder=embedder,
+            vectors=vectors,
+            llm=llm,
+            ingestor=ingestor,
+            retriever=retriever,
+            chat=chat,
+        )

@@ -1,0 +1,254 @@
+"""Queries over the relational schema. Functions take an `AsyncSession`; callers own transactions."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Select, delete, func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..errors import InvalidInput, NotFound
+from .models import Chunk, Collection, Conversation, Document, DocumentTag, Message
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
+
+
+def check_collection_name(name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise InvalidInput(
+            f"Collection name {name!r} is invalid: use 1-200 letters, digits, '.', '_' or '-'.",
+            code="invalid_collection",
+        )
+    return name
+
+
+async def get_collection(session: AsyncSession, name: str) -> Collection:
+    row = (await session.execute(select(Collection).where(Collection.name == name))).scalar()
+    if row is None:
+        raise NotFound(f"Collection {name!r} does not exist.", code="collection_not_found")
+    return row
+
+
+async def get_or_create_collection(session: AsyncSession, name: str) -> Collection:
+    check_collection_name(name)
+    row = (await session.execute(select(Collection).where(Collection.name == name))).scalar()
+    if row is None:
+        row = Collection(name=name, version=1)
+        session.add(row)
+        await session.flush()
+    return row
+
+
+async def list_collections(session: AsyncSession) -> Sequence[Collection]:
+    return (await session.execute(select(Collection).order_by(Collection.name))).scalars().all()
+
+
+async def bump_version(session: AsyncSession, collection_id: int) -> None:
+    await session.execute(
+        update(Collection)
+        .where(Collection.id == collection_id)
+        .values(version=Collection.version + 1, updated_at=func.now())
+    )
+
+
+async def find_document_by_hash(
+    session: AsyncSession, collection_id: int, content_hash: str
+) -> Document | None:
+    stmt = select(Document).where(
+        Document.collection_id == collection_id, Document.content_hash == content_hash
+    )
+    return (await session.execute(stmt)).scalar()
+
+
+async def find_document_by_path(
+    session: AsyncSession, collection_id: int, folder: str, filename: str
+) -> Document | None:
+    stmt = select(Document).where(
+        Document.collection_id == collection_id,
+        Document.folder == folder,
+        Document.filename == filename,
+    )
+    return (await session.execute(stmt)).scalars().first()
+
+
+async def get_document(session: AsyncSession, document_id: int) -> Document:
+    doc = await session.get(Document, document_id)
+    if doc is None:
+        raise NotFound(f"Document {document_id} does not exist.", code="document_not_found")
+    return doc
+
+
+def _document_filter(
+    stmt: Select[Any], collection_id: int | None, tag: str | None, folder: str | None,
+    status: str | None,
+) -> Select[Any]:
+    if collection_id is not None:
+        stmt = stmt.where(Document.collection_id == collection_id)
+    if folder is not None:
+        stmt = stmt.where(Document.folder == folder)
+    if status is not None:
+        stmt = stmt.where(Document.status == status)
+    if tag is not None:
+        stmt = stmt.where(
+            Document.id.in_(select(DocumentTag.document_id).where(DocumentTag.tag == tag))
+        )
+    return stmt
+
+
+async def list_documents(
+    session: AsyncSession,
+    *,
+    collection_id: int | None = None,
+    tag: str | None = None,
+    folder: str | None = None,
+    status: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[Sequence[Document], int]:
+    stmt = _document_filter(select(Document), collection_id, tag, folder, status)
+    items = (
+        await session.execute(
+            stmt.order_by(Document.created_at.desc(), Document.id.desc()).limit(limit).offset(offset)
+        )
+    ).scalars().all()
+    count_stmt = _document_filter(select(func.count(Document.id)), collection_id, tag, folder, status)
+    total = (await session.execute(count_stmt)).scalar_one()
+    return items, int(total)
+
+
+async def set_tags(session: AsyncSession, document_id: int, tags: Sequence[str]) -> None:
+    await session.execute(delete(DocumentTag).where(DocumentTag.document_id == document_id))
+    for tag in dict.fromkeys(tags):
+        session.add(DocumentTag(tag=tag, document_id=document_id))
+
+
+async def chunk_ids_of(session: AsyncSession, document_id: int) -> list[int]:
+    rows = await session.execute(select(Chunk.id).where(Chunk.document_id == document_id))
+    return [r[0] for r in rows]
+
+
+async def chunk_ids_of_collection(session: AsyncSession, collection_id: int) -> set[int]:
+    rows = await session.execute(select(Chunk.id).where(Chunk.collection_id == collection_id))
+    return {r[0] for r in rows}
+
+
+async def embeddings_of(session: AsyncSession, chunk_ids: Sequence[int]) -> list[tuple[int, bytes]]:
+    out: list[tuple[int, bytes]] = []
+    for start in range(0, len(chunk_ids), 900):
+        part = chunk_ids[start : start + 900]
+        rows = await session.execute(select(Chunk.id, Chunk.embedding).where(Chunk.id.in_(part)))
+        out.extend((r[0], r[1]) for r in rows)
+    return out
+
+
+async def allowed_chunk_ids(
+    session: AsyncSession, collection_id: int, tags: Sequence[str], folder: str | None
+) -> list[int]:
+    """Chunk ids of the collection's documents that carry every tag and sit in the folder."""
+    docs = select(Document.id).where(Document.collection_id == collection_id)
+    if folder is not None:
+        docs = docs.where((Document.folder == folder) | Document.folder.like(f"{folder}/%"))
+    for tag in tags:
+        docs = docs.where(
+            Document.id.in_(select(DocumentTag.document_id).where(DocumentTag.tag == tag))
+        )
+    rows = await session.execute(select(Chunk.id).where(Chunk.document_id.in_(docs)))
+    return [r[0] for r in rows]
+
+
+_WORD_RE = re.compile(r"[^\W_]+", re.UNICODE)
+_STOP = frozenset(
+    "a an and are as at be but by can do does for from has have how i if in is it its me my "
+    "no not of on or our so than that the their them then there these they this to was we "
+    "were what when where which who why will with would you your".split()
+)
+
+
+def fulltext_terms(query: str) -> list[str]:
+    words = [w.lower() for w in _WORD_RE.findall(query)]
+    return list(dict.fromkeys(w for w in words if w not in _STOP and len(w) > 1))[:32]
+
+
+async def fulltext_search(
+    session: AsyncSession, collection_id: int, query: str, limit: int
+) -> list[tuple[int, float]]:
+    """BM25 (SQLite FTS5) or ts_rank (PostgreSQL) over chunk text; any query word may match."""
+    terms = fulltext_terms(query)
+    if not terms:
+        return []
+    if session.bind.dialect.name == "sqlite":
+        match = " OR ".join(f'"{t}"' for t in terms)
+        sql = text(
+            "SELECT f.rowid, bm25(chunks_fts) AS s FROM chunks_fts f "
+            "JOIN chunks c ON c.id = f.rowid "
+            "WHERE chunks_fts MATCH :q AND c.collection_id = :c ORDER BY s LIMIT :n"
+        )
+        rows = await session.execute(sql, {"q": match, "c": collection_id, "n": limit})
+        return [(r[0], -float(r[1])) for r in rows]
+    tsq = " | ".join(terms)
+    sql = text(
+        "SELECT id, ts_rank(to_tsvector('english', text), to_tsquery('english', :q)) AS s "
+        "FROM chunks WHERE collection_id = :c "
+        "AND to_tsvector('english', text) @@ to_tsquery('english', :q) ORDER BY s DESC LIMIT :n"
+    )
+    rows = await session.execute(sql, {"q": tsq, "c": collection_id, "n": limit})
+    return [(r[0], float(r[1])) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRow:
+    id: int
+    document_id: int
+    filename: str
+    folder: str
+    position: int
+    text: str
+    page: int | None
+    section: str | None
+    embedding: bytes
+
+
+async def chunks_by_ids(session: AsyncSession, ids: Sequence[int]) -> dict[int, ChunkRow]:
+    if not ids:
+        return {}
+    stmt = (
+        select(
+            Chunk.id, Chunk.document_id, Document.filename, Document.folder, Chunk.position,
+            Chunk.text, Chunk.page, Chunk.section, Chunk.embedding,
+        )
+        .join(Document, Document.id == Chunk.document_id)
+        .where(Chunk.id.in_(list(ids)))
+    )
+    return {r[0]: ChunkRow(*r) for r in await session.execute(stmt)}
+
+
+async def create_conversation(session: AsyncSession, collection_id: int, title: str) -> Conversation:
+    conv = Conversation(id=uuid.uuid4().hex, collection_id=collection_id, title=title[:200])
+    session.add(conv)
+    await session.flush()
+    return conv
+
+
+async def get_conversation(session: AsyncSession, conversation_id: str) -> Conversation:
+    conv = await session.get(Conversation, conversation_id)
+    if conv is None:
+        raise NotFound(
+            f"Conversation {conversation_id!r} does not exist.", code="conversation_not_found"
+        )
+    return conv
+
+
+async def recent_messages(
+    session: AsyncSession, conversation_id: str, limit: int
+) -> list[Message]:
+    stmt = (
+        select(Message)
+        .where(Message.conversation_id == conversation_id)
+        .order_by(Message.id.desc())
+        .limit(limit)
+    )
+    return list(reversed((await session.execute(stmt)).scalars().all()))

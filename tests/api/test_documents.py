@@ -1,0 +1,87 @@
+"""Uploading, listing, replacing and deleting documents over HTTP."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.files import FACTS, MAKERS, md_bytes, txt_bytes
+
+pytestmark = pytest.mark.slow
+
+
+async def upload(client: httpx.AsyncClient, files: dict[str, bytes], **form: str) -> httpx.Response:
+    return await client.post(
+        "/api/documents",
+        files=[("files", (name, data)) for name, data in files.items()],
+        data=form,
+    )
+
+
+async def test_upload_every_format_and_list(client: httpx.AsyncClient) -> None:
+    files = {name: make() for name, make in MAKERS.items()}
+    r = await upload(client, files, collection="handbook", tags="hr,2026", folder="policies")
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert [x["status"] for x in body["results"]] == ["created"] * len(files)
+    assert all(x["chunks"] > 0 for x in body["results"])
+
+    listed = (await client.get("/api/documents", params={"collection": "handbook"})).json()
+    assert listed["total"] == len(files)
+    assert {d["filename"] for d in listed["items"]} == set(files)
+    doc = listed["items"][0]
+    assert doc["tags"] == ["hr", "2026"] and doc["folder"] == "policies"
+
+    page = (await client.get("/api/documents", params={"limit": 2, "offset": 1})).json()
+    assert len(page["items"]) == 2 and page["total"] == len(files)
+    by_tag = (await client.get("/api/documents", params={"tag": "nope"})).json()
+    assert by_tag["total"] == 0
+
+    pdf = next(d for d in listed["items"] if d["filename"] == "facilities.pdf")
+    detail = (await client.get(f"/api/documents/{pdf['id']}", params={"chunks": True})).json()
+    assert {c["page"] for c in detail["chunks"]} == {1, 2, 3}
+
+
+async def test_same_bytes_twice_is_a_duplicate_with_no_new_chunks(
+    client: httpx.AsyncClient,
+) -> None:
+    first = (await upload(client, {"a.txt": txt_bytes()})).json()["results"][0]
+    again = await upload(client, {"copy-of-a.txt": txt_bytes()})
+    assert again.status_code == 200
+    dup = again.json()["results"][0]
+    assert dup["status"] == "duplicate" and dup["document_id"] == first["document_id"]
+    listed = (await client.get("/api/documents")).json()
+    assert listed["total"] == 1
+
+
+async def test_replace_swaps_chunks_and_delete_removes_them(client: httpx.AsyncClient) -> None:
+    created = (await upload(client, {"ops.md": md_bytes()})).json()["results"][0]
+    doc_id = created["document_id"]
+    ask = {"message": "When do database backups run?"}
+    before = (await client.post("/api/chat/query", json=ask)).json()
+    assert "02:00" in before["answer"]
+
+    new = b"# Operations\n\n## Backups\n\nDatabase backups now run hourly at minute 15.\n"
+    r = await client.put(f"/api/documents/{doc_id}", files={"files": ("ops.md", new)})
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "replaced" and r.json()["document_id"] == doc_id
+    after = (await client.post("/api/chat/query", json=ask)).json()
+    assert "hourly" in after["answer"] and "02:00" not in after["answer"]
+    old_chunk_ids = {c["chunk_id"] for c in before["citations"]}
+    assert not old_chunk_ids & {c["chunk_id"] for c in after["citations"]}
+
+    assert (await client.delete(f"/api/documents/{doc_id}")).status_code == 204
+    assert (await client.get(f"/api/documents/{doc_id}")).status_code == 404
+    gone = (await client.post("/api/chat/query", json=ask)).json()
+    assert gone["citations"] == []
+
+
+async def test_tag_and_folder_filters_restrict_retrieval(client: httpx.AsyncClient) -> None:
+    await upload(client, {"security.txt": MAKERS["security.txt"]()}, tags="it", folder="it/sec")
+    await upload(client, {"ops.md": MAKERS["ops.md"]()}, tags="ops", folder="ops")
+    q = {"message": FACTS[0][1], "tags": ["ops"]}
+    r = (await client.post("/api/chat/query", json=q)).json()
+    assert {c["filename"] for c in r["citations"]} == {"ops.md"}
+    q = {"message": FACTS[1][1], "folder": "it"}
+    r = (await client.post("/api/chat/query", json=q)).json()
+    assert {c["filename"] for c in r["citations"]} == {"security.txt"}
