@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -47,7 +47,10 @@ class UploadResponse(BaseModel):
     seconds: float
 
 
-class Page[T](BaseModel):
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
     items: list[T]
     total: int
     limit: int

@@ -22,11 +22,23 @@ class Completion:
     extra: dict[str, object] = field(default_factory=dict)
 
 
+class CompletionStream(Protocol):
+    """Text deltas of one answer; after the last one, `completion` holds the text and usage."""
+
+    completion: Completion | None
+
+    def __aiter__(self) -> AsyncIterator[str]: ...
+
+    async def __anext__(self) -> str: ...
+
+    async def aclose(self) -> None: ...
+
+
 class LLM(Protocol):
     """A chat model behind HTTP.
 
-    `complete` returns the whole answer; `stream` yields text deltas as they arrive and, after
-    the last one, nothing more. Both enforce the configured timeouts and raise
+    `complete` returns the whole answer; `stream` yields text deltas as they arrive, and its
+    `completion` attribute holds the usage once the last delta has been read. Both enforce the configured timeouts and raise
     `ProviderTimeout` or `ProviderError` (with the upstream status and any Retry-After) on
     failure. `name` is the provider and model, e.g. ``ollama:llama3``.
     """
@@ -43,4 +55,4 @@ class LLM(Protocol):
 
     def stream(
         self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int
-    ) -> AsyncIterator[str]: ...
+    ) -> CompletionStream: ...

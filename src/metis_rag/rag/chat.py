@@ -177,16 +177,21 @@ class ChatService:
         t = time.perf_counter()
         parts: list[str] = []
         mode, model = "extractive", None
+        usage: dict[str, int] = {}
         if self._llm is not None:
             messages = build_messages(query.message, turn.sources, turn.history, query.use_rag)
             s = self._settings.llm
             try:
-                async for delta in self._llm.stream(
+                stream = self._llm.stream(
                     messages, temperature=s.temperature, max_tokens=s.max_tokens
-                ):
+                )
+                async for delta in stream:
                     parts.append(delta)
                     yield "token", delta
                 mode, model = "llm", self._llm.name
+                if stream.completion is not None:
+                    usage = {"prompt_tokens": stream.completion.prompt_tokens,
+                             "completion_tokens": stream.completion.completion_tokens}
             except ProviderError as exc:
                 if parts or not query.use_rag:
                     raise
@@ -198,6 +203,6 @@ class ChatService:
                 parts.append(piece)
                 yield "token", piece
         turn.timings.generate = _ms(t)
-        result = await self._finish(turn, "".join(parts), mode, model, {})
+        result = await self._finish(turn, "".join(parts), mode, model, usage)
         yield "citations", [c.model_dump() for c in result.citations]
         yield "done", result

@@ -1,0 +1,165 @@
+"""Chat with any OpenAI-compatible server over ``POST /v1/chat/completions`` (SSE streaming)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any
+
+import httpx
+
+from ..config import LLMSettings
+from ..errors import ProviderError
+from .base import ChatMessage, Completion
+from .http import (
+    ChatStream,
+    decode_json,
+    make_client,
+    malformed,
+    openai_base_url,
+    provider_errors,
+    require_client,
+    status_error,
+)
+
+
+class OpenAILLM:
+    """`stream` returns a `ChatStream` whose `completion` carries the usage once exhausted.
+
+    `settings.url` is the API base (``https://api.openai.com/v1``); a bare ``http://host:port``
+    gets ``/v1`` appended. Streams ask for ``stream_options.include_usage``.
+    """
+
+    def __init__(self, settings: LLMSettings) -> None:
+        self.name = f"openai:{settings.model}"
+        self._settings = settings
+        self._client: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        if self._client is None:
+            s = self._settings
+            self._client = make_client(
+                openai_base_url(s.url),
+                timeout_s=s.timeout_s,
+                connect_timeout_s=s.connect_timeout_s,
+                api_key=s.api_key,
+            )
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def complete(
+        self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int
+    ) -> Completion:
+        client = require_client(self._client, self.name)
+        payload = self._payload(messages, temperature, max_tokens, stream=False)
+        timeout_s = self._settings.timeout_s
+        with provider_errors(self.name, timeout_s):
+            async with asyncio.timeout(timeout_s):
+                response = await client.post("/chat/completions", json=payload)
+        if response.status_code >= 400:
+            raise status_error(self.name, response)
+        body = decode_json(self.name, response.content)
+        try:
+            choice = body["choices"][0]
+            # content is null when the model refused or only called tools.
+            text = choice["message"].get("content") or ""
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise malformed(self.name, "no choices[0].message") from exc
+        if not isinstance(text, str):
+            raise malformed(self.name, "message.content is not text")
+        return self._completion(text, body, choice.get("finish_reason"), body.get("usage"))
+
+    def stream(
+        self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int
+    ) -> ChatStream:
+        client = require_client(self._client, self.name)
+        payload = self._payload(messages, temperature, max_tokens, stream=True)
+        return ChatStream(self.name, self._settings.timeout_s, self._events(client, payload))
+
+    async def _events(
+        self, client: httpx.AsyncClient, payload: dict[str, Any]
+    ) -> AsyncGenerator[str | Completion, None]:
+        parts: list[str] = []
+        finish_reason: str | None = None
+        usage: Any = None
+        last: dict[str, Any] = {}
+        async with client.stream("POST", "/chat/completions", json=payload) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                raise status_error(self.name, response)
+            # Each event of this API is a single `data:` line; other SSE fields are unused.
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    yield self._completion("".join(parts), last, finish_reason, usage)
+                    return
+                last = self._event(data)
+                usage = last.get("usage") or usage
+                for delta, reason in self._choices(last):
+                    finish_reason = reason or finish_reason
+                    if delta:
+                        parts.append(delta)
+                        yield delta
+        # Some compatible servers close without [DONE]; a finish_reason says the answer is whole.
+        if finish_reason is None:
+            raise ProviderError(f"{self.name} ended the stream before it was done")
+        yield self._completion("".join(parts), last, finish_reason, usage)
+
+    def _event(self, data: str) -> dict[str, Any]:
+        event = decode_json(self.name, data)
+        if not isinstance(event, dict):
+            raise malformed(self.name, "a stream event is not an object")
+        if "error" in event:
+            error = event["error"]
+            message = error.get("message") if isinstance(error, dict) else error
+            raise ProviderError(f"{self.name} failed mid-stream: {message}")
+        return event
+
+    def _choices(self, event: dict[str, Any]) -> list[tuple[str, str | None]]:
+        try:
+            pairs = [
+                (c["delta"].get("content") or "", c.get("finish_reason"))
+                for c in event.get("choices") or []
+                if c.get("index", 0) == 0
+            ]
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise malformed(self.name, "a stream choice has no delta") from exc
+        if any(not isinstance(delta, str) for delta, _ in pairs):
+            raise malformed(self.name, "delta.content is not text")
+        return pairs
+
+    def _payload(
+        self, messages: Sequence[ChatMessage], temperature: float, max_tokens: int, *, stream: bool
+    ) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "model": self._settings.model,
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "stream": stream,
+        }
+        if stream:
+            payload["stream_options"] = {"include_usage": True}
+        return payload
+
+    def _completion(
+        self, text: str, body: dict[str, Any], finish_reason: Any, usage: Any
+    ) -> Completion:
+        usage = usage if isinstance(usage, dict) else {}
+        try:
+            prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            completion_tokens = int(usage.get("completion_tokens") or 0)
+        except (TypeError, ValueError) as exc:
+            raise malformed(self.name, "usage counts are not numbers") from exc
+        return Completion(
+            text=text,
+            model=str(body.get("model") or self._settings.model),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            extra={"finish_reason": finish_reason or "stop", "id": body.get("id")},
+        )
