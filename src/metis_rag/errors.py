@@ -11,6 +11,7 @@ MetisError
 ├── ProviderError                 502  provider_error (LLM or embedding backend failed)
 │   └── ProviderTimeout           504  provider_timeout
 ├── ServiceUnavailable            503  service_unavailable
+├── CorruptEntry                  500  cache_corrupt_entry (never reaches a client: dropped)
 └── MissingDependency             500  missing_dependency (an optional extra is not installed)
 
 One handler in `metis_rag.api` turns these into JSON bodies ``{"code", "message"}``;
@@ -100,6 +101,12 @@ class ProviderTimeout(ProviderError):
 class ServiceUnavailable(MetisError):
     status = 503
     code = "service_unavailable"
+
+
+class CorruptEntry(MetisError):
+    """A cached entry that cannot be decoded; the cache drops it and counts it, never returns it."""
+
+    code = "cache_corrupt_entry"
 
 
 class MissingDependency(MetisError):

@@ -1,0 +1,84 @@
+"""The `CacheBackend` interface. Backends: `memory` (in-process LRU), `disk` (SQLite), `redis`."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+
+@dataclass(frozen=True, slots=True)
+class BackendStats:
+    """A snapshot of one backend; `entries`/`bytes` are None where it cannot tell cheaply."""
+
+    entries: int | None
+    bytes: int | None
+    evictions: int = 0
+    errors: int = 0
+    healthy: bool = True
+
+
+class CacheBackend(ABC):
+    """A byte store with per-entry TTL, keyed by str.
+
+    Values are opaque bytes; encoding is the `Codec`'s job and tiering is `TieredCache`'s.
+    ``ttl_s=None`` keeps an entry until it is evicted or deleted; a TTL must be positive.
+    An expired entry is never returned. `get_many` returns only the keys it found.
+    `clear(prefix)` removes every key starting with `prefix` (all of this backend's keys when
+    None) and returns how many it removed, or -1 when it cannot tell. Backends may raise on
+    I/O failure (the `TieredCache` counts and skips a failing tier) except `RedisBackend`,
+    which degrades to misses and no-ops by design. `start`/`close` open and release
+    connections, files or pools; ``async with backend`` does both.
+    """
+
+    async def start(self) -> None:  # noqa: B027 - deliberately a no-op for backends without I/O
+        pass
+
+    async def close(self) -> None:  # noqa: B027
+        pass
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @abstractmethod
+    async def get(self, key: str) -> bytes | None: ...
+
+    @abstractmethod
+    async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None: ...
+
+    @abstractmethod
+    async def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    async def clear(self, prefix: str | None = None) -> int: ...
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        found = {}
+        for key in keys:
+            value = await self.get(key)
+            if value is not None:
+                found[key] = value
+        return found
+
+    async def set_many(self, items: Mapping[str, bytes], ttl_s: float | None = None) -> None:
+        for key, value in items.items():
+            await self.set(key, value, ttl_s)
+
+    @abstractmethod
+    async def stats(self) -> BackendStats: ...
+
+
+def check_ttl(ttl_s: float | None) -> None:
+    if ttl_s is not None and not ttl_s > 0:
+        raise ValueError(f"ttl_s must be positive or None, got {ttl_s!r}")

@@ -1,0 +1,126 @@
+"""The behaviour every `CacheBackend` promises, run on memory, disk and Redis alike."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from metis_rag.cache import CacheBackend
+
+PassTime = Callable[[float], Awaitable[None]]
+
+
+async def test_missing_key_is_none(backend: CacheBackend) -> None:
+    assert await backend.get("absent") is None
+
+
+async def test_set_get_overwrite_delete(backend: CacheBackend) -> None:
+    await backend.set("k", b"one")
+    assert await backend.get("k") == b"one"
+    await backend.set("k", b"two, longer")
+    assert await backend.get("k") == b"two, longer"
+    await backend.delete("k")
+    assert await backend.get("k") is None
+    await backend.delete("k")  # deleting what is gone is fine
+
+
+async def test_binary_and_empty_values(backend: CacheBackend) -> None:
+    every_byte = bytes(range(256)) * 4
+    await backend.set("bin", every_byte)
+    await backend.set("empty", b"")
+    assert await backend.get("bin") == every_byte
+    assert await backend.get("empty") == b""
+
+
+async def test_large_value(backend: CacheBackend) -> None:
+    big = os.urandom(4 * 1024 * 1024)
+    await backend.set("big", big)
+    assert await backend.get("big") == big
+
+
+async def test_unicode_keys_are_distinct(backend: CacheBackend) -> None:
+    await backend.set("café ☕", b"1")
+    await backend.set("cafe", b"2")
+    assert await backend.get("café ☕") == b"1"
+    assert await backend.get("cafe") == b"2"
+
+
+async def test_ttl_expires(backend: CacheBackend, pass_time: PassTime) -> None:
+    await backend.set("short", b"x", ttl_s=0.2)
+    await backend.set("forever", b"y")
+    assert await backend.get("short") == b"x"
+    await pass_time(0.3)
+    assert await backend.get("short") is None
+    assert await backend.get_many(["short", "forever"]) == {"forever": b"y"}
+
+
+async def test_overwrite_without_ttl_clears_the_ttl(
+    backend: CacheBackend, pass_time: PassTime
+) -> None:
+    await backend.set("k", b"old", ttl_s=0.2)
+    await backend.set("k", b"new")
+    await pass_time(0.3)
+    assert await backend.get("k") == b"new"
+
+
+@pytest.mark.parametrize("ttl_s", [0, -1.0])
+async def test_ttl_must_be_positive(backend: CacheBackend, ttl_s: float) -> None:
+    with pytest.raises(ValueError):
+        await backend.set("k", b"v", ttl_s=ttl_s)
+    with pytest.raises(ValueError):
+        await backend.set_many({"k": b"v"}, ttl_s=ttl_s)
+
+
+async def test_get_many_returns_only_found_keys(backend: CacheBackend) -> None:
+    await backend.set_many({f"k{i}": f"v{i}".encode() for i in range(40)})
+    got = await backend.get_many(["k0", "nope", "k39", "k0", "k7"])
+    assert got == {"k0": b"v0", "k39": b"v39", "k7": b"v7"}
+    assert await backend.get_many([]) == {}
+
+
+async def test_set_many_with_ttl(backend: CacheBackend, pass_time: PassTime) -> None:
+    await backend.set_many({"a": b"1", "b": b"2"}, ttl_s=0.2)
+    assert await backend.get_many(["a", "b"]) == {"a": b"1", "b": b"2"}
+    await pass_time(0.3)
+    assert await backend.get_many(["a", "b"]) == {}
+
+
+async def test_clear_by_prefix(backend: CacheBackend) -> None:
+    await backend.set_many({"emb:1": b"a", "emb:2": b"b", "llm:1": b"c", "em": b"d"})
+    assert await backend.clear("emb:") == 2
+    assert await backend.get_many(["emb:1", "emb:2", "llm:1", "em"]) == {"llm:1": b"c", "em": b"d"}
+
+
+async def test_clear_prefix_is_literal(backend: CacheBackend) -> None:
+    # Glob and LIKE metacharacters in a prefix match only themselves.
+    await backend.set_many({"q*[1]?%_x": b"a", "q*[1]?%_y": b"b", "qA1Z": b"c", "q_x": b"d"})
+    await backend.clear("q*[1]?%_")
+    assert await backend.get_many(["q*[1]?%_x", "q*[1]?%_y", "qA1Z", "q_x"]) == {
+        "qA1Z": b"c",
+        "q_x": b"d",
+    }
+
+
+async def test_clear_with_non_ascii_prefix(backend: CacheBackend) -> None:
+    await backend.set_many({"é1": b"a", "é2": b"b", "ê1": b"c", "e1": b"d"})
+    await backend.clear("é")
+    assert await backend.get_many(["é1", "é2", "ê1", "e1"]) == {"ê1": b"c", "e1": b"d"}
+
+
+async def test_clear_everything(backend: CacheBackend) -> None:
+    await backend.set_many({"a": b"1", "b": b"2", "c:d": b"3"})
+    assert await backend.clear() == 3
+    assert await backend.get_many(["a", "b", "c:d"]) == {}
+
+
+async def test_stats_track_entries_and_bytes(backend: CacheBackend) -> None:
+    await backend.set("a", b"12345")
+    await backend.set("b", b"123")
+    await backend.set("a", b"1")
+    stats = await backend.stats()
+    assert stats.entries in (2, None)
+    assert stats.bytes in (4, None)
+    assert stats.errors == 0
+    assert stats.healthy
