@@ -38,9 +38,9 @@ class LLM(Protocol):
     """A chat model behind HTTP.
 
     `complete` returns the whole answer; `stream` yields text deltas as they arrive, and its
-    `completion` attribute holds the usage once the last delta has been read. Both enforce the configured timeouts and raise
-    `ProviderTimeout` or `ProviderError` (with the upstream status and any Retry-After) on
-    failure. `name` is the provider and model, e.g. ``ollama:llama3``.
+    `completion` attribute holds the usage once the last delta has been read. Both enforce the
+    configured timeouts and raise `ProviderTimeout` or `ProviderError` (with the upstream status
+    and any Retry-After) on failure. `name` is the provider and model, e.g. ``ollama:llama3``.
     """
 
     name: str

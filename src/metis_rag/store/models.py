@@ -58,6 +58,7 @@ class Document(Base):
         Index("ix_documents_collection_path", "collection_id", "folder", "filename"),
         Index("ix_documents_collection_created", "collection_id", "created_at", "id"),
         Index("ix_documents_status", "status"),
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
@@ -94,6 +95,7 @@ class Chunk(Base):
     __table_args__ = (
         Index("ix_chunks_document_position", "document_id", "position"),
         Index("ix_chunks_collection", "collection_id"),
+        {"sqlite_autoincrement": True},  # ids are never reused: see the migration
     )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)

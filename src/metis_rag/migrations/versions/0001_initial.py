@@ -44,6 +44,7 @@ def upgrade() -> None:
         sa.Column("created_at", TS, nullable=False),
         sa.Column("updated_at", TS, nullable=False),
         sa.UniqueConstraint("collection_id", "content_hash", name="uq_documents_collection_hash"),
+        sqlite_autoincrement=True,
     )
     op.create_index(
         "ix_documents_collection_path", "documents", ["collection_id", "folder", "filename"]
@@ -76,6 +77,9 @@ def upgrade() -> None:
         sa.Column("section", sa.String(500)),
         sa.Column("token_count", sa.Integer, nullable=False),
         sa.Column("embedding", sa.LargeBinary, nullable=False),
+        # Ids are never reused (SQLite would hand a deleted max id out again): caches, the
+        # vector index and clients hold chunk ids, and one must never name a different chunk.
+        sqlite_autoincrement=True,
     )
     op.create_index("ix_chunks_document_position", "chunks", ["document_id", "position"])
     op.create_index("ix_chunks_collection", "chunks", ["collection_id"])
@@ -110,8 +114,10 @@ def upgrade() -> None:
         # its full-text entry are written (or rolled back) in the same transaction.
         op.execute(
             "CREATE VIRTUAL TABLE chunks_fts USING fts5("
-            "text, content='chunks', content_rowid='id', tokenize='porter unicode61')"
+            "text, content='chunks', content_rowid='id', tokenize='unicode61 remove_diacritics 2')"
         )
+        # Per-term document frequencies, so queries can keep only their selective terms.
+        op.execute("CREATE VIRTUAL TABLE chunks_vocab USING fts5vocab(chunks_fts, 'row')")
         op.execute(
             "CREATE TRIGGER chunks_ai AFTER INSERT ON chunks BEGIN "
             "INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text); END"
@@ -133,6 +139,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
+        op.execute("DROP TABLE IF EXISTS chunks_vocab")
         op.execute("DROP TABLE IF EXISTS chunks_fts")
     for table in ("messages", "conversations", "chunks", "document_tags", "documents"):
         op.drop_table(table)

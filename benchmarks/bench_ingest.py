@@ -1,0 +1,166 @@
+"""Ingestion throughput: Metis end to end vs its embedder alone, plain sentence-transformers and
+LlamaIndex's default pipeline, on the same corpus, in the same run (median of --runs).
+
+    python benchmarks/bench_ingest.py [--docs 40] [--runs 3]
+
+Prints chunks/s of each, Metis's share of its own embedder's throughput (target >= 85%), and
+corpus wall time vs LlamaIndex (target >= 2x). LlamaIndex runs twice: with its defaults
+(SentenceSplitter 1024 tokens, which MiniLM truncates at 256, so it embeds a quarter of the
+text) and with Metis's chunking (128 tokens, 24 overlap): the second is the like-for-like one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import corpus  # noqa: E402
+from metis_rag.config import Settings  # noqa: E402
+from metis_rag.embed.packaged import packaged_model_dir  # noqa: E402
+from metis_rag.services import open_services  # noqa: E402
+
+MODEL_CACHE = HERE / ".cache" / "model"
+
+
+async def metis_run(docs: Path, data_dir: Path) -> tuple[float, int, list[str]]:
+    settings = Settings(data_dir=data_dir)
+    async with open_services(settings) as services:
+        from metis_rag.ingest.pipeline import Upload
+
+        uploads = [Upload(p.name, p.read_bytes()) for p in sorted(docs.iterdir())]
+        t = time.perf_counter()
+        report = await services.ingestor.ingest_stream(uploads, "bench")
+        seconds = time.perf_counter() - t
+        async with services.sessions() as session:
+            from sqlalchemy import select
+
+            from metis_rag.store.models import Chunk
+
+            texts = list((await session.execute(select(Chunk.text).order_by(Chunk.id))).scalars())
+    return seconds, report.chunks, texts
+
+
+async def embedder_run(texts: list[str], data_dir: Path) -> float:
+    from metis_rag.embed import build_embedder
+
+    embedder = build_embedder(Settings(data_dir=data_dir).embed, data_dir)
+    await embedder.start()
+    t = time.perf_counter()
+    await embedder.embed(texts)
+    seconds = time.perf_counter() - t
+    await embedder.close()
+    return seconds
+
+
+def torch_run(texts: list[str]) -> float:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    torch.set_num_threads(os.cpu_count() or 2)
+    model = SentenceTransformer(str(packaged_model_dir()), device="cpu")
+    t = time.perf_counter()
+    model.encode(texts, batch_size=32, normalize_embeddings=True)
+    return time.perf_counter() - t
+
+
+def llamaindex_run(docs: Path, same_chunking: bool) -> tuple[float, int]:
+    from llama_index.core import Settings as LISettings
+    from llama_index.core import SimpleDirectoryReader, VectorStoreIndex
+    from llama_index.core.node_parser import SentenceSplitter
+    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+
+    LISettings.embed_model = HuggingFaceEmbedding(model_name=str(packaged_model_dir()),
+                                                  device="cpu")
+    LISettings.llm = None
+    t = time.perf_counter()
+    documents = SimpleDirectoryReader(str(docs)).load_data()
+    kwargs = {}
+    if same_chunking:
+        from metis_rag.embed.packaged import load_tokenizer
+
+        tok = load_tokenizer()
+        splitter = SentenceSplitter(chunk_size=128, chunk_overlap=24,
+                                    tokenizer=lambda s: tok.encode(s, add_special_tokens=False).ids)
+        kwargs["transformations"] = [splitter]
+    index = VectorStoreIndex.from_documents(documents, **kwargs)
+    seconds = time.perf_counter() - t
+    return seconds, len(index.docstore.docs)
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--docs", type=int, default=40)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--no-llamaindex", action="store_true")
+    a = p.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="metis-bench-ingest-"))
+    docs = work / "docs"
+    corpus.write_corpus(docs, a.docs, words_per_doc=600)
+    # Prepare the ONNX model once, outside the timings.
+    asyncio.run(embedder_run(["warm up"], MODEL_CACHE))
+    rows: dict[str, list[float]] = {k: [] for k in
+                                    ("metis", "embedder", "torch", "li_default", "li_same")}
+    n_chunks = li_default_chunks = li_same_chunks = 0
+    for run in range(a.runs):
+        data_dir = work / f"data{run}"
+        data_dir.mkdir()
+        (data_dir / "models").symlink_to(MODEL_CACHE / "models", target_is_directory=True)
+        seconds, n_chunks, texts = asyncio.run(metis_run(docs, data_dir))
+        rows["metis"].append(seconds)
+        rows["embedder"].append(asyncio.run(embedder_run(texts, data_dir)))
+        rows["torch"].append(torch_run(texts))
+        if not a.no_llamaindex:
+            s, li_default_chunks = llamaindex_run(docs, same_chunking=False)
+            rows["li_default"].append(s)
+            s, li_same_chunks = llamaindex_run(docs, same_chunking=True)
+            rows["li_same"].append(s)
+        print(f"run {run + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in rows.items() if v),
+              flush=True)
+
+    words = sum(len(p.read_text().split()) for p in docs.iterdir())
+    print(f"\ncorpus: {a.docs} documents, {words} words; Metis chunks: {n_chunks} "
+          f"(128 tokens, 24 overlap); machine: {os.cpu_count()} cores; median of {a.runs} runs")
+    print(f"{'pipeline':44} {'seconds':>8} {'chunks':>7} {'chunks/s':>9}")
+    table = [
+        ("Metis ingest end to end (local ONNX int8)", med(rows["metis"]), n_chunks),
+        ("Metis embedder alone, same chunks", med(rows["embedder"]), n_chunks),
+        ("plain SentenceTransformer.encode (torch)", med(rows["torch"]), n_chunks),
+    ]
+    if rows["li_default"]:
+        table += [
+            ("LlamaIndex default (1024-token chunks)", med(rows["li_default"]), li_default_chunks),
+            ("LlamaIndex, Metis's chunking (128/24)", med(rows["li_same"]), li_same_chunks),
+        ]
+    for name, s, n in table:
+        print(f"{name:44} {s:8.2f} {n:7d} {n / s:9.1f}")
+    print(f"\nMetis end to end / its embedder: {med(rows['embedder']) / med(rows['metis']):.1%} "
+          "(target >= 85%)")
+    print(f"embedder / plain torch: {med(rows['torch']) / med(rows['embedder']):.2f}x "
+          "(target >= 1.6x)")
+    if rows["li_default"]:
+        print(f"corpus wall time, LlamaIndex default / Metis: "
+              f"{med(rows['li_default']) / med(rows['metis']):.2f}x")
+        print(f"corpus wall time, LlamaIndex same chunking / Metis: "
+              f"{med(rows['li_same']) / med(rows['metis']):.2f}x (target >= 2x)")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from metis_rag.cli import app
+
+app()

@@ -1,0 +1,177 @@
+"""The default embedder: the packaged all-MiniLM-L6-v2 exported to ONNX and quantized to int8.
+
+`prepare_onnx_model` exports the packaged sentence-transformers model (transformer + mean
+pooling + L2 normalisation in one graph) with torch, then quantizes its weights per channel
+to int8 with ONNX Runtime. It runs once, offline, into ``<data_dir>/models/`` and is reused
+by every later start; a lock file keeps two processes from exporting at the same time.
+Measured on a 2-core AMD EPYC: about 2x the throughput of plain sentence-transformers on
+torch, with cosine >= 0.98 to its embeddings (benchmarks/bench_ingest.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import EmbedSettings
+from . import packaged
+
+log = logging.getLogger("metis.embed")
+
+VARIANT = "onnx-int8"
+FORMAT = 1  # bump when the export changes, so old exports are redone
+DIM = 384
+
+
+def model_dir(models_dir: Path) -> Path:
+    return models_dir / f"{packaged.MODEL_NAME}-{VARIANT}"
+
+
+def _is_prepared(target: Path) -> bool:
+    meta = target / "meta.json"
+    if not (meta.exists() and (target / "model.onnx").exists()):
+        return False
+    try:
+        return int(json.loads(meta.read_text()).get("format", 0)) == FORMAT
+    except (ValueError, OSError):
+        return False
+
+
+def prepare_onnx_model(models_dir: Path) -> Path:
+    """Export and quantize the packaged model into `models_dir` unless already there."""
+    target = model_dir(models_dir)
+    if _is_prepared(target):
+        return target
+    models_dir.mkdir(parents=True, exist_ok=True)
+    with (models_dir / ".prepare.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be exporting right now
+        if _is_prepared(target):
+            return target
+        log.info("preparing the ONNX int8 embedding model into %s (once)", target)
+        work = Path(tempfile.mkdtemp(prefix=".export-", dir=models_dir))
+        try:
+            _export(work / "model-f32.onnx")
+            _quantize(work / "model-f32.onnx", work / "model.onnx")
+            (work / "model-f32.onnx").unlink()
+            shutil.copy(packaged.packaged_model_dir() / "tokenizer.json", work / "tokenizer.json")
+            (work / "meta.json").write_text(json.dumps(
+                {"format": FORMAT, "source": packaged.MODEL_NAME, "variant": VARIANT, "dim": DIM}
+            ))
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(work, target)  # whole directory at once: never half a model
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def _export(path: Path) -> None:
+    import torch
+    from transformers import AutoModel
+
+    bert = AutoModel.from_pretrained(str(packaged.packaged_model_dir()), local_files_only=True)
+    bert.eval()
+
+    class MeanPooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask)[0]
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(mean, dim=-1)
+
+    sample = torch.ones(2, 16, dtype=torch.long)
+    axes = {0: "batch", 1: "tokens"}
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript exporter, on purpose: the dynamo one needs onnxscript and gains
+        # nothing for a plain BERT; torch is pinned, so its deprecation notice is noise.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            MeanPooled(), (sample, sample), str(path), dynamo=False, opset_version=17,
+            input_names=["input_ids", "attention_mask"], output_names=["embedding"],
+            dynamic_axes={"input_ids": axes, "attention_mask": axes, "embedding": {0: "batch"}},
+        )
+
+
+def _quantize(source: Path, target: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(source), str(target), per_channel=True, weight_type=QuantType.QInt8)
+
+
+class OnnxEmbedder:
+    """`Embedder` on ONNX Runtime. Texts are sorted by length and cut into small batches, so
+    padding wastes little; the model runs in a worker thread (ONNX Runtime releases the GIL)
+    and one batch at a time, since each already uses every core."""
+
+    def __init__(self, settings: EmbedSettings, models_dir: Path) -> None:
+        self.model_id = f"local:{packaged.MODEL_NAME}:{VARIANT}"
+        self.dim = DIM
+        self._settings = settings
+        self._models_dir = models_dir
+        self._session: Any = None
+        self._tokenizer: Any = None
+        self._run_lock = threading.Lock()
+
+    async def start(self) -> None:
+        if self._session is None:
+            await asyncio.to_thread(self._load)
+
+    def _load(self) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        directory = prepare_onnx_model(self._models_dir)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self._settings.threads or (os.cpu_count() or 1)
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = ort.InferenceSession(
+            str(directory / "model.onnx"), options, providers=["CPUExecutionProvider"]
+        )
+        tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        tokenizer.enable_truncation(packaged.max_seq_length())
+        tokenizer.enable_padding()
+        self._tokenizer = tokenizer
+
+    async def close(self) -> None:
+        self._session = None
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return packaged.count_tokens(list(texts))
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        if self._session is None:
+            raise RuntimeError("OnnxEmbedder.embed called before start()")
+        return await asyncio.to_thread(self.embed_sync, list(texts))
+
+    def embed_sync(self, texts: list[str]) -> np.ndarray:
+        """Blocking encode (for worker threads and processes)."""
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        size = self._settings.batch_size
+        for start in range(0, len(texts), size):
+            idx = order[start : start + size]
+            encoded = self._tokenizer.encode_batch([texts[i] for i in idx])
+            ids = np.array([e.ids for e in encoded], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+            with self._run_lock:
+                out[idx] = self._session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        return out

@@ -1,0 +1,57 @@
+"""Plain sentence-transformers on torch: the reference the local ONNX embedder is measured
+against, and a choice for users who want the unquantized model."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..config import EmbedSettings
+from . import packaged
+
+
+class TorchEmbedder:
+    def __init__(self, settings: EmbedSettings) -> None:
+        self.model_id = f"torch:{packaged.MODEL_NAME}"
+        self.dim = 384
+        self._settings = settings
+        self._model: Any = None
+        self._run_lock = threading.Lock()
+
+    async def start(self) -> None:
+        if self._model is None:
+            await asyncio.to_thread(self._load)
+
+    def _load(self) -> None:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        torch.set_num_threads(self._settings.threads or (os.cpu_count() or 1))
+        self._model = SentenceTransformer(str(packaged.packaged_model_dir()), device="cpu")
+        self.dim = int(self._model.get_sentence_embedding_dimension() or self.dim)
+
+    async def close(self) -> None:
+        self._model = None
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return packaged.count_tokens(list(texts))
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        if self._model is None:
+            raise RuntimeError("TorchEmbedder.embed called before start()")
+        return await asyncio.to_thread(self._encode, list(texts))
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        with self._run_lock:
+            vectors = self._model.encode(
+                texts, batch_size=self._settings.batch_size, normalize_embeddings=True,
+                convert_to_numpy=True, show_progress_bar=False,
+            )
+        return np.asarray(vectors, dtype=np.float32)
