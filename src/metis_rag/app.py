@@ -7,14 +7,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
-from .api import chat, documents, health
+from .api import cache, chat, documents, health
 from .config import Settings
 from .errors import MetisError, PayloadTooLarge, RateLimited
 from .services import open_services
@@ -32,22 +33,29 @@ _HTTP_CODES = {
 }
 
 
-def _error(status: int, code: str, message: str, **extra: Any) -> ORJSONResponse:
+class ErrorResponse(JSONResponse):
+    """Error bodies, rendered with orjson (route bodies are serialized by Pydantic directly)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> ErrorResponse:
     body: dict[str, Any] = {"code": code, "message": message}
     body.update({k: v for k, v in extra.items() if v is not None})
-    return ORJSONResponse(body, status_code=status)
+    return ErrorResponse(body, status_code=status)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(MetisError)
-    async def metis_error(_: Request, exc: MetisError) -> ORJSONResponse:
+    async def metis_error(_: Request, exc: MetisError) -> ErrorResponse:
         response = _error(exc.status, exc.code, exc.message, details=exc.details or None)
         if isinstance(exc, RateLimited):
             response.headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
         return response
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+    async def validation_error(_: Request, exc: RequestValidationError) -> ErrorResponse:
         errors = [
             {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"),
              "problem": e.get("msg", "")}
@@ -61,7 +69,7 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+    async def http_error(_: Request, exc: StarletteHTTPException) -> ErrorResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else "Request failed."
         if exc.status_code == 404 and message == "Not Found":
@@ -69,7 +77,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error(exc.status_code, code, message)
 
     @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> ORJSONResponse:
+    async def unexpected(request: Request, exc: Exception) -> ErrorResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return _error(500, "internal_error", "Something went wrong on our side; it was logged.")
 
@@ -120,11 +128,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="A fast, frugal RAG server: answers with citations over your documents.",
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
     )
     install_error_handlers(app)
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
     app.include_router(documents.router)
     app.include_router(chat.router)
     app.include_router(health.router)
+    app.include_router(cache.router)
+    app.state.cache_invalidation_limiter = cache.SlidingWindow(
+        settings.cache.invalidations_per_min
+    )
     return app

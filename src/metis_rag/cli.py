@@ -25,6 +25,8 @@ app = typer.Typer(help="Metis: a fast, frugal RAG server.", no_args_is_help=True
                   pretty_exceptions_enable=False)
 docs_app = typer.Typer(help="List, show and delete documents.", no_args_is_help=True)
 app.add_typer(docs_app, name="docs")
+cache_app = typer.Typer(help="Cache statistics and invalidation.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
 console = Console()
 err_console = Console(stderr=True)
 T = TypeVar("T")
@@ -250,3 +252,96 @@ def docs_delete(document_id: int, data_dir: DataDir = None) -> None:
 
     _run(_with_services(_settings(data_dir), fn))
     console.print(f"deleted document {document_id}")
+
+
+ServerOpt = Annotated[
+    str | None,
+    typer.Option("--server", help="A running Metis (default: METIS_HOST:METIS_PORT, if up)."),
+]
+
+
+def _server(settings: Settings, url: str | None) -> str | None:
+    """The URL of a running server for this data dir, or None to work in-process."""
+    import httpx
+
+    url = url or f"http://{settings.host}:{settings.port}"
+    try:
+        httpx.get(url + "/api/health", timeout=1.0)
+    except httpx.HTTPError:
+        return None
+    return url
+
+
+@cache_app.command("stats")
+def cache_stats(data_dir: DataDir = None, server: ServerOpt = None) -> None:
+    """Per-level hits, misses, hit ratio, entries, bytes, evictions, errors, latency, savings.
+
+    Counters live in the server process: asks the running server; without one, shows what
+    the persistent tier holds."""
+    settings = _settings(data_dir)
+    url = _server(settings, server)
+    if url is not None:
+        import httpx
+
+        stats = httpx.get(url + "/api/cache/stats", timeout=10).json()
+    else:
+        async def fn(services: Services) -> Any:
+            if services.caches is None:
+                raise MetisError("The cache is disabled.", code="cache_disabled")
+            return await services.caches.stats()
+
+        stats = _run(_with_services(settings, fn))
+    table = Table("level", "hits", "misses", "hit ratio", "mean hit ms", "mean miss ms",
+                  "errors", "saved ms")
+    for name, lv in stats["levels"].items():
+        table.add_row(name, str(lv["hits"]), str(lv["misses"]), f"{lv['hit_ratio']:.1%}",
+                      f"{lv.get('mean_hit_ms', 0):.2f}", f"{lv.get('mean_miss_ms', 0):.2f}",
+                      str(lv.get("errors", 0)), f"{lv['saved_ms']:.0f}")
+    console.print(table)
+    tiers = Table("tier", "entries", "bytes", "evictions", "errors", "healthy")
+    for t in stats["tiers"]:
+        tiers.add_row(t["backend"], str(t["entries"]), str(t["bytes"]), str(t["evictions"]),
+                      str(t["errors"]), str(t["healthy"]))
+    console.print(tiers)
+    console.print(f"LLM calls saved: {stats['llm_calls_saved']}, tokens saved: "
+                  f"{stats['tokens_saved']}, estimated cost saved: "
+                  f"${stats['estimated_cost_saved']:.4f}"
+                  + ("" if url else "  (no server running: counters of this process only)"))
+
+
+@cache_app.command("clear")
+def cache_clear(
+    namespace: Annotated[str | None, typer.Option()] = None,
+    collection: CollectionOpt = None,
+    level: Annotated[str | None, typer.Option(help="exact, semantic, retrieval, llm, "
+                                                   "embedding or document")] = None,
+    data_dir: DataDir = None,
+    server: ServerOpt = None,
+) -> None:
+    """Invalidate a collection's answers, a namespace, a level, or everything."""
+    settings = _settings(data_dir)
+    params = {k: v for k, v in {"namespace": namespace, "collection": collection,
+                                "level": level}.items() if v}
+    url = _server(settings, server)
+    if url is not None:
+        import httpx
+
+        r = httpx.delete(url + "/api/cache", params=params, timeout=30)
+        if r.status_code >= 400:
+            err_console.print(f"[red]error[/red] ({r.json().get('code')}): {r.json().get('message')}")
+            raise typer.Exit(2)
+    else:
+        async def fn(services: Services) -> None:
+            if services.caches is None:
+                raise MetisError("The cache is disabled.", code="cache_disabled")
+            if collection:
+                from .store import repo
+
+                async with services.sessions() as session, session.begin():
+                    coll = await repo.get_collection(session, collection)
+                    await repo.bump_version(session, coll.id)
+                return
+            await services.caches.clear(namespace=namespace, level=level)
+
+        _run(_with_services(settings, fn))
+    console.print("cache cleared: " + (", ".join(f"{k}={v}" for k, v in params.items()) or "all"))

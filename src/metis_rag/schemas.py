@@ -82,6 +82,11 @@ class ChatQuery(BaseModel):
     tags: list[str] = Field(default_factory=list, description="Only chunks carrying every tag.")
     folder: str | None = Field(None, description="Only documents in this folder (or below).")
     hybrid: bool | None = Field(None, description="Override METIS_RETRIEVAL__HYBRID.")
+    cache: bool = Field(True, description="false bypasses every cache level for this request.")
+    namespace: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.\-]{1,100}$",
+        description="Tenant namespace for the cache (else X-Metis-Namespace, else the default).",
+    )
 
 
 class Citation(BaseModel):
@@ -104,6 +109,15 @@ class Timings(BaseModel):
     total: float = 0.0
 
 
+class CacheInfo(BaseModel):
+    level: Literal["exact", "semantic", "retrieval", "llm"] | None = Field(
+        None, description="The cache level that served this answer, or null for a full run."
+    )
+    similarity: float | None = Field(None, description="Semantic hits: cosine similarity.")
+    original_question: str | None = Field(None, description="Semantic hits: the cached question.")
+    saved_ms: float | None = Field(None, description="Time the hit saved, estimated.")
+
+
 class ChatAnswer(BaseModel):
     answer: str
     citations: list[Citation]
@@ -113,6 +127,7 @@ class ChatAnswer(BaseModel):
     timings_ms: Timings
     usage: dict[str, int] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
+    cache: CacheInfo = Field(default_factory=CacheInfo)
 
 
 class MessageOut(BaseModel):

@@ -13,13 +13,16 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from .cache.levels import Caches, open_caches
 from .config import Settings
 from .embed import build_embedder
 from .embed.base import Embedder
+from .embed.cached import CachedEmbedder
 from .ingest.chunker import Chunker
 from .ingest.pipeline import Ingestor, reconcile
 from .llm import build_llm
 from .llm.base import LLM
+from .llm.cached import CachedLLM
 from .rag.chat import ChatService
 from .rag.retriever import Retriever
 from .store.db import create_engine, migrate, session_factory
@@ -40,6 +43,7 @@ class Services:
     ingestor: Ingestor
     retriever: Retriever
     chat: ChatService
+    caches: Caches | None
 
 
 @asynccontextmanager
@@ -51,9 +55,13 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         await migrate(engine)
         sessions = session_factory(engine)
 
-        embedder = build_embedder(settings.embed, settings.data_dir)
+        embedder: Embedder = build_embedder(settings.embed, settings.data_dir)
         await embedder.start()
         stack.push_async_callback(embedder.close)
+        caches: Caches | None = None
+        if settings.cache.enabled:
+            caches = await open_caches(settings.cache, settings.data_dir, embedder.dim, stack)
+            embedder = CachedEmbedder(embedder, caches.embedding)
 
         vectors: VectorStore = HnswVectorStore(
             settings.data_dir / "vectors", embedder.dim, ef_search=settings.retrieval.ef_search
@@ -68,15 +76,19 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         if llm is not None:
             await llm.start()
             stack.push_async_callback(llm.close)
+            if caches is not None:
+                llm = CachedLLM(llm, caches.llm)
 
         chunker = Chunker(
             embedder.count_tokens, settings.chunk.max_tokens, settings.chunk.overlap_tokens
         )
         ingestor = Ingestor(
-            sessions, embedder, vectors, chunker, max_bytes=settings.max_upload_bytes
+            sessions, embedder, vectors, chunker, max_bytes=settings.max_upload_bytes,
+            document_cache=caches.document if caches else None,
         )
-        retriever = Retriever(sessions, vectors, settings.retrieval)
-        chat = ChatService(settings, sessions, embedder, retriever, llm)
+        retriever = Retriever(sessions, vectors, settings.retrieval,
+                              caches.retrieval if caches else None)
+        chat = ChatService(settings, sessions, embedder, retriever, llm, caches)
         yield Services(
             settings=settings,
             engine=engine,
@@ -87,4 +99,5 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             ingestor=ingestor,
             retriever=retriever,
             chat=chat,
+            caches=caches,
         )

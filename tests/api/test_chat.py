@@ -128,7 +128,8 @@ async def test_llm_answer_cites_sources(llm_client) -> None:  # type: ignore[no-
 
     events = []
     async with client.stream("POST", "/api/chat/query", json={
-            "message": FACTS[4][1], "collection": "handbook", "stream": True}) as resp:
+            "message": FACTS[4][1], "collection": "handbook", "stream": True,
+            "cache": False}) as resp:
         async for ev in _sse(resp.aiter_lines()):
             events.append(ev)
     tokens = [d for k, d in events if k == "token"]

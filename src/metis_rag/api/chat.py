@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter
+from fastapi import APIRouter, Header
 from fastapi.responses import StreamingResponse
 
 from ..errors import MetisError
@@ -30,10 +30,14 @@ def _sse(event: str, data: Any) -> bytes:
                      "description": "JSON, or server-sent events when stream is true: "
                                     "token events, then citations, then done."}},
 )
-async def query(body: ChatQuery, services: ServicesDep) -> Any:
+async def query(
+    body: ChatQuery,
+    services: ServicesDep,
+    x_metis_namespace: Annotated[str | None, Header(max_length=100)] = None,
+) -> Any:
     if not body.stream:
-        return await services.chat.answer(body)
-    events = services.chat.stream(body)
+        return await services.chat.answer(body, x_metis_namespace)
+    events = services.chat.stream(body, x_metis_namespace)
     # Fail before the stream starts (404, 422...) so clients get a real status code.
     first = await anext(events)
 

@@ -19,13 +19,14 @@ import numpy as np
 from sqlalchemy import delete, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ..cache.tiered import TieredCache
 from ..embed.base import Embedder
 from ..errors import InvalidInput, MetisError, PayloadTooLarge
 from ..store import repo
 from ..store.models import Chunk, Collection, Document
 from ..store.vectors import VectorStore
 from .chunker import ChunkDraft, Chunker
-from .parsers import ParsedDocument, detect_type, parse, sanitize_filename
+from .parsers import ParsedDocument, Section, detect_type, parse, sanitize_filename
 
 # Chunks embedded together across small documents, so model batches stay full.
 GROUP_CHUNKS = 256
@@ -96,7 +97,9 @@ class Ingestor:
         chunker: Chunker,
         *,
         max_bytes: int,
+        document_cache: TieredCache | None = None,
     ) -> None:
+        self._document_cache = document_cache
         self._sessions = sessions
         self._embedder = embedder
         self._vectors = vectors
@@ -105,7 +108,7 @@ class Ingestor:
         # One writer at a time keeps SQLite free of lock contention and the index consistent.
         self._write_lock = asyncio.Lock()
 
-    def prepare(self, upload: Upload) -> Prepared:
+    def prepare(self, upload: Upload, parsed: ParsedDocument | None = None) -> Prepared:
         """Validate, parse and chunk one file (CPU-bound; call it from a worker thread)."""
         filename = sanitize_filename(upload.filename)
         if len(upload.data) > self._max_bytes:
@@ -113,7 +116,8 @@ class Ingestor:
                 f"{filename} is {len(upload.data)} bytes; the limit is {self._max_bytes} bytes."
             )
         mime = detect_type(filename, upload.data[:8192])
-        parsed = parse(upload.data, filename)
+        if parsed is None:
+            parsed = parse(upload.data, filename)
         chunks = self._chunker.chunk(parsed)
         if not chunks:
             raise InvalidInput(f"{filename} has no text to index.", code="empty_document")
@@ -126,9 +130,29 @@ class Ingestor:
             chunks=chunks,
         )
 
+    async def prepare_async(self, upload: Upload) -> Prepared:
+        """`prepare` off the event loop, reusing a parse of the same bytes from the document cache."""
+        cache = self._document_cache
+        if cache is None:
+            return await asyncio.to_thread(self.prepare, upload)
+        key = hashlib.sha256(upload.data).hexdigest() + ":" + sanitize_filename(upload.filename)
+        cached = await cache.get(key)
+        parsed = None
+        if cached is not None:
+            parsed = ParsedDocument(
+                title=cached["title"], mime=cached["mime"],
+                sections=[Section(text=t, page=p, heading=h) for t, p, h in cached["sections"]],
+            )
+        prepared = await asyncio.to_thread(self.prepare, upload, parsed)
+        if cached is None:
+            p = prepared.parsed
+            await cache.set(key, {"title": p.title, "mime": p.mime,
+                                  "sections": [[s.text, s.page, s.heading] for s in p.sections]})
+        return prepared
+
     async def ingest(self, uploads: Sequence[Upload], collection: str) -> IngestReport:
         """All-or-nothing ingestion of a request's files: any bad file rejects them all."""
-        prepared = [await asyncio.to_thread(self.prepare, u) for u in uploads]
+        prepared = [await self.prepare_async(u) for u in uploads]
         vectors = await self._embed_group(prepared)
         async with self._write_lock:
             return await self._write(collection, prepared, vectors)
@@ -167,9 +191,7 @@ class Ingestor:
             try:
                 for upload in uploads:
                     try:
-                        item: Prepared | IngestResult = await asyncio.to_thread(
-                            self.prepare, upload
-                        )
+                        item: Prepared | IngestResult = await self.prepare_async(upload)
                     except MetisError as exc:
                         item = IngestResult(upload.filename, "failed", error=exc.to_dict())
                     await queue.put(item)

@@ -1,4 +1,10 @@
-"""Answering a question: conversation history, retrieval, generation, and what gets saved."""
+"""Answering a question: conversation history, the cache levels, retrieval, generation.
+
+Order of work for one question (each step skipped when an earlier one answers):
+exact cache → semantic cache → retrieval (retrieval cache inside) → generation (LLM cache
+inside the cached LLM). Answers are cached under the collection's version, so any change to
+the collection makes every earlier answer unreachable.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +14,20 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ..cache.levels import Caches, digest, normalize_question
 from ..config import Settings
 from ..embed.base import Embedder
 from ..errors import InvalidInput, ProviderError
-from ..llm.base import LLM, ChatMessage
-from ..schemas import ChatAnswer, ChatQuery, Citation, Timings
+from ..llm.base import LLM, ChatMessage, Completion
+from ..schemas import CacheInfo, ChatAnswer, ChatQuery, Citation, Timings
 from ..store import repo
-from ..store.models import Message
-from .answer import build_messages, extractive_answer
+from ..store.models import Collection, Message
+from .answer import PROMPT_VERSION, build_messages, extractive_answer
 from .retriever import Retrieved, Retriever
-
 
 _CITED_SENTENCE_END = re.compile(r"(?<=\])\s+")
 
@@ -48,16 +56,43 @@ def citations_of(sources: list[Retrieved]) -> list[Citation]:
 
 @dataclass(slots=True)
 class _Turn:
-    """What is known about a question once retrieval is done, before generation."""
+    """Everything known about one question while it is being answered."""
 
     query: ChatQuery
+    namespace: str
     collection_id: int
+    version: int
     conversation_id: str
     history: list[ChatMessage]
-    sources: list[Retrieved]
-    timings: Timings
+    shape: str
     started: float
+    timings: Timings = field(default_factory=Timings)
+    vector: np.ndarray | None = None
+    sources: list[Retrieved] = field(default_factory=list)
+    retrieval_saved_ms: float | None = None
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def use_cache(self) -> bool:
+        return self.query.cache
+
+    @property
+    def retrieval_text(self) -> str:
+        # A follow-up ("and the second one?") is retrieved together with the last question.
+        last_user = next((m.content for m in reversed(self.history) if m.role == "user"), "")
+        return f"{last_user}\n{self.query.message}" if last_user else self.query.message
+
+    @property
+    def scope(self) -> str:
+        return f"{self.namespace}:{self.collection_id}:{self.version}"
+
+    @property
+    def exact_key(self) -> str:
+        return f"{self.scope}:{digest(normalize_question(self.query.message), self.shape)}"
+
+    @property
+    def partition(self) -> tuple[str, ...]:
+        return (self.namespace, str(self.collection_id), str(self.version), self.shape)
 
 
 class ChatService:
@@ -68,26 +103,36 @@ class ChatService:
         embedder: Embedder,
         retriever: Retriever,
         llm: LLM | None,
+        caches: Caches | None = None,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
         self._embedder = embedder
+        # `cache: false` bypasses every level, the embedding and LLM caches included.
+        self._uncached_embedder: Embedder = getattr(embedder, "inner", embedder)
         self._retriever = retriever
         self._llm = llm
+        self._uncached_llm: LLM | None = getattr(llm, "inner", llm)
+        self._caches = caches
 
-    async def _prepare(self, query: ChatQuery) -> _Turn:
+    # -- the steps -------------------------------------------------------------------------
+
+    async def _resolve(self, query: ChatQuery, namespace: str | None) -> _Turn:
         started = time.perf_counter()
-        timings = Timings()
         if not query.use_rag and self._llm is None:
             raise InvalidInput(
                 "use_rag=false needs an LLM: set METIS_LLM__PROVIDER (extractive answers "
                 "come from the documents).",
                 code="llm_required",
             )
-        name = query.collection or self._settings.default_collection
         history: list[ChatMessage] = []
         async with self._sessions() as session, session.begin():
-            coll = await repo.get_collection(session, name)
+            if query.collection:
+                coll = await repo.get_collection(session, query.collection)
+            else:  # the default collection always exists, even before anything is ingested
+                coll = await repo.get_or_create_collection(
+                    session, self._settings.default_collection
+                )
             if query.conversation_id:
                 conv = await repo.get_conversation(session, query.conversation_id)
                 if conv.collection_id != coll.id:
@@ -101,108 +146,214 @@ class ChatService:
                 history = [ChatMessage(m.role, m.content) for m in past]  # type: ignore[arg-type]
             else:
                 conv = await repo.create_conversation(session, coll.id, query.message)
-        sources: list[Retrieved] = []
-        if query.use_rag:
-            # A follow-up ("and the second one?") is retrieved together with the last question.
-            last_user = next((m.content for m in reversed(history) if m.role == "user"), "")
-            retrieval_text = f"{last_user}\n{query.message}" if last_user else query.message
-            t = time.perf_counter()
-            vector = (await self._embedder.embed([retrieval_text]))[0]
-            timings.embed = _ms(t)
-            t = time.perf_counter()
-            sources = await self._retriever.retrieve(
-                coll.id,
-                retrieval_text,
-                vector,
-                top_k=query.top_k or self._settings.retrieval.top_k,
-                tags=query.tags,
-                folder=query.folder,
-                hybrid=query.hybrid,
-            )
-            timings.retrieve = _ms(t)
-        return _Turn(query, coll.id, conv.id, history, sources, timings, started)
+        return _Turn(
+            query=query,
+            namespace=query.namespace or namespace or self._settings.cache.namespace,
+            collection_id=coll.id,
+            version=coll.version,
+            conversation_id=conv.id,
+            history=history,
+            shape=self._shape(query, history),
+            started=started,
+        )
 
-    async def answer(self, query: ChatQuery) -> ChatAnswer:
-        turn = await self._prepare(query)
+    def _shape(self, query: ChatQuery, history: list[ChatMessage]) -> str:
+        """Everything besides the question that shapes an answer: part of every answer key."""
+        r, llm = self._settings.retrieval, self._settings.llm
+        return digest(
+            query.use_rag, query.top_k or r.top_k, sorted(query.tags), query.folder,
+            r.hybrid if query.hybrid is None else query.hybrid, r.candidates, r.rrf_k,
+            self._llm.name if self._llm else "extractive", PROMPT_VERSION,
+            llm.temperature, llm.max_tokens, [(m.role, m.content) for m in history],
+        )
+
+    async def _embed(self, turn: _Turn) -> np.ndarray:
+        if turn.vector is None:
+            t = time.perf_counter()
+            embedder = self._embedder if turn.use_cache else self._uncached_embedder
+            turn.vector = (await embedder.embed([turn.retrieval_text]))[0]
+            turn.timings.embed = _ms(t)
+        return turn.vector
+
+    async def _cached_answer(self, turn: _Turn) -> tuple[dict[str, Any], CacheInfo] | None:
+        caches = self._caches
+        if caches is None or not turn.use_cache:
+            return None
+        entry = await caches.exact.get(turn.exact_key)
+        if entry is not None:
+            return entry, CacheInfo(level="exact")
+        vector = await self._embed(turn)
+        hit = caches.semantic.lookup(turn.partition, vector, caches.settings.semantic_threshold)
+        if hit is not None:
+            entry = await caches.exact.get(hit.key)
+            if entry is not None:
+                return entry, CacheInfo(level="semantic", similarity=round(hit.similarity, 4),
+                                        original_question=hit.question)
+        return None
+
+    async def _retrieve(self, turn: _Turn) -> None:
+        if not turn.query.use_rag:
+            return
+        vector = await self._embed(turn)
         t = time.perf_counter()
-        text, mode, model, usage = await self._generate(turn)
-        turn.timings.generate = _ms(t)
-        return await self._finish(turn, text, mode, model, usage)
+        q = turn.query
+        turn.sources, turn.retrieval_saved_ms = await self._retriever.retrieve(
+            turn.collection_id, turn.retrieval_text, vector,
+            top_k=q.top_k or self._settings.retrieval.top_k, tags=q.tags, folder=q.folder,
+            hybrid=q.hybrid, cache_scope=turn.scope if turn.use_cache and self._caches else None,
+        )
+        turn.timings.retrieve = _ms(t)
 
-    async def _generate(self, turn: _Turn) -> tuple[str, str, str | None, dict[str, int]]:
-        if self._llm is not None:
-            messages = build_messages(
-                turn.query.message, turn.sources, turn.history, turn.query.use_rag
-            )
+    def _messages(self, turn: _Turn) -> list[ChatMessage]:
+        return build_messages(turn.query.message, turn.sources, turn.history, turn.query.use_rag)
+
+    async def _generate(self, turn: _Turn) -> tuple[str, str, Completion | None]:
+        llm = self._llm if turn.use_cache else self._uncached_llm
+        if llm is not None:
             s = self._settings.llm
             try:
-                done = await self._llm.complete(
-                    messages, temperature=s.temperature, max_tokens=s.max_tokens
+                done = await llm.complete(
+                    self._messages(turn), temperature=s.temperature, max_tokens=s.max_tokens
                 )
-                usage = {"prompt_tokens": done.prompt_tokens,
-                         "completion_tokens": done.completion_tokens}
-                return done.text, "llm", self._llm.name, usage
+                return done.text, "llm", done
             except ProviderError as exc:
                 if not turn.query.use_rag:
                     raise
                 # The documents still answer: degrade to extractive rather than fail.
                 turn.warnings.append(f"{exc.code}: {exc.message}; answered extractively")
-        return extractive_answer(turn.query.message, turn.sources), "extractive", None, {}
+        return extractive_answer(turn.query.message, turn.sources), "extractive", None
 
     async def _finish(
-        self, turn: _Turn, text: str, mode: str, model: str | None, usage: dict[str, int]
+        self, turn: _Turn, text: str, mode: str, done: Completion | None, citations: list[Citation],
+        cache: CacheInfo,
     ) -> ChatAnswer:
-        citations = citations_of(turn.sources)
         async with self._sessions() as session, session.begin():
             session.add(Message(conversation_id=turn.conversation_id, role="user",
                                 content=turn.query.message, citations=[]))
             session.add(Message(conversation_id=turn.conversation_id, role="assistant",
-                                content=text,
-                                citations=[c.model_dump() for c in citations]))
+                                content=text, citations=[c.model_dump() for c in citations]))
+            version = (await session.execute(
+                select(Collection.version).where(Collection.id == turn.collection_id)
+            )).scalar_one()
+        if version != turn.version:
+            # The collection changed while we answered: drop citations of chunks now gone.
+            citations = await self._still_present(citations)
         turn.timings.total = _ms(turn.started)
+        usage = ({"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens}
+                 if done is not None else {})
         return ChatAnswer(
-            answer=text,
-            citations=citations,
-            conversation_id=turn.conversation_id,
+            answer=text, citations=citations, conversation_id=turn.conversation_id,
             mode=mode,  # type: ignore[arg-type]
-            model=model,
-            timings_ms=turn.timings,
-            usage=usage,
-            warnings=turn.warnings,
+            model=self._llm.name if mode == "llm" and self._llm else None,
+            timings_ms=turn.timings, usage=usage, warnings=turn.warnings, cache=cache,
         )
 
-    async def stream(self, query: ChatQuery) -> AsyncIterator[tuple[str, Any]]:
-        """Events: ("token", text) ..., then ("citations", [...]), then ("done", ChatAnswer)."""
-        turn = await self._prepare(query)
+    async def _still_present(self, citations: list[Citation]) -> list[Citation]:
+        async with self._sessions() as session:
+            rows = await repo.chunks_by_ids(session, [c.chunk_id for c in citations])
+        return [c for c in citations if c.chunk_id in rows]
+
+    async def _remember(self, turn: _Turn, answer: ChatAnswer) -> None:
+        caches = self._caches
+        if caches is None or not turn.use_cache or answer.warnings:
+            return  # never cache a degraded answer
+        entry = {
+            "answer": answer.answer, "mode": answer.mode, "model": answer.model,
+            "usage": answer.usage, "total_ms": answer.timings_ms.total,
+            "citations": [c.model_dump() for c in answer.citations],
+        }
+        await caches.exact.set(turn.exact_key, entry)
+        if turn.vector is not None:
+            caches.semantic.add(turn.partition, turn.vector, turn.exact_key, turn.query.message)
+
+    def _cache_level(self, turn: _Turn, done: Completion | None) -> CacheInfo:
+        caches = self._caches
+        if done is not None and done.extra.get("cache_hit"):
+            saved = float(done.extra.get("saved_ms") or 0.0)
+            tokens = done.prompt_tokens + done.completion_tokens
+            if caches:
+                caches.savings.add("llm", saved, tokens, llm_call=True)
+            return CacheInfo(level="llm", saved_ms=round(saved, 1))
+        if turn.retrieval_saved_ms is not None:
+            if caches:
+                caches.savings.add("retrieval", turn.retrieval_saved_ms, 0, llm_call=False)
+            return CacheInfo(level="retrieval", saved_ms=round(turn.retrieval_saved_ms, 1))
+        return CacheInfo()
+
+    def _from_cache(self, turn: _Turn, entry: dict[str, Any], info: CacheInfo) -> tuple[
+        str, str, Completion | None, list[Citation]
+    ]:
+        usage = entry.get("usage") or {}
+        done = None
+        if entry["mode"] == "llm":
+            done = Completion(entry["answer"], entry.get("model") or "",
+                              usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+        saved = max(0.0, float(entry.get("total_ms", 0.0)) - _ms(turn.started))
+        info.saved_ms = round(saved, 1)
+        if self._caches:
+            self._caches.savings.add(info.level or "exact", saved, sum(usage.values()),
+                                     llm_call=entry["mode"] == "llm")
+        return entry["answer"], entry["mode"], done, [Citation(**c) for c in entry["citations"]]
+
+    # -- the two entry points ---------------------------------------------------------------
+
+    async def answer(self, query: ChatQuery, namespace: str | None = None) -> ChatAnswer:
+        turn = await self._resolve(query, namespace)
+        cached = await self._cached_answer(turn)
+        if cached is not None:
+            text, mode, done, citations = self._from_cache(turn, *cached)
+            return await self._finish(turn, text, mode, done, citations, cached[1])
+        await self._retrieve(turn)
         t = time.perf_counter()
-        parts: list[str] = []
-        mode, model = "extractive", None
-        usage: dict[str, int] = {}
-        if self._llm is not None:
-            messages = build_messages(query.message, turn.sources, turn.history, query.use_rag)
-            s = self._settings.llm
-            try:
-                stream = self._llm.stream(
-                    messages, temperature=s.temperature, max_tokens=s.max_tokens
-                )
-                async for delta in stream:
-                    parts.append(delta)
-                    yield "token", delta
-                mode, model = "llm", self._llm.name
-                if stream.completion is not None:
-                    usage = {"prompt_tokens": stream.completion.prompt_tokens,
-                             "completion_tokens": stream.completion.completion_tokens}
-            except ProviderError as exc:
-                if parts or not query.use_rag:
-                    raise
-                turn.warnings.append(f"{exc.code}: {exc.message}; answered extractively")
-        if mode == "extractive":
-            text = extractive_answer(query.message, turn.sources)
-            for i, sentence in enumerate(_CITED_SENTENCE_END.split(text)):
-                piece = sentence if i == 0 else " " + sentence
-                parts.append(piece)
-                yield "token", piece
+        text, mode, done = await self._generate(turn)
         turn.timings.generate = _ms(t)
-        result = await self._finish(turn, "".join(parts), mode, model, usage)
-        yield "citations", [c.model_dump() for c in result.citations]
-        yield "done", result
+        answer = await self._finish(turn, text, mode, done, citations_of(turn.sources),
+                                    self._cache_level(turn, done))
+        await self._remember(turn, answer)
+        return answer
+
+    async def stream(
+        self, query: ChatQuery, namespace: str | None = None
+    ) -> AsyncIterator[tuple[str, Any]]:
+        """Events: ("token", text) ..., then ("citations", [...]), then ("done", ChatAnswer)."""
+        turn = await self._resolve(query, namespace)
+        cached = await self._cached_answer(turn)
+        if cached is not None:
+            text, mode, done, citations = self._from_cache(turn, *cached)
+            for piece in _pieces(text):
+                yield "token", piece
+            answer = await self._finish(turn, text, mode, done, citations, cached[1])
+        else:
+            await self._retrieve(turn)
+            t = time.perf_counter()
+            parts: list[str] = []
+            mode, done = "extractive", None
+            llm = self._llm if turn.use_cache else self._uncached_llm
+            if llm is not None:
+                s = self._settings.llm
+                try:
+                    stream = llm.stream(self._messages(turn), temperature=s.temperature,
+                                              max_tokens=s.max_tokens)
+                    async for delta in stream:
+                        parts.append(delta)
+                        yield "token", delta
+                    mode, done = "llm", stream.completion
+                except ProviderError as exc:
+                    if parts or not query.use_rag:
+                        raise
+                    turn.warnings.append(f"{exc.code}: {exc.message}; answered extractively")
+            if mode == "extractive":
+                for piece in _pieces(extractive_answer(query.message, turn.sources)):
+                    parts.append(piece)
+                    yield "token", piece
+            turn.timings.generate = _ms(t)
+            answer = await self._finish(turn, "".join(parts), mode, done,
+                                        citations_of(turn.sources), self._cache_level(turn, done))
+            await self._remember(turn, answer)
+        yield "citations", [c.model_dump() for c in answer.citations]
+        yield "done", answer
+
+
+def _pieces(text: str) -> list[str]:
+    parts = _CITED_SENTENCE_END.split(text)
+    return [p if i == 0 else " " + p for i, p in enumerate(parts)]

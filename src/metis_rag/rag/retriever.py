@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ..cache.levels import digest
+from ..cache.tiered import TieredCache
 from ..config import RetrievalSettings
 from ..store import repo
 from ..store.vectors import VectorStore
@@ -36,10 +39,12 @@ class Retriever:
         sessions: async_sessionmaker[AsyncSession],
         vectors: VectorStore,
         settings: RetrievalSettings,
+        cache: TieredCache | None = None,
     ) -> None:
         self._sessions = sessions
         self._vectors = vectors
         self._settings = settings
+        self._cache = cache
 
     async def retrieve(
         self,
@@ -51,8 +56,49 @@ class Retriever:
         tags: Sequence[str] = (),
         folder: str | None = None,
         hybrid: bool | None = None,
-    ) -> list[Retrieved]:
+        cache_scope: str | None = None,
+    ) -> tuple[list[Retrieved], float | None]:
+        """The top chunks, and the search time a retrieval-cache hit saved (None on a miss).
+
+        `cache_scope` (``namespace:collection:version``) enables the cache; the key adds the
+        query and every setting that changes the result. Cached entries hold ids and scores
+        only: the chunks are always read back from the database.
+        """
         hybrid = self._settings.hybrid if hybrid is None else hybrid
+        key = None
+        if self._cache is not None and cache_scope is not None:
+            s = self._settings
+            key = f"{cache_scope}:" + digest(query_text, top_k, sorted(tags), folder, hybrid,
+                                             s.candidates, s.rrf_k, s.ef_search)
+            cached = await self._cache.get(key)
+            if cached is not None:
+                return await self._rows(cached["hits"], top_k), float(cached["ms"])
+        t = time.perf_counter()
+        results = await self._search(
+            collection_id, query_text, query_vector, top_k, tags, folder, hybrid
+        )
+        if key is not None and self._cache is not None:
+            ms = (time.perf_counter() - t) * 1000
+            await self._cache.set(key, {"ms": ms, "hits": [[r.chunk.id, r.score, r.fused]
+                                                           for r in results]})
+        return results, None
+
+    async def _rows(self, cached: list[list[float]], top_k: int) -> list[Retrieved]:
+        async with self._sessions() as session:
+            rows = await repo.chunks_by_ids(session, [int(c[0]) for c in cached])
+        return [Retrieved(rows[int(i)], score, fused) for i, score, fused in cached
+                if int(i) in rows][:top_k]
+
+    async def _search(
+        self,
+        collection_id: int,
+        query_text: str,
+        query_vector: np.ndarray,
+        top_k: int,
+        tags: Sequence[str],
+        folder: str | None,
+        hybrid: bool,
+    ) -> list[Retrieved]:
         n = max(self._settings.candidates, top_k)
         allowed: set[int] | None = None
         if tags or folder is not None:

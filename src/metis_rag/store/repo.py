@@ -173,6 +173,27 @@ def fulltext_terms(query: str) -> list[str]:
     return list(dict.fromkeys(w for w in words if w not in _STOP and len(w) > 1))[:32]
 
 
+# BM25 cost grows with the number of matching chunks, and a common word matches a large share
+# of them while adding little to the ranking (low IDF). Queries keep their most selective terms.
+_MAX_TERMS = 6
+_MAX_DF_SHARE = 0.05
+
+
+async def _selective_terms(session: AsyncSession, terms: list[str]) -> list[str]:
+    marks = ", ".join(f":t{i}" for i in range(len(terms)))
+    params = {f"t{i}": t for i, t in enumerate(terms)}
+    rows = await session.execute(
+        text(f"SELECT term, doc FROM chunks_vocab WHERE term IN ({marks})"), params
+    )
+    df = {r[0]: int(r[1]) for r in rows}
+    if not df:
+        return []
+    total = (await session.execute(text("SELECT count(*) FROM chunks_fts_docsize"))).scalar_one()
+    present = sorted(df, key=df.__getitem__)
+    rare = [t for t in present if df[t] <= _MAX_DF_SHARE * total][:_MAX_TERMS]
+    return rare or present[:2]
+
+
 async def fulltext_search(
     session: AsyncSession, collection_id: int, query: str, limit: int
 ) -> list[tuple[int, float]]:
@@ -181,14 +202,26 @@ async def fulltext_search(
     if not terms:
         return []
     if session.bind.dialect.name == "sqlite":
+        terms = await _selective_terms(session, terms)
+        if not terms:
+            return []
         match = " OR ".join(f'"{t}"' for t in terms)
+        # Rank in FTS alone (a join per match would double the cost), then keep this
+        # collection's ids: over-fetch so that other collections' hits do not crowd it out.
         sql = text(
-            "SELECT f.rowid, bm25(chunks_fts) AS s FROM chunks_fts f "
-            "JOIN chunks c ON c.id = f.rowid "
-            "WHERE chunks_fts MATCH :q AND c.collection_id = :c ORDER BY s LIMIT :n"
+            "SELECT rowid, bm25(chunks_fts) AS s FROM chunks_fts "
+            "WHERE chunks_fts MATCH :q ORDER BY s LIMIT :n"
         )
-        rows = await session.execute(sql, {"q": match, "c": collection_id, "n": limit})
-        return [(r[0], -float(r[1])) for r in rows]
+        hits = [(r[0], -float(r[1])) for r in await session.execute(sql, {"q": match, "n": limit * 3})]
+        if not hits:
+            return []
+        mine = await session.execute(
+            select(Chunk.id).where(
+                Chunk.id.in_([h[0] for h in hits]), Chunk.collection_id == collection_id
+            )
+        )
+        keep = {r[0] for r in mine}
+        return [h for h in hits if h[0] in keep][:limit]
     tsq = " | ".join(terms)
     sql = text(
         "SELECT id, ts_rank(to_tsvector('english', text), to_tsquery('english', :q)) AS s "

@@ -1,0 +1,77 @@
+"""/api/cache: statistics of every cache level, and invalidation (rate limited)."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict, deque
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+
+from ..errors import RateLimited, ServiceUnavailable
+from ..store import repo
+from .deps import ServicesDep
+
+router = APIRouter(prefix="/api/cache", tags=["cache"])
+
+Level = Literal["exact", "semantic", "retrieval", "llm", "embedding", "document"]
+
+
+class SlidingWindow:
+    """At most `limit` calls per `window_s` per client; injected clock for tests."""
+
+    def __init__(self, limit: int, window_s: float = 60.0, clock: Any = time.monotonic) -> None:
+        self.limit, self.window_s, self.clock = limit, window_s, clock
+        self._calls: dict[str, deque[float]] = defaultdict(deque)
+
+    def check(self, client: str) -> None:
+        now = self.clock()
+        calls = self._calls[client]
+        while calls and calls[0] <= now - self.window_s:
+            calls.popleft()
+        if len(calls) >= self.limit:
+            retry = calls[0] + self.window_s - now
+            raise RateLimited(
+                f"Cache invalidation is limited to {self.limit} calls a minute; retry in "
+                f"{retry:.0f} s.", retry_after_s=retry,
+            )
+        calls.append(now)
+
+
+def _caches(services: ServicesDep) -> Any:
+    if services.caches is None:
+        raise ServiceUnavailable("The cache is disabled (METIS_CACHE__ENABLED=false).",
+                                 code="cache_disabled")
+    return services.caches
+
+
+@router.get("/stats")
+async def cache_stats(services: ServicesDep) -> dict[str, Any]:
+    """Per level: hits, misses, hit ratio, entries, bytes, evictions, errors, mean hit/miss
+    latency; LLM calls and tokens saved, estimated cost saved."""
+    return await _caches(services).stats()
+
+
+@router.delete("")
+async def clear_cache(
+    request: Request,
+    services: ServicesDep,
+    namespace: Annotated[str | None, Query(max_length=100)] = None,
+    collection: str | None = None,
+    level: Level | None = None,
+) -> dict[str, Any]:
+    """Invalidate: a collection (its version is bumped: every entry of it becomes unreachable
+    at once), a namespace, a level, or everything."""
+    caches = _caches(services)
+    limiter: SlidingWindow = request.app.state.cache_invalidation_limiter
+    limiter.check(request.client.host if request.client else "unknown")
+    out: dict[str, Any] = {"namespace": namespace, "collection": collection, "level": level}
+    if collection is not None:
+        async with services.sessions() as session, session.begin():
+            coll = await repo.get_collection(session, collection)
+            await repo.bump_version(session, coll.id)
+        out["collection_version_bumped"] = True
+        return out
+    await caches.clear(namespace=namespace, level=level)
+    out["cleared"] = True
+    return out

@@ -1,0 +1,221 @@
+"""The cache levels on POST /api/chat/query: hits, bypass, isolation, invalidation, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from metis_rag.app import create_app
+from metis_rag.config import CacheSettings, LLMSettings
+from tests.files import FACTS, MAKERS, md_bytes
+
+pytestmark = pytest.mark.slow
+Q = {"message": FACTS[0][1], "collection": "hb"}
+
+
+async def seed(client: httpx.AsyncClient) -> None:
+    files = [("files", (name, make())) for name, make in MAKERS.items()]
+    r = await client.post("/api/documents", files=files, data={"collection": "hb"})
+    assert r.status_code == 201, r.text
+
+
+async def ask(client: httpx.AsyncClient, **overrides: object) -> dict:
+    r = await client.post("/api/chat/query", json={**Q, **overrides})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+@pytest.fixture
+async def app_client(make_settings) -> AsyncIterator:  # type: ignore[no-untyped-def]
+    clients = []
+
+    async def make(**overrides: object) -> httpx.AsyncClient:
+        app = create_app(make_settings(**overrides))
+        manager = LifespanManager(app, startup_timeout=120)
+        await manager.__aenter__()
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app),
+                                   base_url="http://m")
+        clients.append((manager, client))
+        return client
+
+    yield make
+    for manager, client in clients:
+        await client.aclose()
+        await manager.__aexit__(None, None, None)
+
+
+async def test_exact_then_semantic_then_bypass(client: httpx.AsyncClient) -> None:
+    await seed(client)
+    first = await ask(client)
+    assert first["cache"]["level"] is None
+    again = await ask(client, message="  how do I ROTATE the api keys ")
+    assert again["cache"]["level"] == "exact"
+    assert again["answer"] == first["answer"] and again["citations"] == first["citations"]
+    assert again["cache"]["saved_ms"] >= 0
+    para = await ask(client, message="How can I rotate the API keys?")
+    assert para["cache"]["level"] == "semantic"
+    assert para["cache"]["original_question"] == FACTS[0][1]
+    assert para["cache"]["similarity"] >= 0.9
+    unrelated = await ask(client, message="When do database backups run?")
+    assert unrelated["cache"]["level"] is None and "02:00" in unrelated["answer"]
+    bypass = await ask(client, cache=False)
+    assert bypass["cache"]["level"] is None
+
+
+async def test_namespaces_never_share_entries(client: httpx.AsyncClient) -> None:
+    await seed(client)
+    a = await ask(client, namespace="tenant-a")
+    assert a["cache"]["level"] is None
+    b = await ask(client, namespace="tenant-b")
+    assert b["cache"]["level"] is None
+    r = await client.post("/api/chat/query", json=Q, headers={"X-Metis-Namespace": "tenant-a"})
+    assert r.json()["cache"]["level"] == "exact"
+    para = await ask(client, namespace="tenant-c", message="How can I rotate the API keys?")
+    assert para["cache"]["level"] is None
+
+
+async def test_retrieval_and_llm_levels(app_client) -> None:  # type: ignore[no-untyped-def]
+    from metis_rag.devtools.fake_llm import FakeLLMServer
+
+    with FakeLLMServer() as server:
+        client = await app_client(llm=LLMSettings(provider="openai", url=server.url, model="f"))
+        await seed(client)
+        first = await ask(client)
+        assert first["mode"] == "llm" and first["cache"]["level"] is None
+        calls = server.stats()["requests"]
+        assert (await client.delete("/api/cache", params={"level": "exact"})).status_code == 200
+        second = await ask(client)
+        assert second["cache"]["level"] == "llm" and second["answer"] == first["answer"]
+        assert server.stats()["requests"] == calls  # the provider was not called again
+        stats = (await client.get("/api/cache/stats")).json()
+        assert stats["llm_calls_saved"] >= 1 and stats["tokens_saved"] > 0
+        assert stats["estimated_cost_saved"] > 0
+        assert stats["levels"]["retrieval"]["hits"] >= 1
+        assert stats["levels"]["exact"]["hits"] == 0 and stats["levels"]["exact"]["misses"] >= 2
+
+
+async def test_changes_to_a_collection_invalidate_its_answers(client: httpx.AsyncClient) -> None:
+    await seed(client)
+    q = {"message": "When do database backups run?"}
+    first = await ask(client, **q)
+    assert (await ask(client, **q))["cache"]["level"] == "exact"
+    doc_id = first["citations"][0]["document_id"]
+    new = b"# Operations\n\n## Backups\n\nDatabase backups now run hourly at minute 15.\n"
+    r = await client.put(f"/api/documents/{doc_id}", files={"files": ("ops.md", new)})
+    assert r.status_code == 200
+    after = await ask(client, **q)
+    assert after["cache"]["level"] is None and "hourly" in after["answer"]
+    r = await client.delete("/api/cache", params={"collection": "hb"})
+    assert r.status_code == 200
+    assert (await ask(client, **q))["cache"]["level"] is None
+
+
+async def test_no_stale_citations_under_concurrent_deletes(client: httpx.AsyncClient) -> None:
+    await seed(client)
+    questions = [f[1] for f in FACTS]
+    removed: set[int] = set()
+    violations: list[dict] = []
+    stop = asyncio.Event()
+
+    async def asker(i: int) -> None:
+        n = 0
+        while not stop.is_set():
+            known_removed = set(removed)  # removed before this query was sent
+            body = await ask(client, message=questions[(i + n) % len(questions)])
+            n += 1
+            if any(c["chunk_id"] in known_removed for c in body["citations"]):
+                violations.append(body)
+
+    tasks = [asyncio.create_task(asker(i)) for i in range(4)]
+    for _ in range(3):
+        docs = (await client.get("/api/documents", params={"collection": "hb"})).json()["items"]
+        target = next(d for d in docs if d["filename"] == "ops.md")
+        detail = (await client.get(f"/api/documents/{target['id']}",
+                                   params={"chunks": True})).json()
+        ids = {c["id"] for c in detail["chunks"]}
+        assert (await client.delete(f"/api/documents/{target['id']}")).status_code == 204
+        removed |= ids
+        await asyncio.sleep(0.3)
+        r = await client.post("/api/documents", files={"files": ("ops.md", md_bytes())},
+                              data={"collection": "hb"})
+        assert r.status_code == 201
+        await asyncio.sleep(0.3)
+    stop.set()
+    await asyncio.gather(*tasks)
+    assert not violations
+
+
+async def test_invalidation_is_rate_limited(app_client) -> None:  # type: ignore[no-untyped-def]
+    client = await app_client(cache=CacheSettings(invalidations_per_min=2))
+    await seed(client)
+    assert (await client.delete("/api/cache")).status_code == 200
+    assert (await client.delete("/api/cache", params={"level": "llm"})).status_code == 200
+    r = await client.delete("/api/cache")
+    assert r.status_code == 429 and r.json()["code"] == "rate_limited"
+    assert int(r.headers["Retry-After"]) >= 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _redis(port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--save", "",
+         "--appendonly", "no", "--bind", "127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("redis-server did not start")
+
+
+async def test_redis_killed_mid_run_fails_no_request(app_client) -> None:  # type: ignore[no-untyped-def]
+    port = _free_port()
+    redis = _redis(port)
+    try:
+        client = await app_client(cache=CacheSettings(
+            backend="redis", redis_url=f"redis://127.0.0.1:{port}/0"))
+        await seed(client)
+        statuses: list[int] = []
+        for i, (_, question, *_rest) in enumerate(FACTS * 4):
+            if i == 6:
+                os.kill(redis.pid, signal.SIGKILL)
+                redis.wait()
+            # Repeats are served by the memory tier; fresh questions must go through Redis.
+            message = question if i % 2 else f"fresh question number {i}"
+            r = await client.post("/api/chat/query", json={"message": message, "collection": "hb"})
+            statuses.append(r.status_code)
+        assert set(statuses) == {200}
+        stats = (await client.get("/api/cache/stats")).json()
+        tier = stats["tiers"][1]
+        assert tier["backend"] == "RedisBackend" and tier["errors"] > 0
+        redis = _redis(port)  # back on the same port: the tier recovers by itself
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            r = await client.post("/api/chat/query",
+                                  json={"message": f"fresh question {time.monotonic()}",
+                                        "collection": "hb"})
+            assert r.status_code == 200
+            if (await client.get("/api/cache/stats")).json()["tiers"][1]["healthy"]:
+                break
+            await asyncio.sleep(0.5)
+        assert (await client.get("/api/cache/stats")).json()["tiers"][1]["healthy"]
+    finally:
+        redis.kill()
+        redis.wait()
