@@ -109,7 +109,12 @@ class CacheSettings(BaseModel):
     document_ttl_s: float = Field(7 * 86_400, gt=0, description="Parsed documents by hash.")
     semantic_threshold: float = Field(
         0.95, gt=0, le=1, description="Cosine similarity above which an earlier question's "
-        "answer is reused (chosen by benchmarks/bench_semantic_threshold.py)."
+        "answer is reused without retrieval (chosen by benchmarks/bench_cache.py)."
+    )
+    semantic_verify_threshold: float = Field(
+        0.70, gt=0, le=1, description="Similarity above which an earlier question is a "
+        "candidate that counts only if the new one retrieves the same top source (RAG only; "
+        "chosen by benchmarks/bench_cache.py)."
     )
     semantic_max_entries: int = Field(
         50_000, ge=1, description="Questions kept in the semantic indexes, all namespaces."
@@ -173,3 +178,13 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.sqlalchemy_url.startswith("sqlite")
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The database file when the database is SQLite (not in memory), else None."""
+        if not self.is_sqlite:
+            return None
+        from sqlalchemy.engine import make_url
+
+        database = make_url(self.sqlalchemy_url).database
+        return Path(database) if database and database != ":memory:" else None

@@ -116,6 +116,10 @@ class CacheInfo(BaseModel):
     similarity: float | None = Field(None, description="Semantic hits: cosine similarity.")
     original_question: str | None = Field(None, description="Semantic hits: the cached question.")
     saved_ms: float | None = Field(None, description="Time the hit saved, estimated.")
+    verified: bool | None = Field(
+        None, description="Semantic hits below the strict threshold: the question retrieved "
+        "the same top source as the cached one (always true when present)."
+    )
 
 
 class ChatAnswer(BaseModel):

@@ -24,9 +24,11 @@ from .llm import build_llm
 from .llm.base import LLM
 from .llm.cached import CachedLLM
 from .rag.chat import ChatService
+from .rag.conversations import ConversationLog
 from .rag.retriever import Retriever
 from .store.db import create_engine, migrate, session_factory
 from .store.hnsw import HnswVectorStore
+from .store.lookup import CollectionLookup
 from .store.vectors import VectorStore
 
 log = logging.getLogger("metis")
@@ -44,6 +46,7 @@ class Services:
     retriever: Retriever
     chat: ChatService
     caches: Caches | None
+    conversations: ConversationLog
 
 
 @asynccontextmanager
@@ -88,7 +91,14 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         )
         retriever = Retriever(sessions, vectors, settings.retrieval,
                               caches.retrieval if caches else None)
-        chat = ChatService(settings, sessions, embedder, retriever, llm, caches)
+        lookup = CollectionLookup(sessions, settings.sqlite_path)
+        lookup.start()
+        stack.callback(lookup.close)
+        conversations = ConversationLog(sessions)
+        await conversations.start()
+        stack.push_async_callback(conversations.close)
+        chat = ChatService(settings, sessions, embedder, retriever, llm, caches, lookup,
+                           conversations)
         yield Services(
             settings=settings,
             engine=engine,
@@ -100,4 +110,5 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             retriever=retriever,
             chat=chat,
             caches=caches,
+            conversations=conversations,
         )

@@ -72,6 +72,24 @@ async def test_exact_then_semantic_then_bypass(client: httpx.AsyncClient) -> Non
     assert bypass["cache"]["level"] is None
 
 
+async def test_a_looser_paraphrase_is_served_only_if_it_retrieves_the_same_source(
+    app_client,  # type: ignore[no-untyped-def]
+) -> None:
+    # Every earlier question is a candidate (>= 0.2) but none is reused without verification.
+    client = await app_client(cache=CacheSettings(semantic_threshold=0.999,
+                                                  semantic_verify_threshold=0.2))
+    await seed(client)
+    first = await ask(client, message="How many vacation days do employees get?")
+    para = await ask(client, message="How much paid holiday does staff receive each year?")
+    assert para["cache"]["level"] == "semantic" and para["cache"]["verified"] is True
+    assert para["citations"] == first["citations"]
+    other = await ask(client, message="What is the deadline for expense reports?")
+    assert other["cache"]["level"] is None  # similar enough, but it retrieves another source
+    assert other["citations"][0]["filename"] == "finance.docx" and "14 days" in other["answer"]
+    stats = (await client.get("/api/cache/stats")).json()["levels"]["semantic"]
+    assert (stats["hits"], stats["misses"]) == (1, 2)
+
+
 async def test_namespaces_never_share_entries(client: httpx.AsyncClient) -> None:
     await seed(client)
     a = await ask(client, namespace="tenant-a")

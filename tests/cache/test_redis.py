@@ -39,8 +39,11 @@ async def test_breaker_opens_skips_and_recovers(
     redis_server: RedisServer, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     redis_server.kill()
+    # A generous timeout: this test is about the breaker, and a loaded machine can take more
+    # than the default 50 ms to open a fresh connection.
     backend = RedisBackend(
-        redis_server.url, namespace="t:", cooldown_s=5, failure_threshold=3, clock=clock
+        redis_server.url, namespace="t:", cooldown_s=5, failure_threshold=3, clock=clock,
+        timeout_s=2.0,
     )
     with caplog.at_level(logging.INFO, logger="metis_rag.cache.redis"):
         async with backend:  # start() pings: the first failure, and no exception

@@ -60,6 +60,7 @@ async def query(
 
 @router.get("/conversations/{conversation_id}", response_model=ConversationOut)
 async def get_conversation(conversation_id: str, services: ServicesDep) -> ConversationOut:
+    await services.conversations.flush()
     async with services.sessions() as session:
         conv = await repo.get_conversation(session, conversation_id)
         coll = await session.get_one(Collection, conv.collection_id)

@@ -105,6 +105,12 @@ class SemanticIndex:
             self.hits += 1
             return SemanticHit(part.keys[best], float(sims[best]), part.questions[best])
 
+    def reject(self) -> None:
+        """The last hit was not used (its answer is gone, or it failed verification)."""
+        with self._lock:
+            self.hits -= 1
+            self.misses += 1
+
     def add(self, partition: tuple[str, ...], vector: np.ndarray, key: str, question: str) -> None:
         with self._lock:
             part = self._parts.get(partition)

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..cache.levels import Caches, digest, normalize_question
@@ -25,8 +24,9 @@ from ..errors import InvalidInput, ProviderError
 from ..llm.base import LLM, ChatMessage, Completion
 from ..schemas import CacheInfo, ChatAnswer, ChatQuery, Citation, Timings
 from ..store import repo
-from ..store.models import Collection, Message
+from ..store.lookup import CollectionLookup
 from .answer import PROMPT_VERSION, build_messages, extractive_answer
+from .conversations import ConversationLog
 from .retriever import Retrieved, Retriever
 
 _CITED_SENTENCE_END = re.compile(r"(?<=\])\s+")
@@ -63,6 +63,7 @@ class _Turn:
     collection_id: int
     version: int
     conversation_id: str
+    new_conversation: bool
     history: list[ChatMessage]
     shape: str
     started: float
@@ -70,6 +71,7 @@ class _Turn:
     vector: np.ndarray | None = None
     sources: list[Retrieved] = field(default_factory=list)
     retrieval_saved_ms: float | None = None
+    retrieved: bool = False
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -103,10 +105,14 @@ class ChatService:
         embedder: Embedder,
         retriever: Retriever,
         llm: LLM | None,
-        caches: Caches | None = None,
+        caches: Caches | None,
+        lookup: CollectionLookup,
+        conversations: ConversationLog,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
+        self._lookup = lookup
+        self._conversations = conversations
         self._embedder = embedder
         # `cache: false` bypasses every level, the embedding and LLM caches included.
         self._uncached_embedder: Embedder = getattr(embedder, "inner", embedder)
@@ -125,33 +131,30 @@ class ChatService:
                 "come from the documents).",
                 code="llm_required",
             )
+        if query.collection:
+            collection_id, version = await self._lookup.get(query.collection)
+        else:  # the default collection always exists, even before anything is ingested
+            collection_id, version = await self._lookup.get_or_create(
+                self._settings.default_collection
+            )
         history: list[ChatMessage] = []
-        async with self._sessions() as session, session.begin():
-            if query.collection:
-                coll = await repo.get_collection(session, query.collection)
-            else:  # the default collection always exists, even before anything is ingested
-                coll = await repo.get_or_create_collection(
-                    session, self._settings.default_collection
+        conversation_id = query.conversation_id
+        if conversation_id:
+            if await self._conversations.collection_of(conversation_id) != collection_id:
+                raise InvalidInput(
+                    f"Conversation {conversation_id} belongs to another collection.",
+                    code="conversation_collection_mismatch",
                 )
-            if query.conversation_id:
-                conv = await repo.get_conversation(session, query.conversation_id)
-                if conv.collection_id != coll.id:
-                    raise InvalidInput(
-                        f"Conversation {conv.id} belongs to another collection.",
-                        code="conversation_collection_mismatch",
-                    )
-                past = await repo.recent_messages(
-                    session, conv.id, self._settings.retrieval.history_turns
-                )
-                history = [ChatMessage(m.role, m.content) for m in past]  # type: ignore[arg-type]
-            else:
-                conv = await repo.create_conversation(session, coll.id, query.message)
+            history = await self._conversations.history(
+                conversation_id, self._settings.retrieval.history_turns
+            )
         return _Turn(
             query=query,
             namespace=query.namespace or namespace or self._settings.cache.namespace,
-            collection_id=coll.id,
-            version=coll.version,
-            conversation_id=conv.id,
+            collection_id=collection_id,
+            version=version,
+            conversation_id=conversation_id or self._conversations.new_id(),
+            new_conversation=not conversation_id,
             history=history,
             shape=self._shape(query, history),
             started=started,
@@ -183,17 +186,28 @@ class ChatService:
         if entry is not None:
             return entry, CacheInfo(level="exact")
         vector = await self._embed(turn)
-        hit = caches.semantic.lookup(turn.partition, vector, caches.settings.semantic_threshold)
-        if hit is not None:
-            entry = await caches.exact.get(hit.key)
-            if entry is not None:
-                return entry, CacheInfo(level="semantic", similarity=round(hit.similarity, 4),
-                                        original_question=hit.question)
-        return None
+        s = caches.settings
+        # Retrieval is skipped only above the strict threshold; in the band below it, a
+        # candidate counts only if the new question retrieves the same top source.
+        floor = s.semantic_verify_threshold if turn.query.use_rag else s.semantic_threshold
+        hit = caches.semantic.lookup(turn.partition, vector, min(floor, s.semantic_threshold))
+        if hit is None:
+            return None
+        entry = await caches.exact.get(hit.key)
+        verified = None
+        if entry is not None and hit.similarity < s.semantic_threshold:
+            await self._retrieve(turn)  # a miss needs it anyway: nothing is wasted
+            verified = _same_top_source(turn.sources, entry["citations"])
+        if entry is None or verified is False:
+            caches.semantic.reject()
+            return None
+        return entry, CacheInfo(level="semantic", similarity=round(hit.similarity, 4),
+                                original_question=hit.question, verified=verified)
 
     async def _retrieve(self, turn: _Turn) -> None:
-        if not turn.query.use_rag:
+        if not turn.query.use_rag or turn.retrieved:
             return
+        turn.retrieved = True
         vector = await self._embed(turn)
         t = time.perf_counter()
         q = turn.query
@@ -227,17 +241,15 @@ class ChatService:
         self, turn: _Turn, text: str, mode: str, done: Completion | None, citations: list[Citation],
         cache: CacheInfo,
     ) -> ChatAnswer:
-        async with self._sessions() as session, session.begin():
-            session.add(Message(conversation_id=turn.conversation_id, role="user",
-                                content=turn.query.message, citations=[]))
-            session.add(Message(conversation_id=turn.conversation_id, role="assistant",
-                                content=text, citations=[c.model_dump() for c in citations]))
-            version = (await session.execute(
-                select(Collection.version).where(Collection.id == turn.collection_id)
-            )).scalar_one()
-        if version != turn.version:
+        if await self._lookup.version(turn.collection_id) != turn.version:
             # The collection changed while we answered: drop citations of chunks now gone.
             citations = await self._still_present(citations)
+        log = self._conversations
+        if turn.new_conversation:
+            log.new_conversation(turn.conversation_id, turn.collection_id, turn.query.message)
+        await log.append(turn.conversation_id, "user", turn.query.message, [])
+        await log.append(turn.conversation_id, "assistant", text,
+                         [c.model_dump() for c in citations])
         turn.timings.total = _ms(turn.started)
         usage = ({"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens}
                  if done is not None else {})
@@ -352,6 +364,13 @@ class ChatService:
             await self._remember(turn, answer)
         yield "citations", [c.model_dump() for c in answer.citations]
         yield "done", answer
+
+
+def _same_top_source(sources: list[Retrieved], cached_citations: list[dict[str, Any]]) -> bool:
+    """The new question's best chunk is the one the cached answer cited first."""
+    return bool(sources and cached_citations) and (
+        sources[0].chunk.id == cached_citations[0]["chunk_id"]
+    )
 
 
 def _pieces(text: str) -> list[str]:

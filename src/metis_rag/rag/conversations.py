@@ -1,0 +1,191 @@
+"""`ConversationLog`: conversations and their messages, written behind the answers in groups.
+
+Writing two rows per question in its own transaction would cost more than serving a cached
+answer, so messages are queued and committed together by one writer task, at most
+`max_delay_ms` after they were queued (group commit). Reads of a conversation (a follow-up's
+history, GET /api/conversations/{id}) flush first, so a client always reads its own writes; a
+clean shutdown flushes too. A process crash can lose only the messages of the last window,
+never documents or chunks, which are committed before their request returns. When the
+database is unreachable, batches are kept and retried; `append` waits once `max_pending`
+messages are queued, so memory stays bounded. A row the database refuses (its conversation's
+collection was deleted meanwhile) is logged and dropped alone, never with its batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, insert, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ..llm.base import ChatMessage
+from ..store import repo
+from ..store.models import Conversation, Message, utcnow
+
+log = logging.getLogger("metis.conversations")
+
+
+@dataclass(slots=True)
+class _Pending:
+    conversations: list[dict[str, Any]] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    touched: dict[str, datetime] = field(default_factory=dict)
+
+
+class ConversationLog:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        max_delay_ms: float = 5.0,
+        max_pending: int = 10_000,
+        retry_s: float = 1.0,
+        now: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._sessions = sessions
+        self._max_delay_s = max_delay_ms / 1000
+        self._max_pending = max_pending
+        self._retry_s = retry_s
+        self._now = now
+        self._pending = _Pending()
+        self._new: dict[str, int] = {}  # conversations not yet committed -> collection id
+        self._queued = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._hurry = asyncio.Event()  # a flush or close is waiting: end the window now
+        self._writer: asyncio.Task[None] | None = None
+        self._write_lock = asyncio.Lock()
+        self._closing = False
+
+    async def start(self) -> None:
+        if self._writer is None:
+            self._closing = False
+            self._writer = asyncio.create_task(self._run())
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._writer is not None:
+            self._queued.set()
+            self._hurry.set()
+            await self._writer
+            self._writer = None
+        await self._commit()  # whatever is left; raises if the database is still down
+
+    @staticmethod
+    def new_id() -> str:
+        return uuid.uuid4().hex
+
+    def new_conversation(self, conv_id: str, collection_id: int, title: str) -> None:
+        now = self._now()
+        self._pending.conversations.append({"id": conv_id, "collection_id": collection_id,
+                                            "title": title[:200], "created_at": now,
+                                            "updated_at": now})
+        self._new[conv_id] = collection_id
+        self._queued.set()
+        self._drained.clear()
+
+    async def append(self, conversation_id: str, role: str, content: str,
+                     citations: list[dict[str, Any]]) -> None:
+        while len(self._pending.messages) >= self._max_pending and not self._closing:
+            await self._drained.wait()  # back-pressure while the database is slow or down
+        now = self._now()
+        self._pending.messages.append({"conversation_id": conversation_id, "role": role,
+                                       "content": content, "citations": citations,
+                                       "created_at": now})
+        self._pending.touched[conversation_id] = now
+        self._queued.set()
+        self._drained.clear()
+
+    async def flush(self) -> None:
+        """Returns once everything queued before the call is committed."""
+        if self._writer is None or self._writer.done():
+            await self._commit()
+            return
+        self._queued.set()
+        self._hurry.set()
+        await self._drained.wait()
+
+    async def collection_of(self, conversation_id: str) -> int:
+        if conversation_id in self._new:
+            return self._new[conversation_id]
+        async with self._sessions() as session:
+            return (await repo.get_conversation(session, conversation_id)).collection_id
+
+    async def history(self, conversation_id: str, limit: int) -> list[ChatMessage]:
+        if limit <= 0:
+            return []
+        await self.flush()
+        async with self._sessions() as session:
+            past = await repo.recent_messages(session, conversation_id, limit)
+        return [ChatMessage(m.role, m.content) for m in past]  # type: ignore[arg-type]
+
+    async def _run(self) -> None:
+        while not self._closing:
+            await self._queued.wait()
+            if not self._closing:
+                with contextlib.suppress(TimeoutError):  # let the group gather
+                    await asyncio.wait_for(self._hurry.wait(), self._max_delay_s)
+            self._hurry.clear()
+            try:
+                await self._commit()
+            except Exception:
+                log.exception("could not write conversation messages; retrying")
+                await asyncio.sleep(self._retry_s)
+
+    async def _commit(self) -> None:
+        async with self._write_lock:
+            self._queued.clear()
+            batch, self._pending = self._pending, _Pending()
+            if not (batch.conversations or batch.messages):
+                self._drained.set()
+                return
+            try:
+                try:
+                    await self._write(batch)
+                except IntegrityError:
+                    await self._write_one_by_one(batch)
+            except BaseException:
+                # Put the batch back in front of what arrived meanwhile, in order.
+                batch.conversations += self._pending.conversations
+                batch.messages += self._pending.messages
+                batch.touched.update(self._pending.touched)
+                self._pending = batch
+                self._queued.set()
+                raise
+            for conv in batch.conversations:
+                self._new.pop(conv["id"], None)
+            if not (self._pending.conversations or self._pending.messages):
+                self._drained.set()
+
+    async def _write(self, batch: _Pending) -> None:
+        async with self._sessions() as session, session.begin():
+            if batch.conversations:
+                await session.execute(insert(Conversation), batch.conversations)
+            if batch.messages:
+                await session.execute(insert(Message), batch.messages)
+            if batch.touched:
+                table = Conversation.__table__
+                touch = (update(table).where(table.c.id == bindparam("conv_id"))
+                         .values(updated_at=bindparam("when")))
+                await session.execute(touch, [{"conv_id": c, "when": w}
+                                              for c, w in batch.touched.items()])
+
+    async def _write_one_by_one(self, batch: _Pending) -> None:
+        for conv in batch.conversations:
+            await self._write_or_drop(_Pending(conversations=[conv]))
+        for message in batch.messages:
+            await self._write_or_drop(_Pending(messages=[message]))
+
+    async def _write_or_drop(self, single: _Pending) -> None:
+        try:
+            await self._write(single)
+        except IntegrityError as exc:
+            log.error("dropped a conversation row the database refused: %s", exc.orig)

@@ -1,0 +1,80 @@
+"""`CollectionLookup`: a collection's id and version by name, read on every question.
+
+Every answer is keyed on its collection's version, so the version must be current on every
+request, yet an exact cache hit should cost well under a millisecond. On SQLite the lookup
+runs on its own read-only connection, inline: in WAL mode a reader never waits for a writer
+and the query takes microseconds, less than a hop to a worker thread. Other databases use the
+async pool.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ..errors import NotFound
+from . import repo
+from .models import Collection
+
+_QUERY = "SELECT id, version FROM collections WHERE name = ?"
+
+
+class CollectionLookup:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession],
+                 sqlite_path: Path | None = None) -> None:
+        self._sessions = sessions
+        self._sqlite_path = sqlite_path
+        self._conn: sqlite3.Connection | None = None
+
+    def start(self) -> None:
+        if self._sqlite_path is not None and self._conn is None:
+            conn = sqlite3.connect(self._sqlite_path, check_same_thread=False,
+                                   isolation_level=None)
+            conn.execute("PRAGMA query_only=ON")
+            conn.execute("PRAGMA busy_timeout=10000")
+            self._conn = conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def find(self, name: str) -> tuple[int, int] | None:
+        """(id, version), or None when there is no such collection."""
+        if self._conn is not None:
+            row = self._conn.execute(_QUERY, (name,)).fetchone()
+            return (int(row[0]), int(row[1])) if row else None
+        async with self._sessions() as session:
+            found = (await session.execute(
+                select(Collection.id, Collection.version).where(Collection.name == name)
+            )).first()
+        return (int(found[0]), int(found[1])) if found else None
+
+    async def get(self, name: str) -> tuple[int, int]:
+        found = await self.find(name)
+        if found is None:
+            raise NotFound(f"Collection {name!r} does not exist.", code="collection_not_found")
+        return found
+
+    async def get_or_create(self, name: str) -> tuple[int, int]:
+        found = await self.find(name)
+        if found is not None:
+            return found
+        async with self._sessions() as session, session.begin():
+            coll = await repo.get_or_create_collection(session, name)
+            return coll.id, coll.version
+
+    async def version(self, collection_id: int) -> int:
+        if self._conn is not None:
+            row = self._conn.execute(
+                "SELECT version FROM collections WHERE id = ?", (collection_id,)
+            ).fetchone()
+            return int(row[0]) if row else -1
+        async with self._sessions() as session:
+            found = await session.scalar(
+                select(Collection.version).where(Collection.id == collection_id)
+            )
+        return int(found) if found is not None else -1

@@ -1,0 +1,76 @@
+"""The conversation log: group commits, read-your-writes, and a refused row dropped alone."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from sqlalchemy import event, func, select
+
+from metis_rag.config import Settings
+from metis_rag.rag.conversations import ConversationLog
+from metis_rag.store import repo
+from metis_rag.store.db import create_engine, migrate, session_factory
+from metis_rag.store.models import Message
+
+
+@pytest.fixture
+async def db(tmp_path: Path):  # type: ignore[no-untyped-def]
+    engine = create_engine(Settings(data_dir=tmp_path))
+    await migrate(engine)
+    sessions = session_factory(engine)
+    async with sessions() as session, session.begin():
+        coll = await repo.get_or_create_collection(session, "c")
+    commits: list[int] = []
+    event.listen(engine.sync_engine, "commit", lambda _conn: commits.append(1))
+    yield sessions, coll.id, commits
+    await engine.dispose()
+
+
+async def test_concurrent_turns_share_commits_and_are_read_back(db) -> None:  # type: ignore[no-untyped-def]
+    sessions, coll_id, commits = db
+    log = ConversationLog(sessions, max_delay_ms=20)
+    await log.start()
+    ids = [log.new_id() for _ in range(50)]
+
+    async def turn(conv_id: str) -> None:
+        log.new_conversation(conv_id, coll_id, "question")
+        await log.append(conv_id, "user", "question", [])
+        await log.append(conv_id, "assistant", f"answer of {conv_id}", [{"index": 1}])
+
+    commits.clear()
+    await asyncio.gather(*(turn(i) for i in ids))
+    history = await log.history(ids[7], 10)  # flushes first: a client reads its own writes
+    assert [(m.role, m.content) for m in history] == [
+        ("user", "question"), ("assistant", f"answer of {ids[7]}")]
+    assert len(commits) <= 2  # 50 conversations and 100 messages, not 150 transactions
+    assert await log.collection_of(ids[0]) == coll_id
+    await log.close()
+
+
+async def test_close_writes_what_is_queued(db) -> None:  # type: ignore[no-untyped-def]
+    sessions, coll_id, _ = db
+    log = ConversationLog(sessions, max_delay_ms=60_000)  # the window never ends by itself
+    await log.start()
+    conv = log.new_id()
+    log.new_conversation(conv, coll_id, "q")
+    await log.append(conv, "user", "q", [])
+    await log.close()
+    async with sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Message)) == 1
+
+
+async def test_a_refused_row_is_dropped_alone(db) -> None:  # type: ignore[no-untyped-def]
+    sessions, coll_id, _ = db
+    log = ConversationLog(sessions, max_delay_ms=60_000)
+    await log.start()
+    good = log.new_id()
+    log.new_conversation(good, coll_id, "q")
+    await log.append(good, "user", "kept", [])
+    await log.append("no-such-conversation", "user", "refused by the foreign key", [])
+    await log.flush()
+    async with sessions() as session:
+        rows = (await session.execute(select(Message.content))).scalars().all()
+    assert rows == ["kept"]
+    await log.close()
