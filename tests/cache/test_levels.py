@@ -80,3 +80,18 @@ def test_semantic_index_is_bounded_and_grows() -> None:
 def test_keys_normalize_questions_and_separate_parts() -> None:
     assert normalize_question("  How do I   Rotate keys?? ") == "how do i rotate keys"
     assert digest("a", "bc") != digest("ab", "c")
+
+
+def test_a_large_partition_switches_to_an_ann_index_and_still_finds_its_questions() -> None:
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(600, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = SemanticIndex(dim=32, max_entries=10_000, exact_max=100)
+    part = ("ns", "1", "1", "s")
+    for i, v in enumerate(vectors):
+        index.add(part, v, f"k{i}", f"q{i}")
+    found = [index.lookup(part, v, 0.99) for v in vectors[::7]]
+    assert all(h is not None and h.key == f"k{i * 7}" for i, h in enumerate(found))
+    noisy = vectors[5] + 0.05 * rng.normal(size=32).astype(np.float32)
+    hit = index.lookup(part, noisy / np.linalg.norm(noisy), 0.5)
+    assert hit is not None and hit.key == "k5"

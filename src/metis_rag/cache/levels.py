@@ -53,8 +53,12 @@ class SemanticHit:
 
 
 class _Partition:
-    def __init__(self, dim: int) -> None:
+    """One partition's questions: an exact scan while small, an HNSW index once large."""
+
+    def __init__(self, dim: int, exact_max: int) -> None:
         self._buf = np.zeros((16, dim), dtype=np.float32)  # grown by doubling, not per add
+        self._exact_max = exact_max
+        self._ann: Any = None
         self.keys: list[str] = []
         self.questions: list[str] = []
 
@@ -69,20 +73,46 @@ class _Partition:
         self._buf[n] = vector
         self.keys.append(key)
         self.questions.append(question)
+        if self._ann is not None:
+            if self._ann.get_current_count() == self._ann.get_max_elements():
+                self._ann.resize_index(2 * self._ann.get_max_elements())
+            self._ann.add_items(vector.reshape(1, -1), [n])
+        elif n + 1 > self._exact_max:
+            self._build_ann()
+
+    def _build_ann(self) -> None:
+        import hnswlib
+
+        n, dim = len(self.keys), self._buf.shape[1]
+        ann = hnswlib.Index(space="ip", dim=dim)  # unit vectors: inner product = cosine
+        ann.init_index(max_elements=2 * n, ef_construction=100, M=16)
+        ann.add_items(self.vectors, np.arange(n))
+        ann.set_ef(64)
+        self._ann = ann
+
+    def best(self, vector: np.ndarray) -> tuple[int, float]:
+        """Index and cosine similarity of the closest question."""
+        if self._ann is None:
+            sims = self.vectors @ vector
+            i = int(np.argmax(sims))
+            return i, float(sims[i])
+        labels, distances = self._ann.knn_query(vector.reshape(1, -1), k=1)
+        return int(labels[0][0]), 1.0 - float(distances[0][0])
 
 
 class SemanticIndex:
     """Earlier questions' embeddings per partition; a lookup returns the most similar one.
 
     Each partition is one (namespace, collection, version, answer shape), so a lookup can never
-    cross tenants, collections, versions or answer-shaping settings. Partitions hold at most a
-    few thousand questions, where an exact matrix-vector product (well under a millisecond)
-    beats an approximate index and never misses. Partitions are evicted least recently used
+    cross tenants, collections, versions or answer-shaping settings. A partition is scanned
+    exactly up to `exact_max` questions (well under a millisecond, and it never misses), then
+    gets an HNSW index (hnswlib) of its own. Partitions are evicted least recently used
     beyond `max_entries` questions in all.
     """
 
-    def __init__(self, dim: int, max_entries: int) -> None:
+    def __init__(self, dim: int, max_entries: int, exact_max: int = 2048) -> None:
         self._dim = dim
+        self._exact_max = exact_max
         self._max_entries = max_entries
         self._parts: OrderedDict[tuple[str, ...], _Partition] = OrderedDict()
         self._size = 0
@@ -97,13 +127,12 @@ class SemanticIndex:
                 self.misses += 1
                 return None
             self._parts.move_to_end(partition)
-            sims = part.vectors @ vector
-            best = int(np.argmax(sims))
-            if sims[best] < threshold:
+            best, similarity = part.best(vector)
+            if similarity < threshold:
                 self.misses += 1
                 return None
             self.hits += 1
-            return SemanticHit(part.keys[best], float(sims[best]), part.questions[best])
+            return SemanticHit(part.keys[best], similarity, part.questions[best])
 
     def reject(self) -> None:
         """The last hit was not used (its answer is gone, or it failed verification)."""
@@ -115,7 +144,7 @@ class SemanticIndex:
         with self._lock:
             part = self._parts.get(partition)
             if part is None:
-                part = self._parts[partition] = _Partition(self._dim)
+                part = self._parts[partition] = _Partition(self._dim, self._exact_max)
             if key in part.keys:
                 return
             part.append(vector, key, question)
