@@ -92,7 +92,7 @@ async def top_sources(work: Path) -> dict[str, int]:
     async with open_services(settings) as services:
         paths = wl.write_handbook(work / "handbook")
         await services.ingestor.ingest([Upload(p.name, p.read_bytes()) for p in paths], "hb")
-        coll_id, _ = await services.chat._lookup.get("hb")
+        coll_id, _ = await services.lookup.get("hb")
         out = {}
         for q in wl.TOPIC_OF:
             vector = (await services.embedder.embed([q]))[0]

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -109,3 +110,52 @@ def machine() -> str:
     except OSError:
         pass
     return f"{os.cpu_count()} cores, {model}, Python {sys.version.split()[0]}"
+
+
+def load_100k() -> tuple[list[str], np.ndarray, list[str], np.ndarray]:
+    """The corpus built once by build_100k.py: chunk texts, their vectors, queries, theirs."""
+    import json
+
+    if not (CACHE / "vectors_100k.npy").exists():
+        raise SystemExit("run benchmarks/build_100k.py first (embeds the corpus once)")
+    texts = [json.loads(ln) for ln in (CACHE / "chunks_100k.jsonl").open()]
+    queries = [json.loads(ln) for ln in (CACHE / "queries.jsonl").open()]
+    return texts, np.load(CACHE / "vectors_100k.npy"), queries, np.load(CACHE / "queries.npy")
+
+
+async def insert_chunks(settings: Any, texts: list[str], vectors: np.ndarray,
+                        collection: str = "bench", per_doc: int = 100) -> None:
+    """Chunks and their stored embeddings written straight into a fresh database (documents of
+    `per_doc` chunks), as ingestion would have left them; the server builds its index from
+    them at start-up."""
+    import hashlib
+    from datetime import UTC, datetime
+
+    from sqlalchemy import insert
+
+    from metis_rag.store.db import create_engine, migrate
+    from metis_rag.store.models import Chunk, Collection, Document
+
+    engine = create_engine(settings)
+    await migrate(engine)
+    now = datetime.now(UTC)
+    async with engine.begin() as conn:
+        await conn.execute(insert(Collection), [{"id": 1, "name": collection, "version": 1,
+                                                 "created_at": now, "updated_at": now}])
+        docs = [
+            {"id": d + 1, "collection_id": 1, "filename": f"doc{d:04d}.txt", "folder": "",
+             "content_hash": hashlib.sha256(str(d).encode()).hexdigest(), "mime": "text/plain",
+             "size_bytes": 1, "title": None, "tags": [], "status": "ready", "error": None,
+             "chunk_count": per_doc, "created_at": now, "updated_at": now}
+            for d in range((len(texts) + per_doc - 1) // per_doc)
+        ]
+        await conn.execute(insert(Document), docs)
+        for start in range(0, len(texts), 5000):
+            rows = [
+                {"document_id": i // per_doc + 1, "collection_id": 1, "position": i % per_doc,
+                 "text": texts[i], "page": None, "section": None, "token_count": 60,
+                 "embedding": vectors[i].astype("<f4").tobytes()}
+                for i in range(start, min(start + 5000, len(texts)))
+            ]
+            await conn.execute(insert(Chunk), rows)
+    await engine.dispose()

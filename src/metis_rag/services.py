@@ -47,6 +47,7 @@ class Services:
     chat: ChatService
     caches: Caches | None
     conversations: ConversationLog
+    lookup: CollectionLookup
 
 
 @asynccontextmanager
@@ -111,4 +112,5 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             chat=chat,
             caches=caches,
             conversations=conversations,
+            lookup=lookup,
         )
