@@ -32,6 +32,7 @@ function fmt(v) {
 
 // series: [{name, points: [[t, v|null], ...]}]; opts: {xMin, yMax, unit}
 function drawChart(id, series, opts) {
+  series = series.map((s) => ({ ...s, points: s.points.filter(([t]) => t >= opts.xMin) }));
   const canvas = document.getElementById(id);
   const dpr = window.devicePixelRatio || 1;
   const w = canvas.clientWidth, h = canvas.clientHeight;
@@ -40,7 +41,17 @@ function drawChart(id, series, opts) {
   const ctx = canvas.getContext("2d");
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.clearRect(0, 0, w, h);
-  const pad = { l: 44, r: 10, t: 22, b: 20 };
+  ctx.font = "11px system-ui, sans-serif";
+  // legend first: it wraps onto as many rows as it needs, and the plot starts below it
+  const legend = [];
+  let lx = 44, ly = 15;
+  series.forEach((s, i) => {
+    const width = ctx.measureText(s.name).width + 28;
+    if (lx + width > w - 10 && lx > 44) { lx = 44; ly += 14; }
+    legend.push([s.name, colorOf(s.name, i), lx, ly]);
+    lx += width;
+  });
+  const pad = { l: 44, r: 10, t: ly + 9, b: 20 };
   const pw = w - pad.l - pad.r, ph = h - pad.t - pad.b;
   let points = 0, top = 0;
   for (const s of series) for (const [, v] of s.points) {
@@ -51,7 +62,6 @@ function drawChart(id, series, opts) {
   const x = (t) => pad.l + ((t - xMin) / (xMax - xMin)) * pw;
   const y = (v) => pad.t + ph - (Math.min(v, yMax) / yMax) * ph;
 
-  ctx.font = "11px system-ui, sans-serif";
   ctx.strokeStyle = "#e3e6ec"; ctx.fillStyle = "#6b7385"; ctx.lineWidth = 1;
   for (let i = 0; i <= 4; i++) {
     const v = (yMax * i) / 4, yy = Math.round(y(v)) + 0.5;
@@ -63,14 +73,11 @@ function drawChart(id, series, opts) {
     const t = xMin + ((xMax - xMin) * i) / 4;
     ctx.fillText(t === 0 ? "now" : `${Math.round(t)}s`, x(t), h - 5);
   }
-  // legend
-  let lx = pad.l;
   ctx.textAlign = "left";
-  series.forEach((s, i) => {
-    ctx.fillStyle = colorOf(s.name, i); ctx.fillRect(lx, 6, 10, 10);
-    ctx.fillStyle = "#1d2330"; ctx.fillText(s.name, lx + 14, 15);
-    lx += ctx.measureText(s.name).width + 28;
-  });
+  for (const [name, color, x0, y0] of legend) {
+    ctx.fillStyle = color; ctx.fillRect(x0, y0 - 9, 10, 10);
+    ctx.fillStyle = "#1d2330"; ctx.fillText(name, x0 + 14, y0);
+  }
   // lines; a lone point (no neighbour) is drawn as a dot
   series.forEach((s, i) => {
     ctx.strokeStyle = ctx.fillStyle = colorOf(s.name, i); ctx.lineWidth = 2;
@@ -98,7 +105,9 @@ function setText(id, text) { document.getElementById(id).textContent = text; }
 function ms(v) { return v === null || v === undefined ? "–" : `${fmt(v)} ms`; }
 
 function render(d) {
-  const xMin = -d.window_s;
+  // The whole window once it is full; until then, zoom on the time the server has been up.
+  const first = d.process.series.length ? d.process.series[0].t : 0;
+  const xMin = Math.max(-d.window_s, Math.min(-60, Math.floor(first / 10) * 10));
   const r = d.requests;
   setText("t-rps", fmt(r.rps));
   setText("t-p50", ms(r.p50_ms));
