@@ -1,5 +1,6 @@
-"""The /dashboard page in headless Chromium against a real `metis serve` with real traffic: the
-charts draw real data, and a screenshot is saved (its path is printed)."""
+"""A real `metis serve` with real traffic: its logs are JSON lines with request ids, and the
+/dashboard page in headless Chromium draws real data (a screenshot is saved; its path is
+printed)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from .conftest import DOC
@@ -49,12 +52,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def metis_server(make_settings, tmp_path: Path) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    settings = make_settings()  # a data dir with the prepared model linked in
+@dataclass
+class Server:
+    url: str
+    log: Path
+
+
+@pytest.fixture(scope="module")
+def metis_server(prepared_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp_path = tmp_path_factory.mktemp("serve")
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "models").symlink_to(prepared_models, target_is_directory=True)
     port = _free_port()
     env = {**os.environ,
-           "METIS_DATA_DIR": str(settings.data_dir), "METIS_PORT": str(port),
+           "METIS_DATA_DIR": str(data_dir), "METIS_PORT": str(port), "METIS_LOG_FORMAT": "json",
            "METIS_OBSERVABILITY__SAMPLE_INTERVAL_S": "1",
            # low enough that this traffic fires the latency alert: "recent alerts" has data
            "METIS_OBSERVABILITY__ALERT_P95_MS": "0.5"}
@@ -75,7 +87,8 @@ def metis_server(make_settings, tmp_path: Path) -> Iterator[str]:  # type: ignor
             if time.monotonic() > deadline:
                 raise RuntimeError("metis serve did not come up")
             time.sleep(0.2)
-        yield url
+        _traffic(url)
+        yield Server(url, tmp_path / "server.log")
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -112,16 +125,30 @@ def _browser(user_data_dir: Path) -> Any:
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
 
 
+def test_serve_logs_json_lines_with_request_ids(metis_server: Server) -> None:
+    r = httpx.get(metis_server.url + "/api/documents", headers={"X-Request-ID": "probe-7"})
+    assert r.headers["x-request-id"] == "probe-7"
+    time.sleep(0.2)
+    lines = [orjson.loads(line) for line in metis_server.log.read_text().splitlines()]
+    # uvicorn's own lines come through the same renderer
+    assert any(ln["logger"].startswith("uvicorn") for ln in lines)
+    access = [ln for ln in lines if ln["logger"] == "metis.access"]
+    assert len(access) >= 25
+    assert all(len(ln["request_id"]) == 16 or ln["request_id"] == "probe-7" for ln in access)
+    assert len({ln["request_id"] for ln in access}) == len(access)
+    probe = next(ln for ln in access if ln["request_id"] == "probe-7")
+    assert probe["route"] == "/api/documents" and probe["status"] == 200
+
+
 @pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
                     reason="needs Debian's chromium and chromium-driver "
                            "(apt-get install chromium chromium-driver; ./scripts/test does it)")
-def test_dashboard_draws_live_data(metis_server: str, tmp_path: Path) -> None:
+def test_dashboard_draws_live_data(metis_server: Server, tmp_path: Path) -> None:
     from selenium.webdriver.support.wait import WebDriverWait
 
-    _traffic(metis_server)
     driver = _browser(tmp_path / "chromium-profile")
     try:
-        driver.get(metis_server + "/dashboard")
+        driver.get(metis_server.url + "/dashboard")
         state = "return window.metisDashboard"
         WebDriverWait(driver, 30).until(
             lambda d: (d.execute_script(state) or {}).get("updates", 0) >= 2)

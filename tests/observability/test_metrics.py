@@ -124,3 +124,18 @@ async def test_scrapes_do_not_touch_the_dashboards_request_figures(served: Serve
 
 def test_transport_is_real() -> None:
     assert httpx.ASGITransport  # the fixtures drive the real ASGI app, lifespan included
+
+
+async def test_made_up_methods_share_one_label(served: Served) -> None:
+    for method in ["FOO", "BAR", "BAZ"]:
+        r = await served.client.request(method, "/api/documents")
+        assert r.status_code == 405
+    m = await served.metrics()
+    assert value(m, HTTP, method="OTHER", route="/api/documents", status="405") == 3
+    assert not any(("method", "FOO") in labels for _, labels in m)
+
+
+async def test_compression_can_be_switched_off(served_with) -> None:  # type: ignore[no-untyped-def]
+    async with served_with(compression={"enabled": False}) as s:
+        r = await s.client.get("/metrics", headers={"accept-encoding": "gzip, zstd"})
+        assert "content-encoding" not in r.headers and len(r.content) > 2000

@@ -154,6 +154,7 @@ class Metrics:
         # Child lookups through .labels() take a lock and build a key: cache them per label set.
         self._http_children: dict[tuple[str, str, int], Any] = {}
         self._query_children: dict[str, tuple[Any, Any]] = {}
+        self._stage_children = {stage: self.stage_duration.labels(stage) for stage in STAGES}
 
     @classmethod
     def for_settings(cls, settings: Settings) -> Metrics:
@@ -163,11 +164,12 @@ class Metrics:
 
     def observe_request(self, method: str, route: str, status: int, seconds: float,
                         in_window: bool = True) -> None:
-        key = (method, route, status)
+        # Normalized before the lookup: a client's made-up methods must not grow the cache.
+        key = (method if method in _METHODS else "OTHER", route, status)
         child = self._http_children.get(key)
         if child is None:
-            label = method if method in _METHODS else "OTHER"
-            child = self._http_children[key] = self.http_duration.labels(label, route, str(status))
+            child = self._http_children[key] = self.http_duration.labels(key[0], route,
+                                                                         str(status))
         child.observe(seconds)
         if in_window:
             self.window.record_request(seconds, status >= 500)
@@ -186,10 +188,10 @@ class Metrics:
     def observe_answer(self, answer: ChatAnswer) -> None:
         """Stage timings, mode and cache level of one answer (the chat route calls it)."""
         timings = answer.timings_ms
-        for stage in STAGES:
+        for stage, child in self._stage_children.items():
             ms = getattr(timings, stage)
             if ms:
-                self.stage_duration.labels(stage).observe(ms / 1000)
+                child.observe(ms / 1000)
                 self.window.record_stage(stage, ms / 1000)
         self.answers.labels(answer.mode, answer.cache.level or "none").inc()
         if answer.warnings:
