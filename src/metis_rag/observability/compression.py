@@ -15,6 +15,7 @@ import zstandard
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+_UNKNOWN = object()
 _INCOMPRESSIBLE = ("text/event-stream", "image/", "video/", "audio/", "application/zip",
                    "application/gzip", "application/zstd", "font/woff")
 
@@ -96,12 +97,17 @@ class Compression:
         # Quality 4 is brotli's sweet spot for dynamic responses: near gzip speed, smaller.
         self.brotli_quality = brotli_quality
         self._preference = ["zstd", *(["br"] if _brotli_available() else []), "gzip"]
+        self._chosen: dict[bytes, str | None] = {}  # clients send a handful of distinct headers
 
-    def choose(self, accept_encoding: str) -> str | None:
-        if not accept_encoding:
-            return None
-        accepted = accepted_encodings(accept_encoding)
-        return next((c for c in self._preference if c in accepted), None)
+    def choose(self, accept_encoding: bytes) -> str | None:
+        chosen = self._chosen.get(accept_encoding, _UNKNOWN)
+        if chosen is not _UNKNOWN:
+            return chosen  # type: ignore[return-value]
+        accepted = accepted_encodings(accept_encoding.decode("latin-1"))
+        chosen = next((c for c in self._preference if c in accepted), None)
+        if len(self._chosen) < 256:
+            self._chosen[accept_encoding] = chosen
+        return chosen
 
     def compressor(self, coding: str) -> _Stream:
         if coding == "zstd":
@@ -114,7 +120,8 @@ class Compression:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        coding = self.choose(Headers(scope=scope).get("accept-encoding", ""))
+        accept = next((v for k, v in scope["headers"] if k == b"accept-encoding"), b"")
+        coding = self.choose(accept) if accept else None
         if coding is None:
             await self.app(scope, receive, send)
             return
@@ -147,6 +154,10 @@ class _Responder:
                 self.start = message
             return
         if kind != "http.response.body" or self.mode == "pass":
+            if self.start is not None:  # e.g. trailers or pathsend: no body to judge, so pass
+                self.mode = "pass"
+                start, self.start = self.start, None
+                await self.send(start)
             await self.send(message)
             return
         body: bytes = message.get("body", b"")
