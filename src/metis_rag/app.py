@@ -15,9 +15,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
-from .api import cache, chat, documents, health
+from .api import cache, chat, documents, health, monitoring
 from .config import Settings
 from .errors import MetisError, PayloadTooLarge, RateLimited
+from .observability.compression import Compression
+from .observability.logs import configure_logging, current_request_id
+from .observability.metrics import Metrics
+from .observability.middleware import RequestMetrics
+from .observability.monitor import monitor_services
 from .services import open_services
 
 log = logging.getLogger("metis")
@@ -79,7 +84,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> ErrorResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _error(500, "internal_error", "Something went wrong on our side; it was logged.")
+        response = _error(500, "internal_error", "Something went wrong on our side; it was logged.")
+        request_id = current_request_id()  # this handler runs outside RequestMetrics: echo it here
+        if request_id:
+            response.headers["X-Request-ID"] = request_id
+        return response
 
 
 class UploadLimit:
@@ -117,10 +126,12 @@ class UploadLimit:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    metrics = Metrics.for_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        async with open_services(settings) as services:
+        async with open_services(settings, metrics) as services, monitor_services(services):
             yield {"services": services}
 
     app = FastAPI(
@@ -131,10 +142,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+    compression = settings.compression
+    if compression.enabled:
+        app.add_middleware(Compression, min_bytes=compression.min_bytes,
+                           gzip_level=compression.gzip_level, zstd_level=compression.zstd_level)
+    # Added last, so outermost: its latency covers compression and every other middleware.
+    app.add_middleware(RequestMetrics, metrics=metrics,
+                       access_log=settings.observability.access_log)
     app.include_router(documents.router)
     app.include_router(chat.router)
     app.include_router(health.router)
     app.include_router(cache.router)
+    app.include_router(monitoring.router)
     app.state.cache_invalidation_limiter = cache.SlidingWindow(
         settings.cache.invalidations_per_min
     )

@@ -66,8 +66,11 @@ def serve(
     settings = _settings(data_dir)
     update = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = settings.model_copy(update=update)
+    # log_config=None: uvicorn's loggers go through Metis's structured logging (create_app sets
+    # it up); access_log=False: Metis writes its own access line, with the request id.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level, loop="auto", http="auto")
+                log_level=settings.log_level, loop="auto", http="auto",
+                log_config=None, access_log=False)
 
 
 def _walk(paths: list[Path], folder: str) -> Iterator[tuple[Path, str]]:

@@ -127,6 +127,43 @@ class CacheSettings(BaseModel):
     )
 
 
+class ObservabilitySettings(BaseModel):
+    access_log: bool = Field(
+        True, description="Log one line per HTTP request (method, route, status, duration)."
+    )
+    slow_query_ms: float = Field(
+        100, gt=0, description="SQL statements slower than this are logged (parameter shapes, "
+        "never values) and counted in metis_db_slow_queries_total.",
+    )
+    window_s: int = Field(
+        300, ge=10, le=3600, description="Rolling window behind /api/metrics/summary and the "
+        "dashboard, in seconds.",
+    )
+    sample_interval_s: float = Field(
+        2.0, ge=0.1, le=60, description="Step of the dashboard's series: process, cache and "
+        "task gauges are sampled this often.",
+    )
+    alert_p95_ms: float = Field(
+        2000, gt=0, description="Alert when the p95 request latency over the last minute is "
+        "above this.",
+    )
+    alert_error_ratio: float = Field(
+        0.05, gt=0, le=1, description="Alert when the share of 5xx responses over the last "
+        "minute is above this.",
+    )
+    alert_queue_depth: int = Field(
+        1000, ge=1, description="Alert when the task queue holds more tasks than this."
+    )
+
+
+class CompressionSettings(BaseModel):
+    enabled: bool = Field(True, description="Compress HTTP responses the client accepts "
+                          "compressed (zstd, br, gzip); event streams never are.")
+    min_bytes: int = Field(1024, ge=0, description="Smaller responses are sent as they are.")
+    gzip_level: int = Field(6, ge=1, le=9, description="gzip level (1 fastest, 9 smallest).")
+    zstd_level: int = Field(3, ge=1, le=19, description="zstd level (preferred when accepted).")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="METIS_",
@@ -146,11 +183,16 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(50, gt=0, description="Largest accepted upload, in MB.")
     default_collection: str = Field("default", description="Collection used when none is named.")
     log_level: str = Field("info", description="Log level of the server.")
+    log_format: Literal["json", "console"] = Field(
+        "json", description="json = one JSON object per line; console = coloured, for people."
+    )
     embed: EmbedSettings = EmbedSettings()
     chunk: ChunkSettings = ChunkSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     llm: LLMSettings = LLMSettings()
     cache: CacheSettings = CacheSettings()
+    observability: ObservabilitySettings = ObservabilitySettings()
+    compression: CompressionSettings = CompressionSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -23,6 +23,8 @@ from .ingest.pipeline import Ingestor, reconcile
 from .llm import build_llm
 from .llm.base import LLM
 from .llm.cached import CachedLLM
+from .observability.metered import MeteredEmbedder, MeteredLLM
+from .observability.metrics import Metrics
 from .rag.chat import ChatService
 from .rag.conversations import ConversationLog
 from .rag.retriever import Retriever
@@ -48,10 +50,12 @@ class Services:
     caches: Caches | None
     conversations: ConversationLog
     lookup: CollectionLookup
+    metrics: Metrics
 
 
 @asynccontextmanager
-async def open_services(settings: Settings) -> AsyncIterator[Services]:
+async def open_services(settings: Settings, metrics: Metrics | None = None) -> AsyncIterator[Services]:
+    metrics = metrics or Metrics.for_settings(settings)
     async with AsyncExitStack() as stack:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = create_engine(settings)
@@ -62,6 +66,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         embedder: Embedder = build_embedder(settings.embed, settings.data_dir)
         await embedder.start()
         stack.push_async_callback(embedder.close)
+        embedder = MeteredEmbedder(embedder, metrics)  # under the cache: counts real model calls
         caches: Caches | None = None
         if settings.cache.enabled:
             caches = await open_caches(settings.cache, settings.data_dir, embedder.dim, stack)
@@ -80,6 +85,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         if llm is not None:
             await llm.start()
             stack.push_async_callback(llm.close)
+            llm = MeteredLLM(llm, metrics)
             if caches is not None:
                 llm = CachedLLM(llm, caches.llm)
 
@@ -113,4 +119,5 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             caches=caches,
             conversations=conversations,
             lookup=lookup,
+            metrics=metrics,
         )

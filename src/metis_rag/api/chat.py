@@ -36,7 +36,9 @@ async def query(
     x_metis_namespace: Annotated[str | None, Header(max_length=100)] = None,
 ) -> Any:
     if not body.stream:
-        return await services.chat.answer(body, x_metis_namespace)
+        answer = await services.chat.answer(body, x_metis_namespace)
+        services.metrics.observe_answer(answer)
+        return answer
     events = services.chat.stream(body, x_metis_namespace)
     # Fail before the stream starts (404, 422...) so clients get a real status code.
     first = await anext(events)
@@ -47,6 +49,7 @@ async def query(
             while item is not None:
                 kind, data = item
                 if kind == "done":
+                    services.metrics.observe_answer(data)
                     yield _sse("done", orjson.loads(data.model_dump_json()))
                 else:
                     yield _sse(kind, {"text": data} if kind == "token" else data)

@@ -1,0 +1,124 @@
+"""`MeteredLLM` and `MeteredEmbedder`: wrappers that report each real model call to `Metrics`.
+
+Put them directly around the backend, under any cache, so that only calls that reach the model
+are counted. They keep no `inner` attribute on purpose: code that unwraps caches via `.inner`
+must still find the metered object.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..embed.base import Embedder
+from ..errors import MetisError
+from ..llm.base import LLM, ChatMessage, Completion, CompletionStream
+from .metrics import Metrics
+
+
+def _outcome(exc: BaseException) -> str:
+    return exc.code if isinstance(exc, MetisError) else "error"
+
+
+class MeteredLLM:
+    def __init__(self, wrapped: LLM, metrics: Metrics) -> None:
+        self.wrapped = wrapped
+        self.name = wrapped.name
+        self._metrics = metrics
+
+    async def start(self) -> None:
+        await self.wrapped.start()
+
+    async def close(self) -> None:
+        await self.wrapped.close()
+
+    async def complete(
+        self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int
+    ) -> Completion:
+        started = time.perf_counter()
+        try:
+            done = await self.wrapped.complete(messages, temperature=temperature,
+                                               max_tokens=max_tokens)
+        except Exception as exc:
+            self._metrics.observe_llm_call(self.name, time.perf_counter() - started,
+                                           outcome=_outcome(exc))
+            raise
+        self._metrics.observe_llm_call(
+            self.name, time.perf_counter() - started, prompt_tokens=done.prompt_tokens,
+            completion_tokens=done.completion_tokens)
+        return done
+
+    def stream(
+        self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int
+    ) -> CompletionStream:
+        inner = self.wrapped.stream(messages, temperature=temperature, max_tokens=max_tokens)
+        return _MeteredStream(inner, self.name, self._metrics)
+
+
+class _MeteredStream:
+    """Passes deltas through; reports the call once, when the stream ends or fails."""
+
+    def __init__(self, inner: CompletionStream, name: str, metrics: Metrics) -> None:
+        self._inner = inner
+        self._name = name
+        self._metrics = metrics
+        self._started = time.perf_counter()
+        self._reported = False
+        self.completion: Completion | None = None
+
+    def __aiter__(self) -> _MeteredStream:
+        return self
+
+    async def __anext__(self) -> str:
+        try:
+            return await anext(self._inner)
+        except StopAsyncIteration:
+            self.completion = self._inner.completion
+            done = self.completion
+            self._report("ok", done.prompt_tokens if done else 0,
+                         done.completion_tokens if done else 0)
+            raise
+        except Exception as exc:
+            self._report(_outcome(exc), 0, 0)
+            raise
+
+    def _report(self, outcome: str, prompt_tokens: int, completion_tokens: int) -> None:
+        if self._reported:
+            return
+        self._reported = True
+        self._metrics.observe_llm_call(
+            self._name, time.perf_counter() - self._started, prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens, outcome=outcome)
+
+    async def aclose(self) -> None:
+        if not self._reported:
+            self._report("cancelled", 0, 0)
+        await self._inner.aclose()
+
+
+class MeteredEmbedder:
+    def __init__(self, wrapped: Embedder, metrics: Metrics) -> None:
+        self.wrapped = wrapped
+        self.model_id = wrapped.model_id
+        self.dim = wrapped.dim
+        self._metrics = metrics
+
+    async def start(self) -> None:
+        await self.wrapped.start()
+        self.model_id, self.dim = self.wrapped.model_id, self.wrapped.dim
+
+    async def close(self) -> None:
+        await self.wrapped.close()
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return self.wrapped.count_tokens(texts)
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return await self.wrapped.embed(texts)
+        started = time.perf_counter()
+        vectors = await self.wrapped.embed(texts)
+        self._metrics.observe_embed(self.model_id, len(texts), time.perf_counter() - started)
+        return vectors

@@ -1,0 +1,171 @@
+"""The running server's monitoring: a sampler of gauges, alert rules, and the dashboard summary.
+
+`monitor_services(services)` wires a `Metrics` to the live components (cache levels, DB pool, SQL
+statements, log warnings) and runs the `Sampler` for as long as the app runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from .collectors import cache_counts, pool_stats
+from .metrics import Metrics
+from .slowquery import watch_queries
+
+if TYPE_CHECKING:
+    from ..services import Services
+
+log = logging.getLogger("metis.monitor")
+
+
+def _mb(n: int) -> float:
+    return round(n / 1048576, 1)
+
+
+class Sampler:
+    """Every `sample_interval_s`: process CPU and memory, cache counters, tasks and the DB pool
+    go into the rolling window, and the alert rules are checked."""
+
+    def __init__(self, metrics: Metrics,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.metrics = metrics
+        self._sleep = sleep
+        self._process = psutil.Process()
+        self._process.cpu_percent(None)  # the first reading is always 0: prime it
+        self._task: asyncio.Task[None] | None = None
+
+    async def sample_once(self) -> dict[str, Any]:
+        m = self.metrics
+        await m.refresh()
+        tasks = m.task_snapshot
+        memory = self._process.memory_info()
+        sample: dict[str, Any] = {
+            "cpu_percent": round(self._process.cpu_percent(None), 1),
+            "rss_mb": _mb(memory.rss),
+            "cache": ({level: {"hits": c["hits"], "misses": c["misses"]}
+                       for level, c in cache_counts(m.caches).items()}
+                      if m.caches is not None else None),
+            "tasks": ({"by_status": dict(tasks.by_status),
+                       "queue_depth": sum(tasks.queue_depth.values())}
+                      if tasks is not None else None),
+            "pool": pool_stats(m.pool),
+        }
+        m.window.record_sample(sample)
+        m.rules.check(m.window.headline(60), sample["tasks"]["queue_depth"] if tasks else None)
+        return sample
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="metis-metrics-sampler")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.sample_once()
+            except Exception:  # monitoring must never take the server down
+                log.exception("metrics sampling failed")
+            await self._sleep(self.metrics.settings.sample_interval_s)
+
+
+@asynccontextmanager
+async def monitor_services(services: Services) -> AsyncIterator[Sampler]:
+    m = services.metrics
+    m.watch_caches(services.caches)
+    m.watch_pool(services.engine.sync_engine.pool)
+    unwatch = watch_queries(services.engine.sync_engine, m, m.settings.slow_query_ms)
+    m.alerts.attach()
+    sampler = Sampler(m)
+    await sampler.start()
+    try:
+        yield sampler
+    finally:
+        await sampler.close()
+        m.alerts.detach()
+        unwatch()
+        m.watch_caches(None)
+        m.watch_pool(None)
+
+
+# -- the dashboard's JSON ----------------------------------------------------------------------
+
+
+def _total(metric: Any) -> float:
+    return float(sum(s.value for family in metric.collect() for s in family.samples
+                     if s.name.endswith("_total")))
+
+
+def _ratio(hits: float, misses: float) -> float | None:
+    return round(hits / (hits + misses), 4) if hits + misses > 0 else None
+
+
+def _cache_summary(m: Metrics, samples: list[tuple[float, dict[str, Any]]]) -> dict[str, Any]:
+    if m.caches is None:
+        return {"enabled": False, "levels": {}, "series": []}
+    live = cache_counts(m.caches)
+    with_cache = [(t, s["cache"]) for t, s in samples if s.get("cache")]
+    series = []
+    for (_, before), (t, after) in zip(with_cache, with_cache[1:], strict=False):
+        point: dict[str, Any] = {"t": t}
+        for level in after:
+            point[level] = _ratio(after[level]["hits"] - before[level]["hits"],
+                                  after[level]["misses"] - before[level]["misses"])
+        series.append(point)
+    first = with_cache[0][1] if with_cache else None
+    levels = {}
+    for level, c in live.items():
+        start = first[level] if first else {"hits": 0, "misses": 0}
+        levels[level] = {
+            "hits": c["hits"], "misses": c["misses"], "hit_ratio": _ratio(c["hits"], c["misses"]),
+            "window_hit_ratio": _ratio(c["hits"] - start["hits"], c["misses"] - start["misses"]),
+        }
+    return {"enabled": True, "levels": levels, "series": series}
+
+
+def summary(m: Metrics, wall_clock: Callable[[], float] | None = None) -> dict[str, Any]:
+    """Everything the dashboard shows, from the rolling window and the live counters."""
+    w = m.window
+    samples = w.samples()
+    latest = samples[-1][1] if samples else {}
+    tasks = m.task_snapshot
+    now = (wall_clock or m.alerts.wall_clock)()
+    return {
+        "generated_at": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"),
+        "window_s": w.window_s,
+        "step_s": w.step_s,
+        "requests": {**w.headline(60), "series": w.request_series()},
+        "stages": w.stage_summary(),
+        "cache": _cache_summary(m, samples),
+        "tasks": {
+            "connected": m.task_provider is not None,
+            "by_status": dict(tasks.by_status) if tasks else {},
+            "queue_depth": sum(tasks.queue_depth.values()) if tasks else None,
+            "series": [{"t": t, **s["tasks"]["by_status"], "queue_depth": s["tasks"]["queue_depth"]}
+                       for t, s in samples if s.get("tasks")],
+        },
+        "process": {
+            "cpu_percent": latest.get("cpu_percent"),
+            "rss_mb": latest.get("rss_mb"),
+            "series": [{"t": t, "cpu_percent": s["cpu_percent"], "rss_mb": s["rss_mb"]}
+                       for t, s in samples],
+        },
+        "db": {"pool": pool_stats(m.pool), "slow_queries": int(_total(m.db_slow))},
+        "llm": {"calls": int(_total(m.llm_calls)), "tokens": int(_total(m.llm_tokens)),
+                "estimated_cost": round(_total(m.llm_cost), 6)},
+        "alerts": m.alerts.recent(30),
+        "firing": sorted(m.rules.firing),
+    }

@@ -1,0 +1,155 @@
+"""What other parts report into the metrics: the task system (provider and finished tasks), LLM
+calls with tokens and cost, and the alert rules and sampler behind the dashboard."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from metis_rag.config import LLMSettings, ObservabilitySettings
+from metis_rag.devtools.fake_llm import FakeLLMServer
+from metis_rag.observability.alerts import AlertLog, AlertRules
+from metis_rag.observability.metrics import Metrics, TaskSnapshot
+from metis_rag.observability.monitor import Sampler, summary
+from tests.fakeclock import FakeClock
+
+from .conftest import Served, serve
+from .helpers import scrape, value
+
+
+async def test_tasks_appear_once_a_provider_is_wired(served: Served) -> None:
+    m = await served.metrics()
+    assert value(m, "metis_tasks_provider_up") == 0
+    assert value(m, "metis_tasks", status="running") is None
+    assert (await served.summary())["tasks"]["connected"] is False
+
+    counts = {"queued": 4, "running": 1, "succeeded": 10}
+
+    async def provider() -> TaskSnapshot:  # async: a provider may ask Redis or the database
+        return TaskSnapshot(by_status=dict(counts), queue_depth={"ingest": 4})
+
+    served.services.metrics.set_task_provider(provider)
+    served.services.metrics.observe_task("ingest", "succeeded", 2.5, waited_s=0.5)
+    m = await served.metrics()
+    assert value(m, "metis_tasks_provider_up") == 1
+    assert value(m, "metis_tasks", status="queued") == 4
+    assert value(m, "metis_task_queue_depth", queue="ingest") == 4
+    assert value(m, "metis_task_duration_seconds_count", kind="ingest", outcome="succeeded") == 1
+    assert value(m, "metis_task_wait_seconds_sum", kind="ingest") == 0.5
+
+    counts["running"] = 3
+    served.services.metrics.set_task_provider(lambda: TaskSnapshot(counts, {"ingest": 2}))
+    s = await served.summary()
+    assert s["tasks"] == {**s["tasks"], "connected": True, "queue_depth": 2,
+                          "by_status": {"queued": 4, "running": 3, "succeeded": 10}}
+
+
+async def test_a_failing_task_provider_is_reported_not_raised(served: Served) -> None:
+    def broken() -> TaskSnapshot:
+        raise ConnectionError("broker unreachable")
+
+    served.services.metrics.set_task_provider(broken)
+    m = await served.metrics()
+    assert value(m, "metis_tasks_provider_up") == 0
+    s = await served.summary()
+    assert any("task statistics unavailable" in a["event"] for a in s["alerts"])
+
+
+@pytest.fixture(scope="module")
+def fake_llm() -> FakeLLMServer:
+    with FakeLLMServer() as server:
+        yield server  # type: ignore[misc]
+
+
+async def test_llm_calls_tokens_and_cost(make_settings, fake_llm: FakeLLMServer) -> None:  # type: ignore[no-untyped-def]
+    fake_llm.reset(config=True)
+    llm = LLMSettings(provider="openai", url=fake_llm.url, model="fake", timeout_s=5)
+    settings = make_settings(llm=llm, cache={"price_per_1k_tokens": 0.5})
+    async with serve(settings) as s:
+        await s.ingest()
+        answer = await s.ask("How long is the refund window?")
+        assert answer["mode"] == "llm"
+        await s.ask("How long is the refund window?")  # an exact cache hit: no call
+        m = await s.metrics()
+        name = s.services.llm.name  # type: ignore[union-attr]
+        usage = answer["usage"]
+        tokens = usage["prompt_tokens"] + usage["completion_tokens"]
+        assert value(m, "metis_llm_calls_total", provider=name, outcome="ok") == 1
+        assert value(m, "metis_llm_tokens_total", provider=name, kind="prompt") == \
+            usage["prompt_tokens"]
+        assert value(m, "metis_llm_tokens_total", provider=name, kind="completion") == \
+            usage["completion_tokens"]
+        assert value(m, "metis_llm_estimated_cost_total", provider=name) == \
+            pytest.approx(tokens / 1000 * 0.5)
+
+        fake_llm.configure(fail_rate=1.0, fail_status=503)
+        degraded = await s.ask("Is shipping free?", stream=False, cache=False)
+        assert degraded["mode"] == "extractive" and degraded["warnings"]
+        m = await s.metrics()
+        assert value(m, "metis_llm_calls_total", provider=name, outcome="provider_error") == 1
+        summary_ = await s.summary()
+        assert summary_["llm"]["calls"] == 2
+        assert any(a["event"].startswith("answer degraded") for a in summary_["alerts"])
+
+
+def test_rules_fire_once_and_resolve(caplog: pytest.LogCaptureFixture) -> None:
+    rules = AlertRules(p95_ms=100, error_ratio=0.1, queue_depth=5, min_requests=10)
+    calm = {"requests": 50, "p95_ms": 20.0, "error_ratio": 0.0}
+    hot = {"requests": 50, "p95_ms": 400.0, "error_ratio": 0.5}
+    few = {"requests": 3, "p95_ms": 400.0, "error_ratio": 1.0}
+    with caplog.at_level(logging.INFO, logger="metis.alerts"):
+        rules.check(few, None)
+        assert rules.firing == set()
+        rules.check(hot, 9)
+        rules.check(hot, 9)
+        assert rules.firing == {"latency_p95", "error_ratio", "queue_depth"}
+        rules.check(calm, 0)
+        assert rules.firing == set()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    resolved = [r for r in caplog.records if r.levelno == logging.INFO]
+    assert len(warnings) == 3 and len(resolved) == 3
+    assert "p95 latency 400 ms" in warnings[0].getMessage()
+
+
+def test_alert_log_keeps_the_newest_warnings() -> None:
+    alerts = AlertLog(max_alerts=3, wall_clock=lambda: 0.0)
+    logger = logging.getLogger("metis.test.alerts")
+    logger.addHandler(alerts)
+    try:
+        logger.info("not an alert")
+        for i in range(5):
+            logger.warning("warning %d", i, extra={"n": i})
+        logger.error("an error")
+    finally:
+        logger.removeHandler(alerts)
+    recent = alerts.recent()
+    assert [a["event"] for a in recent] == ["an error", "warning 4", "warning 3"]
+    assert recent[1]["fields"] == {"n": 4} and recent[0]["at"] == "1970-01-01T00:00:00+00:00"
+
+
+async def test_sampler_series_and_rules_on_a_fake_clock(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock(10_000.0)
+    metrics = Metrics(ObservabilitySettings(window_s=60, sample_interval_s=2, alert_p95_ms=50),
+                      clock=clock, wall_clock=lambda: 1_700_000_000.0)
+    metrics.set_task_provider(lambda: TaskSnapshot({"running": 2}, {"default": 7}))
+    sampler = Sampler(metrics, sleep=clock.sleep)
+    await sampler.start()
+    try:
+        for step in range(5):
+            for _ in range(20):
+                metrics.observe_request("GET", "/api/x", 200, 0.2 if step >= 3 else 0.01)
+            await clock.advance(2)
+    finally:
+        await sampler.close()
+    s = summary(metrics)
+    assert [p["cpu_percent"] is not None for p in s["process"]["series"]] == [True] * 6
+    assert all(p["rss_mb"] > 10 for p in s["process"]["series"])
+    assert [p["running"] for p in s["tasks"]["series"]] == [2] * 6
+    assert s["tasks"]["queue_depth"] == 7
+    assert s["requests"]["requests"] == 100
+    rps = [p["rps"] for p in s["requests"]["series"] if p["rps"]]
+    assert rps == [10.0] * 5
+    assert s["firing"] == ["latency_p95"]
+    assert s["generated_at"] == "2023-11-14T22:13:20+00:00"
+    assert scrape((await metrics.exposition()).decode())  # still renders without services
