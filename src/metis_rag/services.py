@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from .batching import BatchingEmbedder
 from .cache.levels import Caches, open_caches
 from .config import Settings
 from .embed import build_embedder
@@ -20,9 +21,9 @@ from .embed.base import Embedder
 from .embed.cached import CachedEmbedder
 from .ingest.chunker import Chunker
 from .ingest.pipeline import Ingestor, reconcile
-from .llm import build_llm
 from .llm.base import LLM
 from .llm.cached import CachedLLM
+from .llm.fallback import build_chain
 from .rag.chat import ChatService
 from .rag.retriever import Retriever
 from .store.db import create_engine, migrate, session_factory
@@ -44,6 +45,10 @@ class Services:
     retriever: Retriever
     chat: ChatService
     caches: Caches | None
+    # The throughput layer, for metrics: query micro-batching and the (rate limited) LLM chain
+    # (`stats` on each); `llm` is this chain behind the LLM cache.
+    query_batcher: BatchingEmbedder | None = None
+    llm_chain: LLM | None = None
 
 
 @asynccontextmanager
@@ -58,6 +63,14 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         embedder: Embedder = build_embedder(settings.embed, settings.data_dir)
         await embedder.start()
         stack.push_async_callback(embedder.close)
+        query_batcher: BatchingEmbedder | None = None
+        if settings.batching.enabled:
+            # Single-text embeds (queries) from concurrent requests share one model call.
+            b = settings.batching
+            query_batcher = BatchingEmbedder(embedder, max_batch=b.max_batch,
+                                             max_wait_ms=b.max_wait_ms)
+            stack.push_async_callback(query_batcher.close)
+            embedder = query_batcher
         caches: Caches | None = None
         if settings.cache.enabled:
             caches = await open_caches(settings.cache, settings.data_dir, embedder.dim, stack)
@@ -72,7 +85,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         if fixed["added"] or fixed["removed"]:
             log.warning("vector index reconciled with the database: %s", fixed)
 
-        llm = build_llm(settings.llm)
+        llm = llm_chain = build_chain(settings.llm, settings.ratelimit)
         if llm is not None:
             await llm.start()
             stack.push_async_callback(llm.close)
@@ -100,4 +113,6 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             retriever=retriever,
             chat=chat,
             caches=caches,
+            query_batcher=query_batcher,
+            llm_chain=llm_chain,
         )

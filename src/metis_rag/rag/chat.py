@@ -21,8 +21,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ..cache.levels import Caches, digest, normalize_question
 from ..config import Settings
 from ..embed.base import Embedder
+from ..embed.cached import CachedEmbedder
 from ..errors import InvalidInput, ProviderError
 from ..llm.base import LLM, ChatMessage, Completion
+from ..llm.cached import CachedLLM
 from ..schemas import CacheInfo, ChatAnswer, ChatQuery, Citation, Timings
 from ..store import repo
 from ..store.models import Collection, Message
@@ -108,11 +110,14 @@ class ChatService:
         self._settings = settings
         self._sessions = sessions
         self._embedder = embedder
-        # `cache: false` bypasses every level, the embedding and LLM caches included.
-        self._uncached_embedder: Embedder = getattr(embedder, "inner", embedder)
+        # `cache: false` bypasses every level, the embedding and LLM caches included (but not
+        # the batching and rate limiting those caches wrap).
+        self._uncached_embedder: Embedder = (
+            embedder.inner if isinstance(embedder, CachedEmbedder) else embedder
+        )
         self._retriever = retriever
         self._llm = llm
-        self._uncached_llm: LLM | None = getattr(llm, "inner", llm)
+        self._uncached_llm: LLM | None = llm.inner if isinstance(llm, CachedLLM) else llm
         self._caches = caches
 
     # -- the steps -------------------------------------------------------------------------
@@ -201,6 +206,7 @@ class ChatService:
             turn.collection_id, turn.retrieval_text, vector,
             top_k=q.top_k or self._settings.retrieval.top_k, tags=q.tags, folder=q.folder,
             hybrid=q.hybrid, cache_scope=turn.scope if turn.use_cache and self._caches else None,
+            warnings=turn.warnings,
         )
         turn.timings.retrieve = _ms(t)
 
@@ -238,13 +244,17 @@ class ChatService:
         if version != turn.version:
             # The collection changed while we answered: drop citations of chunks now gone.
             citations = await self._still_present(citations)
+        served = str(done.extra.get("provider") or "") if done is not None else ""
+        skipped = done.extra.get("fallbacks") if done is not None else None
+        if isinstance(skipped, list) and skipped:
+            turn.warnings.append(f"provider_fallback: {'; '.join(skipped)}; served by {served}")
         turn.timings.total = _ms(turn.started)
         usage = ({"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens}
                  if done is not None else {})
         return ChatAnswer(
             answer=text, citations=citations, conversation_id=turn.conversation_id,
             mode=mode,  # type: ignore[arg-type]
-            model=self._llm.name if mode == "llm" and self._llm else None,
+            model=(served or self._llm.name) if mode == "llm" and self._llm else None,
             timings_ms=turn.timings, usage=usage, warnings=turn.warnings, cache=cache,
         )
 
@@ -287,7 +297,8 @@ class ChatService:
         done = None
         if entry["mode"] == "llm":
             done = Completion(entry["answer"], entry.get("model") or "",
-                              usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+                              usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0),
+                              extra={"provider": entry.get("model")})
         saved = max(0.0, float(entry.get("total_ms", 0.0)) - _ms(turn.started))
         info.saved_ms = round(saved, 1)
         if self._caches:
