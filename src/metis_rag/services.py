@@ -25,6 +25,7 @@ from .llm.base import LLM
 from .llm.cached import CachedLLM
 from .llm.fallback import build_chain
 from .rag.chat import ChatService
+from .rag.history import ConversationLog
 from .rag.retriever import Retriever
 from .store.db import create_engine, migrate, session_factory
 from .store.hnsw import HnswVectorStore
@@ -101,7 +102,9 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         )
         retriever = Retriever(sessions, vectors, settings.retrieval,
                               caches.retrieval if caches else None)
-        chat = ChatService(settings, sessions, embedder, retriever, llm, caches)
+        conversation_log = ConversationLog(sessions)
+        stack.push_async_callback(conversation_log.close)
+        chat = ChatService(settings, sessions, embedder, retriever, llm, caches, conversation_log)
         yield Services(
             settings=settings,
             engine=engine,

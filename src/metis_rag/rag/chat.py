@@ -15,20 +15,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..cache.levels import Caches, digest, normalize_question
 from ..config import Settings
 from ..embed.base import Embedder
 from ..embed.cached import CachedEmbedder
-from ..errors import InvalidInput, ProviderError
+from ..errors import InvalidInput, NotFound, ProviderError
 from ..llm.base import LLM, ChatMessage, Completion
 from ..llm.cached import CachedLLM
 from ..schemas import CacheInfo, ChatAnswer, ChatQuery, Citation, Timings
 from ..store import repo
-from ..store.models import Collection, Message
 from .answer import PROMPT_VERSION, build_messages, extractive_answer
+from .history import ConversationLog, Exchange, new_conversation_id
 from .retriever import Retrieved, Retriever
 
 _CITED_SENTENCE_END = re.compile(r"(?<=\])\s+")
@@ -68,6 +67,7 @@ class _Turn:
     history: list[ChatMessage]
     shape: str
     started: float
+    new_conversation: bool = False
     timings: Timings = field(default_factory=Timings)
     vector: np.ndarray | None = None
     sources: list[Retrieved] = field(default_factory=list)
@@ -106,9 +106,12 @@ class ChatService:
         retriever: Retriever,
         llm: LLM | None,
         caches: Caches | None = None,
+        log: ConversationLog | None = None,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
+        # Collection lookups and conversation writes of concurrent questions are batched.
+        self._log = log or ConversationLog(sessions)
         self._embedder = embedder
         # `cache: false` bypasses every level, the embedding and LLM caches included (but not
         # the batching and rate limiting those caches wrap).
@@ -131,14 +134,19 @@ class ChatService:
                 code="llm_required",
             )
         history: list[ChatMessage] = []
-        async with self._sessions() as session, session.begin():
+        name = query.collection or self._settings.default_collection
+        try:
+            coll = await self._log.collection(name)
+        except NotFound:
             if query.collection:
-                coll = await repo.get_collection(session, query.collection)
-            else:  # the default collection always exists, even before anything is ingested
-                coll = await repo.get_or_create_collection(
-                    session, self._settings.default_collection
-                )
-            if query.conversation_id:
+                raise
+            # The default collection always exists, even before anything is ingested.
+            async with self._sessions() as session, session.begin():
+                await repo.get_or_create_collection(session, name)
+            coll = await self._log.collection(name)
+        conversation_id = query.conversation_id or new_conversation_id()
+        if query.conversation_id:
+            async with self._sessions() as session:
                 conv = await repo.get_conversation(session, query.conversation_id)
                 if conv.collection_id != coll.id:
                     raise InvalidInput(
@@ -149,17 +157,16 @@ class ChatService:
                     session, conv.id, self._settings.retrieval.history_turns
                 )
                 history = [ChatMessage(m.role, m.content) for m in past]  # type: ignore[arg-type]
-            else:
-                conv = await repo.create_conversation(session, coll.id, query.message)
         return _Turn(
             query=query,
             namespace=query.namespace or namespace or self._settings.cache.namespace,
             collection_id=coll.id,
             version=coll.version,
-            conversation_id=conv.id,
+            conversation_id=conversation_id,
             history=history,
             shape=self._shape(query, history),
             started=started,
+            new_conversation=not query.conversation_id,
         )
 
     def _shape(self, query: ChatQuery, history: list[ChatMessage]) -> str:
@@ -233,14 +240,11 @@ class ChatService:
         self, turn: _Turn, text: str, mode: str, done: Completion | None, citations: list[Citation],
         cache: CacheInfo,
     ) -> ChatAnswer:
-        async with self._sessions() as session, session.begin():
-            session.add(Message(conversation_id=turn.conversation_id, role="user",
-                                content=turn.query.message, citations=[]))
-            session.add(Message(conversation_id=turn.conversation_id, role="assistant",
-                                content=text, citations=[c.model_dump() for c in citations]))
-            version = (await session.execute(
-                select(Collection.version).where(Collection.id == turn.collection_id)
-            )).scalar_one()
+        version = await self._log.record(Exchange(
+            turn.conversation_id, turn.collection_id, turn.query.message, text,
+            [c.model_dump() for c in citations],
+            new_title=turn.query.message if turn.new_conversation else None,
+        ))
         if version != turn.version:
             # The collection changed while we answered: drop citations of chunks now gone.
             citations = await self._still_present(citations)
@@ -304,7 +308,10 @@ class ChatService:
         if self._caches:
             self._caches.savings.add(info.level or "exact", saved, sum(usage.values()),
                                      llm_call=entry["mode"] == "llm")
-        return entry["answer"], entry["mode"], done, [Citation(**c) for c in entry["citations"]]
+        # Entries are our own answers, validated when they were made: rebuilding them unchecked
+        # is most of what makes a cache hit cheap.
+        citations = [Citation.model_construct(**c) for c in entry["citations"]]
+        return entry["answer"], entry["mode"], done, citations
 
     # -- the two entry points ---------------------------------------------------------------
 
