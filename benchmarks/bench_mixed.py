@@ -56,8 +56,14 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
                     for v in [[s["ms"] for s in samples if s["name"] == name]]},
         "cache_levels": dict(Counter(s["cache"] for s in queries)),
         "throughput_per_s": [per_second[i] for i in range(last + 1)],
-        "hit_ratio_per_s": [hits[i] / asked[i] if asked[i] else None for i in range(last + 1)],
+        # Over the last 10 s at each second: one second holds too few questions to read.
+        "hit_ratio_per_s": [_ratio(hits, asked, i - 9, i) for i in range(last + 1)],
     }
+
+
+def _ratio(hits: Counter[int], asked: Counter[int], first: int, last: int) -> float | None:
+    n = sum(asked[i] for i in range(first, last + 1))
+    return sum(hits[i] for i in range(first, last + 1)) / n if n else None
 
 
 def one_run(args: argparse.Namespace, run: int) -> dict[str, Any]:

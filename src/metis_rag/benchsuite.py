@@ -187,6 +187,6 @@ def _plots(results: list[dict[str, Any]], out: Path) -> list[tuple[str, Path]]:
         ax.set_ylim(0, 1)
         ax.set_xlabel("second of the run")
         ax.set_ylabel("share of questions")
-        ax.set_title("Cache hit ratio over time (any level, mixed workload)")
+        ax.set_title("Cache hit ratio over time (any level, last 10 s, mixed workload)")
         save(fig, "cache_hit_ratio.png", "Cache hit ratio over time")
     return made

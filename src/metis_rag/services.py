@@ -65,9 +65,9 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         await embedder.start()
         stack.push_async_callback(embedder.close)
         query_batcher: BatchingEmbedder | None = None
-        if settings.batching.enabled:
+        b = settings.batching
+        if b.enabled or (b.enabled is None and settings.embed.backend in ("openai", "ollama")):
             # Single-text embeds (queries) from concurrent requests share one model call.
-            b = settings.batching
             query_batcher = BatchingEmbedder(embedder, max_batch=b.max_batch,
                                              max_wait_ms=b.max_wait_ms)
             stack.push_async_callback(query_batcher.close)

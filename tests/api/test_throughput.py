@@ -15,6 +15,7 @@ from asgi_lifespan import LifespanManager
 from metis_rag.app import create_app
 from metis_rag.config import (
     BatchingSettings,
+    EmbedSettings,
     LLMFallback,
     LLMSettings,
     RateLimitSettings,
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.slow
 async def test_concurrent_queries_share_one_model_call(
     make_settings: Callable[..., Settings],
 ) -> None:
-    settings = make_settings(batching=BatchingSettings(max_wait_ms=200))
+    settings = make_settings(batching=BatchingSettings(enabled=True, max_wait_ms=200))
     async with open_services(settings) as services:
         batcher = services.query_batcher
         assert batcher is not None
@@ -51,10 +52,25 @@ async def test_concurrent_queries_share_one_model_call(
                        for j in range(16) if j != i)
 
 
-async def test_batching_can_be_turned_off(make_settings: Callable[..., Settings]) -> None:
-    async with open_services(make_settings(batching=BatchingSettings(enabled=False))) as s:
+async def test_batching_is_off_for_the_local_model_unless_asked_for(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with open_services(make_settings()) as s:
         assert s.query_batcher is None
         assert (await s.embedder.embed(["hello"])).shape == (1, 384)
+
+
+async def test_batching_is_on_for_a_remote_embedding_backend(
+    make_settings: Callable[..., Settings],
+) -> None:
+    with FakeLLMServer() as fake:
+        embed = EmbedSettings(backend="openai", url=fake.url, model="fake", batch_size=64)
+        async with open_services(make_settings(embed=embed)) as s:
+            assert s.query_batcher is not None
+            rows = await asyncio.gather(*(s.embedder.embed([f"query {i}"]) for i in range(20)))
+            assert all(r.shape == (1, 384) for r in rows)
+            # Fewer HTTP calls than questions: concurrent ones went out together.
+            assert fake.stats()["requests"]["/v1/embeddings"] < 20
 
 
 class StalledFullText:
@@ -133,3 +149,36 @@ async def test_the_answer_names_the_provider_that_served_it(
                 done = orjson.loads(line[6:])
     assert done["model"] == "openai:backup" and done["mode"] == "llm"
     assert backup.stats()["requests_total"] == 2
+
+
+async def test_one_question_over_several_collections_fuses_their_results(
+    client: httpx.AsyncClient,
+) -> None:
+    makers = list(MAKERS.items())
+    for collection, part in (("people", makers[:3]), ("places", makers[3:])):
+        files = [("files", (name, make())) for name, make in part]
+        r = await client.post("/api/documents", files=files, data={"collection": collection})
+        assert r.status_code == 201, r.text
+    both = ["people", "places", "people"]  # a repeat is searched once
+    for filename, question, fact, *_ in FACTS:
+        r = await client.post("/api/chat/query", json={"message": question, "collections": both})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["citations"][0]["filename"] == filename and fact in body["answer"]
+        assert {c["filename"] for c in body["citations"]} & {n for n, _ in makers[:3]}
+        assert {c["filename"] for c in body["citations"]} & {n for n, _ in makers[3:]}
+    again = await client.post("/api/chat/query",
+                              json={"message": FACTS[0][1], "collections": both})
+    assert again.json()["cache"]["level"] == "exact"
+    follow = await client.post("/api/chat/query", json={
+        "message": "And when do backups run?", "collections": ["people", "places"],
+        "conversation_id": again.json()["conversation_id"]})
+    assert follow.status_code == 200
+    assert follow.json()["conversation_id"] == again.json()["conversation_id"]
+    assert "ops.md" in {c["filename"] for c in follow.json()["citations"]}
+    bad = await client.post("/api/chat/query",
+                            json={"message": "x", "collection": "people", "collections": both})
+    assert bad.status_code == 422 and "not both" in bad.json()["message"]
+    missing = await client.post("/api/chat/query",
+                                json={"message": "x", "collections": ["people", "nope"]})
+    assert missing.status_code == 404 and missing.json()["code"] == "collection_not_found"

@@ -8,6 +8,7 @@ the collection makes every earlier answer unreachable.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
@@ -27,7 +28,7 @@ from ..llm.cached import CachedLLM
 from ..schemas import CacheInfo, ChatAnswer, ChatQuery, Citation, Timings
 from ..store import repo
 from .answer import PROMPT_VERSION, build_messages, extractive_answer
-from .history import ConversationLog, Exchange, new_conversation_id
+from .history import CollectionRef, ConversationLog, Exchange, new_conversation_id
 from .retriever import Retrieved, Retriever
 
 _CITED_SENTENCE_END = re.compile(r"(?<=\])\s+")
@@ -68,6 +69,7 @@ class _Turn:
     shape: str
     started: float
     new_conversation: bool = False
+    others: list[CollectionRef] = field(default_factory=list)  # more collections searched
     timings: Timings = field(default_factory=Timings)
     vector: np.ndarray | None = None
     sources: list[Retrieved] = field(default_factory=list)
@@ -86,7 +88,9 @@ class _Turn:
 
     @property
     def scope(self) -> str:
-        return f"{self.namespace}:{self.collection_id}:{self.version}"
+        return f"{self.namespace}:{self.collection_id}:{self.version}" + "".join(
+            f"+{o.id}:{o.version}" for o in self.others
+        )
 
     @property
     def exact_key(self) -> str:
@@ -94,7 +98,8 @@ class _Turn:
 
     @property
     def partition(self) -> tuple[str, ...]:
-        return (self.namespace, str(self.collection_id), str(self.version), self.shape)
+        return (self.namespace, str(self.collection_id), str(self.version), self.shape,
+                *(f"{o.id}:{o.version}" for o in self.others))
 
 
 class ChatService:
@@ -134,16 +139,8 @@ class ChatService:
                 code="llm_required",
             )
         history: list[ChatMessage] = []
-        name = query.collection or self._settings.default_collection
-        try:
-            coll = await self._log.collection(name)
-        except NotFound:
-            if query.collection:
-                raise
-            # The default collection always exists, even before anything is ingested.
-            async with self._sessions() as session, session.begin():
-                await repo.get_or_create_collection(session, name)
-            coll = await self._log.collection(name)
+        names = query.collections or [query.collection or self._settings.default_collection]
+        coll, *others = await asyncio.gather(*(self._collection(n, query) for n in names))
         conversation_id = query.conversation_id or new_conversation_id()
         if query.conversation_id:
             async with self._sessions() as session:
@@ -167,7 +164,19 @@ class ChatService:
             shape=self._shape(query, history),
             started=started,
             new_conversation=not query.conversation_id,
+            others=others,
         )
+
+    async def _collection(self, name: str, query: ChatQuery) -> CollectionRef:
+        try:
+            return await self._log.collection(name)
+        except NotFound:
+            if query.collection or query.collections:
+                raise
+            # The default collection always exists, even before anything is ingested.
+            async with self._sessions() as session, session.begin():
+                await repo.get_or_create_collection(session, name)
+            return await self._log.collection(name)
 
     def _shape(self, query: ChatQuery, history: list[ChatMessage]) -> str:
         """Everything besides the question that shapes an answer: part of every answer key."""
@@ -209,11 +218,14 @@ class ChatService:
         vector = await self._embed(turn)
         t = time.perf_counter()
         q = turn.query
-        turn.sources, turn.retrieval_saved_ms = await self._retriever.retrieve(
-            turn.collection_id, turn.retrieval_text, vector,
-            top_k=q.top_k or self._settings.retrieval.top_k, tags=q.tags, folder=q.folder,
-            hybrid=q.hybrid, cache_scope=turn.scope if turn.use_cache and self._caches else None,
-            warnings=turn.warnings,
+        cached = turn.use_cache and self._caches is not None
+        # Each collection is searched (and cached) on its own, concurrently, then fused.
+        scopes = [(turn.collection_id, f"{turn.namespace}:{turn.collection_id}:{turn.version}")]
+        scopes += [(o.id, f"{turn.namespace}:{o.id}:{o.version}") for o in turn.others]
+        turn.sources, turn.retrieval_saved_ms = await self._retriever.retrieve_many(
+            [(cid, scope if cached else None) for cid, scope in scopes], turn.retrieval_text,
+            vector, top_k=q.top_k or self._settings.retrieval.top_k, tags=q.tags,
+            folder=q.folder, hybrid=q.hybrid, warnings=turn.warnings,
         )
         turn.timings.retrieve = _ms(t)
 
@@ -245,7 +257,7 @@ class ChatService:
             [c.model_dump() for c in citations],
             new_title=turn.query.message if turn.new_conversation else None,
         ))
-        if version != turn.version:
+        if version != turn.version or turn.others:
             # The collection changed while we answered: drop citations of chunks now gone.
             citations = await self._still_present(citations)
         served = str(done.extra.get("provider") or "") if done is not None else ""
