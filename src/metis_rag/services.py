@@ -46,10 +46,11 @@ class Services:
     retriever: Retriever
     chat: ChatService
     caches: Caches | None
-    # The throughput layer, for metrics: query micro-batching and the (rate limited) LLM chain
-    # (`stats` on each); `llm` is this chain behind the LLM cache.
+    # The throughput layer, for metrics (`stats` on each): query micro-batching, the (rate
+    # limited) LLM chain that `llm` wraps in the LLM cache, and the batched database work.
     query_batcher: BatchingEmbedder | None = None
     llm_chain: LLM | None = None
+    conversation_log: ConversationLog | None = None  # batched collection reads and writes
 
 
 @asynccontextmanager
@@ -118,4 +119,5 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             caches=caches,
             query_batcher=query_batcher,
             llm_chain=llm_chain,
+            conversation_log=conversation_log,
         )
