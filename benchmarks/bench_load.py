@@ -6,8 +6,9 @@
 
 Two phases per run, each against both servers. Throughput: 200 connections ask back to back
 (closed loop) until the server is saturated; requests/s is compared. Latency: 200 clients
-that each ask again `--think-ms` after an answer (by default every user asks a question a
-second: a busy server, not a saturated one); p99 and errors are read there. A latency target
+that each ask again about `--think-ms` after an answer (uniformly 0.5x to 1.5x, so they do not
+arrive in waves; by default every user asks a question a second: a busy server, not a
+saturated one); p99 and errors are read there. A latency target
 cannot be read at saturation: 200 back-to-back clients wait 200 / (requests/s) on average by
 Little's law, 50 ms only above 4,000 requests/s, faster than the bare endpoint itself here.
 

@@ -31,7 +31,8 @@ import harness  # noqa: E402
 def read_samples(path: Path) -> list[dict[str, Any]]:
     with path.open() as f:
         return [{"start": float(r["start"]), "name": r["name"], "ms": float(r["ms"]),
-                 "ok": r["ok"] == "1", "cache": r["cache"]} for r in csv.DictReader(f)]
+                 "ok": r["ok"] == "1", "cache": r["cache"], "error": r.get("error", "")}
+                for r in csv.DictReader(f)]
 
 
 def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -55,6 +56,8 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
                     for name in sorted({s["name"] for s in samples})
                     for v in [[s["ms"] for s in samples if s["name"] == name]]},
         "cache_levels": dict(Counter(s["cache"] for s in queries)),
+        "error_kinds": dict(Counter(f"{s['name']}: {s['error'][:160]}" for s in samples
+                                    if not s["ok"]).most_common(5)),
         "throughput_per_s": [per_second[i] for i in range(last + 1)],
         # Over the last 10 s at each second: one second holds too few questions to read.
         "hit_ratio_per_s": [_ratio(hits, asked, i - 9, i) for i in range(last + 1)],
@@ -94,6 +97,8 @@ def one_run(args: argparse.Namespace, run: int) -> dict[str, Any]:
           f"{summary['p50_ms']:.0f} ms, p95 {summary['p95_ms']:.0f} ms, p99 "
           f"{summary['p99_ms']:.0f} ms, errors {summary['errors']}; cache "
           f"{summary['cache_levels']}")
+    for kind, n in summary["error_kinds"].items():
+        print(f"    {n} x {kind}")
     return {"summary": summary, "latencies_ms": [s["ms"] for s in samples]}
 
 
@@ -119,6 +124,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             "p95 ms per kind (median run)": {k: round(v["p95_ms"]) for k, v in
                                              middle["summary"]["by_name"].items()},
             "cache levels (median run)": middle["summary"]["cache_levels"],
+            "errors (all runs)": [s["error_kinds"] for s in summaries if s["errors"]],
         },
         "runs": summaries,
         # The run with the median p95, for the plots of `metis bench`.

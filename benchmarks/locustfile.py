@@ -7,7 +7,7 @@ wordings: repeats and paraphrases), sometimes follows up in its conversation, up
 document and polls it until it is ready, and lists documents. A request fails on a non-2xx
 status or, for a question, on an answer without citations or with warnings (a degraded
 answer counts as an error). With METIS_BENCH_SAMPLES set, every request is appended to that
-CSV file: start time, name, milliseconds, ok, cache level.
+CSV file: start time, name, milliseconds, ok, cache level, error.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def _open_samples(**_: Any) -> None:
     global _samples
     if path := os.environ.get("METIS_BENCH_SAMPLES"):
         _samples = csv.writer(open(path, "w", newline=""))
-        _samples.writerow(["start", "name", "ms", "ok", "cache"])
+        _samples.writerow(["start", "name", "ms", "ok", "cache", "error"])
 
 
 @events.request.add_listener
@@ -49,7 +49,8 @@ def _record(name: str, response_time: float, exception: Any, context: dict[str, 
     if _samples is not None:
         started = start_time if start_time is not None else time.time() - response_time / 1000
         _samples.writerow([f"{started:.3f}", name, f"{response_time:.2f}",
-                           int(exception is None), context.get("cache", "")])
+                           int(exception is None), context.get("cache", ""),
+                           str(exception)[:300] if exception else ""])
 
 
 def _multipart(filename: str, text: str, collection: str) -> tuple[bytes, str]:

@@ -3,8 +3,11 @@
 local bodies = {}
 for line in io.lines(os.getenv("BODIES")) do bodies[#bodies + 1] = line end
 local i = 0
--- THINK_MS: each connection (a client) waits this long after an answer before asking again.
+-- THINK_MS: each connection (a client) waits about this long after an answer before asking
+-- again: uniformly between half and one and a half times it, so that clients which all
+-- started together do not stay in lockstep, arriving in waves.
 local think = tonumber(os.getenv("THINK_MS") or "0")
+math.randomseed(os.time())
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 
@@ -14,7 +17,7 @@ request = function()
 end
 
 if think > 0 then
-  delay = function() return think end
+  delay = function() return math.floor(think * (0.5 + math.random())) end
 end
 
 done = function(summary, latency, requests)
