@@ -27,7 +27,9 @@ done = function(summary, latency, requests)
     parts[#parts + 1] = string.format('"%s": %d', tostring(p), latency:percentile(p))
   end
   local cdf = {}
-  for p = 1, 100 do cdf[#cdf + 1] = tostring(latency:percentile(p)) end
+  -- percentile(100) is not the maximum in wrk: the curve ends with latency.max instead.
+  for p = 1, 99 do cdf[#cdf + 1] = tostring(latency:percentile(p)) end
+  cdf[#cdf + 1] = tostring(latency.max)
   io.write(string.format(
     'WRK_JSON {"requests": %d, "duration_us": %d, "connect": %d, "read": %d, "write": %d, ' ..
     '"status": %d, "timeout": %d, "max_us": %d, "percentiles_us": {%s}, "cdf_us": [%s]}\n',

@@ -105,6 +105,7 @@ def _verdict(result: dict[str, Any]) -> str:
 
 def write_report(results: list[dict[str, Any]], out: Path, *, quick: bool = False) -> Path:
     """report.md, with plots next to it, from the benchmarks' results."""
+    out.mkdir(parents=True, exist_ok=True)
     plots = _plots(results, out)
     lines = [f"# Metis benchmarks, {time.strftime('%Y-%m-%d %H:%M')}", ""]
     if quick:
@@ -163,7 +164,8 @@ def _plots(results: list[dict[str, Any]], out: Path) -> list[tuple[str, Path]]:
         for phase, label in (("metis_latency", "cached, clients thinking (wrk)"),
                              ("metis", "cached, saturated (wrk)")):
             points = load_runs[len(load_runs) // 2][phase]["cdf_ms"]
-            cdf.plot(points, range(1, len(points) + 1), label=label)
+            pairs = [(x, p) for p, x in enumerate(points, start=1) if x > 0]
+            cdf.plot([x for x, _ in pairs], [p for _, p in pairs], label=label)
     hist.set_xlabel("latency (ms)")
     hist.set_ylabel("requests")
     hist.set_title("Mixed workload: latency histogram")
