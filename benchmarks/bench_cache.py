@@ -156,7 +156,7 @@ def gptcache_run(seq: list[str], vec: dict[str, np.ndarray], work: Path,
         else:
             put(q, wl.TOPIC_OF[q], cache_obj=cache)
     return {"avoided": hits / len(seq), "precision": correct / hits if hits else 1.0,
-            "get_ms_p50": harness.pct(get_ms, 50)}
+            "get_ms_p50": harness.percentile(get_ms, 0.50)}
 
 
 async def upload(client: httpx.AsyncClient, paths: list[Path], collection: str) -> None:
@@ -217,13 +217,13 @@ def summarize(rows: list[dict[str, Any]], calls: int) -> dict[str, float]:
         "llm_avoided": 1 - calls / n,
         "semantic_precision": good / len(sem) if sem else 1.0,
         "semantic_hits": len(sem),
-        "hit_p50": harness.pct([r["ms"] for r in hits], 50),
-        "hit_p95": harness.pct([r["ms"] for r in hits], 95),
-        "miss_p50": harness.pct([r["ms"] for r in misses], 50),
-        "miss_p95": harness.pct([r["ms"] for r in misses], 95),
-        "exact_server_p50": harness.pct(exact_srv, 50),
-        "exact_server_p95": harness.pct(exact_srv, 95),
-        "miss_server_p50": harness.pct(miss_srv, 50),
+        "hit_p50": harness.percentile([r["ms"] for r in hits], 0.50),
+        "hit_p95": harness.percentile([r["ms"] for r in hits], 0.95),
+        "miss_p50": harness.percentile([r["ms"] for r in misses], 0.50),
+        "miss_p95": harness.percentile([r["ms"] for r in misses], 0.95),
+        "exact_server_p50": harness.percentile(exact_srv, 0.50),
+        "exact_server_p95": harness.percentile(exact_srv, 0.95),
+        "miss_server_p50": harness.percentile(miss_srv, 0.50),
     })
     return out
 
@@ -263,9 +263,9 @@ async def redis_run(work: Path, run: int, fake: FakeLLMServer, redis_url: str) -
             from_memory = await send(url_b, questions, 1)
     ok = [r for r in from_redis if r["cache"].get("level") == "exact"]
     return {"redis_hits": len(ok) / len(questions),
-            "redis_server_p50": harness.pct([r["server_ms"] for r in ok], 50),
-            "redis_server_p95": harness.pct([r["server_ms"] for r in ok], 95),
-            "memory_server_p50": harness.pct([r["server_ms"] for r in from_memory], 50)}
+            "redis_server_p50": harness.percentile([r["server_ms"] for r in ok], 0.50),
+            "redis_server_p95": harness.percentile([r["server_ms"] for r in ok], 0.95),
+            "memory_server_p50": harness.percentile([r["server_ms"] for r in from_memory], 0.50)}
 
 
 def main() -> None:
@@ -329,7 +329,7 @@ def main() -> None:
                       for run in range(a.runs)]
 
     def m(key: str, rows: list[dict[str, float]] = runs) -> float:
-        return harness.med([r[key] for r in rows])
+        return harness.median([r[key] for r in rows])
 
     print(f"\nlive HTTP, LLM latency {a.llm_latency_ms:.0f} ms, {a.concurrency} clients, "
           f"threshold {a.threshold}, median of {a.runs} runs")

@@ -60,16 +60,16 @@ def main() -> None:
                 body = r.json()
                 srv.append(body["timings_ms"]["total"])
                 stages.append(body["timings_ms"])
-            p50s.append(harness.pct(lat, 50))
-            p95s.append(harness.pct(lat, 95))
-            server95.append(harness.pct(srv, 95))
+            p50s.append(harness.percentile(lat, 0.50))
+            p95s.append(harness.percentile(lat, 0.95))
+            server95.append(harness.percentile(srv, 0.95))
             print(f"run {run + 1}: client p50 {p50s[-1]:.1f} ms, p95 {p95s[-1]:.1f} ms; "
                   f"server p95 {server95[-1]:.1f} ms", flush=True)
     mean = {k: statistics.mean(s[k] for s in stages) for k in ("embed", "retrieve", "generate")}
     print(f"\n100,000 chunks, hybrid={'off' if a.no_hybrid else 'on'}, {len(queries)} queries x "
           f"{a.runs} runs, sequential, extractive; {harness.machine()}")
-    print(f"POST /api/chat/query: p50 {harness.med(p50s):.1f} ms, p95 {harness.med(p95s):.1f} ms "
-          f"(target <= 50 ms); server-side p95 {harness.med(server95):.1f} ms")
+    print(f"POST /api/chat/query: p50 {harness.median(p50s):.1f} ms, p95 {harness.median(p95s):.1f} ms "
+          f"(target <= 50 ms); server-side p95 {harness.median(server95):.1f} ms")
     print("mean stage ms: " + ", ".join(f"{k} {v:.2f}" for k, v in mean.items()))
 
 

@@ -86,7 +86,7 @@ async def main(a: argparse.Namespace) -> None:
             for hybrid in (False, True):
                 got = [await rank_of(services, coll_id, q, target, hybrid) for q, target in items]
                 at1, at5, at10, mrr = scores([g[0] for g in got])
-                ms = harness.med([g[1] for g in got])
+                ms = harness.median([g[1] for g in got])
                 print(f"{name:28} {'hybrid' if hybrid else 'dense':7} {at1:6.3f} {at5:8.3f} "
                       f"{at10:9.3f} {mrr:7.3f} {ms:11.2f}", flush=True)
 

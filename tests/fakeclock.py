@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -43,14 +43,18 @@ class FakeClock:
         self.now = target
         await settle()
 
-    async def drive(self, awaitable: Awaitable[T], max_wakeups: int = 100_000) -> T:
-        """Awaits `awaitable`, jumping the clock forward whenever everything is asleep."""
+    async def drive(
+        self, awaitable: Awaitable[T], max_wakeups: int = 100_000,
+        busy: Callable[[], bool] | None = None,
+    ) -> T:
+        """Awaits `awaitable`, jumping the clock forward whenever everything is asleep (and
+        `busy()`, if given, says no real I/O is under way: time stands still during it)."""
         task = asyncio.ensure_future(awaitable)
         for _ in range(max_wakeups):
             await settle()
             if task.done():
                 return task.result()
-            if self._sleepers:
+            if self._sleepers and not (busy and busy()):
                 self._wake_next()
             else:
                 await asyncio.sleep(0.001)  # something waits on real I/O

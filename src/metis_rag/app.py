@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
 from .api import cache, chat, documents, health, monitoring
+from .api.limits import InboundLimits
 from .config import Settings
 from .errors import MetisError, PayloadTooLarge, RateLimited
 from .observability.compression import Compression
@@ -149,6 +150,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added last, so outermost: its latency covers compression and every other middleware.
     app.add_middleware(RequestMetrics, metrics=metrics,
                        access_log=settings.observability.access_log)
+    if settings.api_keys or settings.ratelimit.inbound_per_minute:
+        # Added last, so it runs first: a refused request costs no upload and no routing.
+        app.add_middleware(InboundLimits, api_keys=settings.api_keys,
+                           per_minute=settings.ratelimit.inbound_per_minute,
+                           burst=settings.ratelimit.inbound_burst)
     app.include_router(documents.router)
     app.include_router(chat.router)
     app.include_router(health.router)

@@ -348,3 +348,29 @@ def cache_clear(
 
         _run(_with_services(settings, fn))
     console.print("cache cleared: " + (", ".join(f"{k}={v}" for k, v in params.items()) or "all"))
+
+
+@app.command()
+def bench(
+    names: Annotated[list[str] | None, typer.Argument(
+        help="Benchmarks to run (default: batching, ratelimit, load, mixed).")] = None,
+    quick: Annotated[bool, typer.Option(help="Short runs: a smoke test, not figures.")] = False,
+    runs: Annotated[int | None, typer.Option(help="Runs per benchmark (median).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Report folder (default benchmarks/results/<timestamp>).")] = None,
+    list_only: Annotated[bool, typer.Option("--list", help="List the benchmarks.")] = False,
+) -> None:
+    """Run the benchmark suite and write a Markdown report with plots."""
+    from .benchsuite import SUITE, run_suite
+
+    if list_only:
+        for name, b in SUITE.items():
+            console.print(f"{name:15} {b.about}{'' if b.default else '  (only when named)'}")
+        return
+    try:
+        report = run_suite(names or [], quick=quick, runs=runs, out=out, echo=console.print)
+    except MetisError as exc:
+        err_console.print(f"[red]error[/red] ({exc.code}): {exc.message}")
+        raise typer.Exit(2) from None
+    console.print(f"report: {report}")
+

@@ -65,6 +65,29 @@ class RetrievalSettings(BaseModel):
     history_turns: int = Field(
         4, ge=0, description="Earlier messages of a conversation given to the LLM."
     )
+    fulltext_budget_ms: float = Field(
+        1000, gt=0, description="Time the full-text leg may take (from the start of retrieval) "
+        "before the answer goes on with dense results only and a warning (300 ms fired under "
+        "the mixed load test on 2 busy cores: that was contention, not a stuck search).",
+    )
+
+
+class LLMFallback(BaseModel):
+    """One more provider of the chain; unset fields are the primary provider's."""
+
+    provider: Literal["ollama", "openai"]
+    url: str = ""
+    model: str = ""
+    api_key: str = ""
+    timeout_s: float | None = Field(None, gt=0)
+    requests_per_minute: float = Field(0, ge=0)
+    tokens_per_minute: float = Field(0, ge=0)
+
+    def overrides(self) -> dict[str, object]:
+        """The fields of `LLMSettings` this provider sets (the rest come from the primary)."""
+        given = {"provider": self.provider, "url": self.url, "model": self.model,
+                 "api_key": self.api_key, "timeout_s": self.timeout_s}
+        return {k: v for k, v in given.items() if v not in ("", None)} | {"fallbacks": []}
 
 
 class LLMSettings(BaseModel):
@@ -78,6 +101,18 @@ class LLMSettings(BaseModel):
     max_tokens: int = Field(512, ge=1, description="Most tokens generated per answer.")
     timeout_s: float = Field(60.0, gt=0, description="Total time allowed for one completion.")
     connect_timeout_s: float = Field(5.0, gt=0, description="Time allowed to connect.")
+    requests_per_minute: float = Field(
+        0, ge=0, description="Outbound request budget of this provider; 0 = no limit."
+    )
+    tokens_per_minute: float = Field(
+        0, ge=0, description="Outbound token budget (prompt + max_tokens, settled with the real "
+        "usage); 0 = no limit.",
+    )
+    fallbacks: list[LLMFallback] = Field(
+        default=[], description="Providers tried in order when the one before times out, "
+        "answers 5xx or 429, or is unreachable. JSON list of objects with provider, url, model, "
+        "api_key, timeout_s, requests_per_minute, tokens_per_minute (TOML: [[llm.fallbacks]]).",
+    )
 
 
 class CacheSettings(BaseModel):
@@ -162,6 +197,51 @@ class CompressionSettings(BaseModel):
     min_bytes: int = Field(1024, ge=0, description="Smaller responses are sent as they are.")
     gzip_level: int = Field(6, ge=1, le=9, description="gzip level (1 fastest, 9 smallest).")
     zstd_level: int = Field(3, ge=1, le=19, description="zstd level (preferred when accepted).")
+class BatchingSettings(BaseModel):
+    enabled: bool | None = Field(
+        None, description="Gather concurrent query embeddings into one model call. Empty = "
+        "on for remote embedding backends (one HTTP call instead of many), off for local ones "
+        "(measured on 2 CPU cores: single short queries run faster per text than batches; "
+        "benchmarks/bench_batching.py).",
+    )
+    max_batch: int = Field(32, ge=1, le=1024, description="Most queries in one model call.")
+    max_wait_ms: float = Field(
+        0, ge=0, le=1000, description="How long a query waits for others to join its batch; "
+        "0 = batch only what arrived while the model was busy (measured fastest).",
+    )
+
+
+class RateLimitSettings(BaseModel):
+    max_retries: int = Field(
+        4, ge=0, le=20, description="Retries of an LLM call answered 429 or 5xx, per provider."
+    )
+    backoff_base_s: float = Field(
+        0.25, gt=0, description="First retry waits up to this (full jitter), doubling after."
+    )
+    backoff_max_s: float = Field(8.0, gt=0, description="Longest wait between two retries.")
+    retry_budget_s: float = Field(
+        30.0, gt=0, description="Retries stop when their waits would add up to more than this."
+    )
+    burst_requests: float = Field(
+        1, ge=1, description="Requests a provider may get at once within its per-minute budget; "
+        "1 spreads them evenly.",
+    )
+    min_rate_fraction: float = Field(
+        0.125, gt=0, le=1, description="Repeated 429s halve a provider's rate down to this "
+        "fraction of its budget.",
+    )
+    recovery_s: float = Field(
+        60, gt=0, description="Time for a halved rate to grow back to the whole budget "
+        "(linearly, from zero) once 429s stop.",
+    )
+    inbound_per_minute: float = Field(
+        0, ge=0, description="Requests per minute per client (API key, else IP address) on "
+        "/api; 0 = no limit.",
+    )
+    inbound_burst: float = Field(
+        60, ge=1, description="Requests a client may send at once before the per-minute rate "
+        "applies.",
+    )
 
 
 class Settings(BaseSettings):
@@ -193,6 +273,12 @@ class Settings(BaseSettings):
     cache: CacheSettings = CacheSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
     compression: CompressionSettings = CompressionSettings()
+    batching: BatchingSettings = BatchingSettings()
+    ratelimit: RateLimitSettings = RateLimitSettings()
+    api_keys: list[str] = Field(
+        default=[], description="When set (JSON list), every /api request but /api/health needs "
+        "one in X-API-Key or Authorization: Bearer; it is also the client of rate limits.",
+    )
 
     @classmethod
     def settings_customise_sources(

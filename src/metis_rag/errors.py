@@ -7,6 +7,7 @@ MetisError
 ├── UnsupportedMediaType          415  unsupported_media_type
 ├── PayloadTooLarge               413  payload_too_large
 ├── Conflict                      409  conflict
+├── Unauthorized                  401  unauthorized (API keys are configured; none or a wrong one)
 ├── RateLimited                   429  rate_limited
 ├── ProviderError                 502  provider_error (LLM or embedding backend failed)
 │   └── ProviderTimeout           504  provider_timeout
@@ -70,6 +71,11 @@ class PayloadTooLarge(MetisError):
 class Conflict(MetisError):
     status = 409
     code = "conflict"
+
+
+class Unauthorized(MetisError):
+    status = 401
+    code = "unauthorized"
 
 
 class RateLimited(MetisError):

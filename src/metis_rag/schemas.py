@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ErrorBody(BaseModel):
@@ -75,6 +75,11 @@ class ChatQuery(BaseModel):
 
     message: str = Field(min_length=1, max_length=8000)
     collection: str | None = Field(None, description="Defaults to METIS_DEFAULT_COLLECTION.")
+    collections: list[str] | None = Field(
+        None, min_length=1, max_length=8,
+        description="Instead of collection: search these at once and fuse the results. The "
+        "conversation belongs to the first.",
+    )
     conversation_id: str | None = None
     use_rag: bool = True
     top_k: int | None = Field(None, ge=1, le=50)
@@ -87,6 +92,15 @@ class ChatQuery(BaseModel):
         None, pattern=r"^[A-Za-z0-9_.\-]{1,100}$",
         description="Tenant namespace for the cache (else X-Metis-Namespace, else the default).",
     )
+
+
+    @model_validator(mode="after")
+    def _one_way_to_name_collections(self) -> ChatQuery:
+        if self.collections is not None:
+            if self.collection is not None:
+                raise ValueError("give collection or collections, not both")
+            self.collections = list(dict.fromkeys(self.collections))
+        return self
 
 
 class Citation(BaseModel):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from .batching import BatchingEmbedder
 from .cache.levels import Caches, open_caches
 from .config import Settings
 from .embed import build_embedder
@@ -20,9 +21,9 @@ from .embed.base import Embedder
 from .embed.cached import CachedEmbedder
 from .ingest.chunker import Chunker
 from .ingest.pipeline import Ingestor, reconcile
-from .llm import build_llm
 from .llm.base import LLM
 from .llm.cached import CachedLLM
+from .llm.fallback import build_chain
 from .observability.metered import MeteredEmbedder, MeteredLLM
 from .observability.metrics import Metrics
 from .rag.chat import ChatService
@@ -51,6 +52,10 @@ class Services:
     conversations: ConversationLog
     lookup: CollectionLookup
     metrics: Metrics
+    # The throughput layer, for metrics (`stats` on each): query micro-batching and the (rate
+    # limited) LLM chain that `llm` wraps in the LLM cache.
+    query_batcher: BatchingEmbedder | None = None
+    llm_chain: LLM | None = None
 
 
 @asynccontextmanager
@@ -67,6 +72,14 @@ async def open_services(settings: Settings, metrics: Metrics | None = None) -> A
         await embedder.start()
         stack.push_async_callback(embedder.close)
         embedder = MeteredEmbedder(embedder, metrics)  # under the cache: counts real model calls
+        query_batcher: BatchingEmbedder | None = None
+        b = settings.batching
+        if b.enabled or (b.enabled is None and settings.embed.backend in ("openai", "ollama")):
+            # Single-text embeds (queries) from concurrent requests share one model call.
+            query_batcher = BatchingEmbedder(embedder, max_batch=b.max_batch,
+                                             max_wait_ms=b.max_wait_ms)
+            stack.push_async_callback(query_batcher.close)
+            embedder = query_batcher
         caches: Caches | None = None
         if settings.cache.enabled:
             caches = await open_caches(settings.cache, settings.data_dir, embedder.dim, stack)
@@ -81,7 +94,7 @@ async def open_services(settings: Settings, metrics: Metrics | None = None) -> A
         if fixed["added"] or fixed["removed"]:
             log.warning("vector index reconciled with the database: %s", fixed)
 
-        llm = build_llm(settings.llm)
+        llm = llm_chain = build_chain(settings.llm, settings.ratelimit)
         if llm is not None:
             await llm.start()
             stack.push_async_callback(llm.close)
@@ -120,4 +133,6 @@ async def open_services(settings: Settings, metrics: Metrics | None = None) -> A
             conversations=conversations,
             lookup=lookup,
             metrics=metrics,
+            query_batcher=query_batcher,
+            llm_chain=llm_chain,
         )

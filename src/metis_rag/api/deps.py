@@ -9,8 +9,9 @@ from fastapi import Depends, Request
 from ..services import Services
 
 
-def get_services(request: Request) -> Services:
-    # The lifespan yields {"services": ...}; Starlette exposes it as request.state.
+async def get_services(request: Request) -> Services:
+    # The lifespan yields {"services": ...}; Starlette exposes it as request.state. Async on
+    # purpose: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per request.
     return cast(Services, request.state.services)
 
 

@@ -8,6 +8,7 @@ the collection makes every earlier answer unreachable.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
@@ -20,11 +21,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ..cache.levels import Caches, digest, normalize_question
 from ..config import Settings
 from ..embed.base import Embedder
+from ..embed.cached import CachedEmbedder
 from ..errors import InvalidInput, ProviderError
 from ..llm.base import LLM, ChatMessage, Completion
+from ..llm.cached import CachedLLM
 from ..schemas import CacheInfo, ChatAnswer, ChatQuery, Citation, Timings
 from ..store import repo
-from ..store.lookup import CollectionLookup
+from ..store.lookup import CollectionLookup, CollectionRef
 from .answer import PROMPT_VERSION, build_messages, extractive_answer
 from .conversations import ConversationLog
 from .retriever import Retrieved, Retriever
@@ -67,6 +70,7 @@ class _Turn:
     history: list[ChatMessage]
     shape: str
     started: float
+    others: list[CollectionRef] = field(default_factory=list)  # more collections searched
     timings: Timings = field(default_factory=Timings)
     vector: np.ndarray | None = None
     sources: list[Retrieved] = field(default_factory=list)
@@ -86,7 +90,9 @@ class _Turn:
 
     @property
     def scope(self) -> str:
-        return f"{self.namespace}:{self.collection_id}:{self.version}"
+        return f"{self.namespace}:{self.collection_id}:{self.version}" + "".join(
+            f"+{o.id}:{o.version}" for o in self.others
+        )
 
     @property
     def exact_key(self) -> str:
@@ -94,7 +100,8 @@ class _Turn:
 
     @property
     def partition(self) -> tuple[str, ...]:
-        return (self.namespace, str(self.collection_id), str(self.version), self.shape)
+        return (self.namespace, str(self.collection_id), str(self.version), self.shape,
+                *(f"{o.id}:{o.version}" for o in self.others))
 
 
 class ChatService:
@@ -114,11 +121,14 @@ class ChatService:
         self._lookup = lookup
         self._conversations = conversations
         self._embedder = embedder
-        # `cache: false` bypasses every level, the embedding and LLM caches included.
-        self._uncached_embedder: Embedder = getattr(embedder, "inner", embedder)
+        # `cache: false` bypasses every level, the embedding and LLM caches included (but not
+        # the batching and rate limiting those caches wrap).
+        self._uncached_embedder: Embedder = (
+            embedder.inner if isinstance(embedder, CachedEmbedder) else embedder
+        )
         self._retriever = retriever
         self._llm = llm
-        self._uncached_llm: LLM | None = getattr(llm, "inner", llm)
+        self._uncached_llm: LLM | None = llm.inner if isinstance(llm, CachedLLM) else llm
         self._caches = caches
 
     # -- the steps -------------------------------------------------------------------------
@@ -131,16 +141,12 @@ class ChatService:
                 "come from the documents).",
                 code="llm_required",
             )
-        if query.collection:
-            collection_id, version = await self._lookup.get(query.collection)
-        else:  # the default collection always exists, even before anything is ingested
-            collection_id, version = await self._lookup.get_or_create(
-                self._settings.default_collection
-            )
+        names = query.collections or [query.collection or self._settings.default_collection]
+        coll, *others = await asyncio.gather(*(self._collection(n, query) for n in names))
         history: list[ChatMessage] = []
         conversation_id = query.conversation_id
         if conversation_id:
-            if await self._conversations.collection_of(conversation_id) != collection_id:
+            if await self._conversations.collection_of(conversation_id) != coll.id:
                 raise InvalidInput(
                     f"Conversation {conversation_id} belongs to another collection.",
                     code="conversation_collection_mismatch",
@@ -151,14 +157,21 @@ class ChatService:
         return _Turn(
             query=query,
             namespace=query.namespace or namespace or self._settings.cache.namespace,
-            collection_id=collection_id,
-            version=version,
+            collection_id=coll.id,
+            version=coll.version,
             conversation_id=conversation_id or self._conversations.new_id(),
-            new_conversation=not conversation_id,
             history=history,
             shape=self._shape(query, history),
             started=started,
+            new_conversation=not query.conversation_id,
+            others=others,
         )
+
+    async def _collection(self, name: str, query: ChatQuery) -> CollectionRef:
+        if query.collection or query.collections:
+            return await self._lookup.get(name)
+        # The default collection always exists, even before anything is ingested.
+        return await self._lookup.get_or_create(name)
 
     def _shape(self, query: ChatQuery, history: list[ChatMessage]) -> str:
         """Everything besides the question that shapes an answer: part of every answer key."""
@@ -211,10 +224,14 @@ class ChatService:
         vector = await self._embed(turn)
         t = time.perf_counter()
         q = turn.query
-        turn.sources, turn.retrieval_saved_ms = await self._retriever.retrieve(
-            turn.collection_id, turn.retrieval_text, vector,
-            top_k=q.top_k or self._settings.retrieval.top_k, tags=q.tags, folder=q.folder,
-            hybrid=q.hybrid, cache_scope=turn.scope if turn.use_cache and self._caches else None,
+        cached = turn.use_cache and self._caches is not None
+        # Each collection is searched (and cached) on its own, concurrently, then fused.
+        scopes = [(turn.collection_id, f"{turn.namespace}:{turn.collection_id}:{turn.version}")]
+        scopes += [(o.id, f"{turn.namespace}:{o.id}:{o.version}") for o in turn.others]
+        turn.sources, turn.retrieval_saved_ms = await self._retriever.retrieve_many(
+            [(cid, scope if cached else None) for cid, scope in scopes], turn.retrieval_text,
+            vector, top_k=q.top_k or self._settings.retrieval.top_k, tags=q.tags,
+            folder=q.folder, hybrid=q.hybrid, warnings=turn.warnings,
         )
         turn.timings.retrieve = _ms(t)
 
@@ -241,7 +258,7 @@ class ChatService:
         self, turn: _Turn, text: str, mode: str, done: Completion | None, citations: list[Citation],
         cache: CacheInfo,
     ) -> ChatAnswer:
-        if await self._lookup.version(turn.collection_id) != turn.version:
+        if await self._lookup.version(turn.collection_id) != turn.version or turn.others:
             # The collection changed while we answered: drop citations of chunks now gone.
             citations = await self._still_present(citations)
         log = self._conversations
@@ -250,13 +267,17 @@ class ChatService:
         await log.append(turn.conversation_id, "user", turn.query.message, [])
         await log.append(turn.conversation_id, "assistant", text,
                          [c.model_dump() for c in citations])
+        served = str(done.extra.get("provider") or "") if done is not None else ""
+        skipped = done.extra.get("fallbacks") if done is not None else None
+        if isinstance(skipped, list) and skipped:
+            turn.warnings.append(f"provider_fallback: {'; '.join(skipped)}; served by {served}")
         turn.timings.total = _ms(turn.started)
         usage = ({"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens}
                  if done is not None else {})
         return ChatAnswer(
             answer=text, citations=citations, conversation_id=turn.conversation_id,
             mode=mode,  # type: ignore[arg-type]
-            model=self._llm.name if mode == "llm" and self._llm else None,
+            model=(served or self._llm.name) if mode == "llm" and self._llm else None,
             timings_ms=turn.timings, usage=usage, warnings=turn.warnings, cache=cache,
         )
 
@@ -299,13 +320,17 @@ class ChatService:
         done = None
         if entry["mode"] == "llm":
             done = Completion(entry["answer"], entry.get("model") or "",
-                              usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+                              usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0),
+                              extra={"provider": entry.get("model")})
         saved = max(0.0, float(entry.get("total_ms", 0.0)) - _ms(turn.started))
         info.saved_ms = round(saved, 1)
         if self._caches:
             self._caches.savings.add(info.level or "exact", saved, sum(usage.values()),
                                      llm_call=entry["mode"] == "llm")
-        return entry["answer"], entry["mode"], done, [Citation(**c) for c in entry["citations"]]
+        # Entries are our own answers, validated when they were made: rebuilding them unchecked
+        # is most of what makes a cache hit cheap.
+        citations = [Citation.model_construct(**c) for c in entry["citations"]]
+        return entry["answer"], entry["mode"], done, citations
 
     # -- the two entry points ---------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -20,6 +21,11 @@ from . import repo
 from .models import Collection
 
 _QUERY = "SELECT id, version FROM collections WHERE name = ?"
+
+
+class CollectionRef(NamedTuple):
+    id: int
+    version: int
 
 
 class CollectionLookup:
@@ -42,30 +48,30 @@ class CollectionLookup:
             self._conn.close()
             self._conn = None
 
-    async def find(self, name: str) -> tuple[int, int] | None:
-        """(id, version), or None when there is no such collection."""
+    async def find(self, name: str) -> CollectionRef | None:
+        """None when there is no such collection."""
         if self._conn is not None:
             row = self._conn.execute(_QUERY, (name,)).fetchone()
-            return (int(row[0]), int(row[1])) if row else None
+            return CollectionRef(int(row[0]), int(row[1])) if row else None
         async with self._sessions() as session:
             found = (await session.execute(
                 select(Collection.id, Collection.version).where(Collection.name == name)
             )).first()
-        return (int(found[0]), int(found[1])) if found else None
+        return CollectionRef(int(found[0]), int(found[1])) if found else None
 
-    async def get(self, name: str) -> tuple[int, int]:
+    async def get(self, name: str) -> CollectionRef:
         found = await self.find(name)
         if found is None:
             raise NotFound(f"Collection {name!r} does not exist.", code="collection_not_found")
         return found
 
-    async def get_or_create(self, name: str) -> tuple[int, int]:
+    async def get_or_create(self, name: str) -> CollectionRef:
         found = await self.find(name)
         if found is not None:
             return found
         async with self._sessions() as session, session.begin():
             coll = await repo.get_or_create_collection(session, name)
-            return coll.id, coll.version
+            return CollectionRef(coll.id, coll.version)
 
     async def version(self, collection_id: int) -> int:
         if self._conn is not None:

@@ -1,0 +1,179 @@
+"""Cached queries under 200 concurrent clients, against a bare FastAPI endpoint in the same run
+(targets: zero errors, p99 <= 50 ms, requests/s >= 50% of the bare endpoint).
+
+    .venv/bin/python benchmarks/bench_load.py [--seconds 60] [--connections 200] [--runs 3]
+                                              [--think-ms 1000] [--quick]
+
+Two phases per run, each against both servers. Throughput: 200 connections ask back to back
+(closed loop) until the server is saturated; requests/s is compared. Latency: 200 clients
+that each ask again about `--think-ms` after an answer (uniformly 0.5x to 1.5x, so they do not
+arrive in waves; by default every user asks a question a second: a busy server, not a
+saturated one); p99 and errors are read there. A latency target
+cannot be read at saturation: 200 back-to-back clients wait 200 / (requests/s) on average by
+Little's law, 50 ms only above 4,000 requests/s, faster than the bare endpoint itself here.
+
+The load generator is wrk (Debian: `apt-get install wrk`): a C event loop that needs a small
+share of one core for thousands of requests a second, where a Python generator (Locust
+included) would take a whole core of the two and measure itself. It POSTs JSON bodies through
+`wrk_post.lua`. A real `metis serve` gets a small corpus over HTTP; every question (and its
+lower-case, punctuation-free twin, the same once normalized) is asked once to fill the cache;
+then wrk asks them again for `--seconds`. The bare app (`bare_app.py`, one uvicorn process
+like `metis serve`) answers the same JSON from a dict. Runs alternate between the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import corpus  # noqa: E402
+import harness  # noqa: E402
+
+
+def wrk(url: str, bodies: Path, seconds: float, connections: int,
+        think_ms: float = 0) -> dict[str, Any]:
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk")
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s",
+            "-s", str(HERE / "wrk_post.lua"), url]
+    env = {**os.environ, "BODIES": str(bodies), "THINK_MS": str(think_ms)}
+    out = subprocess.run(args, env=env, capture_output=True,
+                         text=True, timeout=seconds + 120, check=True).stdout
+    line = next(ln for ln in out.splitlines() if ln.startswith("WRK_JSON "))
+    data = json.loads(line[len("WRK_JSON "):])
+    seconds_run = data["duration_us"] / 1e6
+    errors = sum(data[k] for k in ("connect", "read", "write", "status", "timeout"))
+    return {
+        "rps": data["requests"] / seconds_run, "requests": data["requests"], "errors": errors,
+        "error_detail": {k: data[k] for k in ("connect", "read", "write", "status", "timeout")},
+        "p50_ms": data["percentiles_us"]["50"] / 1000, "p95_ms": data["percentiles_us"]["95"] / 1000,
+        "p99_ms": data["percentiles_us"]["99"] / 1000, "max_ms": data["max_us"] / 1000,
+        "cdf_ms": [int(x) / 1000 for x in data["cdf_us"]],
+    }
+
+
+def warm(url: str, messages: list[str]) -> dict[str, Any]:
+    """Asks every question once (filling the cache); returns the answers an exact hit gives.
+
+    A question the semantic cache answered from a neighbour's entry has none of its own: it
+    is left out, so every request of the run is an exact hit.
+    """
+    answers = {}
+    with httpx.Client(base_url=url, timeout=120) as client:
+        for message in messages:
+            client.post("/api/chat/query", json={"message": message, "collection": "bench"})
+        for message in messages:
+            r = client.post("/api/chat/query", json={"message": message, "collection": "bench"})
+            r.raise_for_status()
+            if r.json()["cache"]["level"] == "exact":
+                answers[message] = r.json()
+    return answers
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    if args.quick:
+        args.seconds = min(args.seconds, 10)
+    with tempfile.TemporaryDirectory(prefix="metis-load-") as tmp:
+        root = Path(tmp)
+        data = root / "data"
+        harness.link_models(data)
+        corpus.write_corpus(root / "docs", args.docs)
+        topics = harness.questions(args.questions)
+        messages = [t[0] for t in topics] + [t[1] for t in topics]
+        bodies = root / "bodies.jsonl"
+        with harness.metis_server(data, log=root / "metis.log") as url:
+            chunks = harness.upload_corpus(url, root / "docs")
+            answers = warm(url, messages)
+            messages = list(answers)
+            bodies.write_text("".join(json.dumps({"message": m, "collection": "bench"}) + "\n"
+                                      for m in messages))
+            (root / "answers.json").write_text(json.dumps(answers))
+            port = harness.free_port()
+            bare_url = f"http://127.0.0.1:{port}"
+            bare = [harness.PY, str(HERE / "bare_app.py"), str(root / "answers.json"), str(port)]
+            with harness.process(bare, bare_url, ready_path="/api/health"):
+                before = httpx.get(url + "/api/cache/stats").json()
+                runs = []
+                for run in range(args.runs):
+                    order = ("bare", "metis") if run % 2 == 0 else ("metis", "bare")
+                    got: dict[str, Any] = {}
+                    for phase, think in (("", 0.0), ("_latency", args.think_ms)):
+                        for name in order:
+                            got[name + phase] = wrk(bare_url if name == "bare" else url, bodies,
+                                                    args.seconds, args.connections, think)
+                    got["ratio"] = got["metis"]["rps"] / got["bare"]["rps"]
+                    m, b, lat = got["metis"], got["bare"], got["metis_latency"]
+                    print(f"  run {run + 1}: saturated: metis {m['rps']:.0f} req/s, bare "
+                          f"{b['rps']:.0f} req/s, ratio {got['ratio']:.2f}; with {args.think_ms:g}"
+                          f" ms think time: metis {lat['rps']:.0f} req/s p50 {lat['p50_ms']:.1f} "
+                          f"p99 {lat['p99_ms']:.1f} ms (bare p99 "
+                          f"{got['bare_latency']['p99_ms']:.1f} ms); errors "
+                          f"{m['errors'] + lat['errors']}")
+                    runs.append(got)
+                after = httpx.get(url + "/api/cache/stats").json()
+    med = harness.median
+    metis = [r["metis"] for r in runs]
+    latency = [r["metis_latency"] for r in runs]
+    return {
+        "name": "load", "title": f"Cached queries, {args.connections} concurrent clients",
+        "figures": {
+            "chunks": chunks, "distinct bodies": len(messages),
+            "seconds per run": args.seconds, "load generator": "wrk -t1 (C, epoll)",
+            "saturated: metis requests/s": round(med([m["rps"] for m in metis]), 1),
+            "saturated: bare FastAPI requests/s": round(med([r["bare"]["rps"] for r in runs]), 1),
+            "saturated: metis p50/p95/p99 ms": [round(med([m[k] for m in metis]), 2)
+                                                for k in ("p50_ms", "p95_ms", "p99_ms")],
+            f"{args.think_ms:g} ms think time: metis requests/s":
+                round(med([m["rps"] for m in latency]), 1),
+            f"{args.think_ms:g} ms think time: metis p50/p95/p99 ms":
+                [round(med([m[k] for m in latency]), 2) for k in ("p50_ms", "p95_ms", "p99_ms")],
+            f"{args.think_ms:g} ms think time: bare p50/p95/p99 ms":
+                [round(med([r["bare_latency"][k] for r in runs]), 2)
+                 for k in ("p50_ms", "p95_ms", "p99_ms")],
+            "metis errors": [m["error_detail"] for m in metis + latency],
+            "exact-cache hits during the runs": _hits(before, after),
+        },
+        "runs": runs,
+        "targets": [
+            harness.target("errors (all runs)", sum(m["errors"] for m in metis + latency), 0,
+                           at_most=True),
+            harness.target(f"p99 latency, {args.connections} clients thinking "
+                           f"{args.think_ms:g} ms (median of runs)",
+                           med([m["p99_ms"] for m in latency]), 50, at_most=True, unit=" ms"),
+            harness.target("requests/s vs bare FastAPI (median of runs)",
+                           med([r["ratio"] for r in runs]), 0.5),
+        ],
+    }
+
+
+def _hits(before: dict[str, Any], after: dict[str, Any]) -> Any:
+    try:
+        return after["levels"]["exact"]["hits"] - before["levels"]["exact"]["hits"]
+    except (KeyError, TypeError):
+        return None
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=60)
+    p.add_argument("--connections", type=int, default=200)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--docs", type=int, default=40)
+    p.add_argument("--questions", type=int, default=50)
+    p.add_argument("--think-ms", type=float, default=1000)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--json", default=None)
+    a = p.parse_args()
+    harness.write_result(a.json, main(a))

@@ -1,0 +1,38 @@
+-- wrk script of bench_load.py: POSTs the JSON bodies of the file named by BODIES (one a line)
+-- in turn, and prints a JSON summary line (requests, errors, latency percentiles in us).
+local bodies = {}
+for line in io.lines(os.getenv("BODIES")) do bodies[#bodies + 1] = line end
+local i = 0
+-- THINK_MS: each connection (a client) waits about this long after an answer before asking
+-- again: uniformly between half and one and a half times it, so that clients which all
+-- started together do not stay in lockstep, arriving in waves.
+local think = tonumber(os.getenv("THINK_MS") or "0")
+math.randomseed(os.time())
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+
+request = function()
+  i = i % #bodies + 1
+  return wrk.format(nil, "/api/chat/query", nil, bodies[i])
+end
+
+if think > 0 then
+  delay = function() return math.floor(think * (0.5 + math.random())) end
+end
+
+done = function(summary, latency, requests)
+  local e = summary.errors
+  local parts = {}
+  for _, p in ipairs({50, 75, 90, 95, 99, 99.9}) do
+    parts[#parts + 1] = string.format('"%s": %d', tostring(p), latency:percentile(p))
+  end
+  local cdf = {}
+  -- percentile(100) is not the maximum in wrk: the curve ends with latency.max instead.
+  for p = 1, 99 do cdf[#cdf + 1] = tostring(latency:percentile(p)) end
+  cdf[#cdf + 1] = tostring(latency.max)
+  io.write(string.format(
+    'WRK_JSON {"requests": %d, "duration_us": %d, "connect": %d, "read": %d, "write": %d, ' ..
+    '"status": %d, "timeout": %d, "max_us": %d, "percentiles_us": {%s}, "cdf_us": [%s]}\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency.max, table.concat(parts, ", "), table.concat(cdf, ", ")))
+end
