@@ -115,6 +115,22 @@ class LLMSettings(BaseModel):
     )
 
 
+class ConversationSettings(BaseModel):
+    window_ms: float = Field(
+        5.0, ge=0, le=1000, description="Messages of concurrent answers are committed together "
+        "at most this long after the answer (group commit).",
+    )
+    durable: bool = Field(
+        False, description="Answer only once the question and answer are committed. Off: they "
+        "are committed within window_ms after the answer, so a crash can lose that window's "
+        "messages (never documents); a cached answer then costs no database write.",
+    )
+    max_pending: int = Field(
+        10_000, ge=1, description="Messages queued at most while the database is slow or down; "
+        "beyond it, answers wait.",
+    )
+
+
 class CacheSettings(BaseModel):
     enabled: bool = Field(True, description="Master switch of every cache level.")
     backend: Literal["disk", "redis", "memory"] = Field(
@@ -271,6 +287,7 @@ class Settings(BaseSettings):
     retrieval: RetrievalSettings = RetrievalSettings()
     llm: LLMSettings = LLMSettings()
     cache: CacheSettings = CacheSettings()
+    conversations: ConversationSettings = ConversationSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
     compression: CompressionSettings = CompressionSettings()
     batching: BatchingSettings = BatchingSettings()

@@ -114,7 +114,9 @@ async def open_services(settings: Settings, metrics: Metrics | None = None) -> A
         lookup = CollectionLookup(sessions, settings.sqlite_path)
         lookup.start()
         stack.callback(lookup.close)
-        conversations = ConversationLog(sessions)
+        c = settings.conversations
+        conversations = ConversationLog(sessions, max_delay_ms=c.window_ms,
+                                        max_pending=c.max_pending)
         await conversations.start()
         stack.push_async_callback(conversations.close)
         chat = ChatService(settings, sessions, embedder, retriever, llm, caches, lookup,

@@ -74,3 +74,23 @@ async def test_a_refused_row_is_dropped_alone(db) -> None:  # type: ignore[no-un
         rows = (await session.execute(select(Message.content))).scalars().all()
     assert rows == ["kept"]
     await log.close()
+
+
+async def test_durable_mode_returns_once_the_rows_are_committed(db) -> None:  # type: ignore[no-untyped-def]
+    sessions, coll_id, commits = db
+    log = ConversationLog(sessions, max_delay_ms=20)
+    await log.start()
+
+    async def turn(n: int) -> None:
+        conv = log.new_id()
+        log.new_conversation(conv, coll_id, "q")
+        await log.append(conv, "user", f"q{n}", [])
+        await log.committed()
+        async with sessions() as session:  # visible to any other connection by now
+            assert await session.scalar(select(Message.content).where(
+                Message.conversation_id == conv)) == f"q{n}"
+
+    commits.clear()
+    await asyncio.gather(*(turn(n) for n in range(20)))
+    assert len(commits) <= 2  # still one group commit for the twenty
+    await log.close()

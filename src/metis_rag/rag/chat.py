@@ -267,6 +267,8 @@ class ChatService:
         await log.append(turn.conversation_id, "user", turn.query.message, [])
         await log.append(turn.conversation_id, "assistant", text,
                          [c.model_dump() for c in citations])
+        if self._settings.conversations.durable:
+            await log.committed()
         served = str(done.extra.get("provider") or "") if done is not None else ""
         skipped = done.extra.get("fallbacks") if done is not None else None
         if isinstance(skipped, list) and skipped:

@@ -5,7 +5,8 @@ answer, so messages are queued and committed together by one writer task, at mos
 `max_delay_ms` after they were queued (group commit). Reads of a conversation (a follow-up's
 history, GET /api/conversations/{id}) flush first, so a client always reads its own writes; a
 clean shutdown flushes too. A process crash can lose only the messages of the last window,
-never documents or chunks, which are committed before their request returns. When the
+never documents or chunks, which are committed before their request returns; in durable mode
+(`committed`) a request returns only after the group commit that holds its rows. When the
 database is unreachable, batches are kept and retried; `append` waits once `max_pending`
 messages are queued, so memory stays bounded. A row the database refuses (its conversation's
 collection was deleted meanwhile) is logged and dropped alone, never with its batch.
@@ -38,6 +39,7 @@ class _Pending:
     conversations: list[dict[str, Any]] = field(default_factory=list)
     messages: list[dict[str, Any]] = field(default_factory=list)
     touched: dict[str, datetime] = field(default_factory=dict)
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
 
 class ConversationLog:
@@ -104,6 +106,18 @@ class ConversationLog:
         self._queued.set()
         self._drained.clear()
 
+    async def committed(self) -> None:
+        """Returns once everything queued so far is committed, at the end of the normal window
+        (durable mode: a request waits for its own rows, sharing the commit with others)."""
+        if not (self._pending.conversations or self._pending.messages):
+            return
+        if self._writer is None or self._writer.done():
+            await self._commit()
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._pending.waiters.append(waiter)
+        await waiter
+
     async def flush(self) -> None:
         """Returns once everything queued before the call is committed."""
         if self._writer is None or self._writer.done():
@@ -157,11 +171,15 @@ class ConversationLog:
                 batch.conversations += self._pending.conversations
                 batch.messages += self._pending.messages
                 batch.touched.update(self._pending.touched)
+                batch.waiters += self._pending.waiters
                 self._pending = batch
                 self._queued.set()
                 raise
             for conv in batch.conversations:
                 self._new.pop(conv["id"], None)
+            for waiter in batch.waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
             if not (self._pending.conversations or self._pending.messages):
                 self._drained.set()
 
