@@ -122,6 +122,27 @@ class CacheSettings(BaseModel):
     )
 
 
+class PostgresSettings(BaseModel):
+    pool_size: int = Field(10, ge=1, description="PostgreSQL connections each Metis process keeps open.")
+    max_overflow: int = Field(
+        10, ge=0, description="Extra connections opened under load beyond pool_size, closed when idle."
+    )
+    pool_timeout_s: float = Field(
+        10.0, gt=0, description="Wait for a free connection this long, then answer 503."
+    )
+    pool_recycle_s: float = Field(
+        1800.0, gt=0, description="Reconnect connections older than this (proxies drop idle ones)."
+    )
+    hnsw_m: int = Field(
+        16, ge=2, le=100, description="pgvector HNSW links per node; set when the index is created."
+    )
+    hnsw_ef_construction: int = Field(
+        64, ge=8, le=1000,
+        description="pgvector HNSW build breadth; set when the index is created (measured in "
+        "benchmarks/bench_pgvector.py).",
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="METIS_",
@@ -141,6 +162,12 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(50, gt=0, description="Largest accepted upload, in MB.")
     default_collection: str = Field("default", description="Collection used when none is named.")
     log_level: str = Field("info", description="Log level of the server.")
+    vector_store: Literal["auto", "hnsw", "pgvector"] = Field(
+        "auto",
+        description="auto = pgvector when the database is PostgreSQL with the vector extension, "
+        "else the embedded HNSW index under the data dir.",
+    )
+    postgres: PostgresSettings = PostgresSettings()
     embed: EmbedSettings = EmbedSettings()
     chunk: ChunkSettings = ChunkSettings()
     retrieval: RetrievalSettings = RetrievalSettings()

@@ -18,6 +18,7 @@ from .config import Settings
 from .embed import build_embedder
 from .embed.base import Embedder
 from .embed.cached import CachedEmbedder
+from .errors import ServiceUnavailable
 from .ingest.chunker import Chunker
 from .ingest.pipeline import Ingestor, reconcile
 from .llm import build_llm
@@ -27,6 +28,7 @@ from .rag.chat import ChatService
 from .rag.retriever import Retriever
 from .store.db import create_engine, migrate, session_factory
 from .store.hnsw import HnswVectorStore
+from .store.pgvector import PgVectorStore, column_dim
 from .store.vectors import VectorStore
 
 log = logging.getLogger("metis")
@@ -50,22 +52,22 @@ class Services:
 async def open_services(settings: Settings) -> AsyncIterator[Services]:
     async with AsyncExitStack() as stack:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(settings)
-        stack.push_async_callback(engine.dispose)
-        await migrate(engine)
-        sessions = session_factory(engine)
-
+        # The embedder first: its dimension shapes the pgvector column that migrations create.
         embedder: Embedder = build_embedder(settings.embed, settings.data_dir)
         await embedder.start()
         stack.push_async_callback(embedder.close)
+        engine = create_engine(settings)
+        stack.push_async_callback(engine.dispose)
+        await migrate(engine, vector_dim=embedder.dim, hnsw_m=settings.postgres.hnsw_m,
+                      hnsw_ef_construction=settings.postgres.hnsw_ef_construction)
+        sessions = session_factory(engine)
+
         caches: Caches | None = None
         if settings.cache.enabled:
             caches = await open_caches(settings.cache, settings.data_dir, embedder.dim, stack)
             embedder = CachedEmbedder(embedder, caches.embedding)
 
-        vectors: VectorStore = HnswVectorStore(
-            settings.data_dir / "vectors", embedder.dim, ef_search=settings.retrieval.ef_search
-        )
+        vectors = await _vector_store(settings, engine, embedder.dim)
         await vectors.start()
         stack.push_async_callback(vectors.close)
         fixed = await reconcile(sessions, vectors)
@@ -101,3 +103,24 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             chat=chat,
             caches=caches,
         )
+
+
+async def _vector_store(settings: Settings, engine: AsyncEngine, dim: int) -> VectorStore:
+    """pgvector when asked, or by default when migration 0003 gave the database its column."""
+    choice = settings.vector_store
+    if settings.is_sqlite and choice == "pgvector":
+        raise ServiceUnavailable(
+            "METIS_VECTOR_STORE=pgvector needs a PostgreSQL METIS_DATABASE_URL.",
+            code="pgvector_unavailable",
+        )
+    if not settings.is_sqlite and choice != "hnsw":
+        async with engine.connect() as conn:
+            has_column = await conn.run_sync(column_dim) is not None
+        if choice == "pgvector" or has_column:
+            pg = settings.postgres
+            return PgVectorStore(engine, dim, ef_search=settings.retrieval.ef_search,
+                                 m=pg.hnsw_m, ef_construction=pg.hnsw_ef_construction)
+        log.warning("PostgreSQL without pgvector: vectors go to the embedded HNSW index")
+    return HnswVectorStore(
+        settings.data_dir / "vectors", dim, ef_search=settings.retrieval.ef_search
+    )

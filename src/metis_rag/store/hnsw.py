@@ -109,6 +109,8 @@ class _Collection:
 class HnswVectorStore:
     """`VectorStore` backed by hnswlib indexes in `directory`, loaded lazily per collection."""
 
+    backend = "hnsw"
+
     def __init__(
         self,
         directory: Path,
