@@ -32,6 +32,18 @@ log = logging.getLogger(__name__)
 COLUMN = "vec"
 INDEX = "ix_chunks_vec_hnsw"
 _SESSION_KEY = "metis_pgvector_session"
+_QUERY = f"{COLUMN} <=> CAST(CAST(:q AS real[]) AS vector)"
+# The HNSW index answers ORDER BY distance; the planner picks it once the collection is large.
+NEAREST_SQL = text(
+    f"SELECT id, {_QUERY} AS d FROM chunks WHERE collection_id = :c AND {COLUMN} IS NOT NULL "
+    f"ORDER BY {_QUERY} LIMIT :k"
+)
+# MATERIALIZED keeps the planner from answering this ORDER BY with the (approximate) index.
+EXACT_SQL = text(
+    f"WITH c AS MATERIALIZED (SELECT id, {_QUERY} AS d FROM chunks "
+    f"WHERE id = ANY(CAST(:ids AS bigint[])) AND collection_id = :c AND {COLUMN} IS NOT NULL) "
+    "SELECT id, d FROM c ORDER BY d, id LIMIT :k"
+)
 
 
 class _VectorName(UserDefinedType[Any]):
@@ -149,11 +161,11 @@ class PgVectorStore:
 
     async def add(self, collection_id: int, ids: Sequence[int], vectors: np.ndarray) -> None:
         labels = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if not len(labels):
+            return
         data = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(labels), -1)
         if data.shape[1] != self._dim:
             raise ValueError(f"expected vectors of dimension {self._dim}, got {data.shape[1]}")
-        if not len(labels):
-            return
         if labels.min() < 0:
             raise ValueError("chunk ids must be non-negative")
         # The last vector given for a repeated id wins, as if the adds had been sequential.
@@ -243,12 +255,7 @@ class PgVectorStore:
     async def _nearest(
         self, conn: AsyncConnection, collection_id: int, q: list[float], k: int
     ) -> list[VectorHit]:
-        rows = await conn.execute(
-            text(f"SELECT id, {COLUMN} <=> CAST(CAST(:q AS real[]) AS vector) AS d FROM chunks "
-                 f"WHERE collection_id = :c AND {COLUMN} IS NOT NULL "
-                 f"ORDER BY {COLUMN} <=> CAST(CAST(:q AS real[]) AS vector) LIMIT :k"),
-            {"q": q, "c": collection_id, "k": k},
-        )
+        rows = await conn.execute(NEAREST_SQL, {"q": q, "c": collection_id, "k": k})
         return [VectorHit(int(r[0]), 1.0 - float(r[1])) for r in rows]
 
     async def _exact(
@@ -256,11 +263,7 @@ class PgVectorStore:
     ) -> list[VectorHit]:
         if not allowed:
             return []
-        # MATERIALIZED keeps the planner from answering the ORDER BY with the HNSW index.
         rows = await conn.execute(
-            text(f"WITH c AS MATERIALIZED (SELECT id, {COLUMN} <=> CAST(CAST(:q AS real[]) AS vector)"
-                 f" AS d FROM chunks WHERE id = ANY(CAST(:ids AS bigint[])) AND collection_id = :c "
-                 f"AND {COLUMN} IS NOT NULL) SELECT id, d FROM c ORDER BY d, id LIMIT :k"),
-            {"q": q, "ids": sorted(allowed), "c": collection_id, "k": k},
+            EXACT_SQL, {"q": q, "ids": sorted(allowed), "c": collection_id, "k": k}
         )
         return [VectorHit(int(r[0]), 1.0 - float(r[1])) for r in rows]
