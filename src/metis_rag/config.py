@@ -61,7 +61,10 @@ class RetrievalSettings(BaseModel):
     )
     candidates: int = Field(40, ge=1, le=1000, description="Candidates per retriever before RRF.")
     rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant.")
-    ef_search: int = Field(96, ge=10, description="HNSW search breadth (recall vs latency).")
+    ef_search: int = Field(
+        96, ge=10, description="HNSW search breadth (recall vs latency): hnswlib's ef, pgvector's "
+        "hnsw.ef_search (at most 1000)."
+    )
     history_turns: int = Field(
         4, ge=0, description="Earlier messages of a conversation given to the LLM."
     )
@@ -164,8 +167,8 @@ class Settings(BaseSettings):
     log_level: str = Field("info", description="Log level of the server.")
     vector_store: Literal["auto", "hnsw", "pgvector"] = Field(
         "auto",
-        description="auto = pgvector when the database is PostgreSQL with the vector extension, "
-        "else the embedded HNSW index under the data dir.",
+        description="auto = pgvector when the database is PostgreSQL and has it (migration 0003 "
+        "adds it wherever the extension exists), else the embedded HNSW index under the data dir.",
     )
     postgres: PostgresSettings = PostgresSettings()
     embed: EmbedSettings = EmbedSettings()

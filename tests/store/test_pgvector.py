@@ -18,9 +18,7 @@ from metis_rag.store import repo
 from metis_rag.store.db import migrate
 from metis_rag.store.pgvector import COLUMN, INDEX, NEAREST_SQL, PgVectorStore
 from tests.files import FACTS, MAKERS
-from tests.store.test_vector_contract import make_chunks, unit
-
-DIM = 32
+from tests.vectors import DIM, make_chunks, unit
 
 
 @pytest.fixture

@@ -31,7 +31,10 @@ log = logging.getLogger(__name__)
 
 COLUMN = "vec"
 INDEX = "ix_chunks_vec_hnsw"
-_SESSION_KEY = "metis_pgvector_session"
+_SETTINGS = text(
+    "SELECT set_config('hnsw.ef_search', :ef, true), "
+    "set_config('hnsw.iterative_scan', 'strict_order', true)"
+)
 _QUERY = f"{COLUMN} <=> CAST(CAST(:q AS real[]) AS vector)"
 # The HNSW index answers ORDER BY distance; the planner picks it once the collection is large.
 NEAREST_SQL = text(
@@ -243,14 +246,10 @@ class PgVectorStore:
             return await self._exact(conn, collection_id, q, k, allowed)
 
     async def _prepare(self, conn: AsyncConnection) -> None:
-        # Session settings, once per pooled connection: one round trip less on every search.
-        # Iterative scans keep walking the graph until `k` rows pass the collection filter.
-        if conn.info.get(_SESSION_KEY) == self._ef_search:
-            return
-        await conn.execute(text(f"SET hnsw.ef_search = {self._ef_search}"))
-        await conn.execute(text("SET hnsw.iterative_scan = strict_order"))
-        await conn.commit()  # a SET rolled back with its transaction would not stick
-        conn.info[_SESSION_KEY] = self._ef_search
+        # Scoped to this search's transaction: nothing leaks onto the pooled connection, and it
+        # holds behind a transaction-mode pooler. Iterative scans keep walking the graph until
+        # `k` rows pass the collection filter.
+        await conn.execute(_SETTINGS, {"ef": str(self._ef_search)})
 
     async def _nearest(
         self, conn: AsyncConnection, collection_id: int, q: list[float], k: int
