@@ -198,22 +198,22 @@ async def _selective_terms(session: AsyncSession, terms: list[str]) -> list[str]
     return _most_selective({t: n / max(total, 1) for t, n in df.items()})
 
 
-# The share of chunks holding a lexeme, from the statistics ANALYZE keeps on the expression of
-# the GIN index (its most common elements); a lexeme missing there is rare. No stats yet: all
-# lexemes count as rare, which only costs speed.
+# The share of chunks holding a lexeme, from the statistics ANALYZE keeps on `chunks.tsv` (its
+# most common elements); a lexeme missing there is rare. No stats yet: all lexemes count as rare,
+# which only costs speed.
 _PG_LEXEME_SHARE = text(
     "WITH s AS (SELECT most_common_elems::text::text[] AS e, most_common_elem_freqs AS f "
-    "FROM pg_stats WHERE schemaname = current_schema() AND tablename = 'ix_chunks_fts') "
+    "FROM pg_stats WHERE schemaname = current_schema() AND tablename = 'chunks' "
+    "AND attname = 'tsv') "
     "SELECT DISTINCT l, coalesce((SELECT s.f[array_position(s.e, l)] FROM s), 0) "
     "FROM unnest(CAST(:terms AS text[])) AS t, "
     "unnest(tsvector_to_array(to_tsvector('english', t))) AS l"
 )
-# Cover density ranking, normalised by 1 + log(length) like BM25's length term. The tsvector
-# expression is the one of the GIN index (migration 0001), so the match uses that index.
+# Cover density ranking over the stored tsvector (migration 0004), normalised by 1 + log(length)
+# like BM25's length term.
 _PG_FULLTEXT = text(
-    "SELECT id, ts_rank_cd(to_tsvector('english', text), q, 1) AS s "
-    "FROM chunks, to_tsquery('simple', :q) AS q "
-    "WHERE collection_id = :c AND to_tsvector('english', text) @@ q ORDER BY s DESC, id LIMIT :n"
+    "SELECT id, ts_rank_cd(tsv, q, 1) AS s FROM chunks, to_tsquery('simple', :q) AS q "
+    "WHERE collection_id = :c AND tsv @@ q ORDER BY s DESC, id LIMIT :n"
 )
 
 
