@@ -18,7 +18,7 @@ from metis_rag.store import repo
 from metis_rag.store.db import migrate
 from metis_rag.store.pgvector import COLUMN, INDEX, NEAREST_SQL, PgVectorStore
 from tests.files import FACTS, MAKERS
-from tests.vectors import DIM, make_chunks, unit
+from tests.vectors import DIM, exact, make_chunks, unit
 
 
 @pytest.fixture
@@ -148,3 +148,26 @@ async def test_auto_keeps_vectors_in_hnsw_without_pgvector(
             pass
     assert err.value.code == "pgvector_unavailable"
 
+
+
+async def test_a_small_collection_keeps_its_recall_on_the_shared_index(engine: AsyncEngine) -> None:
+    # One HNSW index holds every collection: a search in one that has 20% of the chunks sees
+    # about 20% of ef's candidates unless ef grows by 1/share, which the store does.
+    store = PgVectorStore(engine, DIM, ef_search=10)
+    await store.start()
+    v = unit(3000, seed=11)
+    small = [i for i in range(1, 3001) if i % 5 == 0]
+    large = [i for i in range(1, 3001) if i % 5]
+    await make_chunks(engine, 1, small)
+    await make_chunks(engine, 2, large)
+    await store.add(1, small, v[[i - 1 for i in small]])
+    await store.add(2, large, v[[i - 1 for i in large]])
+    async with engine.begin() as conn:
+        await conn.execute(text("ANALYZE chunks"))
+    sub = v[[i - 1 for i in small]]
+    found = 0
+    queries = unit(50, seed=12)
+    for q in queries:
+        got = {h.id for h in await store.search(1, q, 10)}
+        found += len(got & set(exact(sub, small, q, 10)))
+    assert found / (10 * len(queries)) >= 0.95

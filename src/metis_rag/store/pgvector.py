@@ -31,9 +31,15 @@ log = logging.getLogger(__name__)
 
 COLUMN = "vec"
 INDEX = "ix_chunks_vec_hnsw"
+# One index serves every collection, so a collection filter leaves about ef x share candidates:
+# ef is divided by the collection's share of the chunks (from ANALYZE's most common values;
+# none there, or no statistics yet: ef as set) to keep recall as with an index of its own.
 _SETTINGS = text(
-    "SELECT set_config('hnsw.ef_search', :ef, true), "
-    "set_config('hnsw.iterative_scan', 'strict_order', true)"
+    "SELECT set_config('hnsw.ef_search', least(1000, ceil(CAST(:ef AS int) / greatest(coalesce(("
+    "SELECT s.f[array_position(s.v, CAST(:c AS bigint))] FROM (SELECT most_common_vals::text::"
+    "bigint[] AS v, most_common_freqs AS f FROM pg_stats WHERE schemaname = current_schema() "
+    "AND tablename = 'chunks' AND attname = 'collection_id') AS s), 1), 0.001)))::int::text, "
+    "true), set_config('hnsw.iterative_scan', 'strict_order', true)"
 )
 _QUERY = f"{COLUMN} <=> CAST(CAST(:q AS real[]) AS vector)"
 # The HNSW index answers ORDER BY distance; the planner picks it once the collection is large.
@@ -228,7 +234,10 @@ class PgVectorStore:
         if k <= 0:
             return []
         async with self._engine.connect() as conn:
-            await self._prepare(conn)
+            # Scoped to this search's transaction: nothing leaks onto the pooled connection, and
+            # it holds behind a transaction-mode pooler. Iterative scans keep walking the graph
+            # until `k` rows pass the collection filter.
+            await conn.execute(_SETTINGS, {"ef": self._ef_search, "c": collection_id})
             if allowed_ids is None:
                 return await self._nearest(conn, collection_id, q, k)
             allowed = allowed_ids if isinstance(allowed_ids, set | frozenset) else set(allowed_ids)
@@ -244,12 +253,6 @@ class PgVectorStore:
                     return kept[:k]
                 fetch = math.ceil(fetch * 2 * k / max(len(kept), 1))
             return await self._exact(conn, collection_id, q, k, allowed)
-
-    async def _prepare(self, conn: AsyncConnection) -> None:
-        # Scoped to this search's transaction: nothing leaks onto the pooled connection, and it
-        # holds behind a transaction-mode pooler. Iterative scans keep walking the graph until
-        # `k` rows pass the collection filter.
-        await conn.execute(_SETTINGS, {"ef": str(self._ef_search)})
 
     async def _nearest(
         self, conn: AsyncConnection, collection_id: int, q: list[float], k: int
