@@ -9,7 +9,7 @@ build_100k.py) when present (or under --cache), else a synthetic clustered mixtu
 says which).
 
     .venv/bin/python benchmarks/bench_pgvector.py [--n 100000] [--queries 300] [--runs 3]
-        [--ef 40,96,200] [--collections 1] [--ef-construction 64] [--m 16] [--cache DIR]
+        [--ef 40,96,200] [--collections 1] [--ef-construction 200] [--m 16] [--cache DIR]
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ if __name__ == "__main__":
     p.add_argument("--ef", type=lambda s: [int(x) for x in s.split(",")], default=[40, 96, 200])
     p.add_argument("--collections", type=int, default=1)
     p.add_argument("--m", type=int, default=16)
-    p.add_argument("--ef-construction", type=int, default=64)
+    p.add_argument("--ef-construction", type=int, default=200)
     p.add_argument("--cache", type=Path, default=CACHE,
                    help="where build_100k.py left vectors_100k.npy and queries.npy")
     asyncio.run(main(p.parse_args()))

@@ -63,7 +63,7 @@ def _upgrade(connection: Connection, pgvector: dict[str, int]) -> None:
 
 
 async def migrate(
-    engine: AsyncEngine, *, vector_dim: int = 384, hnsw_m: int = 16, hnsw_ef_construction: int = 64
+    engine: AsyncEngine, *, vector_dim: int = 384, hnsw_m: int = 16, hnsw_ef_construction: int = 200
 ) -> None:
     """Apply every Alembic migration not yet applied (idempotent; run at start-up).
 

@@ -125,7 +125,7 @@ class PgVectorStore:
         *,
         ef_search: int = 96,
         m: int = 16,
-        ef_construction: int = 64,
+        ef_construction: int = 200,
         exact_scan_max: int = 2048,
     ) -> None:
         self._engine = engine

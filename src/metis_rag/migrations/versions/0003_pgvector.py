@@ -32,7 +32,7 @@ def upgrade() -> None:
         return
     options = op.get_context().config.attributes.get("pgvector", {})
     for statement in pgvector.schema_statements(
-        options.get("dim", 384), options.get("m", 16), options.get("ef_construction", 64)
+        options.get("dim", 384), options.get("m", 16), options.get("ef_construction", 200)
     ):
         op.execute(statement)
 
