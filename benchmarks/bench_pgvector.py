@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import sys
 import tempfile
@@ -130,8 +131,17 @@ async def main(a: argparse.Namespace) -> None:
     truth = in_first[exact_top_k(vectors[in_first], queries, K)] + 1  # chunk ids start at 1
     print(f"data: {data.source}; {len(queries)} queries, k={K}, {a.collections} collection(s), "
           f"searching collection 1 ({len(in_first):,} vectors)")
-
     work = Path(tempfile.mkdtemp(prefix="metis-bench-pgvector-"))
+    try:
+        await compare(a, vectors, queries, truth, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+async def compare(
+    a: argparse.Namespace, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, work: Path
+) -> None:
+    n = len(vectors)
     hnsw = HnswVectorStore(work / "vectors", DIM)
     await hnsw.start()
     t = time.perf_counter()
