@@ -106,11 +106,11 @@ class Ingestor:
         self._chunker = chunker
         self._max_bytes = max_bytes
         # Vectors that live in `chunks` are written by the chunk INSERT, in its transaction.
-        self._inline = isinstance(vectors, ChunkColumnVectors)
         self._chunk_table: Table = Chunk.__table__  # type: ignore[assignment]
         self._vector_column = ""
         if isinstance(vectors, ChunkColumnVectors):
             self._chunk_table, self._vector_column = vectors.chunk_table, vectors.vector_column
+        self._inline = bool(self._vector_column)
         # One writer at a time keeps SQLite free of lock contention and the index consistent.
         self._write_lock = asyncio.Lock()
 
