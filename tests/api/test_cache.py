@@ -54,6 +54,7 @@ async def app_client(make_settings) -> AsyncIterator:  # type: ignore[no-untyped
         await manager.__aexit__(None, None, None)
 
 
+@pytest.mark.databases
 async def test_exact_then_semantic_then_bypass(client: httpx.AsyncClient) -> None:
     await seed(client)
     first = await ask(client)
@@ -122,6 +123,7 @@ async def test_retrieval_and_llm_levels(app_client) -> None:  # type: ignore[no-
         assert stats["levels"]["exact"]["hits"] == 0 and stats["levels"]["exact"]["misses"] >= 2
 
 
+@pytest.mark.databases
 async def test_changes_to_a_collection_invalidate_its_answers(client: httpx.AsyncClient) -> None:
     await seed(client)
     q = {"message": "When do database backups run?"}
@@ -138,6 +140,7 @@ async def test_changes_to_a_collection_invalidate_its_answers(client: httpx.Asyn
     assert (await ask(client, **q))["cache"]["level"] is None
 
 
+@pytest.mark.databases
 async def test_no_stale_citations_under_concurrent_deletes(client: httpx.AsyncClient) -> None:
     await seed(client)
     questions = [f[1] for f in FACTS]

@@ -22,6 +22,7 @@ async def seed(client: httpx.AsyncClient, collection: str = "handbook") -> None:
     assert r.status_code == 201, r.text
 
 
+@pytest.mark.databases
 @pytest.mark.parametrize(("filename", "question", "fact", "page", "section"), FACTS)
 async def test_extractive_answer_cites_the_right_file(
     client: httpx.AsyncClient, filename: str, question: str, fact: str, page: int | None,
@@ -45,6 +46,7 @@ async def test_extractive_answer_cites_the_right_file(
     assert t["total"] >= t["embed"] + t["retrieve"] > 0
 
 
+@pytest.mark.databases
 async def test_stream_sends_tokens_then_citations_then_done(client: httpx.AsyncClient) -> None:
     await seed(client)
     events: list[tuple[str, object]] = []
@@ -63,12 +65,14 @@ async def test_stream_sends_tokens_then_citations_then_done(client: httpx.AsyncC
     assert done["answer"] == text and "descaled" in text  # type: ignore[index]
 
 
+@pytest.mark.databases
 async def test_stream_errors_before_start_keep_their_status(client: httpx.AsyncClient) -> None:
     r = await client.post("/api/chat/query",
                           json={"message": "x", "collection": "nope", "stream": True})
     assert r.status_code == 404 and r.json()["code"] == "collection_not_found"
 
 
+@pytest.mark.databases
 async def test_follow_up_uses_the_conversation(client: httpx.AsyncClient) -> None:
     await seed(client)
     first = (await client.post("/api/chat/query", json={
@@ -84,10 +88,15 @@ async def test_follow_up_uses_the_conversation(client: httpx.AsyncClient) -> Non
     assert conv["messages"][1]["citations"][0]["filename"] == "policy.html"
 
 
-async def test_health_reports_components(client: httpx.AsyncClient) -> None:
+@pytest.mark.databases
+async def test_health_reports_components(client: httpx.AsyncClient, db_backend: str) -> None:
     body = (await client.get("/api/health")).json()
     assert body["status"] == "ok"
     assert body["components"]["database"]["status"] == "ok"
+    assert body["components"]["database"]["detail"].startswith(db_backend)
+    # PostgreSQL keeps the vectors itself (pgvector); SQLite has the embedded HNSW index.
+    expected_store = "pgvector" if db_backend == "postgresql" else "hnsw"
+    assert body["components"]["vector_store"]["detail"] == expected_store
     assert body["components"]["embedder"]["status"] == "ok"
     assert body["components"]["llm"]["status"] == "disabled"
     docs = await client.get("/openapi.json")

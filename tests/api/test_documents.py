@@ -7,7 +7,7 @@ import pytest
 
 from tests.files import FACTS, MAKERS, md_bytes, txt_bytes
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.databases]
 
 
 async def upload(client: httpx.AsyncClient, files: dict[str, bytes], **form: str) -> httpx.Response:

@@ -8,7 +8,7 @@ import pytest
 from metis_rag.config import Settings
 from tests.files import pdf_bytes, txt_bytes
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.databases]
 
 
 async def assert_error(r: httpx.Response, status: int, code: str) -> dict[str, object]:

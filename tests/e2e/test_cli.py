@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -14,41 +15,44 @@ from tests.files import FACTS, write_all
 pytestmark = pytest.mark.slow
 
 
-def run(*args: str) -> str:
-    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+def run(*args: str, database_url: str = "") -> str:
+    result = CliRunner().invoke(app, list(args), catch_exceptions=False,
+                                env={"METIS_DATABASE_URL": database_url})
     assert result.exit_code == 0, result.output
     return result.stdout
 
 
+@pytest.mark.databases
 def test_ingest_ask_and_manage_documents(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     settings = make_settings()
     dd = ["--data-dir", str(settings.data_dir)]
+    cli = functools.partial(run, database_url=settings.database_url)
     docs = tmp_path / "docs"
     write_all(docs / "handbook")
     (docs / "notes.bin").write_bytes(b"\x00\x01")  # unsupported extension: not picked up
 
-    out = run("ingest", str(docs), "--collection", "hb", "--tags", "v1", *dd)
+    out = cli("ingest", str(docs), "--collection", "hb", "--tags", "v1", *dd)
     assert "5 files (5 new" in out and "chunks/s" in out
-    again = json.loads(run("ingest", str(docs), "--collection", "hb", "--json", *dd))
+    again = json.loads(cli("ingest", str(docs), "--collection", "hb", "--json", *dd))
     assert again["duplicates"] == 5 and again["chunks"] == 0
 
     for filename, question, fact, page, _section in FACTS:
-        answer = json.loads(run("ask", question, "--collection", "hb", "--json", *dd))
+        answer = json.loads(cli("ask", question, "--collection", "hb", "--json", *dd))
         assert fact in answer["answer"]
         assert answer["citations"][0]["filename"] == filename
         assert answer["citations"][0]["page"] == page
         assert answer["citations"][0]["folder"] == "handbook"
 
-    text = run("ask", FACTS[3][1], "--collection", "hb", *dd)
+    text = cli("ask", FACTS[3][1], "--collection", "hb", *dd)
     assert "[1] facilities.pdf, p. 2" in text
 
-    listed = json.loads(run("docs", "list", "--collection", "hb", "--json", *dd))
+    listed = json.loads(cli("docs", "list", "--collection", "hb", "--json", *dd))
     assert listed["total"] == 5
     doc_id = next(d["id"] for d in listed["items"] if d["filename"] == "facilities.pdf")
-    shown = json.loads(run("docs", "show", str(doc_id), "--chunks", *dd))
+    shown = json.loads(cli("docs", "show", str(doc_id), "--chunks", *dd))
     assert shown["filename"] == "facilities.pdf" and shown["chunks"]
-    run("docs", "delete", str(doc_id), *dd)
-    answer = json.loads(run("ask", FACTS[3][1], "--collection", "hb", "--json", *dd))
+    cli("docs", "delete", str(doc_id), *dd)
+    answer = json.loads(cli("ask", FACTS[3][1], "--collection", "hb", "--json", *dd))
     assert all(c["filename"] != "facilities.pdf" for c in answer["citations"])
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from sqlalchemy import delete, insert
+from sqlalchemy import Table, delete, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..cache.tiered import TieredCache
@@ -24,7 +24,7 @@ from ..embed.base import Embedder
 from ..errors import InvalidInput, MetisError, PayloadTooLarge
 from ..store import repo
 from ..store.models import Chunk, Collection, Document
-from ..store.vectors import VectorStore
+from ..store.vectors import ChunkColumnVectors, VectorStore
 from .chunker import ChunkDraft, Chunker
 from .parsers import ParsedDocument, Section, detect_type, parse, sanitize_filename
 
@@ -105,6 +105,12 @@ class Ingestor:
         self._vectors = vectors
         self._chunker = chunker
         self._max_bytes = max_bytes
+        # Vectors that live in `chunks` are written by the chunk INSERT, in its transaction.
+        self._chunk_table: Table = Chunk.__table__  # type: ignore[assignment]
+        self._vector_column = ""
+        if isinstance(vectors, ChunkColumnVectors):
+            self._chunk_table, self._vector_column = vectors.chunk_table, vectors.vector_column
+        self._inline = bool(self._vector_column)
         # One writer at a time keeps SQLite free of lock contention and the index consistent.
         self._write_lock = asyncio.Lock()
 
@@ -250,6 +256,8 @@ class Ingestor:
             if removed or added:
                 await repo.bump_version(session, coll.id)
             collection_id = coll.id
+        if self._inline:
+            return report
         if removed:
             await self._vectors.delete(collection_id, removed)
         for ids, matrix in added:
@@ -304,8 +312,12 @@ class Ingestor:
             }
             for i, c in enumerate(prep.chunks)
         ]
+        if self._inline:
+            for row, vector in zip(rows, matrix, strict=True):
+                row[self._vector_column] = vector
+        table = self._chunk_table
         result = await session.execute(
-            insert(Chunk).returning(Chunk.id, sort_by_parameter_order=True), rows
+            insert(table).returning(table.c.id, sort_by_parameter_order=True), rows
         )
         new_ids = [r[0] for r in result]
         seen[prep.content_hash] = doc.id
@@ -320,8 +332,9 @@ class Ingestor:
                 await session.execute(delete(Chunk).where(Chunk.document_id == doc.id))
                 await session.delete(doc)
                 await repo.bump_version(session, collection_id)
-            await self._vectors.delete(collection_id, ids)
-            await self._vectors.flush()
+            if not self._inline:  # an inline vector went with its chunk
+                await self._vectors.delete(collection_id, ids)
+                await self._vectors.flush()
 
     async def replace(self, document_id: int, upload: Upload) -> IngestResult:
         """Swap a document's content (and chunks) atomically, keeping its id."""

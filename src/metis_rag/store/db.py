@@ -40,24 +40,35 @@ def create_engine(settings: Settings) -> AsyncEngine:
             import asyncpg  # noqa: F401
         except ImportError as exc:
             raise MissingDependency("asyncpg", "postgres") from exc
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    pg = settings.postgres
+    return create_async_engine(
+        url, pool_size=pg.pool_size, max_overflow=pg.max_overflow, pool_timeout=pg.pool_timeout_s,
+        pool_recycle=pg.pool_recycle_s, pool_pre_ping=True,
+    )
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[Any]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-def _upgrade(connection: Connection) -> None:
+def _upgrade(connection: Connection, pgvector: dict[str, int]) -> None:
     from alembic import command
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["connection"] = connection
+    cfg.attributes["pgvector"] = pgvector
     command.upgrade(cfg, "head")
 
 
-async def migrate(engine: AsyncEngine) -> None:
-    """Apply every Alembic migration not yet applied (idempotent; run at start-up)."""
+async def migrate(
+    engine: AsyncEngine, *, vector_dim: int = 384, hnsw_m: int = 16, hnsw_ef_construction: int = 200
+) -> None:
+    """Apply every Alembic migration not yet applied (idempotent; run at start-up).
+
+    The vector dimension and HNSW parameters shape the pgvector column and index (PostgreSQL).
+    """
+    options = {"dim": vector_dim, "m": hnsw_m, "ef_construction": hnsw_ef_construction}
     async with engine.begin() as conn:
-        await conn.run_sync(_upgrade)
+        await conn.run_sync(_upgrade, options)

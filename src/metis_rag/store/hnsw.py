@@ -109,6 +109,8 @@ class _Collection:
 class HnswVectorStore:
     """`VectorStore` backed by hnswlib indexes in `directory`, loaded lazily per collection."""
 
+    backend = "hnsw"
+
     def __init__(
         self,
         directory: Path,
@@ -143,13 +145,13 @@ class HnswVectorStore:
 
     async def add(self, collection_id: int, ids: Sequence[int], vectors: np.ndarray) -> None:
         labels = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if not len(labels):
+            return
         data = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(labels), -1)
         if data.shape[1] != self._dim:
             raise ValueError(f"expected vectors of dimension {self._dim}, got {data.shape[1]}")
-        if len(labels) and labels.min() < 0:
+        if labels.min() < 0:
             raise ValueError("chunk ids must be non-negative")
-        if not len(labels):
-            return
         # The last vector given for a repeated id wins, as if the adds had been sequential.
         labels, first = np.unique(labels[::-1], return_index=True)
         data = data[::-1][first]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
+from sqlalchemy import Table
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,3 +50,16 @@ class VectorStore(Protocol):
     async def count(self, collection_id: int) -> int: ...
 
     async def flush(self) -> None: ...
+
+
+@runtime_checkable
+class ChunkColumnVectors(Protocol):
+    """A store whose vectors are a column of `chunks` itself (PostgreSQL + pgvector).
+
+    `chunk_table` is `chunks` with that column, named `vector_column`: the ingestor writes each
+    vector in its chunk's own INSERT, so the two share one transaction, and deleting a chunk
+    deletes its vector.
+    """
+
+    chunk_table: Table
+    vector_column: str
