@@ -35,7 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cache_workload as wl
 import harness
-from metis_rag.cache.levels import SemanticIndex, normalize_question
+from metis_rag.cache.levels import SemanticIndex, entities, normalize_question
 from metis_rag.config import CacheSettings, EmbedSettings
 from metis_rag.devtools.fake_llm import FakeLLMServer
 from metis_rag.embed import build_embedder
@@ -69,7 +69,8 @@ def simulate(seq: list[str], vec: dict[str, np.ndarray], threshold: float,
             exact += 1
             continue
         hit = index.lookup(part, vec[q], floor)
-        if hit is not None and (hit.similarity >= threshold or (
+        if hit is not None and entities(hit.question) == entities(q) and (
+                hit.similarity >= threshold or (
                 top is not None and top[q] == top[hit.question])):
             semantic += 1
             correct += wl.TOPIC_OF[hit.question] == wl.TOPIC_OF[q]

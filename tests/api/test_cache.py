@@ -91,6 +91,20 @@ async def test_a_looser_paraphrase_is_served_only_if_it_retrieves_the_same_sourc
     assert (stats["hits"], stats["misses"]) == (1, 2)
 
 
+async def test_a_question_naming_another_identifier_or_figure_is_never_a_semantic_hit(
+    app_client,  # type: ignore[no-untyped-def]
+) -> None:
+    client = await app_client(cache=CacheSettings(semantic_threshold=0.5))  # loose on purpose
+    await seed(client)
+    await ask(client, message="How do I rotate the API keys of release 2.3?")
+    same = await ask(client, message="How can I rotate the API keys of release 2.3?")
+    assert same["cache"]["level"] == "semantic"
+    other = await ask(client, message="How do I rotate the API keys of release 2.4?")
+    assert other["cache"]["level"] is None
+    code = await ask(client, message="How do I rotate the keys of `api.v2_keys`?")
+    assert code["cache"]["level"] is None
+
+
 async def test_namespaces_never_share_entries(client: httpx.AsyncClient) -> None:
     await seed(client)
     a = await ask(client, namespace="tenant-a")

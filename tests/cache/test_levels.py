@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from metis_rag.cache.levels import SemanticIndex, digest, normalize_question
+from metis_rag.cache.levels import SemanticIndex, digest, entities, normalize_question
 from metis_rag.cache.memory import MemoryBackend
 from metis_rag.cache.tiered import TieredCache
 from metis_rag.embed.cached import CachedEmbedder
@@ -95,3 +95,10 @@ def test_a_large_partition_switches_to_an_ann_index_and_still_finds_its_question
     noisy = vectors[5] + 0.05 * rng.normal(size=32).astype(np.float32)
     hit = index.lookup(part, noisy / np.linalg.norm(noisy), 0.5)
     assert hit is not None and hit.key == "k5"
+
+
+def test_entities_are_the_identifiers_and_figures_a_question_names() -> None:
+    assert entities("What does queue.Queue.get do?") == {"queue.queue.get"}
+    assert entities("What does Queue.get_nowait do?") == {"queue.get_nowait"}
+    assert entities("What does SEV1 mean, and `os.path`?") == {"sev1", "os.path"}
+    assert entities("How much paid holiday do I get each year?") == frozenset()

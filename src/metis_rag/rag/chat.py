@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ..cache.levels import Caches, digest, normalize_question
+from ..cache.levels import Caches, digest, entities, normalize_question
 from ..config import Settings
 from ..embed.base import Embedder
 from ..embed.cached import CachedEmbedder
@@ -205,6 +205,9 @@ class ChatService:
         floor = s.semantic_verify_threshold if turn.query.use_rag else s.semantic_threshold
         hit = caches.semantic.lookup(turn.partition, vector, min(floor, s.semantic_threshold))
         if hit is None:
+            return None
+        if entities(hit.question) != entities(turn.query.message):
+            caches.semantic.reject()  # names another identifier or figure: another question
             return None
         entry = await caches.exact.get(hit.key)
         verified = None
