@@ -28,6 +28,10 @@ from .rag.retriever import Retriever
 from .store.db import create_engine, migrate, session_factory
 from .store.hnsw import HnswVectorStore
 from .store.vectors import VectorStore
+from .tasks import Role, build_backend
+from .tasks.base import TaskBackend
+from .tasks.handlers import build_registry
+from .tasks.index import DatabaseOnlyVectors, IndexFlusher
 
 log = logging.getLogger("metis")
 
@@ -44,10 +48,14 @@ class Services:
     retriever: Retriever
     chat: ChatService
     caches: Caches | None
+    tasks: TaskBackend
+    index_flusher: IndexFlusher
 
 
 @asynccontextmanager
-async def open_services(settings: Settings) -> AsyncIterator[Services]:
+async def open_services(settings: Settings, *, role: Role = "server") -> AsyncIterator[Services]:
+    """`role`: server (runs tasks), client (a CLI command: submits and reads tasks only) or
+    worker (a Celery worker: writes chunks to the database, leaves the index to servers)."""
     async with AsyncExitStack() as stack:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = create_engine(settings)
@@ -63,14 +71,18 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             caches = await open_caches(settings.cache, settings.data_dir, embedder.dim, stack)
             embedder = CachedEmbedder(embedder, caches.embedding)
 
-        vectors: VectorStore = HnswVectorStore(
-            settings.data_dir / "vectors", embedder.dim, ef_search=settings.retrieval.ef_search
-        )
-        await vectors.start()
-        stack.push_async_callback(vectors.close)
-        fixed = await reconcile(sessions, vectors)
-        if fixed["added"] or fixed["removed"]:
-            log.warning("vector index reconciled with the database: %s", fixed)
+        vectors: VectorStore
+        if role == "worker":
+            vectors = DatabaseOnlyVectors()
+        else:
+            vectors = HnswVectorStore(
+                settings.data_dir / "vectors", embedder.dim, ef_search=settings.retrieval.ef_search
+            )
+            await vectors.start()
+            stack.push_async_callback(vectors.close)
+            fixed = await reconcile(sessions, vectors)
+            if fixed["added"] or fixed["removed"]:
+                log.warning("vector index reconciled with the database: %s", fixed)
 
         llm = build_llm(settings.llm)
         if llm is not None:
@@ -89,7 +101,10 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         retriever = Retriever(sessions, vectors, settings.retrieval,
                               caches.retrieval if caches else None)
         chat = ChatService(settings, sessions, embedder, retriever, llm, caches)
-        yield Services(
+        index_flusher = IndexFlusher(vectors)
+        stack.push_async_callback(index_flusher.close)
+        tasks = build_backend(settings, engine, build_registry(settings.tasks), role)
+        services = Services(
             settings=settings,
             engine=engine,
             sessions=sessions,
@@ -100,4 +115,9 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             retriever=retriever,
             chat=chat,
             caches=caches,
+            tasks=tasks,
+            index_flusher=index_flusher,
         )
+        await tasks.start(services)
+        stack.push_async_callback(tasks.close)
+        yield services

@@ -52,6 +52,12 @@ class Prepared:
 
 
 @dataclass(slots=True)
+class Staged:
+    prepared: list[Prepared]
+    vectors: list[np.ndarray]
+
+
+@dataclass(slots=True)
 class IngestResult:
     filename: str
     status: Literal["created", "replaced", "duplicate", "failed"]
@@ -152,10 +158,26 @@ class Ingestor:
 
     async def ingest(self, uploads: Sequence[Upload], collection: str) -> IngestReport:
         """All-or-nothing ingestion of a request's files: any bad file rejects them all."""
-        prepared = [await self.prepare_async(u) for u in uploads]
+        return await self.commit(collection, await self.stage(uploads))
+
+    async def stage(
+        self, uploads: Sequence[Upload], progress: Callable[[float, str], None] | None = None
+    ) -> Staged:
+        """Validates, parses, chunks and embeds; writes nothing, so cancelling it leaves no trace."""
+        prepared = []
+        for upload in uploads:
+            prepared.append(await self.prepare_async(upload))
+            if progress:
+                progress(40 * len(prepared) / len(uploads), "parsed")
         vectors = await self._embed_group(prepared)
+        if progress:
+            progress(100, f"embedded {sum(len(p.chunks) for p in prepared)} chunks")
+        return Staged(prepared, vectors)
+
+    async def commit(self, collection: str, staged: Staged) -> IngestReport:
+        """Writes staged documents, their chunks and embeddings in one transaction."""
         async with self._write_lock:
-            return await self._write(collection, prepared, vectors)
+            return await self._write(collection, staged.prepared, staged.vectors)
 
     async def ingest_stream(
         self,

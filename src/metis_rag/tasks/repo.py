@@ -1,0 +1,255 @@
+"""Queries over the task tables. The `tasks` table is the source of truth for every backend."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ..errors import NotFound
+from .models import Task, TaskBlob, TaskEdge, TaskWorker
+from .types import FINISHED, QUEUED, Priority, TaskOut
+
+T = Task.__table__
+UNFINISHED = ("pending", "scheduled", "waiting", "running")
+
+
+def to_dt(epoch_s: float) -> datetime:
+    return datetime.fromtimestamp(epoch_s, UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything we store is UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def to_out(row: Any) -> TaskOut:
+    m = row._mapping if hasattr(row, "_mapping") else row
+    data = {k: m[k] for k in TaskOut.model_fields if k not in ("priority", "dependencies")}
+    for key in ("start_at", "created_at", "started_at", "finished_at"):
+        data[key] = _aware(data[key])
+    return TaskOut(priority=Priority(m["priority"]).name, dependencies=list(m["dependencies"] or []),
+                   **data)
+
+
+def process_id(token: str) -> str:
+    """An id for this process that tells a restarted process from its dead predecessor."""
+    return f"{socket.gethostname()[:60]}:{os.getpid()}:{token}"
+
+
+async def get(conn: AsyncConnection, task_id: str) -> TaskOut:
+    row = (await conn.execute(select(T).where(T.c.id == task_id))).first()
+    if row is None:
+        raise NotFound(f"Task {task_id!r} does not exist.", code="task_not_found")
+    return to_out(row)
+
+
+async def row(conn: AsyncConnection, task_id: str) -> Any:
+    return (await conn.execute(select(T).where(T.c.id == task_id))).one()
+
+
+async def get_many(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, TaskOut]:
+    out: dict[str, TaskOut] = {}
+    for start in range(0, len(ids), 500):
+        rows = await conn.execute(select(T).where(T.c.id.in_(ids[start : start + 500])))
+        out.update((r.id, to_out(r)) for r in rows)
+    return out
+
+
+async def statuses(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, str]:
+    ids = list(ids)
+    out: dict[str, str] = {}
+    for start in range(0, len(ids), 500):
+        rows = await conn.execute(select(T.c.id, T.c.status).where(T.c.id.in_(ids[start:start + 500])))
+        out.update((r[0], r[1]) for r in rows)
+    return out
+
+
+async def list_tasks(
+    conn: AsyncConnection, *, status: str | None, type: str | None, limit: int, offset: int
+) -> tuple[list[TaskOut], int]:
+    where = []
+    if status is not None:
+        where.append(T.c.status == status)
+    if type is not None:
+        where.append(T.c.type == type)
+    cond = and_(True, *where)
+    rows = await conn.execute(
+        select(T).where(cond).order_by(T.c.created_at.desc(), T.c.id.desc()).limit(limit).offset(offset)
+    )
+    total = (await conn.execute(select(func.count()).select_from(T).where(cond))).scalar_one()
+    return [to_out(r) for r in rows], int(total)
+
+
+async def blob(conn: AsyncConnection, task_id: str) -> bytes | None:
+    return (await conn.execute(select(TaskBlob.data).where(TaskBlob.task_id == task_id))).scalar()
+
+
+async def dependants(conn: AsyncConnection, task_id: str) -> list[str]:
+    rows = await conn.execute(select(TaskEdge.task_id).where(TaskEdge.depends_on == task_id))
+    return [r[0] for r in rows]
+
+
+async def dependencies(conn: AsyncConnection, task_ids: Sequence[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    rows = await conn.execute(
+        select(TaskEdge.task_id, TaskEdge.depends_on).where(TaskEdge.task_id.in_(list(task_ids)))
+    )
+    for child, parent in rows:
+        out.setdefault(child, []).append(parent)
+    return out
+
+
+async def counts(conn: AsyncConnection) -> dict[str, int]:
+    rows = await conn.execute(select(T.c.status, func.count()).group_by(T.c.status))
+    return {r[0]: int(r[1]) for r in rows}
+
+
+async def window_figures(conn: AsyncConnection, since: datetime) -> tuple[int, float | None, float | None]:
+    """Tasks finished since `since`, and their mean wait and run times."""
+    row = (await conn.execute(
+        select(func.count(), func.avg(T.c.wait_s), func.avg(T.c.run_s)).where(T.c.finished_at >= since)
+    )).one()
+    return int(row[0]), (float(row[1]) if row[1] is not None else None), (
+        float(row[2]) if row[2] is not None else None
+    )
+
+
+async def request_cancel(conn: AsyncConnection, task_id: str) -> int:
+    result = await conn.execute(
+        update(T).where(T.c.id == task_id, T.c.status.in_(UNFINISHED)).values(cancel_requested=True)
+    )
+    return result.rowcount
+
+
+async def cancel_queued(conn: AsyncConnection, task_id: str, now: datetime, error: dict[str, str]) -> int:
+    """Cancels a task nobody runs yet; 0 when it already started or finished."""
+    result = await conn.execute(
+        update(T).where(T.c.id == task_id, T.c.status.in_(tuple(QUEUED)))
+        .values(status="cancelled", finished_at=now, error=error, cancel_requested=True)
+    )
+    return result.rowcount
+
+
+async def reset_for_retry(conn: AsyncConnection, task_id: str, status: str, owner: str | None) -> int:
+    result = await conn.execute(
+        update(T).where(T.c.id == task_id, T.c.status.in_(("failed", "cancelled"))).values(
+            status=status, attempts=0, progress=0.0, message=None, result=None, error=None,
+            finished_at=None, started_at=None, run_s=None, wait_s=None, cpu_s=None,
+            peak_rss_bytes=None, start_at=None, cancel_requested=False, owner=owner,
+        )
+    )
+    return result.rowcount
+
+
+async def cancel_requests(conn: AsyncConnection, owner: str) -> list[str]:
+    rows = await conn.execute(
+        select(T.c.id).where(T.c.owner == owner, T.c.status.in_(UNFINISHED), T.c.cancel_requested)
+    )
+    return [r[0] for r in rows]
+
+
+# -- processes and their leases
+
+
+async def heartbeat(conn: AsyncConnection, worker_id: str, kind: str, now: datetime,
+                    **fields: Any) -> None:
+    result = await conn.execute(
+        update(TaskWorker).where(TaskWorker.id == worker_id).values(heartbeat_at=now, **fields)
+    )
+    if result.rowcount == 0:
+        host, pid, _ = worker_id.rsplit(":", 2)
+        values = {"concurrency": 0, "running": 0, "resources": {}, "alerts": [], **fields}
+        await conn.execute(TaskWorker.__table__.insert().values(
+            id=worker_id, kind=kind, hostname=host, pid=int(pid), started_at=now, heartbeat_at=now,
+            **values,
+        ))
+
+
+async def forget_worker(conn: AsyncConnection, worker_id: str) -> None:
+    await conn.execute(delete(TaskWorker).where(TaskWorker.id == worker_id))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def dead_workers(conn: AsyncConnection, me: str, now: datetime, lease_s: float) -> list[str]:
+    """Processes whose lease ran out, or that ran on this host and no longer exist."""
+    host = socket.gethostname()[:60]
+    stale = now - timedelta(seconds=lease_s)
+    rows = await conn.execute(select(TaskWorker.id, TaskWorker.hostname, TaskWorker.pid,
+                                     TaskWorker.heartbeat_at))
+    dead = []
+    for wid, whost, pid, beat in rows:
+        if wid == me:
+            continue
+        if _aware(beat) < stale:  # type: ignore[operator]
+            dead.append(wid)
+        elif whost == host and (pid == os.getpid() or not _pid_alive(pid)):
+            dead.append(wid)  # same host: a pid that is gone (or is us now) is a dead process
+    return dead
+
+
+async def live_workers(conn: AsyncConnection, now: datetime, lease_s: float) -> list[dict[str, Any]]:
+    stale = now - timedelta(seconds=lease_s)
+    rows = await conn.execute(select(TaskWorker).where(TaskWorker.heartbeat_at >= stale))
+    out = []
+    for r in rows:
+        m = dict(r._mapping)
+        for key in ("started_at", "heartbeat_at"):
+            m[key] = _aware(m[key])
+        out.append(m)
+    return out
+
+
+async def adopt(conn: AsyncConnection, me: str, dead: Sequence[str]) -> int:
+    """Takes over the unfinished tasks of dead processes and unowned ones; running ones re-queue."""
+    owner_cond = or_(T.c.owner.is_(None), T.c.owner.in_(list(dead))) if dead else T.c.owner.is_(None)
+    moved = await conn.execute(
+        update(T).where(owner_cond, T.c.status == "running").values(status="pending", owner=me)
+    )
+    queued = await conn.execute(
+        update(T).where(owner_cond, T.c.status.in_(tuple(QUEUED))).values(owner=me)
+    )
+    if dead:
+        await conn.execute(delete(TaskWorker).where(TaskWorker.id.in_(list(dead))))
+    return moved.rowcount + queued.rowcount
+
+
+async def owned_unfinished(conn: AsyncConnection, owner: str) -> list[Any]:
+    rows = await conn.execute(
+        select(T).where(T.c.owner == owner, T.c.status.in_(UNFINISHED))
+        .order_by(T.c.created_at, T.c.id)
+    )
+    return list(rows)
+
+
+async def release(conn: AsyncConnection, owner: str) -> None:
+    """On a clean shutdown: hand this process's unfinished tasks to whoever starts next."""
+    await conn.execute(
+        update(T).where(T.c.owner == owner, T.c.status == "running").values(status="pending")
+    )
+    await conn.execute(
+        update(T).where(T.c.owner == owner, T.c.status.in_(UNFINISHED)).values(owner=None)
+    )
+
+
+async def purge_finished(conn: AsyncConnection, before: datetime) -> int:
+    result = await conn.execute(
+        delete(T).where(T.c.status.in_(tuple(FINISHED)), T.c.finished_at < before)
+    )
+    return result.rowcount
