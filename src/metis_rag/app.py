@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
-from .api import cache, chat, documents, health
+from .api import cache, chat, documents, health, tasks
 from .config import Settings
 from .errors import MetisError, PayloadTooLarge, RateLimited
 from .services import open_services
@@ -135,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(health.router)
     app.include_router(cache.router)
+    app.include_router(tasks.router)
     app.state.cache_invalidation_limiter = cache.SlidingWindow(
         settings.cache.invalidations_per_min
     )
