@@ -142,8 +142,8 @@ class EmbeddedBackend(TaskBackend):
                            owner=self.worker_id)
         ctx = TaskContext(entry.id, entry.type, entry.params, entry.attempts, self._services,
                           self._progress, self._blob)
-        info = self.registry.get(entry.type)
-        task = asyncio.create_task(execute(info, ctx, entry.timeout_s), name=f"metis-task-{entry.id}")
+        task = asyncio.create_task(execute(self.registry, ctx, entry.timeout_s),
+                                   name=f"metis-task-{entry.id}")
         self._running[entry.id] = task
         task.add_done_callback(functools.partial(self._done, entry))
 
@@ -170,7 +170,8 @@ class EmbeddedBackend(TaskBackend):
         if outcome.status == "completed":
             self.writer.update(entry.id, status="completed", finished_at=repo.to_dt(now),
                                progress=100.0, result=outcome.result, error=None, **figures)
-            self.writer.drop_blob(entry.id)
+            if outcome.used_blob:
+                self.writer.drop_blob(entry.id)
             self._resolve(entry.id, "completed", now)
         elif (outcome.status == "failed" and outcome.retryable and not entry.cancel_requested
               and entry.attempts <= entry.max_retries):

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..errors import NotFound
@@ -90,6 +90,25 @@ async def list_tasks(
 
 async def blob(conn: AsyncConnection, task_id: str) -> bytes | None:
     return (await conn.execute(select(TaskBlob.data).where(TaskBlob.task_id == task_id))).scalar()
+
+
+async def drop_blobs(conn: AsyncConnection, task_ids: Sequence[str]) -> None:
+    await conn.execute(delete(TaskBlob).where(TaskBlob.task_id.in_(list(task_ids))))
+
+
+async def with_dependants(conn: AsyncConnection, task_ids: Sequence[str]) -> set[str]:
+    """Which of these tasks some other task depends on."""
+    if not task_ids:
+        return set()
+    rows = await conn.execute(
+        select(TaskEdge.depends_on).where(TaskEdge.depends_on.in_(list(task_ids))).distinct())
+    return {r[0] for r in rows}
+
+
+async def queue_states(conn: AsyncConnection, task_ids: Sequence[str]) -> list[Any]:
+    """(id, status, priority, start_at) of these tasks."""
+    return list(await conn.execute(
+        select(T.c.id, T.c.status, T.c.priority, T.c.start_at).where(T.c.id.in_(list(task_ids)))))
 
 
 async def dependants(conn: AsyncConnection, task_id: str) -> list[str]:
@@ -253,3 +272,139 @@ async def purge_finished(conn: AsyncConnection, before: datetime) -> int:
         delete(T).where(T.c.status.in_(tuple(FINISHED)), T.c.finished_at < before)
     )
     return result.rowcount
+
+
+# -- claims and the dependency graph, for workers that share the database
+
+
+async def claim(
+    conn: AsyncConnection, task_ids: Sequence[str], owner: str, now: datetime, *,
+    takeover: bool = False,
+) -> list[Any]:
+    """Marks queued tasks running for `owner`; returns the rows claimed (not those finished,
+    cancelled, not yet due, or running elsewhere). `takeover`: the broker re-delivered these
+    messages because the process that had them died, so tasks it left running may be taken."""
+    if not task_ids:
+        return []
+    runnable = T.c.status.in_(("pending", "scheduled"))
+    if takeover:
+        runnable = or_(runnable, T.c.status == "running")
+    stmt = (
+        update(T)
+        .where(T.c.id.in_(list(task_ids)), runnable,
+               or_(T.c.start_at.is_(None), T.c.start_at <= now))
+        .values(status="running", owner=owner, attempts=T.c.attempts + 1, started_at=now)
+        .returning(T)
+    )
+    return list(await conn.execute(stmt))
+
+
+async def finish_owned(conn: AsyncConnection, owner: str, outcomes: Sequence[dict[str, Any]]) -> None:
+    """Records the outcomes of runs (`id` plus the columns to set), one statement per column set.
+    A task taken over meanwhile (no longer running for `owner`) is left to its new owner."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for values in outcomes:
+        columns = tuple(sorted(k for k in values if k != "id"))
+        # Bind names must differ from column names in an UPDATE ... SET.
+        groups.setdefault(columns, []).append(
+            {"_id": values["id"], **{"v_" + k: values[k] for k in columns}})
+    for columns, rows in groups.items():
+        stmt = update(T).where(T.c.id == bindparam("_id"), T.c.owner == owner,
+                               T.c.status == "running").values({c: bindparam("v_" + c) for c in columns})
+        await conn.execute(stmt, rows)
+
+
+async def stuck_waiting(conn: AsyncConnection, limit: int = 1000) -> list[str]:
+    """Waiting tasks none of whose dependencies is unfinished (a crash came between the last
+    dependency's outcome and freeing them)."""
+    open_dep = (
+        select(TaskEdge.task_id).join(T, T.c.id == TaskEdge.depends_on)
+        .where(T.c.status.in_(UNFINISHED))
+    )
+    rows = await conn.execute(
+        select(T.c.id).where(T.c.status == "waiting", T.c.id.not_in(open_dep)).limit(limit))
+    return [r[0] for r in rows]
+
+
+async def settle_waiting(conn: AsyncConnection, task_ids: Sequence[str], now: datetime) -> list[Any]:
+    """Frees or fails waiting tasks by their dependencies' statuses; returns the freed rows."""
+    freed: list[Any] = []
+    deps = await dependencies(conn, task_ids)
+    for task_id in task_ids:
+        found = await statuses(conn, deps.get(task_id, []))
+        bad = next((d for d in deps.get(task_id, []) if found.get(d, "cancelled") != "completed"), None)
+        if bad is not None:
+            status = found.get(bad, "missing")
+            await conn.execute(update(T).where(T.c.id == task_id, T.c.status == "waiting").values(
+                status="failed", finished_at=now, owner=None,
+                error={"code": "dependency_failed", "message": f"Dependency {bad} {status}."}))
+            freed += await settle_dependants(conn, task_id, "failed", now)
+            continue
+        row = (await conn.execute(
+            update(T).where(T.c.id == task_id, T.c.status == "waiting").values(status="pending")
+            .returning(T.c.id, T.c.priority, T.c.start_at))).first()
+        if row is not None:
+            freed.append(row)
+    return freed
+
+
+async def settle_dependants(
+    conn: AsyncConnection, task_id: str, status: str, now: datetime
+) -> list[Any]:
+    """After `task_id` finished: frees dependants whose dependencies all completed, or fails
+    them (transitively) when it did not. Returns the rows freed, to dispatch."""
+    freed: list[Any] = []
+    stack = [(task_id, status)]
+    while stack:
+        dep, dep_status = stack.pop()
+        for child in await dependants(conn, dep):
+            if dep_status != "completed":
+                failed = await conn.execute(
+                    update(T).where(T.c.id == child, T.c.status == "waiting").values(
+                        status="failed", finished_at=now, owner=None,
+                        error={"code": "dependency_failed", "message": f"Dependency {dep} {dep_status}."},
+                    )
+                )
+                if failed.rowcount:
+                    stack.append((child, "failed"))
+                continue
+            parents = (await dependencies(conn, [child])).get(child, [])
+            found = await statuses(conn, parents)
+            if any(found.get(p) != "completed" for p in parents):
+                continue
+            row = (await conn.execute(
+                update(T).where(T.c.id == child, T.c.status == "waiting")
+                .values(status="pending").returning(T.c.id, T.c.priority, T.c.start_at)
+            )).first()
+            if row is not None:
+                freed.append(row)
+    return freed
+
+
+async def stale_queued(conn: AsyncConnection, before: datetime, limit: int = 1000) -> list[Any]:
+    """Pending tasks older than `before` (their message may be lost), for re-dispatch."""
+    rows = await conn.execute(
+        select(T.c.id, T.c.priority, T.c.start_at).where(
+            T.c.status.in_(("pending", "scheduled")), T.c.created_at < before,
+            or_(T.c.start_at.is_(None), T.c.start_at < before),
+        ).limit(limit)
+    )
+    return list(rows)
+
+
+async def requeue_running(conn: AsyncConnection, owners: Sequence[str]) -> list[Any]:
+    """Running tasks of dead owners go back to pending; returns them, to dispatch."""
+    if not owners:
+        return []
+    rows = await conn.execute(
+        update(T).where(T.c.owner.in_(list(owners)), T.c.status == "running")
+        .values(status="pending", owner=None).returning(T.c.id, T.c.priority, T.c.start_at)
+    )
+    freed = list(rows)
+    await conn.execute(delete(TaskWorker).where(TaskWorker.id.in_(list(owners))))
+    return freed
+
+
+async def running_count(conn: AsyncConnection) -> int:
+    return int((await conn.execute(
+        select(func.count()).select_from(T).where(T.c.status == "running"))).scalar_one())

@@ -75,6 +75,7 @@ class TaskContext:
     _blob: BlobLoader
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    used_blob: bool = False  # its blob is deleted when the task completes
 
     def progress(self, percent: float, message: str | None = None) -> None:
         """Reports progress (0-100); safe to call from a handler's thread."""
@@ -89,6 +90,7 @@ class TaskContext:
             self._loop.call_soon_threadsafe(self._progress, self.task_id, percent, message)
 
     async def blob(self) -> bytes:
+        self.used_blob = True
         data = await self._blob(self.task_id)
         if data is None:
             raise PermanentError(f"Task {self.task_id} has no stored upload.", code="upload_missing")
@@ -109,16 +111,18 @@ class Outcome:
     run_s: float = 0.0
     cpu_s: float = 0.0
     peak_rss_bytes: int = 0
+    used_blob: bool = False
 
 
 def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-async def execute(info: HandlerInfo, ctx: TaskContext, timeout_s: float) -> Outcome:
+async def execute(registry: HandlerRegistry, ctx: TaskContext, timeout_s: float) -> Outcome:
     """Runs one attempt. CancelledError propagates (the caller knows whether it asked for it)."""
     t0, cpu0 = time.perf_counter(), time.process_time()
     try:
+        info = registry.get(ctx.type)  # a process without that handler fails the task, once
         async with asyncio.timeout(timeout_s):
             if info.is_async:
                 result = await info.fn(ctx)
@@ -146,6 +150,7 @@ async def execute(info: HandlerInfo, ctx: TaskContext, timeout_s: float) -> Outc
     outcome.run_s = time.perf_counter() - t0
     outcome.cpu_s = time.process_time() - cpu0
     outcome.peak_rss_bytes = peak_rss_bytes()
+    outcome.used_blob = ctx.used_blob
     return outcome
 
 
