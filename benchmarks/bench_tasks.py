@@ -48,7 +48,7 @@ def pct(values: list[float], p: float) -> float:
 
 
 def settings_for(data_dir: Path, database_url: str, **tasks: object) -> Settings:
-    base = dict(concurrency=4, min_concurrency=4, handler_modules=HANDLERS)
+    base = {"concurrency": 4, "min_concurrency": 4, "handler_modules": HANDLERS}
     return Settings(data_dir=data_dir, database_url=database_url,
                     tasks=TaskSettings(**{**base, **tasks}))  # type: ignore[arg-type]
 
@@ -120,7 +120,7 @@ def start_workers(kind: str, count: int, env: dict[str, str], concurrency: int,
                    f"--concurrency={concurrency}", "-Q", env["BARE_QUEUE"], "--without-gossip",
                    "--without-mingle", "--without-heartbeat", "--loglevel=WARNING",
                    "-n", f"bare{i}-{uuid.uuid4().hex[:6]}@%h"]
-        out = open(logs / f"{kind}{i}.log", "wb")  # noqa: SIM115 - closed with the process
+        out = open(logs / f"{kind}{i}.log", "wb")
         procs.append(subprocess.Popen(cmd, env=env, cwd=HERE, stdout=out, stderr=subprocess.STDOUT))
     return procs
 

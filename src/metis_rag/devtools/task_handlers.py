@@ -1,8 +1,8 @@
-"""Task handlers for tests, benchmarks and demos: `METIS_TASKS__HANDLER_MODULES=metis_rag.devtools.task_handlers`.
+"""Task handlers for tests, benchmarks and demos (METIS_TASKS__HANDLER_MODULES lists this module).
 
 sleep (cancellable, reports progress), fail (always), flaky (fails its first attempts),
 cpu (a pure-Python busy loop in a thread), stamp (records when it started, for latency),
-record (writes a row for every run: counts executions).
+record (writes a row for every run: counts executions), slow_write (an open transaction).
 """
 
 from __future__ import annotations
@@ -65,7 +65,21 @@ async def record(ctx: TaskContext) -> dict[str, Any]:
     return {"attempt": ctx.attempt}
 
 
+async def slow_write(ctx: TaskContext) -> dict[str, Any]:
+    """Writes a marker row, then holds its transaction open `seconds` before committing: a
+    cancel or timeout meanwhile must leave no marker."""
+    async with ctx.services.engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE IF NOT EXISTS task_marks (task_id VARCHAR(32))"))
+    ctx.progress(50, "writing")
+    await asyncio.sleep(0.2)  # lets the progress reach the database before the write lock is held
+    async with ctx.services.engine.begin() as conn:
+        await conn.execute(text("INSERT INTO task_marks VALUES (:t)"), {"t": ctx.task_id})
+        await asyncio.sleep(float(ctx.params.get("seconds", 5.0)))
+    return {"committed": True}
+
+
 def register(registry: HandlerRegistry) -> None:
+    registry.register("slow_write", slow_write)
     registry.register("sleep", sleep)
     registry.register("fail", fail)
     registry.register("flaky", flaky)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
@@ -60,4 +60,7 @@ def _upgrade(connection: Connection) -> None:
 async def migrate(engine: AsyncEngine) -> None:
     """Apply every Alembic migration not yet applied (idempotent; run at start-up)."""
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Servers and task workers start together: one migrates, the others wait for it.
+            await conn.execute(text("SELECT pg_advisory_xact_lock(727174)"))
         await conn.run_sync(_upgrade)

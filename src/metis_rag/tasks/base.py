@@ -186,6 +186,8 @@ class TaskBackend(ABC):
             sub.edges.extend({"task_id": task_id, "depends_on": d} for d in graph[task_id])
             if spec.blob is not None:
                 sub.blobs.append({"task_id": task_id, "data": spec.blob})
+        order = {task_id: i for i, task_id in enumerate(ids)}
+        sub.rows.sort(key=lambda row: order[row["id"]])  # callers get their tasks in their order
         return sub
 
     def _default_timeout(self, type: str) -> float:

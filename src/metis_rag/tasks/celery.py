@@ -126,6 +126,11 @@ class Publisher:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        # Celery's close() only forgets its pools; close their broker connections first.
+        if "amqp" in self.app.__dict__ and self.app.amqp._producer_pool is not None:
+            self.app.amqp._producer_pool.force_close_all()
+        if self.app._pool is not None:
+            self.app._pool.force_close_all()
         self.app.close()
 
 
@@ -148,7 +153,7 @@ class CeleryBackend(TaskBackend):
     async def start(self, services: Any = None) -> None:
         await self.writer.start()
         if self._serve:
-            if services is not None:
+            if getattr(services, "vectors", None) is not None:
                 self._follower = IndexFollower(services.sessions, services.vectors,
                                                self.settings.index_follow_s, self._sleep)
                 await self._follower.start()
