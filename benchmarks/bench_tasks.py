@@ -2,7 +2,7 @@
 with plain Celery running the same no-op workload in the same run (median of --runs).
 
     python benchmarks/bench_tasks.py [--n 5000] [--samples 200] [--runs 3] [--workers 1]
-        [--concurrency 4] [--database-url URL] [--skip-distributed]
+        [--concurrency 4] [--database-url URL] [--broker URL] [--skip-distributed]
 
 Embedded: N no-op tasks submitted by N concurrent callers (one task each, as HTTP requests
 would) until the last is completed and its state written; latency: one task at a time on an
@@ -138,12 +138,14 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
 class Bare:
     """Plain Celery: publish from a thread, count starts in Redis."""
 
-    def __init__(self, queue: str, key: str) -> None:
+    def __init__(self, queue: str, key: str, broker: str) -> None:
         import redis
 
-        from metis_rag.tasks.celery import make_celery
+        from metis_rag.tasks.celery import broker_priority, make_celery
 
-        self.app = make_celery(TaskSettings(queue=queue))
+        self.settings = TaskSettings(queue=queue, broker_url=broker)
+        self.app = make_celery(self.settings)
+        self.priority = broker_priority(self.settings, 1)
         self.queue, self.key = queue, key
         self.redis = redis.Redis()
 
@@ -151,7 +153,7 @@ class Bare:
         with self.app.producer_or_acquire() as producer:
             for _ in range(n):
                 self.app.send_task("bare.noop", args=[time.time()], queue=self.queue,
-                                   producer=producer, priority=3)
+                                   producer=producer, priority=self.priority)
                 if gap_s:
                     time.sleep(gap_s)
 
@@ -184,18 +186,19 @@ async def distributed(args: argparse.Namespace, logs: Path) -> dict[str, list[fl
     with tempfile.TemporaryDirectory() as tmp:
         settings = settings_for(Path(tmp), args.database_url, backend="celery",
                                 queue=f"bench-metis-{run_id}", concurrency=args.concurrency,
-                                min_concurrency=args.concurrency)
+                                min_concurrency=args.concurrency, broker_url=args.broker)
         env = {**os.environ, "METIS_DATA_DIR": tmp, "METIS_DATABASE_URL": args.database_url,
                "METIS_TASKS__BACKEND": "celery", "METIS_TASKS__QUEUE": settings.tasks.queue,
                "METIS_TASKS__MIN_CONCURRENCY": str(args.concurrency),
                "METIS_TASKS__HANDLER_MODULES": f'["{HANDLERS[0]}"]', "METIS_CACHE__ENABLED": "false",
                "METIS_LOG_LEVEL": "warning", "BARE_QUEUE": f"bench-bare-{run_id}",
-               "BARE_KEY": f"bench:{run_id}", "PYTHONPATH": f"{HERE}:{REPO / 'src'}"}
+               "BARE_KEY": f"bench:{run_id}", "PYTHONPATH": f"{HERE}:{REPO / 'src'}",
+               "METIS_TASKS__BROKER_URL": args.broker, "BARE_BROKER": args.broker}
         (Path(tmp) / "models").symlink_to(args.models, target_is_directory=True)
         engine, backend = await _open(settings, "client")
         workers = (start_workers("metis", args.workers, env, args.concurrency, logs)
                    + start_workers("bare", args.workers, env, args.concurrency, logs))
-        bare = Bare(env["BARE_QUEUE"], env["BARE_KEY"])
+        bare = Bare(env["BARE_QUEUE"], env["BARE_KEY"], args.broker)
         out: dict[str, list[float]] = {k: [] for k in ("bare_tps", "metis_tps")}
         out.update({k: [] for k in ("bare_p50", "bare_p99", "metis_p50", "metis_p99")})
         try:
@@ -242,6 +245,8 @@ def main() -> None:
                     help="database of the distributed run (default: a PostgreSQL bench database)")
     ap.add_argument("--models", default=str(REPO / ".pytest_cache" / "metis-models" / "models"),
                     help="a prepared models/ directory (the workers load the embedder)")
+    ap.add_argument("--broker", default=TaskSettings().broker_url,
+                    help="Celery broker of both Metis and bare Celery (amqp:// or redis://)")
     ap.add_argument("--skip-distributed", action="store_true")
     args = ap.parse_args()
     args.models = os.environ.get("METIS_TEST_CACHE", "") and \
@@ -266,7 +271,7 @@ def main() -> None:
         d = asyncio.run(distributed(args, Path(logs)))
     bare_ms, metis_ms = 1000 / med(d["bare_tps"]), 1000 / med(d["metis_tps"])
     print(f"distributed ({args.workers} worker process(es) each, threads pool x{args.concurrency}, "
-          f"RabbitMQ, {args.database_url.split(':')[0]})")
+          f"{args.broker.split(':')[0]} broker, {args.database_url.split(':')[0]})")
     print(f"  bare Celery  {med(d['bare_tps']):7.0f} tasks/s  {bare_ms:6.3f} ms/task   "
           f"latency p50 {med(d['bare_p50']):6.2f} ms  p99 {med(d['bare_p99']):6.2f} ms")
     print(f"  Metis        {med(d['metis_tps']):7.0f} tasks/s  {metis_ms:6.3f} ms/task   "

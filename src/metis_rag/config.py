@@ -173,8 +173,7 @@ class TaskSettings(BaseModel):
         description="Celery: how often the server pulls chunks written by workers into its index.",
     )
     handler_modules: list[str] = Field(
-        default_factory=list,
-        description="Extra modules whose `register(registry)` adds task handlers.",
+        [], description="Extra modules whose `register(registry)` adds task handlers."
     )
     stats_window_s: float = Field(
         300, gt=0, description="Window of the throughput and mean wait/run figures."

@@ -56,12 +56,24 @@ async def drop_database(name: str) -> None:
         await conn.close()
 
 
-@pytest.fixture(scope="session")
-async def pg_url() -> AsyncIterator[str]:
+async def _fresh_database() -> AsyncIterator[str]:
     name = f"metis_tasks_{uuid.uuid4().hex[:10]}"
     url = await create_database(name)
     yield url
     await drop_database(name)
+
+
+@pytest.fixture(scope="session")
+async def pg_url() -> AsyncIterator[str]:
+    async for url in _fresh_database():
+        yield url
+
+
+@pytest.fixture(scope="session")
+async def celery_pg_url() -> AsyncIterator[str]:
+    """The session's Celery workers get a database of their own."""
+    async for url in _fresh_database():
+        yield url
 
 
 @dataclass
@@ -137,8 +149,9 @@ async def wait_for_workers(url: str, n: int, timeout_s: float = 120) -> None:
 
 @pytest.fixture(scope="session")
 async def celery_workers(
-    pg_url: str, prepared_models: Path, tmp_path_factory: pytest.TempPathFactory
+    celery_pg_url: str, prepared_models: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Workers]:
+    pg_url = celery_pg_url
     root = tmp_path_factory.mktemp("celery")
     (root / "logs").mkdir()
     env = worker_env(root / "data", pg_url, f"metis-test-{uuid.uuid4().hex[:8]}", prepared_models)

@@ -199,7 +199,9 @@ async def test_cpu_heavy_handlers_do_not_block_the_event_loop(tmp_path: Path) ->
             now = time.perf_counter()
             gaps.append(now - last)
             last = now
-        assert len(gaps) > 20 and max(gaps) < 0.5, max(gaps)
+        # 1.5 s of Python on the loop would stall it for 1.5 s; in a thread, it only shares
+        # the GIL. (The bound is loose: this machine is shared and busy.)
+        assert len(gaps) > 20 and max(gaps) < 0.6, max(gaps)
 
 
 async def test_the_tasks_of_a_dead_process_are_run_again(tmp_path: Path) -> None:

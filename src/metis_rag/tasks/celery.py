@@ -80,18 +80,38 @@ class Publisher:
     def __init__(self, settings: TaskSettings) -> None:
         self.settings = settings
         self.app = make_celery(settings)
+        self._connection: Any = None
+        self._producer: Any = None
         self._pending: list[tuple[list[Message], asyncio.Future[None]]] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
 
     def publish_sync(self, items: Sequence[Message]) -> None:
-        with self.app.producer_or_acquire() as producer:
-            for task_id, priority, start_at in items:
-                self.app.send_task(
-                    TASK_NAME, args=[task_id], queue=self.settings.queue, producer=producer,
-                    priority=broker_priority(self.settings, priority),
-                    eta=repo._aware(start_at) if start_at else None,
-                )
+        # One connection of our own (kombu's producer pools are process-wide, shared with any
+        # other app on the same broker), reopened once if the broker dropped it.
+        for attempt in (1, 2):
+            try:
+                if self._connection is None:
+                    self._connection = self.app.connection_for_write()
+                    self._producer = self.app.amqp.Producer(self._connection)
+                for task_id, priority, start_at in items:
+                    self.app.send_task(
+                        TASK_NAME, args=[task_id], queue=self.settings.queue,
+                        producer=self._producer, priority=broker_priority(self.settings, priority),
+                        eta=repo._aware(start_at) if start_at else None,
+                    )
+                return
+            except Exception:
+                self._drop_connection()
+                if attempt == 2:
+                    raise
+
+    def _drop_connection(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.release()
+            finally:
+                self._connection = self._producer = None
 
     async def publish(self, items: Sequence[Message]) -> None:
         if not items:
@@ -126,11 +146,7 @@ class Publisher:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        # Celery's close() only forgets its pools; close their broker connections first.
-        if "amqp" in self.app.__dict__ and self.app.amqp._producer_pool is not None:
-            self.app.amqp._producer_pool.force_close_all()
-        if self.app._pool is not None:
-            self.app._pool.force_close_all()
+        await asyncio.to_thread(self._drop_connection)
         self.app.close()
 
 

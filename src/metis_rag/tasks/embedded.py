@@ -55,6 +55,7 @@ class EmbeddedBackend(TaskBackend):
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._running: dict[str, asyncio.Task[Outcome]] = {}
+        self._uncommitted: dict[str, bytes] = {}  # uploads of tasks whose rows are committing
         self._services: Any = None
         self._timer: asyncio.Task[None] | None = None
         self._timer_at: float | None = None
@@ -107,14 +108,33 @@ class EmbeddedBackend(TaskBackend):
             raise ServiceUnavailable("The task engine is shutting down.", code="tasks_closing")
         owner = self.worker_id if self._run_tasks else None
         sub = await self.prepare(specs, owner)
-        await self.writer.insert(sub.rows, sub.edges, sub.blobs)
-        if self._run_tasks:
-            now = self.clock()
-            for row in sub.rows:
-                if row["status"] not in FINISHED:
-                    self.sched.add(_entry(row, sub.blocked_by[row["id"]]), now)
-            self._pump()
-            self._arm_timer()
+        if not self._run_tasks:
+            await self.writer.insert(sub.rows, sub.edges, sub.blobs)
+            return [repo.to_out(row) for row in sub.rows]
+        # Queue first, answer after the commit: a task may start while its row is committed
+        # (its state changes are written after it, in order); an upload's bytes are read from
+        # memory until then. If the commit fails the caller gets the error and the tasks stop.
+        now = self.clock()
+        entries = [_entry(row, sub.blocked_by[row["id"]]) for row in sub.rows
+                   if row["status"] not in FINISHED]
+        self._uncommitted.update((b["task_id"], b["data"]) for b in sub.blobs)
+        for entry in entries:
+            self.sched.add(entry, now)
+        self._pump()
+        self._arm_timer()
+        try:
+            await self.writer.insert(sub.rows, sub.edges, sub.blobs)
+        except BaseException:
+            for entry in entries:
+                entry.cancel_requested = True
+                self.sched.remove(entry.id)
+                task = self._running.get(entry.id)
+                if task is not None:
+                    task.cancel()
+            raise
+        finally:
+            for b in sub.blobs:
+                self._uncommitted.pop(b["task_id"], None)
         return [repo.to_out(row) for row in sub.rows]
 
     async def dependency_statuses(self, ids: Iterable[str]) -> dict[str, str]:
@@ -221,6 +241,8 @@ class EmbeddedBackend(TaskBackend):
             self.writer.update(task_id, progress=percent, message=message and message[:500])
 
     async def _blob(self, task_id: str) -> bytes | None:
+        if task_id in self._uncommitted:
+            return self._uncommitted[task_id]
         async with self.engine.connect() as conn:
             return await repo.blob(conn, task_id)
 
