@@ -243,14 +243,13 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--database-url", default=PG_URL,
                     help="database of the distributed run (default: a PostgreSQL bench database)")
-    ap.add_argument("--models", default=str(REPO / ".pytest_cache" / "metis-models" / "models"),
-                    help="a prepared models/ directory (the workers load the embedder)")
+    ap.add_argument("--models", default=os.environ.get(
+        "METIS_TEST_CACHE", str(REPO / ".pytest_cache" / "metis-models")) + "/models",
+        help="a prepared models/ directory (the workers load the embedder)")
     ap.add_argument("--broker", default=TaskSettings().broker_url,
                     help="Celery broker of both Metis and bare Celery (amqp:// or redis://)")
     ap.add_argument("--skip-distributed", action="store_true")
     args = ap.parse_args()
-    args.models = os.environ.get("METIS_TEST_CACHE", "") and \
-        str(Path(os.environ["METIS_TEST_CACHE"]) / "models") or args.models
 
     emb_tps, emb_p50, emb_p99 = [], [], []
     for _ in range(args.runs):
