@@ -161,7 +161,9 @@ async def test_sigkill_of_a_celery_worker_mid_ingestion(
         ids = [t.id for t in tasks]
         while True:  # kill one worker while it runs ingestions, with some already stored
             running = [t for t in (await backend.get_many(ids)).values() if t.status == "running"]
-            mine = [t.id for t in running if t.owner and f":{victim.pid}:" in t.owner]
+            # ... early in their run (before embedding ends), so they cannot finish meanwhile
+            mine = [t.id for t in running
+                    if t.owner and f":{victim.pid}:" in t.owner and t.progress < 50]
             done = sum(t.status == "completed" for t in (await backend.get_many(ids)).values())
             if mine and done >= 2:
                 break

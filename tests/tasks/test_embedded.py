@@ -19,7 +19,7 @@ import pytest
 
 from metis_rag.config import Settings
 from metis_rag.store.db import create_engine, migrate
-from metis_rag.tasks import repo
+from metis_rag.tasks import leases, repo
 from metis_rag.tasks.embedded import EmbeddedBackend
 from metis_rag.tasks.handlers import build_registry
 from metis_rag.tasks.resources import Sample
@@ -213,7 +213,7 @@ async def test_the_tasks_of_a_dead_process_are_run_again(tmp_path: Path) -> None
     await migrate(engine)
     now = repo.to_dt(time.time())
     async with engine.begin() as conn:
-        await repo.heartbeat(conn, dead_owner, "embedded", now, concurrency=2)
+        await leases.heartbeat(conn, dead_owner, "embedded", now, concurrency=2)
         for task_id, status in (("was-running", "running"), ("was-queued", "pending")):
             await conn.execute(repo.T.insert().values(
                 id=task_id, name="x", type="mark", params={"name": task_id}, priority=1,

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..config import TaskSettings
 from ..errors import Conflict, MissingDependency
-from . import repo
+from . import leases, repo
 from .base import TaskBackend
 from .index import IndexFollower
 from .runner import HandlerRegistry
@@ -238,7 +238,7 @@ class CeleryBackend(TaskBackend):
     async def runtime(self) -> dict[str, Any]:
         now = repo.to_dt(self.clock())
         async with self.engine.connect() as conn:
-            workers = await repo.live_workers(conn, now, self.settings.lease_s)
+            workers = await leases.live_workers(conn, now, self.settings.lease_s)
             running = await repo.running_count(conn)
         alerts = sorted((a for w in workers for a in (w.get("alerts") or [])), key=lambda a: a["at"])
         return {
@@ -261,8 +261,8 @@ class CeleryBackend(TaskBackend):
         """Re-dispatches what dead workers held and what lost messages left pending."""
         now = self.clock()
         async with self.engine.begin() as conn:
-            dead = await repo.dead_workers(conn, "", repo.to_dt(now), self.settings.lease_s)
-            items = list(await repo.requeue_running(conn, dead))
+            dead = await leases.dead_workers(conn, "", repo.to_dt(now), self.settings.lease_s)
+            items = list(await leases.requeue_running(conn, dead))
             items += await repo.stale_queued(
                 conn, repo.to_dt(now - self.settings.redispatch_after_s))
             stuck = await repo.stuck_waiting(conn)

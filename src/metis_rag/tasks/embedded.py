@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..config import TaskSettings
 from ..errors import Conflict, ServiceUnavailable
-from . import repo
+from . import leases, repo
 from .base import TaskBackend
 from .resources import ResourceMonitor, Sampler, psutil_sampler
 from .runner import HandlerRegistry, Outcome, TaskContext, execute, retry_delay_s
@@ -44,7 +44,7 @@ class EmbeddedBackend(TaskBackend):
         rng: random.Random | None = None,
     ) -> None:
         super().__init__(engine, settings, registry, clock=clock)
-        self.worker_id = repo.process_id(uuid.uuid4().hex[:8])
+        self.worker_id = leases.process_id(uuid.uuid4().hex[:8])
         self.sched = Scheduler()
         self.writer = StateWriter(engine)
         self.monitor = ResourceMonitor(
@@ -92,8 +92,8 @@ class EmbeddedBackend(TaskBackend):
         if self._run_tasks:
             try:
                 async with self.engine.begin() as conn:
-                    await repo.release(conn, self.worker_id)
-                    await repo.forget_worker(conn, self.worker_id)
+                    await leases.release(conn, self.worker_id)
+                    await leases.forget_worker(conn, self.worker_id)
             except Exception as exc:  # the next start adopts them once our lease runs out
                 log.warning("could not hand over unfinished tasks: %s", exc)
         await self.writer.close()
@@ -325,15 +325,15 @@ class EmbeddedBackend(TaskBackend):
         now = self.clock()
         latest = self.monitor.latest
         async with self.engine.begin() as conn:
-            await repo.heartbeat(
+            await leases.heartbeat(
                 conn, self.worker_id, "embedded", repo.to_dt(now), concurrency=self.limit,
                 running=len(self._running), resources=latest.as_dict() if latest else {},
                 alerts=[a.model_dump(mode="json") for a in list(self.monitor.alerts)[-10:]],
             )
             cancels = await repo.cancel_requests(conn, self.worker_id)
-            dead = await repo.dead_workers(conn, self.worker_id, repo.to_dt(now),
+            dead = await leases.dead_workers(conn, self.worker_id, repo.to_dt(now),
                                            self.settings.lease_s)
-            adopted = await repo.adopt(conn, self.worker_id, dead)
+            adopted = await leases.adopt(conn, self.worker_id, dead)
             rows = await repo.owned_unfinished(conn, self.worker_id) if adopted else []
         if adopted:
             log.warning("re-queued %d unfinished tasks of stopped processes", adopted)
@@ -361,7 +361,7 @@ class EmbeddedBackend(TaskBackend):
     async def runtime(self) -> dict[str, Any]:
         latest = self.monitor.latest
         async with self.engine.connect() as conn:
-            workers = await repo.live_workers(conn, repo.to_dt(self.clock()), self.settings.lease_s)
+            workers = await leases.live_workers(conn, repo.to_dt(self.clock()), self.settings.lease_s)
         return {
             "concurrency": self.limit, "max_concurrency": self.settings.concurrency,
             "running": len(self._running), "resources": latest.as_dict() if latest else {},

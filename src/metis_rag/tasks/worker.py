@@ -17,7 +17,7 @@ from sqlalchemy import text
 
 from ..batching import MicroBatcher
 from ..config import Settings
-from . import repo
+from . import leases, repo
 from .celery import TASK_NAME, make_celery
 from .resources import ResourceMonitor, psutil_sampler
 from .runner import Outcome, TaskContext, execute, retry_delay_s
@@ -32,7 +32,7 @@ class WorkerRuntime:
     def __init__(self, settings: Settings, *, clock: Any = time.time) -> None:
         self.settings = settings
         self.clock = clock
-        self.worker_id = repo.process_id(uuid.uuid4().hex[:8])
+        self.worker_id = leases.process_id(uuid.uuid4().hex[:8])
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="metis-worker-loop",
                                         daemon=True)
@@ -92,7 +92,7 @@ class WorkerRuntime:
         await self._claim_conn.close()
         await self._outcome_conn.close()
         async with self.engine.begin() as conn:
-            await repo.forget_worker(conn, self.worker_id)
+            await leases.forget_worker(conn, self.worker_id)
         await self._stack.aclose()
 
     async def _every(self, period_s: float, fn: Any) -> None:
@@ -106,7 +106,7 @@ class WorkerRuntime:
     async def _heartbeat(self) -> None:
         latest = self.monitor.latest
         async with self.engine.begin() as conn:
-            await repo.heartbeat(
+            await leases.heartbeat(
                 conn, self.worker_id, "celery", repo.to_dt(self.clock()),
                 concurrency=self.monitor.limit, running=len(self._running),
                 resources=latest.as_dict() if latest else {},
