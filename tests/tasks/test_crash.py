@@ -139,7 +139,9 @@ async def test_sigkill_of_a_celery_worker_mid_ingestion(
 
     queue = f"metis-kill-{os.getpid()}-{int(time.time())}"
     env = worker_env(tmp_path / "workers", pg_url, queue, prepared_models)
-    settings = make_settings(database_url=pg_url, tasks=task_settings(backend="celery", queue=queue))
+    # The server's sweep re-queues what a dead worker had acknowledged but not yet recorded.
+    settings = make_settings(database_url=pg_url, tasks=task_settings(
+        backend="celery", queue=queue, lease_s=3))
     engine = create_engine(settings)
     await migrate(engine)
     await clean(engine)
@@ -148,7 +150,7 @@ async def test_sigkill_of_a_celery_worker_mid_ingestion(
     (tmp_path / "logs").mkdir()
     workers = Workers(env, [], tmp_path / "logs")
     victim, survivor = workers.start(2)
-    backend = build_backend(settings, engine, build_registry(settings.tasks), "client")
+    backend = build_backend(settings, engine, build_registry(settings.tasks), "server")
     await backend.start(None)
     try:
         from tests.tasks.conftest import wait_for_workers

@@ -6,7 +6,8 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import String, and_, any_, bindparam, delete, func, or_, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..errors import NotFound
@@ -15,6 +16,14 @@ from .types import FINISHED, QUEUED, Priority, TaskOut
 
 T = Task.__table__
 UNFINISHED = ("pending", "scheduled", "waiting", "running")
+
+
+def one_of(conn: AsyncConnection, column: Any, ids: Sequence[str]) -> Any:
+    """`column IN ids`; on PostgreSQL `= ANY(array)`: one parameter, so the statement is not
+    re-rendered with one cast per id at every execution (that was 40% of a worker's time)."""
+    if conn.dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(ids), type_=ARRAY(String)))
+    return column.in_(list(ids))
 
 
 def to_dt(epoch_s: float) -> datetime:
@@ -51,7 +60,7 @@ async def row(conn: AsyncConnection, task_id: str) -> Any:
 async def get_many(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, TaskOut]:
     out: dict[str, TaskOut] = {}
     for start in range(0, len(ids), 500):
-        rows = await conn.execute(select(T).where(T.c.id.in_(ids[start : start + 500])))
+        rows = await conn.execute(select(T).where(one_of(conn, T.c.id, ids[start : start + 500])))
         out.update((r.id, to_out(r)) for r in rows)
     return out
 
@@ -60,7 +69,8 @@ async def statuses(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, str]:
     ids = list(ids)
     out: dict[str, str] = {}
     for start in range(0, len(ids), 500):
-        rows = await conn.execute(select(T.c.id, T.c.status).where(T.c.id.in_(ids[start:start + 500])))
+        part = ids[start:start + 500]
+        rows = await conn.execute(select(T.c.id, T.c.status).where(one_of(conn, T.c.id, part)))
         out.update((r[0], r[1]) for r in rows)
     return out
 
@@ -86,7 +96,7 @@ async def blob(conn: AsyncConnection, task_id: str) -> bytes | None:
 
 
 async def drop_blobs(conn: AsyncConnection, task_ids: Sequence[str]) -> None:
-    await conn.execute(delete(TaskBlob).where(TaskBlob.task_id.in_(list(task_ids))))
+    await conn.execute(delete(TaskBlob).where(one_of(conn, TaskBlob.task_id, task_ids)))
 
 
 async def with_dependants(conn: AsyncConnection, task_ids: Sequence[str]) -> set[str]:
@@ -94,14 +104,14 @@ async def with_dependants(conn: AsyncConnection, task_ids: Sequence[str]) -> set
     if not task_ids:
         return set()
     rows = await conn.execute(
-        select(TaskEdge.depends_on).where(TaskEdge.depends_on.in_(list(task_ids))).distinct())
+        select(TaskEdge.depends_on).where(one_of(conn, TaskEdge.depends_on, task_ids)).distinct())
     return {r[0] for r in rows}
 
 
 async def queue_states(conn: AsyncConnection, task_ids: Sequence[str]) -> list[Any]:
     """(id, status, priority, start_at) of these tasks."""
     return list(await conn.execute(
-        select(T.c.id, T.c.status, T.c.priority, T.c.start_at).where(T.c.id.in_(list(task_ids)))))
+        select(T.c.id, T.c.status, T.c.priority, T.c.start_at).where(one_of(conn, T.c.id, task_ids))))
 
 
 async def dependants(conn: AsyncConnection, task_id: str) -> list[str]:
@@ -112,7 +122,7 @@ async def dependants(conn: AsyncConnection, task_id: str) -> list[str]:
 async def dependencies(conn: AsyncConnection, task_ids: Sequence[str]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     rows = await conn.execute(
-        select(TaskEdge.task_id, TaskEdge.depends_on).where(TaskEdge.task_id.in_(list(task_ids)))
+        select(TaskEdge.task_id, TaskEdge.depends_on).where(one_of(conn, TaskEdge.task_id, task_ids))
     )
     for child, parent in rows:
         out.setdefault(child, []).append(parent)
@@ -196,11 +206,11 @@ async def claim(
     if not task_ids:
         return []
     runnable = T.c.status.in_(("pending", "scheduled"))
-    if takeover:
-        runnable = or_(runnable, T.c.status == "running")
+    if takeover:  # ... but not one that this process is running itself
+        runnable = or_(runnable, and_(T.c.status == "running", T.c.owner != owner))
     stmt = (
         update(T)
-        .where(T.c.id.in_(list(task_ids)), runnable,
+        .where(one_of(conn, T.c.id, task_ids), runnable,
                or_(T.c.start_at.is_(None), T.c.start_at <= now))
         .values(status="running", owner=owner, attempts=T.c.attempts + 1, started_at=now)
         .returning(T)

@@ -24,6 +24,7 @@ from .runner import Outcome, TaskContext, execute, retry_delay_s
 
 log = logging.getLogger("metis.tasks")
 CANCEL_POLL_S = 0.5
+MAX_UNWRITTEN = 1000  # outcomes waiting for the database before new tasks wait too
 
 
 class WorkerRuntime:
@@ -67,7 +68,8 @@ class WorkerRuntime:
         self.backend = self.services.tasks
         self.registry = self.backend.registry
         self._slots = asyncio.Condition()
-        self._outcomes: list[Any] = []
+        self._outcomes: list[tuple[Any, Outcome]] = []
+        self._writing = False
         self._outcome_ready = asyncio.Event()
         # Claims and outcomes use a connection each, held open: a checkout from the pool costs
         # more round trips than the statements themselves.
@@ -84,6 +86,7 @@ class WorkerRuntime:
                        asyncio.create_task(self._write_outcomes())]
 
     async def _close(self) -> None:
+        await self._drain_outcomes()
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
@@ -183,40 +186,45 @@ class WorkerRuntime:
         return out
 
     async def _record(self, row: Any, outcome: Outcome) -> None:
-        """Queues the outcome for the next group commit and returns once it is committed; the
-        message stays unacknowledged until then, however long the database is away."""
-        delay = 0.5
-        while True:
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._outcomes.append((row, outcome, done))
-            self._outcome_ready.set()
-            try:
-                await done
-                return
-            except Exception as exc:
-                log.warning("recording task %s failed (%s); retrying", row.id, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30)
+        """Queues the outcome for the next group commit; the message is acknowledged meanwhile.
+
+        Waiting for the commit before the ack would put two more database round trips on
+        every task's path. If this process dies in between, the task is still `running` under
+        our name in the database, and the server's sweep re-queues the tasks of dead workers:
+        at least once all the same. Only a long backlog (database away) makes callers wait.
+        """
+        self._outcomes.append((row, outcome))
+        self._outcome_ready.set()
+        while len(self._outcomes) > MAX_UNWRITTEN:
+            await asyncio.sleep(0.05)
 
     async def _write_outcomes(self) -> None:
-        # Runs forever: one transaction per batch of outcomes, cut when the previous commits.
+        # Runs forever: one batch of outcomes at a time, cut when the previous one is written.
+        delay = 0.5
         while True:
             await self._outcome_ready.wait()
             self._outcome_ready.clear()
             batch, self._outcomes = self._outcomes, []
             if not batch:
                 continue
+            self._writing = True
             try:
                 publish = await self._commit_outcomes(batch)
                 await self.backend.publisher.publish(publish)
+                delay = 0.5
             except Exception as exc:
-                for *_, done in batch:
-                    if not done.done():
-                        done.set_exception(exc)  # the message is not acked: it comes back
-                continue
-            for *_, done in batch:
-                if not done.done():
-                    done.set_result(None)
+                log.warning("recording %d task outcomes failed (%s); retrying", len(batch), exc)
+                self._outcomes[:0] = batch
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30)
+                self._outcome_ready.set()
+            finally:
+                self._writing = False
+
+    async def _drain_outcomes(self, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while (self._outcomes or self._writing) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
     async def _commit_outcomes(self, batch: list[Any]) -> list[tuple[str, int, Any]]:
         """Writes a batch of outcomes in a few statements. Each row's update stands alone (no
@@ -227,7 +235,7 @@ class WorkerRuntime:
         publish: list[tuple[str, int, Any]] = []
         rows: list[dict[str, Any]] = []
         settle: list[tuple[str, str]] = []
-        for row, outcome, _ in batch:
+        for row, outcome in batch:
             values: dict[str, Any] = {
                 "id": row.id, "run_s": outcome.run_s, "cpu_s": outcome.cpu_s,
                 "peak_rss_bytes": outcome.peak_rss_bytes, "wait_s": _wait_s(row)}
@@ -247,7 +255,7 @@ class WorkerRuntime:
                 settle.append((row.id, outcome.status))
         async with self._outcome_conn as conn:
             await repo.finish_owned(conn, self.worker_id, rows)
-            used = [row.id for row, outcome, _ in batch
+            used = [row.id for row, outcome in batch
                     if outcome.used_blob and outcome.status == "completed"]
             if used:
                 await repo.drop_blobs(conn, used)
