@@ -30,7 +30,7 @@ from .store.hnsw import HnswVectorStore
 from .store.vectors import VectorStore
 from .tasks import Role, build_backend
 from .tasks.base import TaskBackend
-from .tasks.handlers import build_registry
+from .tasks.handlers import IngestEmbedder, build_registry
 from .tasks.index import DatabaseOnlyVectors, IndexFlusher
 
 log = logging.getLogger("metis")
@@ -50,6 +50,7 @@ class Services:
     caches: Caches | None
     tasks: TaskBackend
     index_flusher: IndexFlusher
+    ingest_embedder: IngestEmbedder
 
 
 @asynccontextmanager
@@ -103,6 +104,8 @@ async def open_services(settings: Settings, *, role: Role = "server") -> AsyncIt
         chat = ChatService(settings, sessions, embedder, retriever, llm, caches)
         index_flusher = IndexFlusher(vectors)
         stack.push_async_callback(index_flusher.close)
+        ingest_embedder = IngestEmbedder(embedder)
+        stack.push_async_callback(ingest_embedder.close)
         tasks = build_backend(settings, engine, build_registry(settings.tasks), role)
         services = Services(
             settings=settings,
@@ -117,6 +120,7 @@ async def open_services(settings: Settings, *, role: Role = "server") -> AsyncIt
             caches=caches,
             tasks=tasks,
             index_flusher=index_flusher,
+            ingest_embedder=ingest_embedder,
         )
         await tasks.start(services)
         stack.push_async_callback(tasks.close)

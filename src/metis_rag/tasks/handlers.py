@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
+from ..batching import MicroBatcher
 from ..config import TaskSettings
 from ..errors import InvalidInput
 from ..ingest.pipeline import Upload
@@ -52,7 +53,8 @@ async def ingest_document(ctx: TaskContext) -> dict[str, Any]:
     else:
         data = await ctx.blob()
     upload = Upload(p["filename"], data, folder=p.get("folder", ""), tags=tuple(p.get("tags", ())))
-    staged = await ingestor.stage([upload], progress=lambda pct, msg: ctx.progress(5 + pct * 0.85, msg))
+    staged = await ingestor.stage([upload], progress=lambda pct, msg: ctx.progress(5 + pct * 0.85, msg),
+                                  embed=ctx.services.ingest_embedder.embed)
     ctx.progress(92, "writing")
     report = await past_commit_point(ingestor.commit(p["collection"], staged))
     ctx.services.index_flusher.touch()
@@ -60,6 +62,31 @@ async def ingest_document(ctx: TaskContext) -> dict[str, Any]:
     ctx.progress(100, r.status)
     return {"collection": p["collection"], "filename": r.filename, "status": r.status,
             "document_id": r.document_id, "chunks": r.chunks}
+
+
+class IngestEmbedder:
+    """Embeds the chunks of concurrent ingestion tasks together: one model call at a time, as
+    large as the tasks waiting make it (a document per call would leave batches small and
+    several calls fighting over the cores). No side effects: a cancelled task just drops out."""
+
+    def __init__(self, embedder: Any, max_texts: int = 256) -> None:
+        self._embedder = embedder
+        self._batcher: MicroBatcher[Sequence[str], np.ndarray] = MicroBatcher(
+            self._run, max_batch=max(1, max_texts // 4), max_wait_ms=0)
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return await self._batcher.submit(texts)
+
+    async def _run(self, items: list[Sequence[str]]) -> list[np.ndarray]:
+        matrix = await self._embedder.embed([t for texts in items for t in texts])
+        out, start = [], 0
+        for texts in items:
+            out.append(matrix[start:start + len(texts)])
+            start += len(texts)
+        return out
+
+    async def close(self) -> None:
+        await self._batcher.close()
 
 
 async def reindex_collection(ctx: TaskContext) -> dict[str, Any]:
