@@ -175,6 +175,12 @@ async def test_cancel_queued_and_finished_tasks(backend: TaskBackend) -> None:
     assert again.value.code == "task_finished"
     with pytest.raises(NotFound):
         await backend.cancel("nope")
+    await backend.submit([TaskSpec("sleep", id="holder", params={"seconds": 30}),
+                          TaskSpec("stamp", id="waiter", depends_on=["holder"])])
+    waiting = await backend.cancel("waiter")
+    assert waiting.status == "cancelled"
+    assert (await backend.cancel("holder")).status in ("cancelled", "running")
+    assert (await finished(backend, "holder", timeout_s=20)).status == "cancelled"
 
 
 async def test_cancelling_a_running_task_rolls_its_work_back(backend: TaskBackend) -> None:

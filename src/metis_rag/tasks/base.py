@@ -116,19 +116,26 @@ class TaskBackend(ABC):
             mean_wait_s=mean_wait, mean_run_s=mean_run, **rt,
         )
 
-    async def wait(self, ids: Sequence[str], *, timeout_s: float = 600, poll_s: float = 0.05,
-                   on_poll: Callable[[dict[str, TaskOut]], None] | None = None) -> dict[str, TaskOut]:
-        """Polls until every task has finished (for the CLI and tests)."""
+    async def wait(
+        self, ids: Sequence[str], *, timeout_s: float = 600, poll_s: float = 0.05,
+        on_finished: Callable[[list[TaskOut]], None] | None = None,
+    ) -> dict[str, TaskOut]:
+        """Polls until every task has finished (for the CLI and tests); `on_finished` gets the
+        tasks that finished since the previous poll. Each poll reads only unfinished statuses."""
         deadline = time.monotonic() + timeout_s
-        while True:
-            tasks = await self.get_many(ids)
-            if on_poll is not None:
-                on_poll(tasks)
-            if all(t.status in FINISHED for t in tasks.values()) and len(tasks) == len(set(ids)):
-                return tasks
+        pending = set(ids)
+        while pending:
+            found = await self.dependency_statuses(pending)
+            done = [i for i in pending if found.get(i) in FINISHED]
+            pending.difference_update(done)
+            if done and on_finished is not None:
+                on_finished(list((await self.get_many(done)).values()))
+            if not pending:
+                break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"tasks still unfinished after {timeout_s} s")
             await asyncio.sleep(poll_s)
+        return await self.get_many(list(dict.fromkeys(ids)))
 
     # -- shared submission logic
 

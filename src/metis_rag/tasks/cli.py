@@ -18,7 +18,7 @@ from ..config import Settings
 from ..errors import MetisError
 from ..ingest.pipeline import IngestResult
 from .base import TaskBackend
-from .types import FINISHED, STATUSES, TaskOut, TaskSpec
+from .types import STATUSES, TaskOut, TaskSpec
 
 tasks_app = typer.Typer(help="List, inspect, cancel and retry background tasks.",
                         no_args_is_help=True)
@@ -50,19 +50,17 @@ async def ingest_as_tasks(
     ids: list[str] = []
     for start in range(0, len(specs), SUBMIT_BATCH):
         ids += [t.id for t in await services.tasks.submit(specs[start:start + SUBMIT_BATCH])]
-    seen: set[str] = set()
     chunks = 0
 
-    def on_poll(tasks: dict[str, TaskOut]) -> None:
+    def on_finished(tasks: list[TaskOut]) -> None:
         nonlocal chunks
-        for t in tasks.values():
-            if t.status in FINISHED and t.id not in seen:
-                seen.add(t.id)
-                if t.status == "completed" and t.result and t.result["status"] != "duplicate":
-                    chunks += int(t.result["chunks"])
-                progress.update(bar, advance=1, chunks=chunks)
+        for t in tasks:
+            if t.status == "completed" and t.result and t.result["status"] != "duplicate":
+                chunks += int(t.result["chunks"])
+        progress.update(bar, advance=len(tasks), chunks=chunks)
 
-    done = await services.tasks.wait(ids, timeout_s=float("inf"), poll_s=0.2, on_poll=on_poll)
+    done = await services.tasks.wait(ids, timeout_s=float("inf"), poll_s=0.2,
+                                     on_finished=on_finished)
     return [_ingest_result(done[i], path.name) for i, (path, _) in zip(ids, files, strict=True)]
 
 
