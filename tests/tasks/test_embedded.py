@@ -193,15 +193,23 @@ async def test_real_resource_samples_are_sane(tmp_path: Path) -> None:
 async def test_cpu_heavy_handlers_do_not_block_the_event_loop(tmp_path: Path) -> None:
     async with Harness(tmp_path) as h:
         task = (await h.backend.submit([TaskSpec("cpu", params={"seconds": 1.5})]))[0]
-        gaps, last = [], time.perf_counter()
-        while (await h.backend.get(task.id)).status != "completed":
-            await asyncio.sleep(0.01)
-            now = time.perf_counter()
-            gaps.append(now - last)
-            last = now
+        gaps: list[float] = []
+
+        async def ticker() -> None:
+            last = time.perf_counter()
+            while True:
+                await asyncio.sleep(0.01)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        tick = asyncio.create_task(ticker())
+        done = await h.backend.wait([task.id], timeout_s=30)
+        tick.cancel()
+        assert done[task.id].status == "completed" and done[task.id].run_s >= 1.5  # type: ignore[operator]
         # 1.5 s of Python on the loop would stall it for 1.5 s; in a thread, it only shares
         # the GIL. (The bound is loose: this machine is shared and busy.)
-        assert len(gaps) > 20 and max(gaps) < 0.6, max(gaps)
+        assert len(gaps) > 10 and max(gaps) < 0.6, max(gaps)
 
 
 async def test_the_tasks_of_a_dead_process_are_run_again(tmp_path: Path) -> None:
