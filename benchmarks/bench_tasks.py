@@ -220,6 +220,11 @@ async def distributed(args: argparse.Namespace, logs: Path) -> dict[str, list[fl
             await backend.close()
             await engine.dispose()
             bare.app.close()
+            from kombu import Connection
+
+            with Connection(args.broker) as conn:  # durable queues outlive the run otherwise
+                for queue in (settings.tasks.queue, env["BARE_QUEUE"]):
+                    conn.default_channel.queue_delete(queue)
     return out
 
 

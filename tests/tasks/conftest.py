@@ -108,9 +108,18 @@ class Workers:
                 p.wait()
         for f in self.files:
             f.close()
+        delete_queue(self.env["METIS_TASKS__QUEUE"])
 
     def tail(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.logs.iterdir()))
+
+
+def delete_queue(queue: str) -> None:
+    """Test queues are durable like real ones: remove them, or the broker keeps them forever."""
+    from kombu import Connection
+
+    with Connection(TaskSettings().broker_url) as conn:
+        conn.default_channel.queue_delete(queue)
 
 
 def worker_env(data_dir: Path, database_url: str, queue: str, prepared_models: Path) -> dict[str, str]:
