@@ -17,9 +17,10 @@ from rich.table import Table
 from .config import Settings
 from .errors import MetisError
 from .ingest.parsers import SUPPORTED
-from .ingest.pipeline import IngestResult, Upload
+from .ingest.pipeline import IngestResult
 from .schemas import ChatAnswer, ChatQuery
 from .services import Services, open_services
+from .tasks.cli import ingest_as_tasks, tasks_app, worker
 
 app = typer.Typer(help="Metis: a fast, frugal RAG server.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -27,6 +28,8 @@ docs_app = typer.Typer(help="List, show and delete documents.", no_args_is_help=
 app.add_typer(docs_app, name="docs")
 cache_app = typer.Typer(help="Cache statistics and invalidation.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
+app.add_typer(tasks_app, name="tasks")
+app.command("worker")(worker)
 console = Console()
 err_console = Console(stderr=True)
 T = TypeVar("T")
@@ -100,20 +103,14 @@ def ingest(
     tag_list = tuple(t.strip() for t in tags.split(",") if t.strip())
 
     async def main() -> list[IngestResult]:
+        # Each file is an ingest_document task of this process's engine (or of the Celery
+        # workers), so a kill -9 here is finished by the next start: nothing half-stored.
         async with open_services(settings) as services:
-            uploads = (Upload(p.name, p.read_bytes(), folder=f, tags=tag_list) for p, f in files)
             with Progress(TextColumn("[bold]ingesting"), BarColumn(), MofNCompleteColumn(),
                           TextColumn("{task.fields[chunks]} chunks"), TimeElapsedColumn(),
                           console=err_console, disable=as_json) as progress:
-                task = progress.add_task("files", total=len(files), chunks=0)
-                counted = {"chunks": 0}
-
-                def step(result: IngestResult) -> None:
-                    counted["chunks"] += result.chunks if result.status != "duplicate" else 0
-                    progress.update(task, advance=1, chunks=counted["chunks"])
-
-                report = await services.ingestor.ingest_stream(uploads, name, step)
-            return report.results
+                bar = progress.add_task("files", total=len(files), chunks=0)
+                return await ingest_as_tasks(services, files, name, tag_list, progress, bar)
 
     started = time.perf_counter()
     results = _run(main())
@@ -188,7 +185,7 @@ def ask(
                       conversation_id=conversation)
 
     async def main() -> ChatAnswer:
-        async with open_services(settings) as services:
+        async with open_services(settings, role="client") as services:
             return await services.chat.answer(query)
 
     answer = _run(main())
@@ -199,7 +196,7 @@ def ask(
 
 
 async def _with_services(settings: Settings, fn: Any) -> Any:
-    async with open_services(settings) as services:
+    async with open_services(settings, role="client") as services:
         return await fn(services)
 
 

@@ -285,6 +285,67 @@ class PostgresSettings(BaseModel):
     )
 
 
+class TaskSettings(BaseModel):
+    backend: Literal["embedded", "celery"] = Field(
+        "embedded",
+        description="embedded = in-process asyncio engine (default); celery = Celery workers "
+        "started with `metis worker` (install the `tasks` extra).",
+    )
+    concurrency: int = Field(4, ge=1, le=256, description="Most tasks running at once per process.")
+    min_concurrency: int = Field(
+        1, ge=1, description="Floor the resource monitor may lower the concurrency to under load."
+    )
+    default_timeout_s: float = Field(3600, gt=0, description="Timeout of a task that names none.")
+    default_max_retries: int = Field(3, ge=0, le=100, description="Retries of a task that names none.")
+    retry_base_s: float = Field(
+        1.0, gt=0, description="First retry delay; doubles per attempt, with full jitter."
+    )
+    retry_max_s: float = Field(300, gt=0, description="Longest retry delay.")
+    monitor_interval_s: float = Field(
+        2.0, gt=0, description="Resource monitor sampling period (CPU, memory, disk, I/O wait)."
+    )
+    cpu_high_percent: float = Field(
+        90, gt=0, le=100, description="CPU use above which concurrency is lowered and an alert raised."
+    )
+    memory_high_percent: float = Field(
+        90, gt=0, le=100, description="Memory use above which concurrency is lowered and an alert raised."
+    )
+    disk_high_percent: float = Field(
+        95, gt=0, le=100, description="Disk use (of the data dir) above which an alert is raised."
+    )
+    iowait_high_percent: float = Field(
+        30, gt=0, le=100, description="I/O wait above which concurrency is lowered and an alert raised."
+    )
+    heartbeat_s: float = Field(
+        5.0, gt=0, description="How often a process renews its lease on the tasks it runs."
+    )
+    lease_s: float = Field(
+        30.0, gt=0, description="A process silent this long is dead: its tasks are re-queued."
+    )
+    broker_url: str = Field(
+        "amqp://guest:guest@127.0.0.1:5672//",
+        description="Celery broker (RabbitMQ gives real priorities; redis:// also works).",
+    )
+    queue: str = Field("metis", description="Celery queue name.")
+    redispatch_after_s: float = Field(
+        120, gt=0,
+        description="Celery: a pending task not started this long after it was sent is sent again.",
+    )
+    index_follow_s: float = Field(
+        1.0, gt=0,
+        description="Celery: how often the server pulls chunks written by workers into its index.",
+    )
+    handler_modules: list[str] = Field(
+        [], description="Extra modules whose `register(registry)` adds task handlers."
+    )
+    stats_window_s: float = Field(
+        300, gt=0, description="Window of the throughput and mean wait/run figures."
+    )
+    keep_finished_days: float = Field(
+        30, gt=0, description="purge_tasks deletes finished tasks older than this."
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="METIS_",
@@ -327,6 +388,7 @@ class Settings(BaseSettings):
         default=[], description="When set (JSON list), every /api request but /api/health needs "
         "one in X-API-Key or Authorization: Bearer; it is also the client of rate limits.",
     )
+    tasks: TaskSettings = TaskSettings()
 
     @classmethod
     def settings_customise_sources(

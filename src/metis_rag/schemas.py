@@ -39,12 +39,14 @@ class UploadResult(BaseModel):
     document_id: int | None
     chunks: int = 0
     error: ErrorBody | None = None
+    task_id: str | None = Field(None, description="The ingest_document task of a queued file.")
 
 
 class UploadResponse(BaseModel):
     collection: str
     results: list[UploadResult]
     seconds: float
+    task_ids: list[str] = Field(default_factory=list, description="Poll GET /api/tasks/{id}.")
 
 
 T = TypeVar("T")

@@ -35,6 +35,10 @@ from .store.hnsw import HnswVectorStore
 from .store.lookup import CollectionLookup
 from .store.pgvector import PgVectorStore, column_dim
 from .store.vectors import VectorStore
+from .tasks import Role, build_backend
+from .tasks.base import TaskBackend
+from .tasks.handlers import IngestEmbedder, build_registry
+from .tasks.index import DatabaseOnlyVectors, IndexFlusher
 
 log = logging.getLogger("metis")
 
@@ -54,6 +58,9 @@ class Services:
     conversations: ConversationLog
     lookup: CollectionLookup
     metrics: Metrics
+    tasks: TaskBackend
+    index_flusher: IndexFlusher
+    ingest_embedder: IngestEmbedder
     # The throughput layer, for metrics (`stats` on each): query micro-batching and the (rate
     # limited) LLM chain that `llm` wraps in the LLM cache.
     query_batcher: BatchingEmbedder | None = None
@@ -61,7 +68,11 @@ class Services:
 
 
 @asynccontextmanager
-async def open_services(settings: Settings, metrics: Metrics | None = None) -> AsyncIterator[Services]:
+async def open_services(
+    settings: Settings, metrics: Metrics | None = None, *, role: Role = "server"
+) -> AsyncIterator[Services]:
+    """`role`: server (runs tasks), client (a CLI command: submits and reads tasks only) or
+    worker (a Celery worker: writes chunks to the database, leaves the index to servers)."""
     metrics = metrics or Metrics.for_settings(settings)
     async with AsyncExitStack() as stack:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -89,12 +100,13 @@ async def open_services(settings: Settings, metrics: Metrics | None = None) -> A
             caches = await open_caches(settings.cache, settings.data_dir, embedder.dim, stack)
             embedder = CachedEmbedder(embedder, caches.embedding)
 
-        vectors = await _vector_store(settings, engine, embedder.dim)
-        await vectors.start()
-        stack.push_async_callback(vectors.close)
-        fixed = await reconcile(sessions, vectors)
-        if fixed["added"] or fixed["removed"]:
-            log.warning("vector index reconciled with the database: %s", fixed)
+        vectors = await _vector_store(settings, engine, embedder.dim, role)
+        if not isinstance(vectors, DatabaseOnlyVectors):
+            await vectors.start()
+            stack.push_async_callback(vectors.close)
+            fixed = await reconcile(sessions, vectors)
+            if fixed["added"] or fixed["removed"]:
+                log.warning("vector index reconciled with the database: %s", fixed)
 
         llm = llm_chain = build_chain(settings.llm, settings.ratelimit)
         if llm is not None:
@@ -123,7 +135,12 @@ async def open_services(settings: Settings, metrics: Metrics | None = None) -> A
         stack.push_async_callback(conversations.close)
         chat = ChatService(settings, sessions, embedder, retriever, llm, caches, lookup,
                            conversations)
-        yield Services(
+        index_flusher = IndexFlusher(vectors)
+        stack.push_async_callback(index_flusher.close)
+        ingest_embedder = IngestEmbedder(embedder)
+        stack.push_async_callback(ingest_embedder.close)
+        tasks = build_backend(settings, engine, build_registry(settings.tasks), role)
+        services = Services(
             settings=settings,
             engine=engine,
             sessions=sessions,
@@ -139,11 +156,19 @@ async def open_services(settings: Settings, metrics: Metrics | None = None) -> A
             metrics=metrics,
             query_batcher=query_batcher,
             llm_chain=llm_chain,
+            tasks=tasks,
+            index_flusher=index_flusher,
+            ingest_embedder=ingest_embedder,
         )
+        await tasks.start(services)
+        stack.push_async_callback(tasks.close)
+        yield services
 
 
-async def _vector_store(settings: Settings, engine: AsyncEngine, dim: int) -> VectorStore:
-    """pgvector when asked, or by default when migration 0003 gave the database its column."""
+async def _vector_store(settings: Settings, engine: AsyncEngine, dim: int,
+                        role: Role) -> VectorStore:
+    """pgvector when asked, or by default when migration 0003 gave the database its column.
+    A Celery worker never searches: with the embedded index it writes the database only."""
     choice = settings.vector_store
     if settings.is_sqlite and choice == "pgvector":
         raise ServiceUnavailable(
@@ -158,6 +183,8 @@ async def _vector_store(settings: Settings, engine: AsyncEngine, dim: int) -> Ve
             return PgVectorStore(engine, dim, ef_search=settings.retrieval.ef_search,
                                  m=pg.hnsw_m, ef_construction=pg.hnsw_ef_construction)
         log.warning("PostgreSQL without pgvector: vectors go to the embedded HNSW index")
+    if role == "worker":
+        return DatabaseOnlyVectors()
     return HnswVectorStore(
         settings.data_dir / "vectors", dim, ef_search=settings.retrieval.ef_search
     )

@@ -18,15 +18,15 @@ from asgi_lifespan import LifespanManager
 from metis_rag.app import create_app
 from metis_rag.config import CacheSettings, LLMSettings
 from tests.files import FACTS, MAKERS, md_bytes
+from tests.uploads import ingest
 
 pytestmark = pytest.mark.slow
 Q = {"message": FACTS[0][1], "collection": "hb"}
 
 
 async def seed(client: httpx.AsyncClient) -> None:
-    files = [("files", (name, make())) for name, make in MAKERS.items()]
-    r = await client.post("/api/documents", files=files, data={"collection": "hb"})
-    assert r.status_code == 201, r.text
+    body = await ingest(client, {name: make() for name, make in MAKERS.items()}, collection="hb")
+    assert {r["status"] for r in body["results"]} == {"created"}
 
 
 async def ask(client: httpx.AsyncClient, **overrides: object) -> dict:
@@ -181,9 +181,8 @@ async def test_no_stale_citations_under_concurrent_deletes(client: httpx.AsyncCl
         assert (await client.delete(f"/api/documents/{target['id']}")).status_code == 204
         removed |= ids
         await asyncio.sleep(0.3)
-        r = await client.post("/api/documents", files={"files": ("ops.md", md_bytes())},
-                              data={"collection": "hb"})
-        assert r.status_code == 201
+        body = await ingest(client, {"ops.md": md_bytes()}, collection="hb")
+        assert body["results"][0]["status"] == "created"
         await asyncio.sleep(0.3)
     stop.set()
     await asyncio.gather(*tasks)

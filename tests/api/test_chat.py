@@ -12,14 +12,15 @@ from asgi_lifespan import LifespanManager
 from metis_rag.app import create_app
 from metis_rag.config import LLMSettings
 from tests.files import FACTS, MAKERS
+from tests.uploads import ingest
 
 pytestmark = pytest.mark.slow
 
 
 async def seed(client: httpx.AsyncClient, collection: str = "handbook") -> None:
-    files = [("files", (name, make())) for name, make in MAKERS.items()]
-    r = await client.post("/api/documents", files=files, data={"collection": collection})
-    assert r.status_code == 201, r.text
+    body = await ingest(client, {name: make() for name, make in MAKERS.items()},
+                        collection=collection)
+    assert {r["status"] for r in body["results"]} == {"created"}
 
 
 @pytest.mark.databases

@@ -6,23 +6,15 @@ import httpx
 import pytest
 
 from tests.files import FACTS, MAKERS, md_bytes, txt_bytes
+from tests.uploads import ingest
 
 pytestmark = [pytest.mark.slow, pytest.mark.databases]
 
 
-async def upload(client: httpx.AsyncClient, files: dict[str, bytes], **form: str) -> httpx.Response:
-    return await client.post(
-        "/api/documents",
-        files=[("files", (name, data)) for name, data in files.items()],
-        data=form,
-    )
-
-
 async def test_upload_every_format_and_list(client: httpx.AsyncClient) -> None:
     files = {name: make() for name, make in MAKERS.items()}
-    r = await upload(client, files, collection="handbook", tags="hr,2026", folder="policies")
-    assert r.status_code == 201, r.text
-    body = r.json()
+    body = await ingest(client, files, collection="handbook", tags="hr,2026", folder="policies")
+    assert len(body["task_ids"]) == len(files)
     assert [x["status"] for x in body["results"]] == ["created"] * len(files)
     assert all(x["chunks"] > 0 for x in body["results"])
 
@@ -45,17 +37,17 @@ async def test_upload_every_format_and_list(client: httpx.AsyncClient) -> None:
 async def test_same_bytes_twice_is_a_duplicate_with_no_new_chunks(
     client: httpx.AsyncClient,
 ) -> None:
-    first = (await upload(client, {"a.txt": txt_bytes()})).json()["results"][0]
-    again = await upload(client, {"copy-of-a.txt": txt_bytes()})
-    assert again.status_code == 200
-    dup = again.json()["results"][0]
+    first = (await ingest(client, {"a.txt": txt_bytes()}))["results"][0]
+    again = await ingest(client, {"copy-of-a.txt": txt_bytes()}, expect=200)
+    dup = again["results"][0]
     assert dup["status"] == "duplicate" and dup["document_id"] == first["document_id"]
+    assert again["task_ids"] == []
     listed = (await client.get("/api/documents")).json()
     assert listed["total"] == 1
 
 
 async def test_replace_swaps_chunks_and_delete_removes_them(client: httpx.AsyncClient) -> None:
-    created = (await upload(client, {"ops.md": md_bytes()})).json()["results"][0]
+    created = (await ingest(client, {"ops.md": md_bytes()}))["results"][0]
     doc_id = created["document_id"]
     ask = {"message": "When do database backups run?"}
     before = (await client.post("/api/chat/query", json=ask)).json()
@@ -77,8 +69,8 @@ async def test_replace_swaps_chunks_and_delete_removes_them(client: httpx.AsyncC
 
 
 async def test_tag_and_folder_filters_restrict_retrieval(client: httpx.AsyncClient) -> None:
-    await upload(client, {"security.txt": MAKERS["security.txt"]()}, tags="it", folder="it/sec")
-    await upload(client, {"ops.md": MAKERS["ops.md"]()}, tags="ops", folder="ops")
+    await ingest(client, {"security.txt": MAKERS["security.txt"]()}, tags="it", folder="it/sec")
+    await ingest(client, {"ops.md": MAKERS["ops.md"]()}, tags="ops", folder="ops")
     q = {"message": FACTS[0][1], "tags": ["ops"]}
     r = (await client.post("/api/chat/query", json=q)).json()
     assert {c["filename"] for c in r["citations"]} == {"ops.md"}

@@ -7,6 +7,7 @@ import pytest
 
 from metis_rag.config import Settings
 from tests.files import pdf_bytes, txt_bytes
+from tests.uploads import ingest
 
 pytestmark = [pytest.mark.slow, pytest.mark.databases]
 
@@ -22,6 +23,7 @@ async def assert_error(r: httpx.Response, status: int, code: str) -> dict[str, o
 
 async def nothing_stored(client: httpx.AsyncClient) -> None:
     assert (await client.get("/api/documents")).json()["total"] == 0
+    assert (await client.get("/api/tasks")).json()["total"] == 0  # no task was queued either
 
 
 @pytest.mark.parametrize(
@@ -114,8 +116,6 @@ async def test_invalid_json_and_fields_are_422(client: httpx.AsyncClient) -> Non
 
 
 async def test_nasty_filename_is_sanitized(client: httpx.AsyncClient) -> None:
-    r = await client.post("/api/documents",
-                          files={"files": ("../../etc/pass\x00wd.txt", txt_bytes())})
-    assert r.status_code == 201, r.text
-    name = r.json()["results"][0]["filename"]
+    body = await ingest(client, [("../../etc/pass\x00wd.txt", txt_bytes())])
+    name = body["results"][0]["filename"]
     assert "/" not in name and ".." not in name and "\x00" not in name and name.endswith(".txt")

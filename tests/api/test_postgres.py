@@ -13,6 +13,7 @@ from metis_rag.app import create_app
 from metis_rag.config import PostgresSettings, Settings
 from metis_rag.devtools.pgvector_server import PgServer
 from tests.files import txt_bytes
+from tests.uploads import wait_tasks
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +51,9 @@ async def test_a_saturated_pool_answers_503_and_recovers(
         assert r.status_code == 503, r.text
         assert r.json()["code"] == "database_busy" and r.headers["retry-after"] == "1"
         await lock.rollback()
-        assert (await upload).status_code == 201
+        accepted = await upload
+        assert accepted.status_code == 202, accepted.text
+        await wait_tasks(client, accepted.json()["task_ids"])
         assert (await client.get("/api/documents")).json()["total"] == 1
         await client.aclose()
     await locker.close()

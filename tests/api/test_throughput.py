@@ -29,6 +29,7 @@ from metis_rag.rag.retriever import Retriever
 from metis_rag.schemas import ChatQuery
 from metis_rag.services import open_services
 from tests.files import FACTS, MAKERS
+from tests.uploads import ingest
 
 pytestmark = pytest.mark.slow
 
@@ -122,8 +123,7 @@ async def two_providers(
             transport = httpx.ASGITransport(app=m.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://m") as c:
                 files = [("files", (name, make())) for name, make in MAKERS.items()]
-                r = await c.post("/api/documents", files=files, data={"collection": "handbook"})
-                assert r.status_code == 201, r.text
+                await ingest(c, [f for _, f in files], collection="handbook")
                 yield c, primary, backup
 
 
@@ -158,8 +158,7 @@ async def test_one_question_over_several_collections_fuses_their_results(
     makers = list(MAKERS.items())
     for collection, part in (("people", makers[:3]), ("places", makers[3:])):
         files = [("files", (name, make())) for name, make in part]
-        r = await client.post("/api/documents", files=files, data={"collection": collection})
-        assert r.status_code == 201, r.text
+        await ingest(client, [f for _, f in files], collection=collection)
     both = ["people", "places", "people"]  # a repeat is searched once
     for filename, question, fact, *_ in FACTS:
         r = await client.post("/api/chat/query", json={"message": question, "collections": both})

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from metis_rag.app import create_app
 from metis_rag.config import Settings
 from metis_rag.services import Services
+from tests.uploads import ingest
 
 from .helpers import scrape
 
@@ -41,9 +42,7 @@ class Served:
         return dict(r.json())
 
     async def ingest(self, text: str = DOC, name: str = "policy.md") -> dict[str, Any]:
-        r = await self.client.post("/api/documents", files={"files": (name, text.encode())})
-        assert r.status_code in (200, 201), r.text
-        return dict(r.json())
+        return await ingest(self.client, {name: text.encode()})
 
     async def ask(self, message: str, **body: Any) -> dict[str, Any]:
         r = await self.client.post("/api/chat/query", json={"message": message, **body})

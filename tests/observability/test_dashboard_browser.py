@@ -102,7 +102,10 @@ def _traffic(url: str) -> None:
     with httpx.Client(base_url=url, timeout=30) as c:
         r = c.post("/api/documents", data={"collection": "handbook"},
                    files={"files": ("policy.md", DOC.encode())})
-        assert r.status_code == 201, r.text
+        assert r.status_code == 202, r.text
+        for task_id in r.json()["task_ids"]:  # ingestion runs as a task: wait for it
+            while c.get(f"/api/tasks/{task_id}").json()["status"] != "completed":
+                time.sleep(0.1)
         for _ in range(4):  # spread over a few sample steps so the series have several points
             for q in QUESTIONS:
                 r = c.post("/api/chat/query", json={"message": q, "collection": "handbook"})

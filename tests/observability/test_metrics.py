@@ -22,7 +22,7 @@ async def test_requests_are_counted_by_route_template_and_status(served: Served)
     route = "/api/documents/{document_id}"
     assert value(m, HTTP, method="GET", route=route, status="200") == 1
     assert value(m, HTTP, method="GET", route=route, status="404") == 1
-    assert value(m, HTTP, method="POST", route="/api/documents", status="201") == 1
+    assert value(m, HTTP, method="POST", route="/api/documents", status="202") == 1
     # unknown paths share one label: a scanner cannot blow up the series count
     assert value(m, HTTP, method="GET", route="unmatched", status="404") == 1
     assert not any("987654" in str(labels) for _, labels in m)

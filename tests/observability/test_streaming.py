@@ -10,6 +10,7 @@ import httpx
 from metis_rag.app import create_app
 from metis_rag.config import LLMSettings
 from metis_rag.devtools.fake_llm import FakeLLMServer
+from tests.uploads import ingest
 
 from .conftest import DOC
 from .server import ThreadedServer
@@ -24,8 +25,7 @@ async def test_stream_is_not_buffered_by_compression(make_settings) -> None:  # 
         settings = make_settings(llm=llm, compression={"min_bytes": 0})
         with ThreadedServer(create_app(settings)) as server:
             async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
-                up = await c.post("/api/documents", files={"files": ("p.md", DOC.encode())})
-                assert up.status_code == 201
+                await ingest(c, {"p.md": DOC.encode()})
                 arrivals: list[tuple[float, str]] = []
                 started = time.perf_counter()
                 async with c.stream(

@@ -10,10 +10,11 @@ from sqlalchemy import select
 from starlette.datastructures import UploadFile
 
 from ..errors import InvalidInput, MetisError
-from ..ingest.pipeline import IngestResult, Upload
+from ..ingest.pipeline import IngestResult, Upload, clean_folder, clean_tags
 from ..schemas import ChunkOut, DocumentDetail, DocumentOut, Page, UploadResponse, UploadResult
 from ..store import repo
 from ..store.models import Chunk, Collection, Document
+from ..tasks.types import Priority, TaskSpec
 from .deps import ServicesDep
 
 router = APIRouter(prefix="/api", tags=["documents"])
@@ -79,29 +80,72 @@ def _result(r: IngestResult) -> UploadResult:
 @router.post(
     "/documents",
     response_model=UploadResponse,
-    status_code=201,
+    status_code=202,
     openapi_extra=_MULTIPART_SCHEMA,
-    summary="Upload one or many files (all-or-nothing)",
+    summary="Upload one or many files: validated now, ingested by background tasks",
 )
 async def upload_documents(request: Request, services: ServicesDep) -> Any:
+    """202 with one `ingest_document` task per new file; 200 when every file is already stored.
+
+    Every file is parsed before the answer, so a bad one (415, 413, 422) rejects the whole
+    upload and nothing is stored; the task reuses that parse through the document cache.
+    """
     started = time.perf_counter()
     files, fields = await _read_form(request)
     collection = fields.get("collection") or services.settings.default_collection
     repo.check_collection_name(collection)
-    uploads = [
-        Upload(name, data, folder=fields.get("folder", ""), tags=_tags(fields.get("tags", "")))
-        for name, data in files
-    ]
-    report = await services.ingestor.ingest(uploads, collection)
-    await services.vectors.flush()
+    folder, tags = clean_folder(fields.get("folder", "")), clean_tags(_tags(fields.get("tags", "")))
+    priority = _priority(fields.get("priority", "normal"))
+    uploads = [Upload(name, data, folder=folder, tags=tags) for name, data in files]
+    prepared = [await services.ingestor.prepare_async(u) for u in uploads]
+    stored = await _stored(services, collection, [p.content_hash for p in prepared])
+    results: list[UploadResult] = []
+    specs: list[TaskSpec] = []
+    for prep in prepared:
+        doc = stored.get(prep.content_hash)
+        if doc is not None:
+            results.append(UploadResult(filename=prep.filename, status="duplicate",
+                                        document_id=doc[0], chunks=doc[1]))
+            continue
+        results.append(UploadResult(filename=prep.filename, status="queued", document_id=None))
+        specs.append(TaskSpec(
+            "ingest_document", name=f"ingest {prep.filename}"[:200], priority=priority,
+            params={"collection": collection, "filename": prep.filename, "folder": folder,
+                    "tags": list(tags), "size_bytes": len(prep.upload.data)},
+            blob=prep.upload.data,
+        ))
+    created = iter(await services.tasks.submit(specs) if specs else [])
+    for r in results:
+        if r.status == "queued":
+            r.task_id = next(created).id
     body = UploadResponse(
-        collection=collection,
-        results=[_result(r) for r in report.results],
+        collection=collection, results=results, task_ids=[r.task_id for r in results if r.task_id],
         seconds=round(time.perf_counter() - started, 3),
     )
-    created = any(r.status in ("created", "replaced") for r in report.results)
-    return Response(body.model_dump_json(), status_code=201 if created else 200,
+    return Response(body.model_dump_json(), status_code=202 if specs else 200,
                     media_type="application/json")
+
+
+def _priority(raw: str) -> Priority:
+    try:
+        return Priority[raw]
+    except KeyError:
+        raise InvalidInput(f"Priority {raw[:20]!r} is not one of low, normal, high, urgent, "
+                           "critical.", code="invalid_priority") from None
+
+
+async def _stored(services: ServicesDep, collection: str, hashes: list[str]) -> dict[str, tuple[int, int]]:
+    """Documents of the collection that already hold these bytes: hash -> (id, chunks)."""
+    async with services.sessions() as session:
+        coll = (await session.execute(
+            select(Collection.id).where(Collection.name == collection))).scalar()
+        if coll is None:
+            return {}
+        rows = await session.execute(
+            select(Document.content_hash, Document.id, Document.chunk_count).where(
+                Document.collection_id == coll, Document.content_hash.in_(hashes))
+        )
+        return {r[0]: (r[1], r[2]) for r in rows}
 
 
 def _out(doc: Document, collection: str) -> DocumentOut:

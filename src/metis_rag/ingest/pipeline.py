@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -49,6 +49,12 @@ class Prepared:
     mime: str
     parsed: ParsedDocument
     chunks: list[ChunkDraft]
+
+
+@dataclass(slots=True)
+class Staged:
+    prepared: list[Prepared]
+    vectors: list[np.ndarray]
 
 
 @dataclass(slots=True)
@@ -158,10 +164,28 @@ class Ingestor:
 
     async def ingest(self, uploads: Sequence[Upload], collection: str) -> IngestReport:
         """All-or-nothing ingestion of a request's files: any bad file rejects them all."""
-        prepared = [await self.prepare_async(u) for u in uploads]
-        vectors = await self._embed_group(prepared)
+        return await self.commit(collection, await self.stage(uploads))
+
+    async def stage(
+        self, uploads: Sequence[Upload], progress: Callable[[float, str], None] | None = None,
+        embed: Callable[[Sequence[str]], Awaitable[np.ndarray]] | None = None,
+    ) -> Staged:
+        """Validates, parses, chunks and embeds (with `embed`, else the embedder); writes
+        nothing, so cancelling it leaves no trace."""
+        prepared = []
+        for upload in uploads:
+            prepared.append(await self.prepare_async(upload))
+            if progress:
+                progress(40 * len(prepared) / len(uploads), "parsed")
+        vectors = await self._embed_group(prepared, embed)
+        if progress:
+            progress(100, f"embedded {sum(len(p.chunks) for p in prepared)} chunks")
+        return Staged(prepared, vectors)
+
+    async def commit(self, collection: str, staged: Staged) -> IngestReport:
+        """Writes staged documents, their chunks and embeddings in one transaction."""
         async with self._write_lock:
-            return await self._write(collection, prepared, vectors)
+            return await self._write(collection, staged.prepared, staged.vectors)
 
     async def ingest_stream(
         self,
@@ -229,9 +253,13 @@ class Ingestor:
             producer.cancel()
             await asyncio.gather(producer, return_exceptions=True)
 
-    async def _embed_group(self, group: Sequence[Prepared]) -> list[np.ndarray]:
+    async def _embed_group(
+        self, group: Sequence[Prepared],
+        embed: Callable[[Sequence[str]], Awaitable[np.ndarray]] | None = None,
+    ) -> list[np.ndarray]:
         texts = [c.text for p in group for c in p.chunks]
-        matrix = await self._embedder.embed(texts) if texts else np.zeros((0, 0), np.float32)
+        embed = embed or self._embedder.embed
+        matrix = await embed(texts) if texts else np.zeros((0, 0), np.float32)
         out, start = [], 0
         for p in group:
             out.append(matrix[start : start + len(p.chunks)])

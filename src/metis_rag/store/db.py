@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
@@ -71,4 +71,7 @@ async def migrate(
     """
     options = {"dim": vector_dim, "m": hnsw_m, "ef_construction": hnsw_ef_construction}
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Servers and task workers start together: one migrates, the others wait for it.
+            await conn.execute(text("SELECT pg_advisory_xact_lock(727174)"))
         await conn.run_sync(_upgrade, options)

@@ -1,0 +1,160 @@
+"""The task types Metis registers: ingest_document, reindex_collection, purge_cache,
+purge_tasks and noop. Each is idempotent: running it again after a crash changes nothing
+more than running it once did."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import Awaitable, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from ..batching import MicroBatcher
+from ..config import TaskSettings
+from ..errors import InvalidInput
+from ..ingest.pipeline import Upload
+from ..store import repo as store_repo
+from . import repo
+from .runner import HandlerRegistry, PermanentError, TaskContext
+
+T = TypeVar("T")
+REINDEX_BATCH = 2000
+
+
+async def past_commit_point(work: Awaitable[T]) -> T:
+    """Awaits work that commits: a cancel (or timeout) arriving meanwhile waits for it to finish,
+    and the committed result stands, so a task is either wholly done or wholly rolled back."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        result = await asyncio.shield(task)
+        current = asyncio.current_task()
+        if current is not None:
+            current.uncancel()
+        return result
+
+
+async def ingest_document(ctx: TaskContext) -> dict[str, Any]:
+    """params: collection, filename, folder, tags, and either the stored upload or `path`."""
+    p = ctx.params
+    ingestor = ctx.services.ingestor
+    ctx.progress(2, "reading")
+    if p.get("path"):
+        try:
+            data = await asyncio.to_thread(Path(p["path"]).read_bytes)
+        except OSError as exc:
+            raise PermanentError(f"{p['path']} cannot be read: {exc.strerror}.",
+                                 code="file_unreadable") from exc
+    else:
+        data = await ctx.blob()
+    upload = Upload(p["filename"], data, folder=p.get("folder", ""), tags=tuple(p.get("tags", ())))
+    staged = await ingestor.stage([upload], progress=lambda pct, msg: ctx.progress(5 + pct * 0.85, msg),
+                                  embed=ctx.services.ingest_embedder.embed)
+    ctx.progress(92, "writing")
+    report = await past_commit_point(ingestor.commit(p["collection"], staged))
+    ctx.services.index_flusher.touch()
+    r = report.results[0]
+    ctx.progress(100, r.status)
+    return {"collection": p["collection"], "filename": r.filename, "status": r.status,
+            "document_id": r.document_id, "chunks": r.chunks}
+
+
+class IngestEmbedder:
+    """Embeds the chunks of concurrent ingestion tasks together: one model call at a time, as
+    large as the tasks waiting make it (a document per call would leave batches small and
+    several calls fighting over the cores). No side effects: a cancelled task just drops out."""
+
+    def __init__(self, embedder: Any, max_texts: int = 256) -> None:
+        self._embedder = embedder
+        self._batcher: MicroBatcher[Sequence[str], np.ndarray] = MicroBatcher(
+            self._run, max_batch=max(1, max_texts // 4), max_wait_ms=0)
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return await self._batcher.submit(texts)
+
+    async def _run(self, items: list[Sequence[str]]) -> list[np.ndarray]:
+        matrix = await self._embedder.embed([t for texts in items for t in texts])
+        out, start = [], 0
+        for texts in items:
+            out.append(matrix[start:start + len(texts)])
+            start += len(texts)
+        return out
+
+    async def close(self) -> None:
+        await self._batcher.close()
+
+
+async def reindex_collection(ctx: TaskContext) -> dict[str, Any]:
+    """Rebuilds a collection's vector index from the embeddings stored with its chunks."""
+    services = ctx.services
+    name = ctx.params.get("collection") or services.settings.default_collection
+    async with services.sessions() as session:
+        coll = await store_repo.get_collection(session, name)
+        ids = sorted(await store_repo.chunk_ids_of_collection(session, coll.id))
+    vectors = services.vectors
+    try:
+        await vectors.drop_collection(coll.id)
+        for start in range(0, len(ids), REINDEX_BATCH):
+            async with services.sessions() as session:
+                pairs = await store_repo.embeddings_of(session, ids[start:start + REINDEX_BATCH])
+            if pairs:
+                matrix = np.vstack([np.frombuffer(e, dtype="<f4") for _, e in pairs])
+                await vectors.add(coll.id, [i for i, _ in pairs], matrix)
+            done = min(len(ids), start + REINDEX_BATCH)
+            ctx.progress(100 * done / max(1, len(ids)), f"{done}/{len(ids)} vectors")
+        await vectors.flush()
+    except asyncio.CancelledError:
+        # Roll back to a whole index: put back whatever the database has and the index lacks.
+        from ..ingest.pipeline import reconcile
+
+        await past_commit_point(reconcile(services.sessions, vectors))
+        raise
+    return {"collection": name, "vectors": len(ids)}
+
+
+async def purge_cache(ctx: TaskContext) -> dict[str, Any]:
+    """params: namespace, level, or collection (drops that collection's cached answers)."""
+    services = ctx.services
+    p = ctx.params
+    if services.caches is None:
+        raise PermanentError("The cache is disabled.", code="cache_disabled")
+    if p.get("collection"):
+        async with services.sessions() as session, session.begin():
+            coll = await store_repo.get_collection(session, p["collection"])
+            await store_repo.bump_version(session, coll.id)
+        return {"collection": p["collection"]}
+    await services.caches.clear(namespace=p.get("namespace"), level=p.get("level"))
+    return {"namespace": p.get("namespace"), "level": p.get("level")}
+
+
+async def purge_tasks(ctx: TaskContext) -> dict[str, Any]:
+    """Deletes finished tasks older than `older_than_days` (default METIS_TASKS__KEEP_FINISHED_DAYS)."""
+    services = ctx.services
+    days = float(ctx.params.get("older_than_days", services.settings.tasks.keep_finished_days))
+    if days < 0:
+        raise InvalidInput("older_than_days must be >= 0.")
+    before = repo.to_dt(services.tasks.clock()) - timedelta(days=days)
+    async with services.engine.begin() as conn:
+        deleted = await repo.purge_finished(conn, before)
+    return {"deleted": deleted}
+
+
+async def noop(ctx: TaskContext) -> None:
+    """Does nothing: measures the engine itself."""
+
+
+def build_registry(settings: TaskSettings) -> HandlerRegistry:
+    registry = HandlerRegistry()
+    registry.register("ingest_document", ingest_document)
+    registry.register("reindex_collection", reindex_collection)
+    registry.register("purge_cache", purge_cache)
+    registry.register("purge_tasks", purge_tasks)
+    registry.register("noop", noop)
+    for name in settings.handler_modules:
+        importlib.import_module(name).register(registry)
+    return registry

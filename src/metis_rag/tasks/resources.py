@@ -1,0 +1,140 @@
+"""Resource monitor: samples CPU, memory, disk and I/O wait, sheds concurrency under load and
+raises an alert when a metric crosses its threshold (once per crossing, logged and kept)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from ..config import TaskSettings
+from .types import Alert
+
+log = logging.getLogger("metis.tasks")
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    cpu_percent: float
+    memory_percent: float
+    disk_percent: float
+    iowait_percent: float
+    process_rss_bytes: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+Sampler = Callable[[], Sample]
+
+
+def psutil_sampler(path: Path) -> Sampler:
+    """System-wide CPU (since the previous call), memory, disk use of `path`, and I/O wait."""
+    import psutil
+
+    proc = psutil.Process()
+    psutil.cpu_times_percent(interval=None)  # primes the "since last call" counters
+
+    def sample() -> Sample:
+        times = psutil.cpu_times_percent(interval=None)
+        busy = 100.0 - times.idle - getattr(times, "iowait", 0.0)
+        return Sample(
+            cpu_percent=round(max(0.0, busy), 1),
+            memory_percent=psutil.virtual_memory().percent,
+            disk_percent=psutil.disk_usage(str(path)).percent,
+            iowait_percent=round(getattr(times, "iowait", 0.0), 1),
+            process_rss_bytes=proc.memory_info().rss,
+        )
+
+    return sample
+
+
+class ResourceMonitor:
+    """Adjusts `limit` between `minimum` and `maximum`: down by one per overloaded sample
+    (CPU, memory or I/O wait above threshold), up by one per calm sample (well below)."""
+
+    def __init__(
+        self, settings: TaskSettings, sampler: Sampler, *, maximum: int, source: str = "",
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        on_change: Callable[[int], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sampler = sampler
+        self.maximum = maximum
+        self.minimum = min(settings.min_concurrency, maximum)
+        self.limit = maximum
+        self.latest: Sample | None = None
+        self.alerts: deque[Alert] = deque(maxlen=50)
+        self._active: set[str] = set()
+        self._source = source
+        self._clock = clock
+        self._sleep = sleep
+        self._on_change = on_change
+        self._task: asyncio.Task[None] | None = None
+
+    def thresholds(self) -> dict[str, float]:
+        s = self.settings
+        return {"cpu_percent": s.cpu_high_percent, "memory_percent": s.memory_high_percent,
+                "disk_percent": s.disk_high_percent, "iowait_percent": s.iowait_high_percent}
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="metis-resource-monitor")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await self._sleep(self.settings.monitor_interval_s)
+            try:
+                sample = await asyncio.to_thread(self.sampler)
+            except Exception as exc:  # a failing probe must not stop the engine
+                log.warning("resource sample failed: %s", exc)
+                continue
+            self.observe(sample)
+
+    def observe(self, sample: Sample) -> int:
+        """Takes one sample into account; returns the new concurrency limit."""
+        self.latest = sample
+        values = sample.as_dict()
+        over = []
+        for metric, threshold in self.thresholds().items():
+            value = values[metric]
+            if value >= threshold:
+                over.append(metric)
+                if metric not in self._active:
+                    self._active.add(metric)
+                    self._alert(metric, value, threshold)
+            elif value < threshold * 0.9:
+                self._active.discard(metric)
+        # Disk use is alerted but does not shed work: fewer tasks would not free any disk.
+        overloaded = any(m != "disk_percent" for m in over)
+        calm = all(values[m] < t * 0.75 for m, t in self.thresholds().items() if m != "disk_percent")
+        before = self.limit
+        if overloaded:
+            self.limit = max(self.minimum, self.limit - 1)
+        elif calm:
+            self.limit = min(self.maximum, self.limit + 1)
+        if self.limit != before and self._on_change is not None:
+            self._on_change(self.limit)
+        return self.limit
+
+    def _alert(self, metric: str, value: float, threshold: float) -> None:
+        name = metric.removesuffix("_percent").replace("iowait", "I/O wait")
+        alert = Alert(
+            at=datetime.fromtimestamp(self._clock(), UTC), metric=metric, value=value,
+            threshold=threshold, source=self._source,
+            message=f"{name} at {value:.0f}% is above the {threshold:.0f}% threshold; "
+                    f"task concurrency is {self.limit}.",
+        )
+        self.alerts.append(alert)
+        log.warning("resource alert: %s", alert.message)

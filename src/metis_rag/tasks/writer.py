@@ -1,0 +1,173 @@
+"""Group commit of task state: many submissions and state changes, one transaction.
+
+Submissions wait for their commit (a task is never acknowledged before it is durable); state
+changes (started, progress, finished) are written behind, merged per task, in the next batch.
+Losing the last few of those in a crash is safe: unfinished tasks are re-queued at start-up
+and handlers are idempotent. A batch is cut as soon as the previous one commits, so batches
+grow under load by themselves and an idle submission pays one commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import bindparam, delete, insert, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .models import Task, TaskBlob, TaskEdge
+
+log = logging.getLogger("metis.tasks")
+T = Task.__table__
+RETRY_DELAY_S = 0.5
+
+
+@dataclass(slots=True)
+class _Batch:
+    tasks: list[dict[str, Any]] = field(default_factory=list)
+    edges: list[dict[str, Any]] = field(default_factory=list)
+    blobs: list[dict[str, Any]] = field(default_factory=list)
+    inserted: list[asyncio.Future[None]] = field(default_factory=list)
+    updates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dropped_blobs: set[str] = field(default_factory=set)
+    flushed: list[asyncio.Future[None]] = field(default_factory=list)
+
+    def empty(self) -> bool:
+        return not (self.tasks or self.updates or self.dropped_blobs or self.flushed)
+
+
+class StateWriter:
+    """Writes task rows and state changes in batches; one background flusher per engine."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._batch = _Batch()
+        self._wake = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._writing = False
+        self.batches = 0
+        self.errors = 0
+
+    async def start(self) -> None:
+        self._flusher = asyncio.create_task(self._run(), name="metis-task-writer")
+
+    async def close(self) -> None:
+        if self._flusher is None:
+            return
+        try:
+            await asyncio.wait_for(self.flush(), timeout=10)
+        except (TimeoutError, Exception):  # a dead database: what is lost is re-run at start-up
+            log.warning("task state writer closed with unwritten changes")
+        self._flusher.cancel()
+        await asyncio.gather(self._flusher, return_exceptions=True)
+        self._flusher = None
+
+    async def insert(
+        self, tasks: Sequence[dict[str, Any]], edges: Sequence[dict[str, Any]] = (),
+        blobs: Sequence[dict[str, Any]] = (),
+    ) -> None:
+        """Adds task rows (with their edges and blobs); returns once they are committed."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        b = self._batch
+        b.tasks.extend(tasks)
+        b.edges.extend(edges)
+        b.blobs.extend(blobs)
+        b.inserted.append(done)
+        self._wake.set()
+        await done
+
+    def update(self, task_id: str, **values: Any) -> None:
+        """Queues a state change; later values for the same task and column win."""
+        current = self._batch.updates.get(task_id)
+        if current is None:
+            self._batch.updates[task_id] = values
+        else:
+            current.update(values)
+        self._wake.set()
+
+    def drop_blob(self, task_id: str) -> None:
+        self._batch.dropped_blobs.add(task_id)
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Returns once everything queued before the call has been written (or has failed)."""
+        if self._flusher is None or self._flusher.done():
+            return
+        b = self._batch
+        if not self._writing and not (b.tasks or b.updates or b.dropped_blobs):
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._batch.flushed.append(done)
+        self._wake.set()
+        await done
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._batch = self._batch, _Batch()
+            if batch.empty():
+                continue
+            self._writing = True
+            try:
+                if batch.tasks or batch.updates or batch.dropped_blobs:
+                    await self._write(batch)
+            except Exception as exc:
+                self.errors += 1
+                log.warning("writing task state failed (%s); retrying", exc)
+                self._fail(batch, exc)
+                await asyncio.sleep(RETRY_DELAY_S)
+                continue
+            finally:
+                self._writing = False
+            self.batches += 1
+            for fut in (*batch.inserted, *batch.flushed):
+                if not fut.done():
+                    fut.set_result(None)
+
+    def _fail(self, batch: _Batch, exc: Exception) -> None:
+        # Submissions fail (their caller answers 503); state changes are kept for the next try.
+        for fut in batch.inserted:
+            if not fut.done():
+                fut.set_exception(exc)
+        for fut in batch.flushed:
+            if not fut.done():
+                fut.set_result(None)
+        failed_ids = {row["id"] for row in batch.tasks}
+        for task_id, values in batch.updates.items():
+            if task_id in failed_ids:
+                continue
+            newer = self._batch.updates.get(task_id)
+            self._batch.updates[task_id] = {**values, **(newer or {})}
+        self._batch.dropped_blobs |= batch.dropped_blobs
+        self._wake.set()
+
+    async def _write(self, batch: _Batch) -> None:
+        async with self._engine.begin() as conn:
+            if not batch.tasks and conn.dialect.name == "postgresql":
+                # State changes only: losing the last instants of them in a PostgreSQL crash
+                # re-runs those tasks, so they need not wait for the WAL flush. Submissions do.
+                await conn.execute(text("SET LOCAL synchronous_commit TO off"))
+            if batch.tasks:
+                await conn.execute(insert(T), batch.tasks)
+            if batch.edges:
+                await conn.execute(insert(TaskEdge.__table__), batch.edges)
+            if batch.blobs:
+                await conn.execute(insert(TaskBlob.__table__), batch.blobs)
+            groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+            for task_id, values in batch.updates.items():
+                # Bind names must differ from column names in an UPDATE ... SET.
+                row = {"_id": task_id, **{"v_" + k: v for k, v in values.items()}}
+                groups.setdefault(tuple(sorted(values)), []).append(row)
+            for columns, rows in groups.items():
+                stmt = update(T).where(T.c.id == bindparam("_id")).values(
+                    {c: bindparam("v_" + c) for c in columns}
+                )
+                await conn.execute(stmt, rows)
+            if batch.dropped_blobs:
+                await conn.execute(
+                    delete(TaskBlob.__table__).where(TaskBlob.task_id.in_(list(batch.dropped_blobs)))
+                )
