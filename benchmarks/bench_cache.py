@@ -160,20 +160,6 @@ def gptcache_run(seq: list[str], vec: dict[str, np.ndarray], work: Path,
             "get_ms_p50": harness.percentile(get_ms, 0.50)}
 
 
-async def upload(client: httpx.AsyncClient, paths: list[Path], collection: str) -> None:
-    files = [("files", (p.name, p.read_bytes())) for p in paths]
-    r = await client.post("/api/documents", files=files, data={"collection": collection})
-    r.raise_for_status()
-    if r.status_code == 202:  # ingestion runs as background tasks: wait for them
-        ids = list(r.json().get("task_ids", []))
-        while ids:
-            states = [(await client.get(f"/api/tasks/{i}")).json()["status"] for i in ids]
-            if any(s in ("failed", "cancelled") for s in states):
-                raise RuntimeError(f"ingestion failed: {states}")
-            ids = [i for i, s in zip(ids, states, strict=True) if s != "completed"]
-            await asyncio.sleep(0.2)
-
-
 async def send(url: str, seq: list[str], concurrency: int) -> list[dict[str, Any]]:
     queue: asyncio.Queue[str] = asyncio.Queue()
     for q in seq:
@@ -237,8 +223,7 @@ async def live_run(work: Path, run: int, seq: list[str], fake: FakeLLMServer,
            "METIS_LLM__MODEL": "fake", "METIS_CACHE__SEMANTIC_THRESHOLD": str(threshold),
            "METIS_CACHE__SEMANTIC_VERIFY_THRESHOLD": str(verify)}
     with harness.metis_server(data_dir, env) as url:
-        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
-            await upload(client, handbook, "hb")
+        harness.upload_corpus(url, handbook[0].parent, "hb")
         before = llm_calls(fake)
         rows = await send(url, seq, concurrency)
         return summarize(rows, llm_calls(fake) - before)
@@ -256,8 +241,7 @@ async def redis_run(work: Path, run: int, fake: FakeLLMServer, redis_url: str) -
            "METIS_DATABASE_URL": f"sqlite+aiosqlite:///{data_a / 'metis.db'}"}
     questions = [t.questions[0] for t in wl.TOPICS]
     with harness.metis_server(data_a, env) as url_a:
-        async with httpx.AsyncClient(base_url=url_a, timeout=120) as client:
-            await upload(client, wl.write_handbook(work / "handbook"), "hb")
+        harness.upload_corpus(url_a, wl.write_handbook(work / "handbook")[0].parent, "hb")
         await send(url_a, questions, 8)
         with harness.metis_server(data_b, env) as url_b:
             from_redis = await send(url_b, questions, 1)

@@ -145,7 +145,8 @@ def questions(n_topics: int) -> list[list[str]]:
 
 
 def upload_corpus(url: str, docs: Path, collection: str = "bench") -> int:
-    """Uploads every file under `docs` through the HTTP API; returns the chunk count."""
+    """Uploads every file under `docs` through the HTTP API and waits for its ingestion tasks;
+    returns the number of chunks stored."""
     chunks = 0
     files = sorted(p for p in docs.rglob("*") if p.is_file())
     with httpx.Client(base_url=url, timeout=600) as client:
@@ -153,8 +154,22 @@ def upload_corpus(url: str, docs: Path, collection: str = "bench") -> int:
             batch = [("files", (p.name, p.read_bytes())) for p in files[start : start + 20]]
             r = client.post("/api/documents", files=batch, data={"collection": collection})
             r.raise_for_status()
-            chunks += sum(x.get("chunks", 0) for x in r.json()["results"])
+            for task_id in r.json().get("task_ids", []):
+                chunks += wait_task(client, task_id).get("chunks", 0)
     return chunks
+
+
+def wait_task(client: httpx.Client, task_id: str, timeout_s: float = 600) -> dict[str, Any]:
+    """The result of a task once it completed (raises if it failed or was cancelled)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        task = client.get(f"/api/tasks/{task_id}").json()
+        if task["status"] == "completed":
+            return dict(task.get("result") or {})
+        if task["status"] in ("failed", "cancelled"):
+            raise RuntimeError(f"task {task_id} {task['status']}: {task.get('error')}")
+        time.sleep(0.05)
+    raise TimeoutError(f"task {task_id} did not finish in {timeout_s:g} s")
 
 
 def target(name: str, value: float, limit: float, *, at_most: bool = False,
