@@ -49,8 +49,10 @@ def make_celery(settings: TaskSettings) -> Any:
                            queue_arguments={"x-max-priority": 10})],
         task_queue_max_priority=10,
         task_default_priority=AMQP_PRIORITY[1],
-        # A message is acknowledged only after the task's outcome is in the database, and a
-        # worker holds no more messages than it runs: a SIGKILL re-queues exactly those.
+        # A message is acknowledged once its task has run (its outcome queued for the next group
+        # commit), and a worker holds no more messages than it runs: a SIGKILL re-queues exactly
+        # those; a task whose outcome the dead worker had not committed yet is re-queued by the
+        # server's sweep of dead workers' leases.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,

@@ -56,7 +56,8 @@ class WorkerRuntime:
         self._thread.join(timeout=10)
 
     def run_message(self, task_id: str, redelivered: bool) -> None:
-        """Called from a Celery pool thread; returns once the outcome is in the database."""
+        """Called from a Celery pool thread; returns once the task ran and its outcome is queued
+        for the next group commit (see `_record`)."""
         asyncio.run_coroutine_threadsafe(self.run(task_id, redelivered), self.loop).result()
 
     async def _open(self) -> None:
