@@ -291,10 +291,11 @@ def cache_stats(data_dir: DataDir = None, server: ServerOpt = None) -> None:
             return await services.caches.stats()
 
         stats = _run(_with_services(settings, fn))
-    table = Table("level", "hits", "misses", "hit ratio", "mean hit ms", "mean miss ms",
-                  "errors", "saved ms")
+    table = Table("level", "hits", "misses", "hit ratio", "entries", "bytes", "mean hit ms",
+                  "mean miss ms", "errors", "saved ms")
     for name, lv in stats["levels"].items():
         table.add_row(name, str(lv["hits"]), str(lv["misses"]), f"{lv['hit_ratio']:.1%}",
+                      str(lv.get("entries", "-")), str(lv.get("bytes", "-")),
                       f"{lv.get('mean_hit_ms', 0):.2f}", f"{lv.get('mean_miss_ms', 0):.2f}",
                       str(lv.get("errors", 0)), f"{lv['saved_ms']:.0f}")
     console.print(table)

@@ -134,6 +134,7 @@ async def test_retrieval_and_llm_levels(app_client) -> None:  # type: ignore[no-
         assert stats["llm_calls_saved"] >= 1 and stats["tokens_saved"] > 0
         assert stats["estimated_cost_saved"] > 0
         assert stats["levels"]["retrieval"]["hits"] >= 1
+        assert stats["levels"]["llm"]["entries"] >= 1 and stats["levels"]["llm"]["bytes"] > 0
         assert stats["levels"]["exact"]["hits"] == 0 and stats["levels"]["exact"]["misses"] >= 2
 
 

@@ -124,3 +124,12 @@ async def test_stats_track_entries_and_bytes(backend: CacheBackend) -> None:
     assert stats.bytes in (4, None)
     assert stats.errors == 0
     assert stats.healthy
+
+
+async def test_usage_counts_the_keys_of_one_prefix(backend: CacheBackend) -> None:
+    await backend.set_many({"exact:a": b"12345", "exact:b": b"123", "llm:a": b"1234567"})
+    usage = await backend.usage("exact:")
+    assert usage in ((2, 8), None)  # None: the backend cannot tell cheaply (Redis)
+    if usage is not None:
+        assert await backend.usage("llm:") == (1, 7)
+        assert await backend.usage("nothing:") == (0, 0)

@@ -78,6 +78,11 @@ class CacheBackend(ABC):
     @abstractmethod
     async def stats(self) -> BackendStats: ...
 
+    async def usage(self, prefix: str) -> tuple[int, int] | None:
+        """(entries, bytes) of the keys starting with `prefix`, or None where that is not cheap
+        to tell (Redis would have to scan the whole keyspace)."""
+        return None
+
 
 def check_ttl(ttl_s: float | None) -> None:
     if ttl_s is not None and not ttl_s > 0:

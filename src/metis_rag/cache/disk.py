@@ -135,6 +135,17 @@ class DiskBackend(CacheBackend):
         sql = "DELETE FROM entries WHERE key >= ? AND key < ?"
         return await self._run(self._write, sql, (prefix, end))
 
+    async def usage(self, prefix: str) -> tuple[int, int] | None:
+        end = _prefix_end(prefix)
+        where, params = ("key >= ? AND key < ?", (prefix, end)) if end else ("key >= ?", (prefix,))
+        return await self._run(self._usage, where, params)
+
+    def _usage(self, where: str, params: tuple[str, ...]) -> tuple[int, int]:
+        entries, size = self._db().execute(
+            f"SELECT count(*), coalesce(sum(size), 0) FROM entries WHERE {where}", params
+        ).fetchone()
+        return int(entries), int(size)
+
     async def stats(self) -> BackendStats:
         entries, size = await self._run(self._totals)
         return BackendStats(entries=entries, bytes=size, evictions=self._evictions)

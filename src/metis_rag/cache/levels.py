@@ -229,7 +229,13 @@ class Caches:
                              "hit_ratio": s.hits / lookups if lookups else 0.0,
                              "entries": s.entries}
             else:
-                out[name] = self.level(name).stats().to_dict()
+                level = self.level(name)
+                out[name] = level.stats().to_dict()
+                usage = [await b.usage(level.prefix) for b in self.backends]
+                out[name]["entries_by_tier"] = [u[0] if u else None for u in usage]
+                # The last tier that can tell holds the most (tiers in front hold a subset).
+                known = [u for u in usage if u is not None]
+                out[name]["entries"], out[name]["bytes"] = known[-1] if known else (None, None)
             out[name]["saved_ms"] = round(self.savings.saved_ms.get(name, 0.0), 1)
         tiers = []
         for backend in self.backends:

@@ -75,6 +75,10 @@ class MemoryBackend(CacheBackend):
             self._pop(key)
         return len(doomed)
 
+    async def usage(self, prefix: str) -> tuple[int, int] | None:
+        sizes = [len(v) for k, (v, _) in list(self._data.items()) if k.startswith(prefix)]
+        return len(sizes), sum(sizes)
+
     async def stats(self) -> BackendStats:
         return BackendStats(entries=len(self._data), bytes=self._bytes, evictions=self._evictions)
 
