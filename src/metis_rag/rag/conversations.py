@@ -185,10 +185,11 @@ class ConversationLog:
 
     async def _write(self, batch: _Pending) -> None:
         async with self._sessions() as session, session.begin():
+            # Core inserts on the tables: the ORM's bulk path costs more than the rows.
             if batch.conversations:
-                await session.execute(insert(Conversation), batch.conversations)
+                await session.execute(insert(Conversation.__table__), batch.conversations)
             if batch.messages:
-                await session.execute(insert(Message), batch.messages)
+                await session.execute(insert(Message.__table__), batch.messages)
             if batch.touched:
                 table = Conversation.__table__
                 touch = (update(table).where(table.c.id == bindparam("conv_id"))
