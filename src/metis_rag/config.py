@@ -216,6 +216,8 @@ class CompressionSettings(BaseModel):
     min_bytes: int = Field(1024, ge=0, description="Smaller responses are sent as they are.")
     gzip_level: int = Field(6, ge=1, le=9, description="gzip level (1 fastest, 9 smallest).")
     zstd_level: int = Field(3, ge=1, le=19, description="zstd level (preferred when accepted).")
+
+
 class BatchingSettings(BaseModel):
     enabled: bool | None = Field(
         None, description="Gather concurrent query embeddings into one model call. Empty = "

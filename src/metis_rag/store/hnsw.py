@@ -30,7 +30,7 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
-from metis_rag.store.vectors import VectorHit
+from metis_rag.store.vectors import VectorHit, unique_batch
 
 logger = logging.getLogger(__name__)
 
@@ -144,17 +144,9 @@ class HnswVectorStore:
             self._collections.clear()
 
     async def add(self, collection_id: int, ids: Sequence[int], vectors: np.ndarray) -> None:
-        labels = np.asarray(ids, dtype=np.int64).reshape(-1)
+        labels, data = unique_batch(ids, vectors, self._dim)
         if not len(labels):
             return
-        data = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(labels), -1)
-        if data.shape[1] != self._dim:
-            raise ValueError(f"expected vectors of dimension {self._dim}, got {data.shape[1]}")
-        if labels.min() < 0:
-            raise ValueError("chunk ids must be non-negative")
-        # The last vector given for a repeated id wins, as if the adds had been sequential.
-        labels, first = np.unique(labels[::-1], return_index=True)
-        data = data[::-1][first]
         col = await self._collection(collection_id)
         await asyncio.to_thread(self._add, col, labels, data)
 

@@ -25,7 +25,7 @@ from sqlalchemy.types import TypeDecorator, UserDefinedType
 
 from ..errors import ServiceUnavailable
 from .models import Chunk
-from .vectors import VectorHit
+from .vectors import VectorHit, unique_batch
 
 log = logging.getLogger(__name__)
 
@@ -169,17 +169,9 @@ class PgVectorStore:
         return None  # the engine belongs to the caller
 
     async def add(self, collection_id: int, ids: Sequence[int], vectors: np.ndarray) -> None:
-        labels = np.asarray(ids, dtype=np.int64).reshape(-1)
+        labels, data = unique_batch(ids, vectors, self._dim)
         if not len(labels):
             return
-        data = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(labels), -1)
-        if data.shape[1] != self._dim:
-            raise ValueError(f"expected vectors of dimension {self._dim}, got {data.shape[1]}")
-        if labels.min() < 0:
-            raise ValueError("chunk ids must be non-negative")
-        # The last vector given for a repeated id wins, as if the adds had been sequential.
-        labels, first = np.unique(labels[::-1], return_index=True)
-        data = data[::-1][first]
         params = [{"id": int(i), "c": collection_id, "v": row.tolist()}
                   for i, row in zip(labels, data, strict=True)]
         stmt = text(f"UPDATE chunks SET {COLUMN} = CAST(CAST(:v AS real[]) AS vector) "

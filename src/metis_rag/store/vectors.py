@@ -52,6 +52,21 @@ class VectorStore(Protocol):
     async def flush(self) -> None: ...
 
 
+def unique_batch(ids: Sequence[int], vectors: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validate an `add` batch for any store: int64 labels and float32 rows of `dim`, one row per
+    id, the last vector given for a repeated id winning as if the adds had been sequential."""
+    labels = np.asarray(ids, dtype=np.int64).reshape(-1)
+    if not len(labels):
+        return labels, np.zeros((0, dim), dtype=np.float32)
+    data = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(labels), -1)
+    if data.shape[1] != dim:
+        raise ValueError(f"expected vectors of dimension {dim}, got {data.shape[1]}")
+    if labels.min() < 0:
+        raise ValueError("chunk ids must be non-negative")
+    labels, first = np.unique(labels[::-1], return_index=True)
+    return labels, data[::-1][first]
+
+
 @runtime_checkable
 class ChunkColumnVectors(Protocol):
     """A store whose vectors are a column of `chunks` itself (PostgreSQL + pgvector).

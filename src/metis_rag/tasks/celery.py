@@ -219,12 +219,7 @@ class CeleryBackend(TaskBackend):
 
     async def retry(self, task_id: str) -> TaskOut:
         async with self.engine.begin() as conn:
-            task = await repo.get(conn, task_id)
-            if task.status not in ("failed", "cancelled"):
-                raise Conflict(f"Only a failed or cancelled task can be retried; task {task_id} is "
-                               f"{task.status}.", code="task_not_retryable")
-            await repo.reset_for_retry(conn, task_id, "waiting" if task.dependencies else "pending",
-                                       None)
+            task = await repo.requeue(conn, task_id, None)
             freed = []
             if task.dependencies:
                 # Re-check now: its dependencies may all have completed already.

@@ -288,12 +288,7 @@ class EmbeddedBackend(TaskBackend):
         await self.sync()
         owner = self.worker_id if self._run_tasks else None
         async with self.engine.begin() as conn:
-            task = await repo.get(conn, task_id)
-            if task.status not in ("failed", "cancelled"):
-                raise Conflict(f"Only a failed or cancelled task can be retried; task {task_id} is "
-                               f"{task.status}.", code="task_not_retryable")
-            await repo.reset_for_retry(conn, task_id, "waiting" if task.dependencies else "pending",
-                                       owner)
+            await repo.requeue(conn, task_id, owner)
             row = await repo.row(conn, task_id)
         if self._run_tasks:
             self._load([row])

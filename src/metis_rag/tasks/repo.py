@@ -10,7 +10,7 @@ from sqlalchemy import String, and_, any_, bindparam, delete, func, or_, select,
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..errors import NotFound
+from ..errors import Conflict, NotFound
 from .models import Task, TaskBlob, TaskEdge
 from .types import FINISHED, QUEUED, Priority, TaskOut
 
@@ -169,6 +169,16 @@ async def reset_for_retry(conn: AsyncConnection, task_id: str, status: str, owne
         )
     )
     return result.rowcount
+
+
+async def requeue(conn: AsyncConnection, task_id: str, owner: str | None) -> TaskOut:
+    """Reset a failed or cancelled task for another run (waiting if it has dependencies)."""
+    task = await get(conn, task_id)
+    if task.status not in ("failed", "cancelled"):
+        raise Conflict(f"Only a failed or cancelled task can be retried; task {task_id} is "
+                       f"{task.status}.", code="task_not_retryable")
+    await reset_for_retry(conn, task_id, "waiting" if task.dependencies else "pending", owner)
+    return task
 
 
 async def cancel_requests(conn: AsyncConnection, owner: str) -> list[str]:
