@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
-from .api import cache, chat, documents, health, monitoring, tasks
+from .api import cache, chat, documents, health, monitoring, pages, tasks
 from .api.limits import InboundLimits
 from .config import Settings
 from .errors import MetisError, PayloadTooLarge, RateLimited
@@ -170,6 +170,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(cache.router)
     app.include_router(monitoring.router)
     app.include_router(tasks.router)
+    app.include_router(pages.router)
     app.state.cache_invalidation_limiter = cache.SlidingWindow(
         settings.cache.invalidations_per_min
     )

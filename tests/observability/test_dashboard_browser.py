@@ -4,29 +4,20 @@ printed)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import orjson
 import pytest
 
+from tests.browser import ARTIFACTS, Server, browser, metis_serve, needs_chromium
+
 from .conftest import DOC
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 QUESTIONS = ["How long is the refund window?", "how long is the refund window",
              "Is shipping free?", "When do parcels leave?", "What condition must items be in?"]
 CHARTS_WITH_DATA = ["c-latency", "c-rps", "c-cache", "c-cpu", "c-memory"]
@@ -46,56 +37,15 @@ return n;
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Server:
-    url: str
-    log: Path
-
-
 @pytest.fixture(scope="module")
 def metis_server(prepared_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    tmp_path = tmp_path_factory.mktemp("serve")
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    (data_dir / "models").symlink_to(prepared_models, target_is_directory=True)
-    port = _free_port()
-    env = {**os.environ,
-           "METIS_DATA_DIR": str(data_dir), "METIS_PORT": str(port), "METIS_LOG_FORMAT": "json",
-           "METIS_OBSERVABILITY__SAMPLE_INTERVAL_S": "1",
-           # low enough that this traffic fires the latency alert: "recent alerts" has data
-           "METIS_OBSERVABILITY__ALERT_P95_MS": "0.5"}
-    log = (tmp_path / "server.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "metis_rag", "serve"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError("metis serve exited:\n" + (tmp_path / "server.log").read_text())
-            try:
-                if httpx.get(url + "/api/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("metis serve did not come up")
-            time.sleep(0.2)
-        _traffic(url)
-        yield Server(url, tmp_path / "server.log")
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with metis_serve(prepared_models, tmp_path_factory.mktemp("serve"),
+                     METIS_LOG_FORMAT="json", METIS_OBSERVABILITY__SAMPLE_INTERVAL_S="1",
+                     # low enough that this traffic fires the latency alert: "recent alerts"
+                     # has data
+                     METIS_OBSERVABILITY__ALERT_P95_MS="0.5") as server:
+        _traffic(server.url)
+        yield server
 
 
 def _traffic(url: str) -> None:
@@ -114,20 +64,6 @@ def _traffic(url: str) -> None:
             time.sleep(0.6)
 
 
-def _browser(user_data_dir: Path) -> Any:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM  # type: ignore[assignment]
-    for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                 "--window-size=1400,1250", f"--user-data-dir={user_data_dir}"]:
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-
-
 def test_serve_logs_json_lines_with_request_ids(metis_server: Server) -> None:
     r = httpx.get(metis_server.url + "/api/documents", headers={"X-Request-ID": "probe-7"})
     assert r.headers["x-request-id"] == "probe-7"
@@ -143,13 +79,11 @@ def test_serve_logs_json_lines_with_request_ids(metis_server: Server) -> None:
     assert probe["route"] == "/api/documents" and probe["status"] == 200
 
 
-@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                    reason="needs Debian's chromium and chromium-driver "
-                           "(apt-get install chromium chromium-driver; ./scripts/test does it)")
+@needs_chromium
 def test_dashboard_draws_live_data(metis_server: Server, tmp_path: Path) -> None:
     from selenium.webdriver.support.wait import WebDriverWait
 
-    driver = _browser(tmp_path / "chromium-profile")
+    driver = browser(tmp_path / "chromium-profile")
     try:
         driver.get(metis_server.url + "/dashboard")
         state = "return window.metisDashboard"

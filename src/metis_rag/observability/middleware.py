@@ -21,8 +21,9 @@ access_log = logging.getLogger("metis.access")
 
 _HEADER = b"x-request-id"
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
-# The dashboard polls these: keep them out of the figures it shows (Prometheus still sees them).
-_MONITORING_PREFIXES = ("/metrics", "/dashboard", "/api/metrics")
+# The dashboard polls these, and the pages' own files are not API work: keep them out of the
+# figures the dashboard shows (Prometheus still sees them). "/" alone is the question page.
+_OUT_OF_WINDOW_PREFIXES = ("/metrics", "/dashboard", "/api/metrics", "/web/")
 
 
 def _incoming_id(headers: list[tuple[bytes, bytes]]) -> str | None:
@@ -78,7 +79,8 @@ class RequestMetrics:
         path = getattr(route, "path", None) or "unmatched"
         in_window = self._in_window.get(path)
         if in_window is None:
-            in_window = self._in_window[path] = not path.startswith(_MONITORING_PREFIXES)
+            in_window = self._in_window[path] = not (
+                path == "/" or path.startswith(_OUT_OF_WINDOW_PREFIXES))
         self.metrics.observe_request(scope["method"], path, status, seconds, in_window)
         if self.access_log:
             access_log.info(
