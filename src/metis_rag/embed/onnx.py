@@ -108,10 +108,23 @@ def _export(path: Path) -> None:
         )
 
 
+class _NotFromOnnxRuntime(logging.Filter):
+    """The quantizer logs dozens of notes per layer on the root logger: keep them out of
+    Metis's log (the one line 'preparing the ONNX int8 embedding model' says enough)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "onnxruntime" not in record.pathname
+
+
 def _quantize(source: Path, target: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(source), str(target), per_channel=True, weight_type=QuantType.QInt8)
+    quiet = _NotFromOnnxRuntime()
+    logging.getLogger().addFilter(quiet)
+    try:
+        quantize_dynamic(str(source), str(target), per_channel=True, weight_type=QuantType.QInt8)
+    finally:
+        logging.getLogger().removeFilter(quiet)
 
 
 class OnnxEmbedder:

@@ -142,7 +142,10 @@ class ChatService:
                 code="llm_required",
             )
         names = query.collections or [query.collection or self._settings.default_collection]
-        coll, *others = await asyncio.gather(*(self._collection(n, query) for n in names))
+        if len(names) == 1:  # the usual case: no task for gather to schedule
+            coll, others = await self._collection(names[0], query), []
+        else:
+            coll, *others = await asyncio.gather(*(self._collection(n, query) for n in names))
         history: list[ChatMessage] = []
         conversation_id = query.conversation_id
         if conversation_id:
@@ -259,17 +262,19 @@ class ChatService:
 
     async def _finish(
         self, turn: _Turn, text: str, mode: str, done: Completion | None, citations: list[Citation],
-        cache: CacheInfo,
+        cache: CacheInfo, cited: list[dict[str, Any]] | None = None,
     ) -> ChatAnswer:
+        """`cited`: the citations as plain dicts when the caller has them (a cache entry)."""
         if await self._lookup.version(turn.collection_id) != turn.version or turn.others:
             # The collection changed while we answered: drop citations of chunks now gone.
             citations = await self._still_present(citations)
+            cited = None
         log = self._conversations
         if turn.new_conversation:
             log.new_conversation(turn.conversation_id, turn.collection_id, turn.query.message)
         await log.append(turn.conversation_id, "user", turn.query.message, [])
         await log.append(turn.conversation_id, "assistant", text,
-                         [c.model_dump() for c in citations])
+                         cited if cited is not None else [c.model_dump() for c in citations])
         if self._settings.conversations.durable:
             await log.committed()
         served = str(done.extra.get("provider") or "") if done is not None else ""
@@ -344,7 +349,8 @@ class ChatService:
         cached = await self._cached_answer(turn)
         if cached is not None:
             text, mode, done, citations = self._from_cache(turn, *cached)
-            return await self._finish(turn, text, mode, done, citations, cached[1])
+            return await self._finish(turn, text, mode, done, citations, cached[1],
+                                      cached[0]["citations"])
         await self._retrieve(turn)
         t = time.perf_counter()
         text, mode, done = await self._generate(turn)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -28,11 +29,18 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _json_dumps(value: Any) -> str:
+    # JSON columns (citations of every message, task params): orjson is several times faster
+    # than the stdlib encoder SQLAlchemy uses by default, and its output reads back the same.
+    return orjson.dumps(value).decode()
+
+
 def create_engine(settings: Settings) -> AsyncEngine:
     url = settings.sqlalchemy_url
     if settings.is_sqlite:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, pool_size=8, max_overflow=8)
+        engine = create_async_engine(url, pool_size=8, max_overflow=8,
+                                     json_serializer=_json_dumps, json_deserializer=orjson.loads)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     if url.startswith("postgresql+asyncpg"):
@@ -44,6 +52,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
     return create_async_engine(
         url, pool_size=pg.pool_size, max_overflow=pg.max_overflow, pool_timeout=pg.pool_timeout_s,
         pool_recycle=pg.pool_recycle_s, pool_pre_ping=True,
+        json_serializer=_json_dumps, json_deserializer=orjson.loads,
     )
 
 
