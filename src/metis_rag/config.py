@@ -219,11 +219,11 @@ class CompressionSettings(BaseModel):
 
 
 class BatchingSettings(BaseModel):
-    enabled: bool | None = Field(
-        None, description="Gather concurrent query embeddings into one model call. Empty = "
-        "on for remote embedding backends (one HTTP call instead of many), off for local ones "
-        "(measured on 2 CPU cores: single short queries run faster per text than batches; "
-        "benchmarks/bench_batching.py).",
+    enabled: bool = Field(
+        True, description="Gather concurrent query embeddings into one model call: for a "
+        "remote backend one HTTP call instead of many; for the local model, 32 concurrent "
+        "questions ran about twice as fast as one by one on 2 cores, and p95 latency at 300 "
+        "questions/s fell (benchmarks/bench_batching.py).",
     )
     max_batch: int = Field(32, ge=1, le=1024, description="Most queries in one model call.")
     max_wait_ms: float = Field(

@@ -89,7 +89,7 @@ async def open_services(
         embedder = MeteredEmbedder(embedder, metrics)  # under the cache: counts real model calls
         query_batcher: BatchingEmbedder | None = None
         b = settings.batching
-        if b.enabled or (b.enabled is None and settings.embed.backend in ("openai", "ollama")):
+        if b.enabled:
             # Single-text embeds (queries) from concurrent requests share one model call.
             query_batcher = BatchingEmbedder(embedder, max_batch=b.max_batch,
                                              max_wait_ms=b.max_wait_ms)

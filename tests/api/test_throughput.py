@@ -53,10 +53,15 @@ async def test_concurrent_queries_share_one_model_call(
                        for j in range(16) if j != i)
 
 
-async def test_batching_is_off_for_the_local_model_unless_asked_for(
+async def test_batching_is_on_by_default_and_can_be_turned_off(
     make_settings: Callable[..., Settings],
 ) -> None:
     async with open_services(make_settings()) as s:
+        assert s.query_batcher is not None
+        rows = await asyncio.gather(*(s.embedder.embed([f"query {i}"]) for i in range(8)))
+        assert all(r.shape == (1, 384) for r in rows)
+        assert s.query_batcher.stats.largest_batch > 1  # concurrent questions shared a model call
+    async with open_services(make_settings(batching=BatchingSettings(enabled=False))) as s:
         assert s.query_batcher is None
         assert (await s.embedder.embed(["hello"])).shape == (1, 384)
 
