@@ -39,6 +39,18 @@ SUITE: dict[str, Benchmark] = {
                                 writes_json=False, default=False),
     "query-100k": Benchmark("bench_query_100k.py", "query latency at 100k chunks (needs "
                             "build_100k.py once)", writes_json=False, default=False),
+    "cache": Benchmark("bench_cache.py", "multi-level cache on a Zipf workload vs GPTCache "
+                       "(needs the peers extra)", writes_json=False, default=False),
+    "tasks": Benchmark("bench_tasks.py", "task engine overhead, embedded and on Celery vs "
+                       "bare Celery", writes_json=False, default=False),
+    "ingest-tasks": Benchmark("bench_ingest_tasks.py", "1,000 documents as tasks vs the "
+                              "synchronous pipeline", writes_json=False, default=False),
+    "vector-libs": Benchmark("bench_vector_libs.py", "hnswlib vs usearch vs faiss at 100k "
+                             "vectors (needs the peers extra)", writes_json=False, default=False),
+    "pgvector": Benchmark("bench_pgvector.py", "pgvector vs the embedded index at 100k "
+                          "vectors", writes_json=False, default=False),
+    "metrics-overhead": Benchmark("bench_metrics_overhead.py", "what the metrics middleware "
+                                  "adds per request", writes_json=False, default=False),
 }
 
 
