@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from .embed.base import Embedder
+from .embed.base import Embedder, WrappedEmbedder
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -177,7 +177,7 @@ class MicroBatcher(Generic[T, R]):
             self._on_batch(size, seconds)
 
 
-class BatchingEmbedder:
+class BatchingEmbedder(WrappedEmbedder):
     """An `Embedder` that gathers concurrent single-text embeds into batched model calls.
 
     Multi-text calls (ingestion) are already batches and go straight to `inner`. Identical
@@ -195,9 +195,7 @@ class BatchingEmbedder:
         sleep: Sleep = asyncio.sleep,
         on_batch: BatchObserver | None = None,
     ) -> None:
-        self.inner = inner
-        self.model_id = inner.model_id
-        self.dim = inner.dim
+        super().__init__(inner)
         self._batcher: MicroBatcher[str, np.ndarray] = MicroBatcher(
             self._embed_unique,
             max_batch=max_batch,
@@ -212,12 +210,6 @@ class BatchingEmbedder:
     def stats(self) -> BatchStats:
         return self._batcher.stats
 
-    async def start(self) -> None:
-        await self.inner.start()
-        # Some backends know their model (and so its width) only once started.
-        self.model_id = self.inner.model_id
-        self.dim = self.inner.dim
-
     async def close(self) -> None:
         await self._batcher.close()
         await self.inner.close()
@@ -227,9 +219,6 @@ class BatchingEmbedder:
             return await self.inner.embed(texts)
         row = await self._batcher.submit(texts[0])
         return row.reshape(1, -1)
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return self.inner.count_tokens(texts)
 
     async def _embed_unique(self, texts: list[str]) -> list[np.ndarray]:
         index: dict[str, int] = {}

@@ -28,3 +28,24 @@ class Embedder(Protocol):
     async def embed(self, texts: Sequence[str]) -> np.ndarray: ...
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
+
+
+class WrappedEmbedder:
+    """Base of the layers around an `Embedder` (cache, batching, metering): holds `inner`,
+    mirrors its `model_id` and `dim` (some backends know them only once started), and passes
+    start/close/count_tokens through; a subclass adds `embed`."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner = inner
+        self.model_id = inner.model_id
+        self.dim = inner.dim
+
+    async def start(self) -> None:
+        await self.inner.start()
+        self.model_id, self.dim = self.inner.model_id, self.inner.dim
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return self.inner.count_tokens(texts)

@@ -8,28 +8,16 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..cache.tiered import TieredCache
-from .base import Embedder
+from .base import Embedder, WrappedEmbedder
 
 
-class CachedEmbedder:
+class CachedEmbedder(WrappedEmbedder):
     """Keys are model id + text hash, so re-ingesting unchanged chunks embeds nothing and a
     repeated question skips the model. Batch get and set: one round trip per call."""
 
     def __init__(self, inner: Embedder, cache: TieredCache) -> None:
-        self.inner = inner
-        self.model_id = inner.model_id
-        self.dim = inner.dim
+        super().__init__(inner)
         self._cache = cache
-
-    async def start(self) -> None:
-        await self.inner.start()
-        self.model_id, self.dim = self.inner.model_id, self.inner.dim
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return self.inner.count_tokens(texts)
 
     def _key(self, text: str) -> str:
         return f"{self.model_id}:{hashlib.blake2b(text.encode(), digest_size=16).hexdigest()}"

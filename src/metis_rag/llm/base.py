@@ -56,3 +56,18 @@ class LLM(Protocol):
     def stream(
         self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int
     ) -> CompletionStream: ...
+
+
+class WrappedLLM:
+    """Base of the layers around an `LLM` (cache, rate limit, metering): holds `inner`, takes
+    its `name`, and passes start/close through; a subclass adds `complete` and `stream`."""
+
+    def __init__(self, inner: LLM) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def close(self) -> None:
+        await self.inner.close()

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..cache.levels import digest
 from ..cache.tiered import TieredCache
-from .base import LLM, ChatMessage, Completion, CompletionStream
+from .base import LLM, ChatMessage, Completion, CompletionStream, WrappedLLM
 
 
 def _key(name: str, messages: Sequence[ChatMessage], temperature: float, max_tokens: int) -> str:
@@ -64,17 +64,10 @@ class _CachedStream:
             await self._source.aclose()
 
 
-class CachedLLM:
+class CachedLLM(WrappedLLM):
     def __init__(self, inner: LLM, cache: TieredCache) -> None:
-        self.inner = inner
-        self.name = inner.name
+        super().__init__(inner)
         self._cache = cache
-
-    async def start(self) -> None:
-        await self.inner.start()
-
-    async def close(self) -> None:
-        await self.inner.close()
 
     async def complete(
         self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int

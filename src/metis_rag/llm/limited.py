@@ -18,7 +18,7 @@ from tenacity import RetryCallState
 from ..config import RateLimitSettings
 from ..errors import ProviderError
 from ..ratelimit import AdaptiveLimiter, Clock, Sleep, retry_policy
-from .base import LLM, ChatMessage, Completion, CompletionStream
+from .base import LLM, ChatMessage, Completion, CompletionStream, WrappedLLM
 
 
 def estimate_tokens(messages: Sequence[ChatMessage], max_tokens: int) -> int:
@@ -34,15 +34,14 @@ class ProviderStats:
     errors_by_status: dict[str, int] = field(default_factory=dict)
 
 
-class RateLimitedLLM:
+class RateLimitedLLM(WrappedLLM):
     """An `LLM` that waits for its limiter before each attempt and retries 429/5xx answers."""
 
     def __init__(
         self, inner: LLM, limiter: AdaptiveLimiter, settings: RateLimitSettings,
         *, sleep: Sleep | None = None,
     ) -> None:
-        self.inner = inner
-        self.name = inner.name
+        super().__init__(inner)
         self.limiter = limiter
         self._settings = settings
         self._sleep = sleep
@@ -67,12 +66,6 @@ class RateLimitedLLM:
         return {"name": self.name, "calls": s.calls, "retries": s.retries,
                 "failures": s.failures, "errors_by_status": dict(s.errors_by_status),
                 "limiter": self.limiter.stats}
-
-    async def start(self) -> None:
-        await self.inner.start()
-
-    async def close(self) -> None:
-        await self.inner.close()
 
     async def complete(
         self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..embed.base import Embedder
+from ..embed.base import Embedder, WrappedEmbedder
 from ..errors import MetisError
-from ..llm.base import LLM, ChatMessage, Completion, CompletionStream
+from ..llm.base import LLM, ChatMessage, Completion, CompletionStream, WrappedLLM
 from .metrics import Metrics
 
 
@@ -22,24 +22,17 @@ def _outcome(exc: BaseException) -> str:
     return exc.code if isinstance(exc, MetisError) else "error"
 
 
-class MeteredLLM:
-    def __init__(self, wrapped: LLM, metrics: Metrics) -> None:
-        self.wrapped = wrapped
-        self.name = wrapped.name
+class MeteredLLM(WrappedLLM):
+    def __init__(self, inner: LLM, metrics: Metrics) -> None:
+        super().__init__(inner)
         self._metrics = metrics
-
-    async def start(self) -> None:
-        await self.wrapped.start()
-
-    async def close(self) -> None:
-        await self.wrapped.close()
 
     async def complete(
         self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int
     ) -> Completion:
         started = time.perf_counter()
         try:
-            done = await self.wrapped.complete(messages, temperature=temperature,
+            done = await self.inner.complete(messages, temperature=temperature,
                                                max_tokens=max_tokens)
         except Exception as exc:
             self._metrics.observe_llm_call(self.name, time.perf_counter() - started,
@@ -53,7 +46,7 @@ class MeteredLLM:
     def stream(
         self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int
     ) -> CompletionStream:
-        inner = self.wrapped.stream(messages, temperature=temperature, max_tokens=max_tokens)
+        inner = self.inner.stream(messages, temperature=temperature, max_tokens=max_tokens)
         return _MeteredStream(inner, self.name, self._metrics)
 
 
@@ -98,27 +91,15 @@ class _MeteredStream:
         await self._inner.aclose()
 
 
-class MeteredEmbedder:
-    def __init__(self, wrapped: Embedder, metrics: Metrics) -> None:
-        self.wrapped = wrapped
-        self.model_id = wrapped.model_id
-        self.dim = wrapped.dim
+class MeteredEmbedder(WrappedEmbedder):
+    def __init__(self, inner: Embedder, metrics: Metrics) -> None:
+        super().__init__(inner)
         self._metrics = metrics
-
-    async def start(self) -> None:
-        await self.wrapped.start()
-        self.model_id, self.dim = self.wrapped.model_id, self.wrapped.dim
-
-    async def close(self) -> None:
-        await self.wrapped.close()
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return self.wrapped.count_tokens(texts)
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
-            return await self.wrapped.embed(texts)
+            return await self.inner.embed(texts)
         started = time.perf_counter()
-        vectors = await self.wrapped.embed(texts)
+        vectors = await self.inner.embed(texts)
         self._metrics.observe_embed(self.model_id, len(texts), time.perf_counter() - started)
         return vectors

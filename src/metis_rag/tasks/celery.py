@@ -19,12 +19,12 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..config import TaskSettings
-from ..errors import Conflict, MissingDependency
+from ..errors import MissingDependency
 from . import leases, repo
 from .base import TaskBackend
 from .index import IndexFollower
 from .runner import HandlerRegistry
-from .types import FINISHED, QUEUED, TaskOut, TaskSpec
+from .types import QUEUED, TaskOut, TaskSpec
 from .writer import StateWriter
 
 log = logging.getLogger("metis.tasks")
@@ -200,10 +200,7 @@ class CeleryBackend(TaskBackend):
     async def cancel(self, task_id: str) -> TaskOut:
         now = repo.to_dt(self.clock())
         async with self.engine.begin() as conn:
-            task = await repo.get(conn, task_id)
-            if task.status in FINISHED:
-                raise Conflict(f"Task {task_id} has already {task.status}; it cannot be cancelled.",
-                               code="task_finished")
+            task = await repo.unfinished(conn, task_id)
             if task.status in QUEUED and await repo.cancel_queued(conn, task_id, now, {
                     "code": "cancelled", "message": "Cancelled before it started."}):
                 await repo.settle_dependants(conn, task_id, "cancelled", now)

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..config import TaskSettings
-from ..errors import Conflict, ServiceUnavailable
+from ..errors import ServiceUnavailable
 from . import leases, repo
 from .base import TaskBackend
 from .resources import ResourceMonitor, Sampler, psutil_sampler
@@ -273,10 +273,7 @@ class EmbeddedBackend(TaskBackend):
         await self.sync()
         now = repo.to_dt(self.clock())
         async with self.engine.begin() as conn:
-            task = await repo.get(conn, task_id)
-            if task.status in FINISHED:
-                raise Conflict(f"Task {task_id} has already {task.status}; it cannot be cancelled.",
-                               code="task_finished")
+            task = await repo.unfinished(conn, task_id)
             if task.owner is None:
                 await repo.cancel_queued(conn, task_id, now, {
                     "code": "cancelled", "message": "Cancelled before it started."})

@@ -171,6 +171,15 @@ async def reset_for_retry(conn: AsyncConnection, task_id: str, status: str, owne
     return result.rowcount
 
 
+async def unfinished(conn: AsyncConnection, task_id: str) -> TaskOut:
+    """The task, if it can still be cancelled; 409 `task_finished` otherwise."""
+    task = await get(conn, task_id)
+    if task.status in FINISHED:
+        raise Conflict(f"Task {task_id} has already {task.status}; it cannot be cancelled.",
+                       code="task_finished")
+    return task
+
+
 async def requeue(conn: AsyncConnection, task_id: str, owner: str | None) -> TaskOut:
     """Reset a failed or cancelled task for another run (waiting if it has dependencies)."""
     task = await get(conn, task_id)
