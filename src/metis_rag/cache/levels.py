@@ -46,10 +46,12 @@ def normalize_question(text: str) -> str:
 
 
 # Identifiers and figures: a word with a digit, an inner dot or underscore, an inner capital
-# (camelCase), or anything in backticks or quotes. "Queue.get" and "Queue.get_nowait" embed
-# at 0.96 cosine and may share their top source, yet ask different things.
+# (camelCase), anything in backticks or quotes, a command-line option (-n, --hard) or a shell
+# parameter ($?, $$). "Queue.get" and "Queue.get_nowait" embed at 0.96 cosine, "$?" and "$$"
+# at 0.88, yet ask different things.
 _ENTITY = re.compile(
     r"`[^`]+`|\"[^\"]+\"|\b\w*\d\w*\b|\b\w+(?:[._]\w+)+\b|\b[a-z]+[A-Z]\w*\b"
+    r"|(?<![\w-])--?[A-Za-z][\w-]*|\$[\w?$!#@*-]"
 )
 
 
