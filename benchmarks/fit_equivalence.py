@@ -23,7 +23,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness
 import semantic_pairs
-from metis_rag.cache.equivalence import FEATURES, Equivalence, Model, analyse, features
+from metis_rag.cache.equivalence import (
+    FEATURES,
+    Equivalence,
+    Model,
+    analyse,
+    features,
+    passes_hard_checks,
+)
 from metis_rag.config import EmbedSettings
 from metis_rag.embed import build_embedder
 
@@ -50,14 +57,31 @@ def design(pairs: list[semantic_pairs.Pair], vec: dict[str, np.ndarray]) -> tupl
     for p in pairs:
         a, b = analyse(p.a), analyse(p.b)
         cosine = float(vec[p.a] @ vec[p.b])
-        xs.append(features(a, b, cosine))
+        x = features(a, b, cosine)
+        xs.append(x)
         ys.append(float(p.same))
-        scored.append(cosine >= MIN_COSINE and a.entities == b.entities)
+        scored.append(cosine >= MIN_COSINE and passes_hard_checks(a, b, x))
     return np.array(xs), np.array(ys), np.array(scored)
 
 
 def fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
-    """L2-regularised logistic regression by Newton's method on standardised features."""
+    """L2-regularised logistic regression by Newton's method on standardised features.
+
+    Every signal but the two cosine terms is evidence *against* equivalence by construction,
+    so a weight the data would make positive (terse paraphrases drop words, for instance) is
+    held at zero and the rest refitted: the model must not learn that a difference helps."""
+    free = np.ones(x.shape[1], bool)
+    while True:
+        weights, bias = _newton(x[:, free], y)
+        full = np.zeros(x.shape[1])
+        full[free] = weights
+        wrong = [j for j in range(2, x.shape[1]) if full[j] > 0]
+        if not wrong:
+            return full, bias
+        free[wrong] = False
+
+
+def _newton(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
     mu, sd = x.mean(0), x.std(0) + 1e-9
     z = np.hstack([np.ones((len(x), 1)), (x - mu) / sd])
     w = np.zeros(z.shape[1])

@@ -161,14 +161,19 @@ class CacheSettings(BaseModel):
     )
     llm_ttl_s: float = Field(7 * 86_400, gt=0, description="LLM completions by full prompt.")
     document_ttl_s: float = Field(7 * 86_400, gt=0, description="Parsed documents by hash.")
-    semantic_threshold: float = Field(
-        0.95, gt=0, le=1, description="Cosine similarity above which an earlier question's "
-        "answer is reused without retrieval (chosen by benchmarks/bench_cache.py)."
+    semantic_max_error: float = Field(
+        0.01, gt=0, lt=1, description="Semantic level: the highest share of lookups you accept "
+        "being answered with another question's answer. The decision's threshold is the lowest "
+        "whose 95% upper confidence bound on the error measured on labelled calibration pairs "
+        "stays below it (README, Caching). Lower: fewer, safer hits."
     )
-    semantic_verify_threshold: float = Field(
-        0.70, gt=0, le=1, description="Similarity above which an earlier question is a "
-        "candidate that counts only if the new one retrieves the same top source (RAG only; "
-        "chosen by benchmarks/bench_cache.py)."
+    semantic_threshold: float | None = Field(
+        None, gt=0, le=1, description="Deprecated and ignored (the cosine threshold before "
+        "semantic_max_error): a warning is logged when set."
+    )
+    semantic_verify_threshold: float | None = Field(
+        None, gt=0, le=1, description="Deprecated and ignored (the 'same top source' band, "
+        "which proved nothing): a warning is logged when set."
     )
     semantic_max_entries: int = Field(
         50_000, ge=1, description="Questions kept in the semantic indexes, all namespaces."

@@ -132,9 +132,15 @@ class CacheInfo(BaseModel):
     similarity: float | None = Field(None, description="Semantic hits: cosine similarity.")
     original_question: str | None = Field(None, description="Semantic hits: the cached question.")
     saved_ms: float | None = Field(None, description="Time the hit saved, estimated.")
-    verified: bool | None = Field(
-        None, description="Semantic hits below the strict threshold: the question retrieved "
-        "the same top source as the cached one (always true when present)."
+    score: float | None = Field(
+        None, description="Semantic hits: the equivalence score (0-1) of the two questions."
+    )
+    threshold: float | None = Field(
+        None, description="Semantic hits: the score needed under METIS_CACHE__SEMANTIC_MAX_ERROR."
+    )
+    checks: list[str] | None = Field(
+        None, description="Semantic hits: the checks the two questions passed (similarity, "
+        "identifiers, question_type, negation, order_direction, content_words)."
     )
 
 

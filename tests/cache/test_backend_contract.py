@@ -133,3 +133,57 @@ async def test_usage_counts_the_keys_of_one_prefix(backend: CacheBackend) -> Non
     if usage is not None:
         assert await backend.usage("llm:") == (1, 7)
         assert await backend.usage("nothing:") == (0, 0)
+
+
+# -- append-only lists (the semantic level's shared log) -------------------------------------
+
+
+async def test_list_append_and_read_from_an_index(backend: CacheBackend) -> None:
+    assert await backend.read_list("log") == (0, [])
+    for i in range(5):
+        await backend.append("log", f"item{i}".encode(), ttl_s=60)
+    assert await backend.read_list("log") == (5, [f"item{i}".encode() for i in range(5)])
+    assert await backend.read_list("log", 3) == (5, [b"item3", b"item4"])
+    assert await backend.read_list("log", 5) == (5, [])
+    assert await backend.read_list("other") == (0, [])
+
+
+async def test_list_keeps_binary_items(backend: CacheBackend) -> None:
+    items = [bytes(range(256)), b"", b"\x00\x00\x00\x04abcd"]
+    for item in items:
+        await backend.append("bin", item)
+    assert await backend.read_list("bin") == (3, items)
+
+
+async def test_list_ttl_is_renewed_by_append_and_expires(
+    backend: CacheBackend, pass_time: PassTime
+) -> None:
+    await backend.append("log", b"a", ttl_s=1.0)
+    await pass_time(0.6)
+    await backend.append("log", b"b", ttl_s=1.0)
+    await pass_time(0.6)
+    assert await backend.read_list("log") == (2, [b"a", b"b"])
+    await pass_time(0.7)
+    assert await backend.read_list("log") == (0, [])
+    await backend.append("log", b"c", ttl_s=1.0)  # a new list, counted from zero
+    assert await backend.read_list("log") == (1, [b"c"])
+
+
+async def test_list_is_removed_by_delete_and_clear(backend: CacheBackend) -> None:
+    await backend.append("semantic:ns1:a", b"1")
+    await backend.append("semantic:ns2:a", b"2")
+    await backend.append("gone", b"3")
+    await backend.set("semantic:ns1:entry", b"e")
+    await backend.delete("gone")
+    assert await backend.read_list("gone") == (0, [])
+    assert await backend.clear("semantic:ns1:") != 0
+    assert await backend.read_list("semantic:ns1:a") == (0, [])
+    assert await backend.get("semantic:ns1:entry") is None
+    assert await backend.read_list("semantic:ns2:a") == (1, [b"2"])
+    await backend.clear()
+    assert await backend.read_list("semantic:ns2:a") == (0, [])
+
+
+async def test_list_ttl_must_be_positive(backend: CacheBackend) -> None:
+    with pytest.raises(ValueError):
+        await backend.append("log", b"v", ttl_s=0)

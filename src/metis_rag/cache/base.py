@@ -27,7 +27,9 @@ class CacheBackend(ABC):
     ``ttl_s=None`` keeps an entry until it is evicted or deleted; a TTL must be positive.
     An expired entry is never returned. `get_many` returns only the keys it found.
     `clear(prefix)` removes every key starting with `prefix` (all of this backend's keys when
-    None) and returns how many it removed, or -1 when it cannot tell. Backends may raise on
+    None) and returns how many it removed, or -1 when it cannot tell. Besides entries, a key may
+    name an append-only list (`append`, `read_list`: the semantic level's log, which several
+    servers read); lists share the key space, `delete` and `clear` remove them too. Backends may raise on
     I/O failure (the `TieredCache` counts and skips a failing tier) except `RedisBackend`,
     which degrades to misses and no-ops by design. `start`/`close` open and release
     connections, files or pools; ``async with backend`` does both.
@@ -74,6 +76,25 @@ class CacheBackend(ABC):
     async def set_many(self, items: Mapping[str, bytes], ttl_s: float | None = None) -> None:
         for key, value in items.items():
             await self.set(key, value, ttl_s)
+
+    async def append(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        """Append `value` to the list at `key` (a new list if there is none) and set the whole
+        list's TTL to `ttl_s` from now. This default rewrites one entry, so it is atomic within
+        one process only: a backend that several processes share overrides it."""
+        check_ttl(ttl_s)
+        old = await self.get(key)
+        await self.set(key, (old or b"") + len(value).to_bytes(4, "big") + value, ttl_s)
+
+    async def read_list(self, key: str, start: int = 0) -> tuple[int, list[bytes]]:
+        """The list's length and its items from index `start` on; (0, []) when there is none.
+        A length below what a reader saw before means the list was cleared or expired."""
+        data = await self.get(key) or b""
+        items, i = [], 0
+        while i < len(data):
+            size = int.from_bytes(data[i : i + 4], "big")
+            items.append(data[i + 4 : i + 4 + size])
+            i += 4 + size
+        return len(items), items[start:]
 
     @abstractmethod
     async def stats(self) -> BackendStats: ...

@@ -42,6 +42,18 @@ END;
 CREATE TRIGGER IF NOT EXISTS entries_resized AFTER UPDATE OF size ON entries BEGIN
     UPDATE totals SET bytes = bytes - OLD.size + NEW.size WHERE id = 0;
 END;
+-- Append-only lists (the semantic level's log): one row per list, one per item.
+CREATE TABLE IF NOT EXISTS lists (
+    key TEXT PRIMARY KEY,
+    length INTEGER NOT NULL,
+    expires_at REAL
+);
+CREATE TABLE IF NOT EXISTS list_items (
+    key TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (key, position)
+) WITHOUT ROWID;
 COMMIT;
 """
 
@@ -124,16 +136,22 @@ class DiskBackend(CacheBackend):
             await self._run(self._set_many, dict(items), ttl_s)
 
     async def delete(self, key: str) -> None:
-        await self._run(self._write, "DELETE FROM entries WHERE key = ?", (key,))
+        await self._run(self._delete_where, "key = ?", (key,))
 
     async def clear(self, prefix: str | None = None) -> int:
         if not prefix:
-            return await self._run(self._write, "DELETE FROM entries", ())
+            return await self._run(self._delete_where, "1", ())
         end = _prefix_end(prefix)
         if end is None:
-            return await self._run(self._write, "DELETE FROM entries WHERE key >= ?", (prefix,))
-        sql = "DELETE FROM entries WHERE key >= ? AND key < ?"
-        return await self._run(self._write, sql, (prefix, end))
+            return await self._run(self._delete_where, "key >= ?", (prefix,))
+        return await self._run(self._delete_where, "key >= ? AND key < ?", (prefix, end))
+
+    async def append(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        check_ttl(ttl_s)
+        await self._run(self._append, key, value, ttl_s)
+
+    async def read_list(self, key: str, start: int = 0) -> tuple[int, list[bytes]]:
+        return await self._run(self._read_list, key, start)
 
     async def usage(self, prefix: str) -> tuple[int, int] | None:
         end = _prefix_end(prefix)
@@ -242,10 +260,40 @@ class DiskBackend(CacheBackend):
         conn.executemany("DELETE FROM entries WHERE rowid = ?", victims)
         self._evictions += len(victims)
 
-    def _write(self, sql: str, params: tuple[str, ...]) -> int:
+    def _delete_where(self, where: str, params: tuple[str, ...]) -> int:
         conn = self._db()
         with _transaction(conn):
-            return conn.execute(sql, params).rowcount
+            removed = conn.execute(f"DELETE FROM entries WHERE {where}", params).rowcount
+            conn.execute(f"DELETE FROM list_items WHERE {where}", params)
+            return removed + conn.execute(f"DELETE FROM lists WHERE {where}", params).rowcount
+
+    def _append(self, key: str, value: bytes, ttl_s: float | None) -> None:
+        conn = self._db()
+        now = self._clock()
+        with _transaction(conn):
+            # Expired lists go here (one row per list, so this stays cheap), this one included.
+            expired = "SELECT key FROM lists WHERE expires_at <= ?"
+            conn.execute(f"DELETE FROM list_items WHERE key IN ({expired})", (now,))
+            conn.execute("DELETE FROM lists WHERE expires_at <= ?", (now,))
+            row = conn.execute("SELECT length FROM lists WHERE key = ?", (key,)).fetchone()
+            length = 0 if row is None else row[0]
+            conn.execute("INSERT OR REPLACE INTO list_items VALUES (?, ?, ?)", (key, length, value))
+            conn.execute("INSERT OR REPLACE INTO lists VALUES (?, ?, ?)",
+                         (key, length + 1, None if ttl_s is None else now + ttl_s))
+
+    def _read_list(self, key: str, start: int) -> tuple[int, list[bytes]]:
+        conn = self._db()
+        conn.execute("BEGIN")  # one snapshot: the length and the items agree
+        try:
+            row = conn.execute("SELECT length, expires_at FROM lists WHERE key = ?",
+                               (key,)).fetchone()
+            if row is None or (row[1] is not None and row[1] <= self._clock()):
+                return 0, []  # an expired list is removed by the next append, or by clear
+            rows = conn.execute("SELECT value FROM list_items WHERE key = ? AND position >= ? "
+                                "ORDER BY position", (key, start)).fetchall()
+            return int(row[0]), [r[0] for r in rows]
+        finally:
+            conn.execute("COMMIT")
 
     def _totals(self) -> tuple[int, int]:
         entries, size = self._db().execute("SELECT entries, bytes FROM totals").fetchone()

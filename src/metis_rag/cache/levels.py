@@ -4,28 +4,31 @@ Keys are ``<level>:<namespace>:<collection id>:<collection version>:...`` for th
 depend on a collection's content (exact, retrieval), so bumping a collection's version makes
 all of its entries unreachable at once and they age out by TTL. Embedding, LLM and document
 entries are content-addressed (model + text hash, model + full prompt, file hash) and need no
-invalidation. The semantic level is an in-process ANN index per (namespace, collection,
-version, answer shape) pointing at exact-level entries.
+invalidation. The semantic level (`semantic.py`) indexes earlier questions per (namespace,
+collection, version, answer shape), pointing at exact-level entries.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
-import threading
-from collections import OrderedDict
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
-
-import numpy as np
 
 from ..config import CacheSettings
 from .base import CacheBackend
 from .codec import Codec
 from .disk import DiskBackend
+from .equivalence import Equivalence, Model, entities
 from .memory import MemoryBackend
+from .semantic import SemanticIndex
 from .tiered import TieredCache
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Caches", "Savings", "digest", "entities", "normalize_question", "open_caches"]
 
 LEVELS = ("exact", "semantic", "retrieval", "llm", "embedding", "document")
 
@@ -43,140 +46,6 @@ _SPACES = re.compile(r"\s+")
 
 def normalize_question(text: str) -> str:
     return _SPACES.sub(" ", text.strip().lower()).rstrip(" ?.!")
-
-
-# Identifiers and figures: a word with a digit, an inner dot or underscore, an inner capital
-# (camelCase), anything in backticks or quotes, a command-line option (-n, --hard) or a shell
-# parameter ($?, $$). "Queue.get" and "Queue.get_nowait" embed at 0.96 cosine, "$?" and "$$"
-# at 0.88, yet ask different things.
-_ENTITY = re.compile(
-    r"`[^`]+`|\"[^\"]+\"|\b\w*\d\w*\b|\b\w+(?:[._]\w+)+\b|\b[a-z]+[A-Z]\w*\b"
-    r"|(?<![\w-])--?[A-Za-z][\w-]*|\$[\w?$!#@*-]"
-)
-
-
-def entities(text: str) -> frozenset[str]:
-    """The identifiers and figures a question names; two questions whose sets differ never
-    share a semantic-cache answer."""
-    return frozenset(m.group(0).strip("`\"").lower() for m in _ENTITY.finditer(text))
-
-
-@dataclass(frozen=True, slots=True)
-class SemanticHit:
-    key: str
-    similarity: float
-    question: str
-
-
-class _Partition:
-    """One partition's questions: an exact scan while small, an HNSW index once large."""
-
-    def __init__(self, dim: int, exact_max: int) -> None:
-        self._buf = np.zeros((16, dim), dtype=np.float32)  # grown by doubling, not per add
-        self._exact_max = exact_max
-        self._ann: Any = None
-        self.keys: list[str] = []
-        self.questions: list[str] = []
-
-    @property
-    def vectors(self) -> np.ndarray:
-        return self._buf[: len(self.keys)]
-
-    def append(self, vector: np.ndarray, key: str, question: str) -> None:
-        n = len(self.keys)
-        if n == len(self._buf):
-            self._buf = np.vstack([self._buf, np.zeros_like(self._buf)])
-        self._buf[n] = vector
-        self.keys.append(key)
-        self.questions.append(question)
-        if self._ann is not None:
-            if self._ann.get_current_count() == self._ann.get_max_elements():
-                self._ann.resize_index(2 * self._ann.get_max_elements())
-            self._ann.add_items(vector.reshape(1, -1), [n])
-        elif n + 1 > self._exact_max:
-            self._build_ann()
-
-    def _build_ann(self) -> None:
-        import hnswlib
-
-        n, dim = len(self.keys), self._buf.shape[1]
-        ann = hnswlib.Index(space="ip", dim=dim)  # unit vectors: inner product = cosine
-        ann.init_index(max_elements=2 * n, ef_construction=100, M=16)
-        ann.add_items(self.vectors, np.arange(n))
-        ann.set_ef(64)
-        self._ann = ann
-
-    def best(self, vector: np.ndarray) -> tuple[int, float]:
-        """Index and cosine similarity of the closest question."""
-        if self._ann is None:
-            sims = self.vectors @ vector
-            i = int(np.argmax(sims))
-            return i, float(sims[i])
-        labels, distances = self._ann.knn_query(vector.reshape(1, -1), k=1)
-        return int(labels[0][0]), 1.0 - float(distances[0][0])
-
-
-class SemanticIndex:
-    """Earlier questions' embeddings per partition; a lookup returns the most similar one.
-
-    Each partition is one (namespace, collection, version, answer shape), so a lookup can never
-    cross tenants, collections, versions or answer-shaping settings. A partition is scanned
-    exactly up to `exact_max` questions (well under a millisecond, and it never misses), then
-    gets an HNSW index (hnswlib) of its own. Partitions are evicted least recently used
-    beyond `max_entries` questions in all.
-    """
-
-    def __init__(self, dim: int, max_entries: int, exact_max: int = 2048) -> None:
-        self._dim = dim
-        self._exact_max = exact_max
-        self._max_entries = max_entries
-        self._parts: OrderedDict[tuple[str, ...], _Partition] = OrderedDict()
-        self._size = 0
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    def lookup(self, partition: tuple[str, ...], vector: np.ndarray, threshold: float) -> SemanticHit | None:
-        with self._lock:
-            part = self._parts.get(partition)
-            if part is None or not part.keys:
-                self.misses += 1
-                return None
-            self._parts.move_to_end(partition)
-            best, similarity = part.best(vector)
-            if similarity < threshold:
-                self.misses += 1
-                return None
-            self.hits += 1
-            return SemanticHit(part.keys[best], similarity, part.questions[best])
-
-    def reject(self) -> None:
-        """The last hit was not used (its answer is gone, or it failed verification)."""
-        with self._lock:
-            self.hits -= 1
-            self.misses += 1
-
-    def add(self, partition: tuple[str, ...], vector: np.ndarray, key: str, question: str) -> None:
-        with self._lock:
-            part = self._parts.get(partition)
-            if part is None:
-                part = self._parts[partition] = _Partition(self._dim, self._exact_max)
-            if key in part.keys:
-                return
-            part.append(vector, key, question)
-            self._size += 1
-            while self._size > self._max_entries and self._parts:
-                _, old = self._parts.popitem(last=False)
-                self._size -= len(old.keys)
-
-    def clear(self, namespace: str | None = None) -> None:
-        with self._lock:
-            for p in [p for p in self._parts if namespace is None or p[0] == namespace]:
-                self._size -= len(self._parts.pop(p).keys)
-
-    @property
-    def entries(self) -> int:
-        return self._size
 
 
 @dataclass
@@ -218,18 +87,14 @@ class Caches:
             scoped = name in ("exact", "retrieval") and namespace is not None
             await self.level(name).clear(f"{namespace}:" if scoped else None)
         if level in (None, "semantic", "exact"):
-            self.semantic.clear(namespace)
+            await self.semantic.clear(namespace)
 
     async def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         price = self.settings.price_per_1k_tokens
         for name in LEVELS:
             if name == "semantic":
-                s = self.semantic
-                lookups = s.hits + s.misses
-                out[name] = {"hits": s.hits, "misses": s.misses,
-                             "hit_ratio": s.hits / lookups if lookups else 0.0,
-                             "entries": s.entries}
+                out[name] = self.semantic.stats()
             else:
                 level = self.level(name)
                 out[name] = level.stats().to_dict()
@@ -276,6 +141,16 @@ async def open_caches(settings: CacheSettings, data_dir: Any, dim: int,
     def level(name: str, ttl_s: float) -> TieredCache:
         return TieredCache(backends, prefix=f"{name}:", default_ttl_s=ttl_s, codec=codec)
 
+    for old in ("semantic_threshold", "semantic_verify_threshold"):
+        if getattr(settings, old) is not None:
+            logger.warning("METIS_CACHE__%s is deprecated and ignored: semantic hits are decided "
+                           "by METIS_CACHE__SEMANTIC_MAX_ERROR", old.upper())
+    equivalence = Equivalence(Model.load(), settings.semantic_max_error)
+    if equivalence.threshold > 1:
+        logger.warning("no calibrated threshold meets METIS_CACHE__SEMANTIC_MAX_ERROR=%s: the "
+                       "semantic level serves nothing", settings.semantic_max_error)
+    # The shared, durable tier holds the semantic lists; with `memory` they stay in-process.
+    log = backends[-1] if settings.backend != "memory" else None
     return Caches(
         settings=settings,
         backends=backends,
@@ -284,5 +159,6 @@ async def open_caches(settings: CacheSettings, data_dir: Any, dim: int,
         llm=level("llm", settings.llm_ttl_s),
         embedding=level("embedding", settings.embedding_ttl_s),
         document=level("document", settings.document_ttl_s),
-        semantic=SemanticIndex(dim, settings.semantic_max_entries),
+        semantic=SemanticIndex(dim, settings.semantic_max_entries, equivalence, log=log,
+                               ttl_s=settings.query_ttl_s),
     )

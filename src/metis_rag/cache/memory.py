@@ -15,6 +15,8 @@ class MemoryBackend(CacheBackend):
     `clock` returns monotonic seconds; tests pass a fake one to expire entries without sleeping.
     A value larger than `max_bytes` is not stored. Expired entries are dropped when read or
     when eviction reaches them, so `entries` may count a few that have already expired.
+    Lists (`append`) have a budget of their own, `max_bytes` too: beyond it the least recently
+    appended lists are dropped whole.
     """
 
     def __init__(
@@ -33,6 +35,9 @@ class MemoryBackend(CacheBackend):
         self._data: OrderedDict[str, tuple[bytes, float | None]] = OrderedDict()
         self._bytes = 0
         self._evictions = 0
+        # key -> (items, expires_at or None); order is least recently appended first.
+        self._lists: OrderedDict[str, tuple[list[bytes], float | None]] = OrderedDict()
+        self._list_bytes = 0
 
     def __len__(self) -> int:
         return len(self._data)
@@ -63,17 +68,51 @@ class MemoryBackend(CacheBackend):
 
     async def delete(self, key: str) -> None:
         self._pop(key)
+        self._pop_list(key)
 
     async def clear(self, prefix: str | None = None) -> int:
+        lists = [key for key in self._lists if prefix is None or key.startswith(prefix)]
+        for key in lists:
+            self._pop_list(key)
         if prefix is None:
             removed = len(self._data)
             self._data.clear()
             self._bytes = 0
-            return removed
+            return removed + len(lists)
         doomed = [key for key in self._data if key.startswith(prefix)]
         for key in doomed:
             self._pop(key)
-        return len(doomed)
+        return len(doomed) + len(lists)
+
+    async def append(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        check_ttl(ttl_s)
+        items = self._live_list(key)
+        items.append(bytes(value))
+        self._lists[key] = (items, None if ttl_s is None else self._clock() + ttl_s)
+        self._lists.move_to_end(key)
+        self._list_bytes += len(value)
+        while self._list_bytes > self.max_bytes and self._lists:
+            self._pop_list(next(iter(self._lists)))
+            self._evictions += 1
+
+    async def read_list(self, key: str, start: int = 0) -> tuple[int, list[bytes]]:
+        items = self._live_list(key)
+        return len(items), items[start:]
+
+    def _live_list(self, key: str) -> list[bytes]:
+        found = self._lists.get(key)
+        if found is None:
+            return []
+        items, expires_at = found
+        if expires_at is not None and expires_at <= self._clock():
+            self._pop_list(key)
+            return []
+        return items
+
+    def _pop_list(self, key: str) -> None:
+        found = self._lists.pop(key, None)
+        if found is not None:
+            self._list_bytes -= sum(len(v) for v in found[0])
 
     async def usage(self, prefix: str) -> tuple[int, int] | None:
         sizes = [len(v) for k, (v, _) in list(self._data.items()) if k.startswith(prefix)]

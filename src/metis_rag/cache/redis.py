@@ -145,6 +145,36 @@ class RedisBackend(CacheBackend):
             if cursor == 0:
                 return removed
 
+    async def append(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        check_ttl(ttl_s)
+        name = self.namespace + key
+
+        async def push(r: Redis) -> Any:
+            pipe = r.pipeline(transaction=True)
+            pipe.rpush(name, value)
+            if ttl_s is None:
+                pipe.persist(name)
+            else:
+                pipe.pexpire(name, math.ceil(ttl_s * 1000))
+            return await pipe.execute()
+
+        await self._call(push)
+
+    async def read_list(self, key: str, start: int = 0) -> tuple[int, list[bytes]]:
+        """One round trip (LLEN and LRANGE in a transaction); (0, []) when Redis fails."""
+        name = self.namespace + key
+
+        async def read(r: Redis) -> Any:
+            pipe = r.pipeline(transaction=True)
+            pipe.llen(name)
+            pipe.lrange(name, start, -1)
+            return await pipe.execute()
+
+        found = await self._call(read)
+        if found is None:
+            return 0, []
+        return int(found[0]), list(found[1])
+
     async def stats(self) -> BackendStats:
         return BackendStats(entries=None, bytes=None, errors=self.errors, healthy=self.healthy)
 

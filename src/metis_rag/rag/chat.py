@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ..cache.levels import Caches, digest, entities, normalize_question
+from ..cache.levels import Caches, digest, normalize_question
 from ..config import Settings
 from ..embed.base import Embedder
 from ..embed.cached import CachedEmbedder
@@ -202,26 +202,21 @@ class ChatService:
         if entry is not None:
             return entry, CacheInfo(level="exact")
         vector = await self._embed(turn)
-        s = caches.settings
-        # Retrieval is skipped only above the strict threshold; in the band below it, a
-        # candidate counts only if the new question retrieves the same top source.
-        floor = s.semantic_verify_threshold if turn.query.use_rag else s.semantic_threshold
-        hit = caches.semantic.lookup(turn.partition, vector, min(floor, s.semantic_threshold))
-        if hit is None:
+        # No retrieval here: "the same top source" proves nothing (different questions about
+        # one passage share it); the equivalence decision compares the questions themselves.
+        found = await caches.semantic.match(turn.partition, vector, turn.query.message)
+        if found is None:
             return None
-        if entities(hit.question) != entities(turn.query.message):
-            caches.semantic.reject()  # names another identifier or figure: another question
+        entry = await caches.exact.get(found.candidate.key)
+        if entry is None:
+            caches.semantic.reject("answer_gone", was_hit=True)
             return None
-        entry = await caches.exact.get(hit.key)
-        verified = None
-        if entry is not None and hit.similarity < s.semantic_threshold:
-            await self._retrieve(turn)  # a miss needs it anyway: nothing is wasted
-            verified = _same_top_source(turn.sources, entry["citations"])
-        if entry is None or verified is False:
-            caches.semantic.reject()
-            return None
-        return entry, CacheInfo(level="semantic", similarity=round(hit.similarity, 4),
-                                original_question=hit.question, verified=verified)
+        verdict = found.verdict
+        return entry, CacheInfo(level="semantic", similarity=round(found.candidate.similarity, 4),
+                                original_question=found.candidate.question,
+                                score=round(verdict.score, 4),
+                                threshold=round(caches.semantic.equivalence.threshold, 4),
+                                checks=list(verdict.checks))
 
     async def _retrieve(self, turn: _Turn) -> None:
         if not turn.query.use_rag or turn.retrieved:
@@ -307,7 +302,8 @@ class ChatService:
         }
         await caches.exact.set(turn.exact_key, entry)
         if turn.vector is not None:
-            caches.semantic.add(turn.partition, turn.vector, turn.exact_key, turn.query.message)
+            await caches.semantic.add(turn.partition, turn.vector, turn.exact_key,
+                                      turn.query.message)
 
     def _cache_level(self, turn: _Turn, done: Completion | None) -> CacheInfo:
         caches = self._caches
@@ -400,13 +396,6 @@ class ChatService:
             await self._remember(turn, answer)
         yield "citations", [c.model_dump() for c in answer.citations]
         yield "done", answer
-
-
-def _same_top_source(sources: list[Retrieved], cached_citations: list[dict[str, Any]]) -> bool:
-    """The new question's best chunk is the one the cached answer cited first."""
-    return bool(sources and cached_citations) and (
-        sources[0].chunk.id == cached_citations[0]["chunk_id"]
-    )
 
 
 def _pieces(text: str) -> list[str]:

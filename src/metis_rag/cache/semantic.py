@@ -1,0 +1,247 @@
+"""The semantic level: earlier questions per partition, and the decision to reuse an answer.
+
+Each partition is one (namespace, collection, version, answer shape), so a lookup never crosses
+tenants, collections, versions or answer-shaping settings. The questions of a partition live in
+an append-only list in the configured cache backend (Redis or the disk cache: shared by every
+server, durable across restarts; none for `memory`), which each server mirrors in memory and
+catches up on with one `read_list` round trip per lookup. A new collection version is a new
+partition, so invalidation reaches every server at once; old lists age out by TTL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import struct
+import threading
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .base import CacheBackend
+from .equivalence import Equivalence, QuestionText, Verdict, analyse
+
+logger = logging.getLogger(__name__)
+
+_HEADER = struct.Struct(">HH")  # lengths of the answer key and the question, then the vector
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    key: str  # the exact-level key of the cached answer
+    question: str
+    text: QuestionText
+    similarity: float
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    candidate: Candidate
+    verdict: Verdict
+
+
+def encode_record(key: str, question: str, vector: np.ndarray) -> bytes:
+    k, q = key.encode(), question.encode()
+    return _HEADER.pack(len(k), len(q)) + k + q + np.asarray(vector, np.float32).tobytes()
+
+
+def decode_record(data: bytes) -> tuple[str, str, np.ndarray]:
+    nk, nq = _HEADER.unpack_from(data)
+    at = _HEADER.size
+    key, question = data[at : at + nk].decode(), data[at + nk : at + nk + nq].decode()
+    return key, question, np.frombuffer(data[at + nk + nq :], dtype=np.float32)
+
+
+class _Partition:
+    """One partition's questions: an exact scan while small, an HNSW index once large."""
+
+    def __init__(self, dim: int, exact_max: int) -> None:
+        self._buf = np.zeros((16, dim), dtype=np.float32)  # grown by doubling, not per add
+        self._exact_max = exact_max
+        self._ann: Any = None
+        self.keys: list[str] = []
+        self.known: set[str] = set()
+        self.questions: list[str] = []
+        self.texts: list[QuestionText] = []
+        self.synced = 0  # items of the shared list mirrored so far
+
+    @property
+    def vectors(self) -> np.ndarray:
+        return self._buf[: len(self.keys)]
+
+    def append(self, vector: np.ndarray, key: str, question: str) -> bool:
+        if key in self.known or vector.shape != self._buf.shape[1:]:
+            return False
+        n = len(self.keys)
+        if n == len(self._buf):
+            self._buf = np.vstack([self._buf, np.zeros_like(self._buf)])
+        self._buf[n] = vector
+        self.keys.append(key)
+        self.known.add(key)
+        self.questions.append(question)
+        self.texts.append(analyse(question))
+        if self._ann is not None:
+            if self._ann.get_current_count() == self._ann.get_max_elements():
+                self._ann.resize_index(2 * self._ann.get_max_elements())
+            self._ann.add_items(vector.reshape(1, -1), [n])
+        elif n + 1 > self._exact_max:
+            self._build_ann()
+        return True
+
+    def _build_ann(self) -> None:
+        import hnswlib
+
+        n, dim = len(self.keys), self._buf.shape[1]
+        ann = hnswlib.Index(space="ip", dim=dim)  # unit vectors: inner product = cosine
+        ann.init_index(max_elements=2 * n, ef_construction=100, M=16)
+        ann.add_items(self.vectors, np.arange(n))
+        ann.set_ef(64)
+        self._ann = ann
+
+    def nearest(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """Indexes and cosine similarities of the `k` closest questions, closest first."""
+        k = min(k, len(self.keys))
+        if self._ann is None:
+            sims = self.vectors @ vector
+            top = np.argpartition(-sims, k - 1)[:k] if k < len(sims) else np.arange(len(sims))
+            return sorted(((int(i), float(sims[i])) for i in top), key=lambda t: -t[1])
+        labels, distances = self._ann.knn_query(vector.reshape(1, -1), k=k)
+        return [(int(i), 1.0 - float(d)) for i, d in zip(labels[0], distances[0], strict=True)]
+
+
+class SemanticIndex:
+    """Earlier questions per partition; `match` returns the one a new question may reuse.
+
+    `log` is the backend holding the shared list of each partition (None: this process only).
+    The `candidates` nearest questions are each judged by `equivalence`; the most similar one
+    judged the same question wins. Partitions are evicted from memory least recently used
+    beyond `max_entries` questions in all (the shared lists stay, and are read again if needed).
+    """
+
+    def __init__(self, dim: int, max_entries: int, equivalence: Equivalence,
+                 log: CacheBackend | None = None, ttl_s: float | None = None,
+                 candidates: int = 4, exact_max: int = 2048) -> None:
+        self._dim = dim
+        self._exact_max = exact_max
+        self._max_entries = max_entries
+        self.equivalence = equivalence
+        self._log = log
+        self._ttl_s = ttl_s
+        self._candidates = candidates
+        self._parts: OrderedDict[tuple[str, ...], _Partition] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+        self.rejected: Counter[str] = Counter()  # lookups with candidates but no hit, by reason
+
+    @staticmethod
+    def log_key(partition: tuple[str, ...]) -> str:
+        rest = hashlib.blake2b("\x1f".join(partition[1:]).encode(), digest_size=16).hexdigest()
+        return f"semantic:{partition[0]}:{rest}"
+
+    async def match(self, partition: tuple[str, ...], vector: np.ndarray,
+                    question: str) -> Match | None:
+        await self._catch_up(partition)
+        with self._lock:
+            part = self._parts.get(partition)
+            if part is None or not part.keys:
+                self.misses += 1
+                return None
+            self._parts.move_to_end(partition)
+            found = [Candidate(part.keys[i], part.questions[i], part.texts[i], sim)
+                     for i, sim in part.nearest(vector, self._candidates)]
+        text = analyse(question)
+        first: Verdict | None = None
+        for candidate in found:
+            verdict = self.equivalence.judge(text, candidate.text, candidate.similarity)
+            if verdict.same:
+                self.hits += 1
+                return Match(candidate, verdict)
+            first = first or verdict
+        self.reject(first.reason if first else "similarity")
+        return None
+
+    def reject(self, reason: str, was_hit: bool = False) -> None:
+        """Count a lookup that served nothing; `was_hit`: `match` had counted it a hit (its
+        answer turned out to be gone)."""
+        with self._lock:
+            if was_hit:
+                self.hits -= 1
+            self.misses += 1
+            self.rejected[reason] += 1
+
+    async def add(self, partition: tuple[str, ...], vector: np.ndarray, key: str,
+                  question: str) -> None:
+        with self._lock:
+            added = self._add(partition, vector, key, question)
+        if added and self._log is not None:
+            await self._log.append(self.log_key(partition), encode_record(key, question, vector),
+                                   self._ttl_s)
+
+    async def _catch_up(self, partition: tuple[str, ...]) -> None:
+        """Mirror what other servers (or this one before a restart) added to the shared list."""
+        if self._log is None:
+            return
+        key = self.log_key(partition)
+        with self._lock:
+            part = self._parts.get(partition)
+            start = part.synced if part is not None else 0
+        length, items = await self._log.read_list(key, start)
+        if length < start:  # cleared or expired meanwhile: start the mirror over
+            with self._lock:
+                self._drop(partition)
+            start = 0
+            length, items = await self._log.read_list(key, 0)
+        if not items and length == start:
+            return
+        with self._lock:
+            for item in items:
+                try:
+                    k, q, v = decode_record(item)
+                except (struct.error, UnicodeDecodeError, ValueError):
+                    logger.warning("skipping an unreadable semantic-cache record in %s", key)
+                    continue
+                self._add(partition, v, k, q)
+            part = self._parts.get(partition)
+            if part is not None:
+                part.synced = max(part.synced, length)
+
+    def _add(self, partition: tuple[str, ...], vector: np.ndarray, key: str,
+             question: str) -> bool:
+        part = self._parts.get(partition)
+        if part is None:
+            part = self._parts[partition] = _Partition(self._dim, self._exact_max)
+        if not part.append(vector, key, question):
+            return False
+        self._size += 1
+        while self._size > self._max_entries and len(self._parts) > 1:
+            oldest = next(iter(self._parts))
+            self._drop(oldest if oldest != partition else list(self._parts)[1])
+        return True
+
+    def _drop(self, partition: tuple[str, ...]) -> None:
+        part = self._parts.pop(partition, None)
+        if part is not None:
+            self._size -= len(part.keys)
+
+    async def clear(self, namespace: str | None = None) -> None:
+        with self._lock:
+            for p in [p for p in self._parts if namespace is None or p[0] == namespace]:
+                self._drop(p)
+        if self._log is not None:
+            await self._log.clear(f"semantic:{namespace}:" if namespace else "semantic:")
+
+    @property
+    def entries(self) -> int:
+        return self._size
+
+    def stats(self) -> dict[str, Any]:
+        lookups = self.hits + self.misses
+        return {"hits": self.hits, "misses": self.misses,
+                "hit_ratio": self.hits / lookups if lookups else 0.0, "entries": self._size,
+                "rejected": dict(self.rejected), "max_error": self.equivalence.max_error,
+                "score_threshold": round(self.equivalence.threshold, 4),
+                "shared": self._log is not None}
