@@ -257,3 +257,41 @@ async def test_redis_killed_mid_run_fails_no_request(app_client) -> None:  # typ
     finally:
         redis.kill()
         redis.wait()
+
+
+async def test_two_servers_share_semantic_hits_and_serve_no_stale_answer(
+    app_client, tmp_path  # type: ignore[no-untyped-def]
+) -> None:
+    """Two app instances on one database and one Redis: B serves what A answered (exact and
+    semantic, from Redis), and after A changes a document neither serves an old answer."""
+    port = _free_port()
+    redis = _redis(port)
+    try:
+        cache = CacheSettings(backend="redis", redis_url=f"redis://127.0.0.1:{port}/0")
+        a = await app_client(cache=cache, data_dir=tmp_path / "a")
+        await seed(a)
+        shared_db = f"sqlite+aiosqlite:///{tmp_path / 'a' / 'metis.db'}"
+        b = await app_client(cache=cache, data_dir=tmp_path / "b", database_url=shared_db)
+        q, para = "When do database backups run?", "When do the database backups run?"
+        first = await ask(a, message=q)
+        assert first["cache"]["level"] is None and "02:00" in first["answer"]
+        assert (await ask(b, message=q))["cache"]["level"] == "exact"
+        hit = await ask(b, message=para)
+        assert hit["cache"]["level"] == "semantic" and hit["answer"] == first["answer"]
+        assert hit["cache"]["original_question"] == q
+
+        doc_id = first["citations"][0]["document_id"]
+        new = b"# Operations\n\n## Backups\n\nDatabase backups now run hourly at minute 15.\n"
+        r = await a.put(f"/api/documents/{doc_id}", files={"files": ("ops.md", new)})
+        assert r.status_code == 200
+        # The first question after the change on each server is answered afresh (no level
+        # serves the old version); a paraphrase on the other server then reuses that new answer.
+        fresh = await ask(a, message=q)
+        assert fresh["cache"]["level"] is None and "hourly" in fresh["answer"]
+        for message in (q, para):
+            shared = await ask(b, message=message)
+            assert shared["cache"]["level"] in ("exact", "semantic"), shared["cache"]
+            assert "hourly" in shared["answer"] and "02:00" not in shared["answer"]
+    finally:
+        redis.kill()
+        redis.wait()
