@@ -71,6 +71,7 @@ _POLITE = re.compile(r"^(?:(?:hi|hello|hey|please|so|ok|okay)\W+)*"
                      r"(?: to)?(?: me)?|please (?:tell|explain|show)(?: me)?|"
                      r"i(?:'d| would) like to know|do you know)\W*")
 
+_COMPARE = re.compile(r"\b(?:differences?|differ|vs|versus|compared?|comparison)\b")
 _EXPLAIN = re.compile(r"\b(?:explain|describe|define)\b")
 _NEGATION = frozenset(("not", "no", "never", "without", "except", "nor", "neither", "cannot",
                        "non", "exclude", "excluding", "refuse", "discard"))
@@ -136,7 +137,7 @@ def _stem(word: str) -> str:
 class QuestionText:
     """The signals of one question, computed once (at cache time for stored questions)."""
 
-    kind: str  # who/when/where/why/quantity/what/yes_no/none
+    kind: str  # who/when/where/why/quantity/compare/what/yes_no/none
     negated: bool
     polar: frozenset[str]
     content: frozenset[str]  # stemmed content words
@@ -154,6 +155,9 @@ def analyse(question: str) -> QuestionText:
 
 
 def _kind(text: str, words: list[str], polite: str) -> str:
+    # "What is the difference between X and Y?" asks another thing than "What is X?".
+    if _COMPARE.search(text):
+        return "compare"
     if _QUANTITY.search(text):
         return "quantity"
     # "Explain X" and "could you explain X" ask what X is.
@@ -201,7 +205,7 @@ def general_rarity(word: str) -> float:
 
 FEATURES = ("cosine", "cosine_squared", "kind_mismatch", "yes_no_mismatch", "negation_mismatch",
             "polar_conflict", "polar_one_sided", "substituted", "added")
-_HARD_KINDS = frozenset(("who", "when", "where", "why", "quantity"))
+_HARD_KINDS = frozenset(("who", "when", "where", "why", "quantity", "compare"))
 
 
 def features(a: QuestionText, b: QuestionText, cosine: float,
