@@ -99,8 +99,8 @@ def _newton(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def model_of(weights: np.ndarray, bias: float, curve: list[tuple[float, int, int]],
-             lookups: int = 0) -> Model:
-    return Model(tuple(float(v) for v in weights), bias, tuple(curve), lookups, MIN_COSINE)
+             different: int = 0) -> Model:
+    return Model(tuple(float(v) for v in weights), bias, tuple(curve), different, MIN_COSINE)
 
 
 def curve_of(scores: np.ndarray, y: np.ndarray, points: int = 400) -> list[tuple[float, int, int]]:
@@ -129,13 +129,13 @@ def main() -> None:
         test = scored & (fold == k)
         oof[test] = [m.score(row) for row in x[test]]
     curve = curve_of(oof, y)
-    model = model_of(weights, bias, curve, len(pairs))
+    model = model_of(weights, bias, curve, int((y == 0).sum()))
     for max_error in (0.005, 0.01, 0.02, 0.05):
         eq = Equivalence(model, max_error)
         above = oof >= eq.threshold
         tp = int((above & (y == 1)).sum())
         print(f"max_error {max_error:.3f}: threshold {eq.threshold:.4f}, calibration "
-              f"(out-of-fold) error {(above & (y == 0)).sum() / len(y):.4f}, precision "
+              f"(out-of-fold) error {(above & (y == 0)).sum() / (y == 0).sum():.4f}, precision "
               f"{tp / max(1, above.sum()):.4f}, recall {tp / y.sum():.4f}, accepted "
               f"{int(above.sum())}")
     pos = y.sum()
@@ -149,7 +149,7 @@ def main() -> None:
     if not a.check:
         OUT.write_text(json.dumps({
             "features": list(FEATURES), "weights": [round(float(v), 6) for v in weights],
-            "bias": round(bias, 6), "min_cosine": MIN_COSINE, "lookups": len(pairs),
+            "bias": round(bias, 6), "min_cosine": MIN_COSINE, "different": int((y == 0).sum()),
             "fitted_on": "benchmarks/data/semantic_pairs.jsonl, split=calibration, "
                          f"{len(pairs)} pairs; embedder {EmbedSettings().model}",
             "curve": curve,

@@ -1,9 +1,9 @@
 """The semantic cache's decision measured on the labelled pairs and on the sibling workload.
 
 Used by `bench_cache.py`. A pair (a, b) is one lookup: `a` is cached, `b` is asked. Error is the
-share of lookups answered with another question's answer (what METIS_CACHE__SEMANTIC_MAX_ERROR
-bounds); precision is the share of semantic hits that were right; recall the share of
-same-question pairs served.
+share of lookups for a different question answered with `a`'s answer (what
+METIS_CACHE__SEMANTIC_MAX_ERROR bounds); precision is the share of semantic hits that were
+right; recall the share of same-question pairs served.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def summary(pairs: list[semantic_pairs.Pair], accepted: np.ndarray) -> dict[str,
     same = np.array([p.same for p in pairs])
     hits, right = int(accepted.sum()), int((accepted & same).sum())
     return {"lookups": len(pairs), "hits": hits, "wrong": hits - right,
-            "error": (hits - right) / len(pairs), "precision": right / hits if hits else 1.0,
+            "error": (hits - right) / int((~same).sum()),
+            "precision": right / hits if hits else 1.0,
             "recall": right / int(same.sum())}
 
 

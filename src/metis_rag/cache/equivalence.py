@@ -8,9 +8,11 @@ whose coefficients were fitted on the calibration split of our labelled pairs
 (`benchmarks/fit_equivalence.py` writes `equivalence.json`; nothing is trained at run time).
 The threshold on its score is read off the calibration curve stored beside the coefficients:
 the lowest one whose upper confidence bound on the error rate stays under the user's
-`max_error`. The error rate is the share of lookups answered with another question's answer
-(as in vCache), measured on calibration pairs where each pair is one lookup: a question asked
-when a paraphrase or a hard near-miss of it (same passage, another ask) is the cached candidate.
+`max_error`. The error rate is the share of lookups for a *different* question that are
+answered with the cached question's answer, measured on the calibration pairs whose new
+question is a hard near miss of the cached one (same passage, another ask). It is the worst
+case of the share of all lookups served a wrong answer (as vCache bounds it): traffic that
+also repeats questions only lowers it.
 """
 
 from __future__ import annotations
@@ -250,12 +252,12 @@ class Verdict:
 @dataclass(frozen=True, slots=True)
 class Model:
     """Logistic regression over `FEATURES`, and its calibration curve: score thresholds with
-    the pairs accepted and wrongly accepted above each, out of `lookups` pairs."""
+    the pairs accepted and wrongly accepted above each; `different` pairs were near misses."""
 
     weights: tuple[float, ...]
     bias: float
     curve: tuple[tuple[float, int, int], ...]
-    lookups: int
+    different: int
     min_cosine: float
 
     @classmethod
@@ -268,7 +270,7 @@ class Model:
                              "benchmarks/fit_equivalence.py")
         return cls(tuple(data["weights"]), float(data["bias"]),
                    tuple((float(t), int(n), int(f)) for t, n, f in data["curve"]),
-                   int(data["lookups"]), float(data["min_cosine"]))
+                   int(data["different"]), float(data["min_cosine"]))
 
     def score(self, x: Sequence[float]) -> float:
         z = self.bias + sum(w * v for w, v in zip(self.weights, x, strict=True))
@@ -279,7 +281,7 @@ class Model:
         on the calibration error rate is at most `max_error`; above 1 (never) if none is."""
         best = 1.01
         for t, _, f in sorted(self.curve, reverse=True):
-            if wilson_upper(f, self.lookups, confidence_z) > max_error:
+            if wilson_upper(f, self.different, confidence_z) > max_error:
                 break
             best = t
         return best
