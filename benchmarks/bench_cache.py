@@ -146,6 +146,7 @@ async def send(url: str, seq: list[str], concurrency: int) -> list[dict[str, Any
             body = r.json()
             out.append({"q": q, "status": r.status_code, "ms": ms,
                         "server_ms": body.get("timings_ms", {}).get("total"),
+                        "embed_ms": body.get("timings_ms", {}).get("embed") or 0.0,
                         "cache": body.get("cache") or {}})
 
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
@@ -249,7 +250,10 @@ async def redis_run(work: Path, run: int, fake: FakeLLMServer) -> dict[str, floa
             "semantic_b_hits": len(sem) / len(others),
             "semantic_b_precision": good / len(sem) if sem else 1.0,
             "semantic_b_server_p50": harness.percentile([r["server_ms"] for r in sem], 0.50),
-            "semantic_b_server_p95": harness.percentile([r["server_ms"] for r in sem], 0.95)}
+            "semantic_b_server_p95": harness.percentile([r["server_ms"] for r in sem], 0.95),
+            # the same without embedding the new question (the model, not the cache)
+            "semantic_b_lookup_p95": harness.percentile(
+                [r["server_ms"] - r["embed_ms"] for r in sem], 0.95)}
 
 
 def pairs_report(vec: dict[str, np.ndarray], work: Path, gpt: bool,
@@ -372,7 +376,8 @@ def main() -> None:
     print(f"  semantic hits on B (other wordings): {m('semantic_b_hits', redis_runs):.0%} of "
           f"them, precision {m('semantic_b_precision', redis_runs):.3f}, server p50 "
           f"{m('semantic_b_server_p50', redis_runs):.2f} ms, p95 "
-          f"{m('semantic_b_server_p95', redis_runs):.2f} ms (target <= 5 ms)")
+          f"{m('semantic_b_server_p95', redis_runs):.2f} ms (target <= 5 ms); p95 without "
+          f"embedding the question {m('semantic_b_lookup_p95', redis_runs):.2f} ms")
 
 
 if __name__ == "__main__":
