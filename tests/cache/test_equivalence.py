@@ -138,5 +138,4 @@ def test_low_similarity_is_rejected_before_any_other_check(eq: Equivalence) -> N
     hit = eq.judge(analyse("How do I rotate keys?"), analyse("How can I rotate keys?"), 0.99)
     assert hit.checks == ("similarity", "identifiers", "question_type", "negation",
                           "order_direction", "score")
-    assert hit.explain(0.99) == {"similarity": 0.99, "score": round(hit.score, 4),
-                                 "checks": list(hit.checks)}
+    assert hit.same and hit.score >= eq.threshold

@@ -174,7 +174,6 @@ def _kind(text: str, words: list[str], polite: str) -> str:
 def _signals(text: str, words: list[str], stems: list[str]) -> tuple[
         bool, frozenset[str], frozenset[str]]:
     """Negated?, the order/direction classes named, the content words (stemmed)."""
-    stems = [_stem(w) for w in words]
     negations = sum(w in _NEGATION or s in _NEGATION or w.startswith("non-")
                     for w, s in zip(words, stems, strict=True))
     content, polar = set(), set()
@@ -243,10 +242,6 @@ class Verdict:
     score: float
     reason: str
     checks: tuple[str, ...]  # the checks passed
-
-    def explain(self, cosine: float) -> dict[str, Any]:
-        return {"similarity": round(cosine, 4), "score": round(self.score, 4),
-                "checks": list(self.checks)}
 
 
 @dataclass(frozen=True, slots=True)
