@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
 from starlette.datastructures import UploadFile
 
-from ..errors import InvalidInput, MetisError
+from ..errors import ClientDisconnected, InvalidInput, MetisError
 from ..ingest.pipeline import IngestResult, Upload, clean_folder, clean_tags
 from ..schemas import ChunkOut, DocumentDetail, DocumentOut, Page, UploadResponse, UploadResult
 from ..store import repo
@@ -42,7 +45,55 @@ _MULTIPART_SCHEMA = {
 }
 
 
-async def _read_form(request: Request) -> tuple[list[tuple[str, bytes]], dict[str, str]]:
+# What Starlette's multipart errors mean, said for people (its own text names its internals).
+_MULTIPART_PROBLEMS = [
+    ("too many files", "too_many_files",
+     f"An upload takes at most {MAX_FILES} files; send the rest in another request."),
+    ("too many fields", "invalid_multipart", "The upload has more than 100 form fields."),
+    ("exceeded maximum size", "invalid_multipart",
+     "A form field other than a file is larger than 1 MB."),
+    ("boundary", "invalid_multipart",
+     "The Content-Type header of the upload has no multipart boundary."),
+]
+
+
+def _multipart_error(exc: Exception) -> InvalidInput:
+    text = str(getattr(exc, "detail", "") or exc).lower()
+    for needle, code, message in _MULTIPART_PROBLEMS:
+        if needle in text:
+            return InvalidInput(message, code=code)
+    return InvalidInput("The upload is not valid multipart/form-data: its parts could not be "
+                        "read.", code="invalid_multipart")
+
+
+@asynccontextmanager
+async def cancelled_on_disconnect(request: Request) -> AsyncIterator[None]:
+    """Abandon the work inside (parsing a hostile file) as soon as the client goes away."""
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        task.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        task.uncancel()
+        raise ClientDisconnected("The client went away; its upload was abandoned.") from None
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+
+
+async def _read_form(request: Request) -> tuple[list[tuple[str, bytes, str]], dict[str, str]]:
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise InvalidInput(
             "Send the files as multipart/form-data in a field named 'files'.",
@@ -53,13 +104,13 @@ async def _read_form(request: Request) -> tuple[list[tuple[str, bytes]], dict[st
     except MetisError:
         raise
     except Exception as exc:
-        raise InvalidInput(f"The multipart body could not be read: {exc}.",
-                           code="invalid_multipart") from exc
-    files: list[tuple[str, bytes]] = []
+        raise _multipart_error(exc) from exc
+    files: list[tuple[str, bytes, str]] = []
     fields: dict[str, str] = {}
     for key, value in form.multi_items():
         if isinstance(value, UploadFile):
-            files.append((value.filename or "upload", await value.read()))
+            files.append((value.filename or "upload", await value.read(),
+                          value.content_type or ""))
             await value.close()
         else:
             fields[key] = value
@@ -96,8 +147,10 @@ async def upload_documents(request: Request, services: ServicesDep) -> Any:
     repo.check_collection_name(collection)
     folder, tags = clean_folder(fields.get("folder", "")), clean_tags(_tags(fields.get("tags", "")))
     priority = _priority(fields.get("priority", "normal"))
-    uploads = [Upload(name, data, folder=folder, tags=tags) for name, data in files]
-    prepared = [await services.ingestor.prepare_async(u) for u in uploads]
+    uploads = [Upload(name, data, folder=folder, tags=tags, content_type=ctype)
+               for name, data, ctype in files]
+    async with cancelled_on_disconnect(request):
+        prepared = [await services.ingestor.prepare_async(u) for u in uploads]
     stored = await _stored(services, collection, [p.content_hash for p in prepared])
     results: list[UploadResult] = []
     specs: list[TaskSpec] = []
@@ -111,7 +164,8 @@ async def upload_documents(request: Request, services: ServicesDep) -> Any:
         specs.append(TaskSpec(
             "ingest_document", name=f"ingest {prep.filename}"[:200], priority=priority,
             params={"collection": collection, "filename": prep.filename, "folder": folder,
-                    "tags": list(tags), "size_bytes": len(prep.upload.data)},
+                    "tags": list(tags), "size_bytes": len(prep.upload.data),
+                    "content_type": prep.upload.content_type},
             blob=prep.upload.data,
         ))
     created = iter(await services.tasks.submit(specs) if specs else [])
@@ -212,10 +266,11 @@ async def replace_document(document_id: int, request: Request, services: Service
     files, fields = await _read_form(request)
     if len(files) != 1:
         raise InvalidInput("Replace takes exactly one file.", code="one_file_expected")
-    name, data = files[0]
-    result = await services.ingestor.replace(
-        document_id, Upload(name, data, tags=_tags(fields.get("tags", "")))
-    )
+    name, data, ctype = files[0]
+    async with cancelled_on_disconnect(request):
+        result = await services.ingestor.replace(
+            document_id, Upload(name, data, tags=_tags(fields.get("tags", "")), content_type=ctype)
+        )
     return _result(result)
 
 

@@ -29,6 +29,8 @@ async def list_tasks(
 async def submit_tasks(
     body: TaskCreate | list[TaskCreate], services: ServicesDep
 ) -> TaskOut | list[TaskOut]:
+    if isinstance(body, list) and not body:
+        return []  # an empty batch is accepted as it is: nothing to queue
     specs = [t.to_spec() for t in (body if isinstance(body, list) else [body])]
     created = await services.tasks.submit(specs)
     return created if isinstance(body, list) else created[0]
