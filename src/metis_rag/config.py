@@ -75,7 +75,8 @@ class ParseSettings(BaseModel):
     )
     max_pages: int = Field(2000, ge=1, description="Most pages of a PDF.")
     max_text_chars: int = Field(
-        20_000_000, ge=1000, description="Most characters of text extracted from one file."
+        5_000_000, ge=1000, description="Most characters of text extracted from one file (a "
+        "1,500-page book): all of it is chunked and embedded, so this bounds ingestion work.",
     )
     max_unzipped_mb: float = Field(
         200, gt=0, description="Most bytes a DOCX may expand to when unzipped, all parts together "

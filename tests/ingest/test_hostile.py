@@ -54,7 +54,7 @@ async def test_a_parse_past_its_time_is_killed_and_the_next_file_gets_a_fresh_pr
         await sb.parse(b"warm up", "w.txt")
         before = _children()
         with pytest.raises(ParseLimitExceeded) as caught:
-            await sb.parse(markdown_emphasis_storm(mb=8), "storm.md")
+            await sb.parse(markdown_emphasis_storm(mb=4), "storm.md")
         assert caught.value.code == "parse_timeout" and "storm.md" in caught.value.message
         await asyncio.sleep(0.2)
         assert not (before & _children()), "the timed-out parser process is still alive"
@@ -81,7 +81,7 @@ async def test_a_file_that_needs_more_memory_than_the_ceiling_is_refused() -> No
 async def test_cancelling_a_parse_kills_its_process(sandbox: ParseSandbox) -> None:
     await sandbox.parse(b"warm up", "w.txt")
     before = _children()
-    parse = asyncio.create_task(sandbox.parse(markdown_emphasis_storm(mb=8), "storm.md"))
+    parse = asyncio.create_task(sandbox.parse(markdown_emphasis_storm(mb=4), "storm.md"))
     await asyncio.sleep(0.3)
     parse.cancel()
     with pytest.raises(asyncio.CancelledError):

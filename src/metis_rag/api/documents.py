@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from sqlalchemy import select
 from starlette.datastructures import UploadFile
 
 from ..errors import ClientDisconnected, InvalidInput, MetisError
+from ..ingest.parsers import sanitize_filename
 from ..ingest.pipeline import IngestResult, Upload, clean_folder, clean_tags
 from ..schemas import ChunkOut, DocumentDetail, DocumentOut, Page, UploadResponse, UploadResult
 from ..store import repo
@@ -23,6 +25,8 @@ from .deps import ServicesDep
 router = APIRouter(prefix="/api", tags=["documents"])
 
 MAX_FILES = 100
+# Ids are 64-bit in the database: a larger one is a 422 here, not a driver overflow (a 500).
+DocumentId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 _MULTIPART_SCHEMA = {
     "requestBody": {
@@ -132,6 +136,7 @@ def _result(r: IngestResult) -> UploadResult:
     "/documents",
     response_model=UploadResponse,
     status_code=202,
+    responses={200: {"model": UploadResponse, "description": "Every file was already stored."}},
     openapi_extra=_MULTIPART_SCHEMA,
     summary="Upload one or many files: validated now, ingested by background tasks",
 )
@@ -150,23 +155,26 @@ async def upload_documents(request: Request, services: ServicesDep) -> Any:
     uploads = [Upload(name, data, folder=folder, tags=tags, content_type=ctype)
                for name, data, ctype in files]
     async with cancelled_on_disconnect(request):
-        prepared = [await services.ingestor.prepare_async(u) for u in uploads]
-    stored = await _stored(services, collection, [p.content_hash for p in prepared])
+        for upload in uploads:  # parsed to validate; chunking and embedding are the task's
+            await services.ingestor.parse(upload)
+    hashes = [hashlib.sha256(u.data).hexdigest() for u in uploads]
+    stored = await _stored(services, collection, hashes)
     results: list[UploadResult] = []
     specs: list[TaskSpec] = []
-    for prep in prepared:
-        doc = stored.get(prep.content_hash)
+    for upload, content_hash in zip(uploads, hashes, strict=True):
+        filename = sanitize_filename(upload.filename)
+        doc = stored.get(content_hash)
         if doc is not None:
-            results.append(UploadResult(filename=prep.filename, status="duplicate",
+            results.append(UploadResult(filename=filename, status="duplicate",
                                         document_id=doc[0], chunks=doc[1]))
             continue
-        results.append(UploadResult(filename=prep.filename, status="queued", document_id=None))
+        results.append(UploadResult(filename=filename, status="queued", document_id=None))
         specs.append(TaskSpec(
-            "ingest_document", name=f"ingest {prep.filename}"[:200], priority=priority,
-            params={"collection": collection, "filename": prep.filename, "folder": folder,
-                    "tags": list(tags), "size_bytes": len(prep.upload.data),
-                    "content_type": prep.upload.content_type},
-            blob=prep.upload.data,
+            "ingest_document", name=f"ingest {filename}"[:200], priority=priority,
+            params={"collection": collection, "filename": filename, "folder": folder,
+                    "tags": list(tags), "size_bytes": len(upload.data),
+                    "content_type": upload.content_type},
+            blob=upload.data,
         ))
     created = iter(await services.tasks.submit(specs) if specs else [])
     for r in results:
@@ -220,7 +228,7 @@ async def list_documents(
     folder: str | None = None,
     status: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
 ) -> Page[DocumentOut]:
     async with services.sessions() as session:
         collection_id = (await repo.get_collection(session, collection)).id if collection else None
@@ -237,7 +245,7 @@ async def list_documents(
 
 @router.get("/documents/{document_id}", response_model=DocumentDetail)
 async def get_document(
-    document_id: int, services: ServicesDep, chunks: bool = False
+    document_id: DocumentId, services: ServicesDep, chunks: bool = False
 ) -> DocumentDetail:
     async with services.sessions() as session:
         doc = await repo.get_document(session, document_id)
@@ -262,7 +270,7 @@ async def get_document(
     openapi_extra=_MULTIPART_SCHEMA,
     summary="Replace a document's content; its chunks are swapped atomically",
 )
-async def replace_document(document_id: int, request: Request, services: ServicesDep) -> Any:
+async def replace_document(document_id: DocumentId, request: Request, services: ServicesDep) -> Any:
     files, fields = await _read_form(request)
     if len(files) != 1:
         raise InvalidInput("Replace takes exactly one file.", code="one_file_expected")
@@ -275,6 +283,6 @@ async def replace_document(document_id: int, request: Request, services: Service
 
 
 @router.delete("/documents/{document_id}", status_code=204)
-async def delete_document(document_id: int, services: ServicesDep) -> Response:
+async def delete_document(document_id: DocumentId, services: ServicesDep) -> Response:
     await services.ingestor.delete(document_id)
     return Response(status_code=204)

@@ -27,7 +27,7 @@ _XML_HEAD_BYTES = 4096
 @dataclass(frozen=True, slots=True)
 class ParseLimits:
     max_pages: int = 2000
-    max_text_chars: int = 20_000_000
+    max_text_chars: int = 5_000_000
     max_unzipped_bytes: int = 200 * _MB
     max_compression_ratio: float = 100.0
     max_zip_entries: int = 5000

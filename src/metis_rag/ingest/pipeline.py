@@ -151,30 +151,29 @@ class Ingestor:
             chunks=chunks,
         )
 
-    async def prepare_async(self, upload: Upload) -> Prepared:
-        """Parse in the sandbox (or reuse a parse of the same bytes from the document cache),
-        then chunk off the event loop."""
+    async def parse(self, upload: Upload) -> ParsedDocument:
+        """Check the file and parse it in the sandbox, or reuse a parse of the same bytes from
+        the document cache. What an upload request does to validate its files."""
         self.check(upload)  # cheap refusals first: no parser process for a file named wrong
         cache = self._document_cache
         if cache is None:
-            parsed = await self._parser.parse(upload.data, upload.filename)
-            return await asyncio.to_thread(self.prepare, upload, parsed)
+            return await self._parser.parse(upload.data, upload.filename)
         key = hashlib.sha256(upload.data).hexdigest() + ":" + sanitize_filename(upload.filename)
         cached = await cache.get(key)
-        parsed = None
         if cached is not None:
-            parsed = ParsedDocument(
+            return ParsedDocument(
                 title=cached["title"], mime=cached["mime"],
                 sections=[Section(text=t, page=p, heading=h) for t, p, h in cached["sections"]],
             )
-        else:
-            parsed = await self._parser.parse(upload.data, upload.filename)
-        prepared = await asyncio.to_thread(self.prepare, upload, parsed)
-        if cached is None:
-            p = prepared.parsed
-            await cache.set(key, {"title": p.title, "mime": p.mime,
-                                  "sections": [[s.text, s.page, s.heading] for s in p.sections]})
-        return prepared
+        parsed = await self._parser.parse(upload.data, upload.filename)
+        await cache.set(key, {"title": parsed.title, "mime": parsed.mime,
+                              "sections": [[s.text, s.page, s.heading] for s in parsed.sections]})
+        return parsed
+
+    async def prepare_async(self, upload: Upload) -> Prepared:
+        """`parse`, then chunk off the event loop."""
+        parsed = await self.parse(upload)
+        return await asyncio.to_thread(self.prepare, upload, parsed)
 
     async def ingest(self, uploads: Sequence[Upload], collection: str) -> IngestReport:
         """All-or-nothing ingestion of a request's files: any bad file rejects them all."""

@@ -43,18 +43,15 @@ class _Worker:
         self.peak_rss_mb = 0.0
 
     @classmethod
-    async def start(cls, config: bytes) -> _Worker:
-        proc = await asyncio.create_subprocess_exec(
+    async def spawn(cls, config: bytes) -> _Worker:
+        return cls(await asyncio.create_subprocess_exec(
             sys.executable, "-m", "metis_rag.ingest.parse_worker", config,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        )
-        worker = cls(proc)
-        try:
-            await worker._reply()  # {"ready": true} once its imports and ceiling are in place
-        except BaseException:
-            worker.kill()
-            raise
-        return worker
+        ))
+
+    async def ready(self) -> None:
+        """Waits for {"ready": true}: its imports and memory ceiling are in place."""
+        await self._reply()
 
     async def call(self, header: dict[str, Any], data: bytes) -> dict[str, Any]:
         assert self.proc.stdin is not None
@@ -132,7 +129,13 @@ class ParseSandbox:
 
     async def _start(self) -> _Worker:
         self.stats["started"] += 1
-        return await _Worker.start(self._config)
+        worker = await _Worker.spawn(self._config)
+        try:
+            await worker.ready()
+        except BaseException:
+            self._discard(worker)
+            raise
+        return worker
 
     def _release(self, worker: _Worker, reply: dict[str, Any]) -> None:
         rss = float(reply.get("max_rss_mb") or 0)
