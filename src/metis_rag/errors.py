@@ -3,11 +3,11 @@
 MetisError
 ├── NotFound                      404  not_found (collection, document, conversation, task)
 ├── InvalidInput                  422  invalid_input
-│   └── InvalidDocument           422  empty_document | corrupt_document | encrypted_document
+│   └── InvalidDocument           422  empty_document | corrupt_document | encrypted_document |
+│       │                              parser_crashed (the file killed its parser process)
 │       └── ParseLimitExceeded    422  archive_too_large | compression_ratio | too_many_parts |
 │                                      unsafe_xml | too_many_pages | too_much_text |
-│                                      too_deeply_nested | parse_timeout | parse_memory |
-│                                      parser_crashed
+│                                      too_deeply_nested | parse_timeout | parse_memory
 ├── UnsupportedMediaType          415  unsupported_media_type
 │   └── ContentMismatch           415  content_mismatch (the bytes are not what the name or
 │                                      content type says)
