@@ -189,9 +189,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--rate", type=float, default=10, help="questions per second")
+    parser.add_argument("--skip", action="append", default=[], help="leave out a crafted file")
     parser.add_argument("--json", default=None)
     opts = parser.parse_args()
-    items = list(corpus())
+    items = [c for c in corpus() if c.name not in opts.skip]
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench-hostile-") as tmp:
         for run in range(opts.runs):
