@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import __version__
 from .api import cache, chat, documents, health, monitoring, pages, tasks
 from .api.limits import InboundLimits
+from .api.openapi import ERROR_RESPONSES
 from .config import Settings
 from .errors import MetisError, PayloadTooLarge, RateLimited
 from .observability.compression import Compression
@@ -149,6 +150,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="A fast, frugal RAG server: answers with citations over your documents.",
         lifespan=lifespan,
+        responses=ERROR_RESPONSES,
     )
     install_error_handlers(app)
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)

@@ -54,6 +54,45 @@ class ChunkSettings(BaseModel):
         return v
 
 
+class ParseSettings(BaseModel):
+    """Limits on what parsing one uploaded file may cost; a file past any of them is refused."""
+
+    workers: int = Field(
+        2, ge=1, le=64, description="Parser processes kept running (files parsed at once); "
+        "each is a separate process so a hostile file can be stopped without the server.",
+    )
+    timeout_s: float = Field(
+        30, gt=0, description="Time one file may take to parse; past it the parser process is "
+        "killed and the file refused (parse_timeout).",
+    )
+    memory_limit_mb: int = Field(
+        1024, ge=128, description="Address-space ceiling of a parser process (RLIMIT_AS); a "
+        "file that needs more is refused (parse_memory).",
+    )
+    recycle_rss_mb: int = Field(
+        300, ge=32, description="A parser process whose peak resident memory went past this is "
+        "replaced after its file, so one big file does not keep memory held.",
+    )
+    max_pages: int = Field(2000, ge=1, description="Most pages of a PDF.")
+    max_text_chars: int = Field(
+        5_000_000, ge=1000, description="Most characters of text extracted from one file (a "
+        "1,500-page book): all of it is chunked and embedded, so this bounds ingestion work.",
+    )
+    max_unzipped_mb: float = Field(
+        200, gt=0, description="Most bytes a DOCX may expand to when unzipped, all parts together "
+        "(counted while decompressing, never taken from the zip directory).",
+    )
+    max_compression_ratio: float = Field(
+        100, gt=1, description="Most a DOCX part over 1 MB unzipped may expand relative to its "
+        "compressed size (text XML reaches 10-30; zip bombs reach 1000).",
+    )
+    max_zip_entries: int = Field(5000, ge=10, description="Most files inside a DOCX archive.")
+    max_html_depth: int = Field(
+        1000, ge=16, description="Most levels elements of an HTML page may nest (the HTML "
+        "parser's time grows with the square of the depth: 20,000 levels took 1.3 s).",
+    )
+
+
 class RetrievalSettings(BaseModel):
     top_k: int = Field(5, ge=1, le=50, description="Chunks cited in an answer by default.")
     hybrid: bool = Field(
@@ -383,6 +422,7 @@ class Settings(BaseSettings):
     postgres: PostgresSettings = PostgresSettings()
     embed: EmbedSettings = EmbedSettings()
     chunk: ChunkSettings = ChunkSettings()
+    parse: ParseSettings = ParseSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     llm: LLMSettings = LLMSettings()
     cache: CacheSettings = CacheSettings()

@@ -3,8 +3,14 @@
 MetisError
 ├── NotFound                      404  not_found (collection, document, conversation, task)
 ├── InvalidInput                  422  invalid_input
-│   └── InvalidDocument           422  empty_document | corrupt_document | encrypted_document
+│   └── InvalidDocument           422  empty_document | corrupt_document | encrypted_document |
+│       │                              parser_crashed (the file killed its parser process)
+│       └── ParseLimitExceeded    422  archive_too_large | compression_ratio | too_many_parts |
+│                                      unsafe_xml | too_many_pages | too_much_text |
+│                                      too_deeply_nested | parse_timeout | parse_memory
 ├── UnsupportedMediaType          415  unsupported_media_type
+│   └── ContentMismatch           415  content_mismatch (the bytes are not what the name or
+│                                      content type says)
 ├── PayloadTooLarge               413  payload_too_large
 ├── Conflict                      409  conflict
 ├── Unauthorized                  401  unauthorized (API keys are configured; none or a wrong one)
@@ -13,7 +19,8 @@ MetisError
 │   └── ProviderTimeout           504  provider_timeout
 ├── ServiceUnavailable            503  service_unavailable
 ├── CorruptEntry                  500  cache_corrupt_entry (never reaches a client: dropped)
-└── MissingDependency             500  missing_dependency (an optional extra is not installed)
+├── MissingDependency             500  missing_dependency (an optional extra is not installed)
+└── ClientDisconnected            499  client_disconnected (the client left; nobody reads it)
 
 One handler in `metis_rag.api` turns these into JSON bodies ``{"code", "message"}``;
 anything else becomes a 500 ``internal_error`` with no traceback in the body.
@@ -58,9 +65,22 @@ class InvalidDocument(InvalidInput):
     code = "corrupt_document"
 
 
+class ParseLimitExceeded(InvalidDocument):
+    """A file that would cost more to parse than METIS_PARSE__* allows: a zip bomb, a huge
+    page count, a parse that runs out of time or memory. Refused, never partly indexed."""
+
+    code = "parse_limit"
+
+
 class UnsupportedMediaType(MetisError):
     status = 415
     code = "unsupported_media_type"
+
+
+class ContentMismatch(UnsupportedMediaType):
+    """The bytes are another kind of file than the extension or content type declares."""
+
+    code = "content_mismatch"
 
 
 class PayloadTooLarge(MetisError):
@@ -122,3 +142,10 @@ class MissingDependency(MetisError):
         super().__init__(
             f"{package} is not installed; run: pip install 'metis-rag[{extra}]'",
         )
+
+
+class ClientDisconnected(MetisError):
+    """The client went away mid-request; its work was abandoned (nginx's 499)."""
+
+    status = 499
+    code = "client_disconnected"

@@ -5,7 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+# Characters that show nothing: a question made only of these and spaces is empty.
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
 
 
 class ErrorBody(BaseModel):
@@ -95,6 +99,13 @@ class ChatQuery(BaseModel):
         description="Tenant namespace for the cache (else X-Metis-Namespace, else the default).",
     )
 
+
+    @field_validator("message")
+    @classmethod
+    def _has_words(cls, v: str) -> str:
+        if not v.translate(_INVISIBLE).strip():
+            raise PydanticCustomError("empty_question", "the question is empty (only spaces)")
+        return v
 
     @model_validator(mode="after")
     def _one_way_to_name_collections(self) -> ChatQuery:

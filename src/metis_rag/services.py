@@ -22,6 +22,7 @@ from .embed.cached import CachedEmbedder
 from .errors import ServiceUnavailable
 from .ingest.chunker import Chunker
 from .ingest.pipeline import Ingestor, reconcile
+from .ingest.sandbox import ParseSandbox
 from .llm.base import LLM
 from .llm.cached import CachedLLM
 from .llm.fallback import build_chain
@@ -119,9 +120,11 @@ async def open_services(
         chunker = Chunker(
             embedder.count_tokens, settings.chunk.max_tokens, settings.chunk.overlap_tokens
         )
+        parser = ParseSandbox(settings.parse)
+        stack.push_async_callback(parser.close)
         ingestor = Ingestor(
             sessions, embedder, vectors, chunker, max_bytes=settings.max_upload_bytes,
-            document_cache=caches.document if caches else None,
+            parser=parser, document_cache=caches.document if caches else None,
         )
         retriever = Retriever(sessions, vectors, settings.retrieval,
                               caches.retrieval if caches else None)

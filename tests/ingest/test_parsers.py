@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from metis_rag.errors import InvalidDocument, UnsupportedMediaType
+from metis_rag.errors import ContentMismatch, InvalidDocument, UnsupportedMediaType
 from metis_rag.ingest.parsers import (
     DOCX,
     PDF,
@@ -15,6 +15,7 @@ from metis_rag.ingest.parsers import (
     parse,
     sanitize_filename,
 )
+from metis_rag.ingest.sniff import check_content_type
 
 
 def parse_file(path: Path) -> ParsedDocument:
@@ -65,16 +66,64 @@ def test_no_extension_is_unsupported() -> None:
 @pytest.mark.parametrize(
     ("name", "content", "why"),
     [
-        ("fake.pdf", b"<html>not a pdf</html>", "not a PDF"),
-        ("fake.docx", b"just some text", "not a zip"),
+        ("random.pdf", bytes(range(256)) * 4, "not a PDF"),
+        ("random.docx", bytes(range(256)) * 4, "not a zip"),
         ("blob.txt", bytes(range(256)) * 4, "binary"),
-        ("blob.md", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary"),
     ],
 )
-def test_content_that_contradicts_the_extension_is_corrupt(write, name, content, why) -> None:
+def test_unrecognisable_binary_content_is_corrupt(write, name, content, why) -> None:
     error = invalid(write(name, content))
     assert error.code == "corrupt_document"
     assert why in error.message
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "what"),
+    [
+        ("fake.pdf", b"<html>not a pdf</html>", "plain text"),
+        ("fake.docx", b"just some text", "plain text"),
+        ("blob.md", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "PNG image"),
+        ("report.txt", b"%PDF-1.7\n1 0 obj\n<< >>\nendobj\n", "a PDF"),
+        ("report.html", b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n", "a PDF"),
+        ("memo.md", b"PK\x03\x04\x14\x00\x00\x00\x08\x00", "zip archive"),
+        ("paper.docx", b"%PDF-1.7\n", "a PDF"),
+    ],
+)
+def test_content_that_contradicts_the_extension_is_a_mismatch(write, name, content, what) -> None:
+    path = write(name, content)
+    with pytest.raises(ContentMismatch) as caught:
+        parse_file(path)
+    assert (caught.value.status, caught.value.code) == (415, "content_mismatch")
+    assert name in caught.value.message and what in caught.value.message
+
+
+def test_text_that_mentions_pdf_syntax_later_is_still_text() -> None:
+    text = b"Notes on file formats.\nA PDF file starts with %PDF-1.7 and holds objects.\n"
+    assert detect_type("notes.txt", text) == "text/plain"
+    assert detect_type("mz.txt", b"MZ is how the DOS header starts.") == "text/plain"
+
+
+@pytest.mark.parametrize(
+    ("name", "content_type", "refused"),
+    [
+        ("a.pdf", "application/pdf", False),
+        ("a.pdf", "application/octet-stream", False),
+        ("a.pdf", "", False),
+        ("a.md", "text/plain", False),
+        ("a.docx", "application/zip", False),
+        ("a.txt", "application/pdf", True),
+        ("a.pdf", "text/plain", True),
+        ("a.html", "image/png", True),
+    ],
+)
+def test_declared_content_type_must_agree_with_the_extension(name, content_type, refused) -> None:
+    mime = detect_type(name, b"%PDF-1.7\n" if name.endswith(".pdf") else b"PK\x03\x04"
+                       if name.endswith(".docx") else b"text")
+    if not refused:
+        check_content_type(name, mime, content_type)
+        return
+    with pytest.raises(ContentMismatch, match=content_type):
+        check_content_type(name, mime, content_type)
 
 
 @pytest.mark.parametrize("name", ["empty.txt", "empty.pdf", "empty.docx", "empty.html"])
@@ -254,8 +303,20 @@ def test_html_honours_meta_charset(write) -> None:
 
 
 def test_html_deep_nesting_does_not_overflow(write) -> None:
-    page = "<div>" * 5000 + "deep text" + "</div>" * 5000
+    page = "<div>" * 900 + "deep text" + "</div>" * 900
     assert parse_file(write("deep.html", page)).sections[0].text == "deep text"
+
+
+def test_html_nested_past_the_limit_is_refused_before_parsing(write) -> None:
+    page = "<div>" * 5000 + "deep text" + "</div>" * 5000
+    error = invalid(write("deeper.html", page))
+    assert error.code == "too_deeply_nested"
+
+
+def test_html_depth_ignores_elements_that_close_themselves(write) -> None:
+    # 3,000 unclosed paragraphs and list items, and void tags: flat, not 3,000 deep.
+    page = "<ul>" + "<li>item<br><p>para<img src=x>" * 3000 + "</ul>"
+    assert "item" in parse_file(write("flat.html", page)).sections[0].text
 
 
 # --- PDF ------------------------------------------------------------------------------------
@@ -383,13 +444,14 @@ def test_docx_encrypted_ole_container(write) -> None:
     assert error.code == "encrypted_document"
 
 
-def test_docx_that_is_another_zip_is_corrupt(write) -> None:
+def test_docx_that_is_another_zip_is_a_mismatch(write) -> None:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as archive:
         archive.writestr("hello.txt", "not a word document")
-    error = invalid(write("renamed.docx", buf.getvalue()))
-    assert error.code == "corrupt_document"
-    assert "Word document" in error.message
+    with pytest.raises(ContentMismatch) as caught:
+        parse_file(write("renamed.docx", buf.getvalue()))
+    assert caught.value.code == "content_mismatch"
+    assert "Word document" in caught.value.message
 
 
 def test_docx_truncated_is_corrupt(write, report_docx: bytes) -> None:

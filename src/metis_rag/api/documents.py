@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from sqlalchemy import select
 from starlette.datastructures import UploadFile
 
-from ..errors import InvalidInput, MetisError
+from ..errors import ClientDisconnected, InvalidInput, MetisError
+from ..ingest.parsers import sanitize_filename
 from ..ingest.pipeline import IngestResult, Upload, clean_folder, clean_tags
 from ..schemas import ChunkOut, DocumentDetail, DocumentOut, Page, UploadResponse, UploadResult
 from ..store import repo
@@ -20,6 +25,8 @@ from .deps import ServicesDep
 router = APIRouter(prefix="/api", tags=["documents"])
 
 MAX_FILES = 100
+# Ids are 64-bit in the database: a larger one is a 422 here, not a driver overflow (a 500).
+DocumentId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 _MULTIPART_SCHEMA = {
     "requestBody": {
@@ -42,7 +49,55 @@ _MULTIPART_SCHEMA = {
 }
 
 
-async def _read_form(request: Request) -> tuple[list[tuple[str, bytes]], dict[str, str]]:
+# What Starlette's multipart errors mean, said for people (its own text names its internals).
+_MULTIPART_PROBLEMS = [
+    ("too many files", "too_many_files",
+     f"An upload takes at most {MAX_FILES} files; send the rest in another request."),
+    ("too many fields", "invalid_multipart", "The upload has more than 100 form fields."),
+    ("exceeded maximum size", "invalid_multipart",
+     "A form field other than a file is larger than 1 MB."),
+    ("boundary", "invalid_multipart",
+     "The Content-Type header of the upload has no multipart boundary."),
+]
+
+
+def _multipart_error(exc: Exception) -> InvalidInput:
+    text = str(getattr(exc, "detail", "") or exc).lower()
+    for needle, code, message in _MULTIPART_PROBLEMS:
+        if needle in text:
+            return InvalidInput(message, code=code)
+    return InvalidInput("The upload is not valid multipart/form-data: its parts could not be "
+                        "read.", code="invalid_multipart")
+
+
+@asynccontextmanager
+async def cancelled_on_disconnect(request: Request) -> AsyncIterator[None]:
+    """Abandon the work inside (parsing a hostile file) as soon as the client goes away."""
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        task.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        task.uncancel()
+        raise ClientDisconnected("The client went away; its upload was abandoned.") from None
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+
+
+async def _read_form(request: Request) -> tuple[list[tuple[str, bytes, str]], dict[str, str]]:
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise InvalidInput(
             "Send the files as multipart/form-data in a field named 'files'.",
@@ -53,13 +108,13 @@ async def _read_form(request: Request) -> tuple[list[tuple[str, bytes]], dict[st
     except MetisError:
         raise
     except Exception as exc:
-        raise InvalidInput(f"The multipart body could not be read: {exc}.",
-                           code="invalid_multipart") from exc
-    files: list[tuple[str, bytes]] = []
+        raise _multipart_error(exc) from exc
+    files: list[tuple[str, bytes, str]] = []
     fields: dict[str, str] = {}
     for key, value in form.multi_items():
         if isinstance(value, UploadFile):
-            files.append((value.filename or "upload", await value.read()))
+            files.append((value.filename or "upload", await value.read(),
+                          value.content_type or ""))
             await value.close()
         else:
             fields[key] = value
@@ -81,6 +136,7 @@ def _result(r: IngestResult) -> UploadResult:
     "/documents",
     response_model=UploadResponse,
     status_code=202,
+    responses={200: {"model": UploadResponse, "description": "Every file was already stored."}},
     openapi_extra=_MULTIPART_SCHEMA,
     summary="Upload one or many files: validated now, ingested by background tasks",
 )
@@ -96,23 +152,29 @@ async def upload_documents(request: Request, services: ServicesDep) -> Any:
     repo.check_collection_name(collection)
     folder, tags = clean_folder(fields.get("folder", "")), clean_tags(_tags(fields.get("tags", "")))
     priority = _priority(fields.get("priority", "normal"))
-    uploads = [Upload(name, data, folder=folder, tags=tags) for name, data in files]
-    prepared = [await services.ingestor.prepare_async(u) for u in uploads]
-    stored = await _stored(services, collection, [p.content_hash for p in prepared])
+    uploads = [Upload(name, data, folder=folder, tags=tags, content_type=ctype)
+               for name, data, ctype in files]
+    async with cancelled_on_disconnect(request):
+        for upload in uploads:  # parsed to validate; chunking and embedding are the task's
+            await services.ingestor.parse(upload)
+    hashes = [hashlib.sha256(u.data).hexdigest() for u in uploads]
+    stored = await _stored(services, collection, hashes)
     results: list[UploadResult] = []
     specs: list[TaskSpec] = []
-    for prep in prepared:
-        doc = stored.get(prep.content_hash)
+    for upload, content_hash in zip(uploads, hashes, strict=True):
+        filename = sanitize_filename(upload.filename)
+        doc = stored.get(content_hash)
         if doc is not None:
-            results.append(UploadResult(filename=prep.filename, status="duplicate",
+            results.append(UploadResult(filename=filename, status="duplicate",
                                         document_id=doc[0], chunks=doc[1]))
             continue
-        results.append(UploadResult(filename=prep.filename, status="queued", document_id=None))
+        results.append(UploadResult(filename=filename, status="queued", document_id=None))
         specs.append(TaskSpec(
-            "ingest_document", name=f"ingest {prep.filename}"[:200], priority=priority,
-            params={"collection": collection, "filename": prep.filename, "folder": folder,
-                    "tags": list(tags), "size_bytes": len(prep.upload.data)},
-            blob=prep.upload.data,
+            "ingest_document", name=f"ingest {filename}"[:200], priority=priority,
+            params={"collection": collection, "filename": filename, "folder": folder,
+                    "tags": list(tags), "size_bytes": len(upload.data),
+                    "content_type": upload.content_type},
+            blob=upload.data,
         ))
     created = iter(await services.tasks.submit(specs) if specs else [])
     for r in results:
@@ -166,7 +228,7 @@ async def list_documents(
     folder: str | None = None,
     status: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
 ) -> Page[DocumentOut]:
     async with services.sessions() as session:
         collection_id = (await repo.get_collection(session, collection)).id if collection else None
@@ -183,7 +245,7 @@ async def list_documents(
 
 @router.get("/documents/{document_id}", response_model=DocumentDetail)
 async def get_document(
-    document_id: int, services: ServicesDep, chunks: bool = False
+    document_id: DocumentId, services: ServicesDep, chunks: bool = False
 ) -> DocumentDetail:
     async with services.sessions() as session:
         doc = await repo.get_document(session, document_id)
@@ -208,18 +270,19 @@ async def get_document(
     openapi_extra=_MULTIPART_SCHEMA,
     summary="Replace a document's content; its chunks are swapped atomically",
 )
-async def replace_document(document_id: int, request: Request, services: ServicesDep) -> Any:
+async def replace_document(document_id: DocumentId, request: Request, services: ServicesDep) -> Any:
     files, fields = await _read_form(request)
     if len(files) != 1:
         raise InvalidInput("Replace takes exactly one file.", code="one_file_expected")
-    name, data = files[0]
-    result = await services.ingestor.replace(
-        document_id, Upload(name, data, tags=_tags(fields.get("tags", "")))
-    )
+    name, data, ctype = files[0]
+    async with cancelled_on_disconnect(request):
+        result = await services.ingestor.replace(
+            document_id, Upload(name, data, tags=_tags(fields.get("tags", "")), content_type=ctype)
+        )
     return _result(result)
 
 
 @router.delete("/documents/{document_id}", status_code=204)
-async def delete_document(document_id: int, services: ServicesDep) -> Response:
+async def delete_document(document_id: DocumentId, services: ServicesDep) -> Response:
     await services.ingestor.delete(document_id)
     return Response(status_code=204)

@@ -18,7 +18,7 @@ async def list_tasks(
     status: Annotated[StatusName | None, Query(description=", ".join(STATUSES))] = None,
     type: Annotated[str | None, Query(max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
 ) -> TaskPage:
     items, total = await services.tasks.list(status=status, type=type, limit=limit, offset=offset)
     return TaskPage(items=items, total=total, limit=limit, offset=offset)
@@ -29,6 +29,8 @@ async def list_tasks(
 async def submit_tasks(
     body: TaskCreate | list[TaskCreate], services: ServicesDep
 ) -> TaskOut | list[TaskOut]:
+    if isinstance(body, list) and not body:
+        return []  # an empty batch is accepted as it is: nothing to queue
     specs = [t.to_spec() for t in (body if isinstance(body, list) else [body])]
     created = await services.tasks.submit(specs)
     return created if isinstance(body, list) else created[0]

@@ -2,7 +2,8 @@
 
 `parse` is the entry point. A section is a run of text under one heading on one page, so a
 chunk cut from it can be cited exactly. Problems with the file itself raise `InvalidDocument`
-(empty, corrupt or encrypted) or `UnsupportedMediaType`, never a library's own exception.
+(empty, corrupt, encrypted, or past a `ParseLimits` limit) or `UnsupportedMediaType`, never a
+library's own exception. Time and memory are bounded by the process that runs it (`sandbox`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..errors import InvalidDocument, MetisError, UnsupportedMediaType
+from ..errors import InvalidDocument, MetisError
+from .limits import ParseLimits, check_docx_archive
+from .sniff import DOCX, HEAD_BYTES, KIND, PDF, SUPPORTED, detect_type, sanitize_filename
+
+__all__ = ["DOCX", "PDF", "SUPPORTED", "ParseLimits", "ParsedDocument", "Section", "detect_type",
+           "parse", "sanitize_filename"]
 
 if TYPE_CHECKING:
     from docx.table import Table
@@ -27,31 +33,6 @@ if TYPE_CHECKING:
 # second to import, which every CLI start would otherwise pay.
 
 logger = logging.getLogger(__name__)
-
-PDF = "application/pdf"
-DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
-SUPPORTED: dict[str, str] = {
-    "txt": "text/plain",
-    "md": "text/markdown",
-    "markdown": "text/markdown",
-    "html": "text/html",
-    "htm": "text/html",
-    "pdf": PDF,
-    "docx": DOCX,
-}
-HEAD_BYTES = 4096
-MAX_FILENAME_CHARS = 120
-
-_KIND = {
-    "text/plain": "text file",
-    "text/markdown": "Markdown file",
-    "text/html": "HTML page",
-    PDF: "PDF",
-    DOCX: "Word document",
-}
-_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
-_ZIP_MAGIC = b"PK\x03\x04"
-
 
 @dataclass(frozen=True, slots=True)
 class Section:
@@ -67,77 +48,6 @@ class ParsedDocument:
     title: str | None
     mime: str
     sections: list[Section]
-
-
-# --- file names and types -------------------------------------------------------------------
-
-_UNSAFE_NAME_CHARS = re.compile(
-    r'[\x00-\x1f\x7f-\x9f<>:"|?*\u200b-\u200f\u202a-\u202e\u2060\ufeff]'
-)
-_WINDOWS_RESERVED = re.compile(r"^(con|prn|aux|nul|com\d|lpt\d)(\.|$)", re.IGNORECASE)
-
-
-def sanitize_filename(name: str) -> str:
-    """A safe base name for display and storage: no directories, controls or leading dots."""
-    name = unicodedata.normalize("NFKC", name).replace("\\", "/").rsplit("/", 1)[-1]
-    name = _UNSAFE_NAME_CHARS.sub("", name)
-    # Windows drops trailing dots and spaces; leading dots would hide the file or mean "..".
-    name = " ".join(name.split()).lstrip(". ").rstrip(". ")
-    if _WINDOWS_RESERVED.match(name):
-        name = "_" + name
-    if len(name) > MAX_FILENAME_CHARS:
-        stem, dot, ext = name.rpartition(".")
-        if dot and stem and 0 < len(ext) <= 16:
-            name = stem[: MAX_FILENAME_CHARS - len(ext) - 1].rstrip(". ") + "." + ext
-        else:
-            name = name[:MAX_FILENAME_CHARS].rstrip(". ")
-    return name or "document"
-
-
-def detect_type(filename: str, head: bytes) -> str:
-    """The mime type of a file from its extension, checked against its first bytes."""
-    name = sanitize_filename(filename)
-    stem, dot, ext = name.rpartition(".")
-    ext = ext.lower() if dot and stem else ""
-    mime = SUPPORTED.get(ext)
-    if mime is None:
-        supported = ", ".join("." + e for e in SUPPORTED)
-        what = f"files of type .{ext}" if ext else f"{name} (it has no file extension)"
-        raise UnsupportedMediaType(f"Cannot ingest {what}. Supported types: {supported}.")
-    if not head:
-        raise InvalidDocument(f"{name} is empty.", code="empty_document")
-    if mime == PDF and b"%PDF-" not in head[:1024]:
-        raise _corrupt(name, "it is not a PDF file (no %PDF header)")
-    if mime == DOCX:
-        _check_docx_head(name, head)
-    if mime.startswith("text/") and _looks_binary(head):
-        raise _corrupt(name, "it contains binary data, not text")
-    return mime
-
-
-def _check_docx_head(name: str, head: bytes) -> None:
-    if head.startswith(_OLE_MAGIC):
-        # Office wraps password-protected .docx files in an OLE container.
-        raise InvalidDocument(
-            f"{name} is encrypted (password-protected); remove the password and upload it again.",
-            code="encrypted_document",
-        )
-    if not head.startswith(_ZIP_MAGIC):
-        raise _corrupt(name, "it is not a .docx file (not a zip archive)")
-
-
-def _looks_binary(head: bytes) -> bool:
-    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return False
-    if b"\x00" in head:
-        return True
-    text = codecs.getincrementaldecoder("utf-8")(errors="replace").decode(head, final=False)
-    controls = sum(1 for c in text if c < " " and c not in "\t\n\r\f\v")
-    return controls > len(text) // 10
-
-
-def _corrupt(name: str, reason: str) -> InvalidDocument:
-    return InvalidDocument(f"{name} cannot be read: {reason}.", code="corrupt_document")
 
 
 # --- text normalisation ---------------------------------------------------------------------
@@ -184,8 +94,14 @@ def _one_line(text: str) -> str:
 # --- plain text and Markdown ----------------------------------------------------------------
 
 
-def _parse_txt(data: bytes, name: str) -> tuple[str | None, list[Section]]:
-    return None, [Section(normalize_text(decode_text(data)), None, None)]
+def _decode_within(data: bytes, name: str, limits: ParseLimits) -> str:
+    text = decode_text(data)
+    limits.check_text(name, len(text))  # before the regexes below spend time on it
+    return text
+
+
+def _parse_txt(data: bytes, name: str, limits: ParseLimits) -> tuple[str | None, list[Section]]:
+    return None, [Section(normalize_text(_decode_within(data, name, limits)), None, None)]
 
 
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?)\n(?:---|\.\.\.)[ \t]*(?:\n|\Z)", re.DOTALL)
@@ -196,15 +112,17 @@ _SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 _RULE = re.compile(r"^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$")
 _LINK_DEF = re.compile(r"^ {0,3}\[[^\]]+\]:\s*\S+")
 _QUOTE = re.compile(r"^ {0,3}(?:>[ \t]?)+")
+# Every pattern stops at the next delimiter instead of scanning to a distant closer: paired
+# forms (`.+?` up to a matching `**`) took quadratic time on a long line of unclosed markers.
 _MD_INLINE: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"(`+)(.+?)\1"), r"\2"),
-    (re.compile(r"!\[([^\]]*)\]\([^)]*\)"), r"\1"),
-    (re.compile(r"\[([^\]]+)\](?:\([^)]*\)|\[[^\]]*\])"), r"\1"),
+    (re.compile(r"(`+)([^`]+)\1"), r"\2"),
+    (re.compile(r"!\[([^\[\]]*)\]\([^()]*\)"), r"\1"),
+    (re.compile(r"\[([^\[\]]+)\](?:\([^()]*\)|\[[^\[\]]*\])"), r"\1"),
     (re.compile(r"<((?:https?|mailto):[^>\s]+)>"), r"\1"),
     (re.compile(r"</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>"), ""),
-    (re.compile(r"(\*\*|__|~~)(?=\S)(.+?)(?<=\S)\1"), r"\2"),
-    (re.compile(r"(?<![\w*])\*(?=\S)(.+?)(?<=\S)\*(?![\w*])"), r"\1"),
-    (re.compile(r"(?<![\w_])_(?=\S)(.+?)(?<=\S)_(?![\w_])"), r"\1"),
+    # Emphasis markers are dropped where they open or close a word, paired or not.
+    (re.compile(r"(?<![\w*_~])(?:\*{1,3}|_{1,3}|~~)(?=[^\s*_~])"
+                r"|(?<=[^\s*_~])(?:\*{1,3}|_{1,3}|~~)(?![\w*_~])"), ""),
 ]
 
 
@@ -233,8 +151,10 @@ class _SectionBuilder:
         self.parts = []
 
 
-def _parse_markdown(data: bytes, name: str) -> tuple[str | None, list[Section]]:
-    text = normalize_text(decode_text(data)) + "\n"
+def _parse_markdown(
+    data: bytes, name: str, limits: ParseLimits
+) -> tuple[str | None, list[Section]]:
+    text = normalize_text(_decode_within(data, name, limits)) + "\n"
     title = None
     if front := _FRONT_MATTER.match(text):
         text = text[front.end() :]
@@ -293,10 +213,12 @@ def _decode_html(data: bytes) -> str:
     return decode_text(data)
 
 
-def _parse_html(data: bytes, name: str) -> tuple[str | None, list[Section]]:
+def _parse_html(data: bytes, name: str, limits: ParseLimits) -> tuple[str | None, list[Section]]:
     from selectolax.lexbor import LexborHTMLParser
 
-    tree = LexborHTMLParser(_decode_html(data))
+    html = _decode_html(data)
+    limits.check_html_depth(name, _html_depth(html, limits.max_html_depth))
+    tree = LexborHTMLParser(html)
     title_node = tree.css_first("title")
     title = _one_line(title_node.text()) if title_node is not None else ""
     out = _SectionBuilder()
@@ -304,6 +226,33 @@ def _parse_html(data: bytes, name: str) -> tuple[str | None, list[Section]]:
         _walk_html(tree.body, out)
     out.flush()
     return title or None, out.sections
+
+
+_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9:-]*)[^<>]*?(/?)>")
+# Elements that never nest: void ones, and ones whose end tag is optional (closed implicitly).
+_FLAT_TAGS = frozenset(
+    """area base br col embed hr img input link meta param source track wbr p li dt dd tr td th
+    option optgroup thead tbody tfoot colgroup caption rb rt rp html head body""".split()
+)
+
+
+def _html_depth(html: str, limit: int) -> int:
+    """How deeply elements nest, from the tags alone; stops counting once past `limit`.
+    The HTML parser's time grows with the square of the depth, so this runs before it."""
+    depth = deepest = 0
+    for m in _TAG.finditer(html):
+        tag = m.group(2).lower()
+        if tag in _FLAT_TAGS or m.group(3):
+            continue
+        if m.group(1):
+            depth = max(0, depth - 1)
+            continue
+        depth += 1
+        if depth > deepest:
+            deepest = depth
+            if deepest > limit:
+                break
+    return deepest
 
 
 def _walk_html(root: LexborNode, out: _SectionBuilder) -> None:
@@ -346,7 +295,7 @@ def _cells_joined(parts: list[str]) -> list[str]:
 # --- PDF ------------------------------------------------------------------------------------
 
 
-def _parse_pdf(data: bytes, name: str) -> tuple[str | None, list[Section]]:
+def _parse_pdf(data: bytes, name: str, limits: ParseLimits) -> tuple[str | None, list[Section]]:
     from pypdf import PdfReader
     from pypdf.errors import DependencyError
 
@@ -362,15 +311,20 @@ def _parse_pdf(data: bytes, name: str) -> tuple[str | None, list[Section]]:
                 f"{name} is encrypted; remove the password or protection and upload it again.",
                 code="encrypted_document",
             )
+    limits.check_pages(name, _declared_pages(reader))  # a cheap refusal before the page tree
+    limits.check_pages(name, len(reader.pages))
     starts = _outline_starts(reader)
     heading: str | None = None
     sections: list[Section] = []
+    chars = 0
     for page_no, page in enumerate(reader.pages, start=1):
         try:
             text = normalize_text(page.extract_text() or "", join_hyphens=True)
         except Exception as exc:  # one bad page should not lose the whole document
             logger.warning("%s: skipped page %d: %s", name, page_no, exc)
             text = ""
+        chars += len(text)
+        limits.check_text(name, chars)
         heading = _split_pdf_page(text, page_no, heading, starts.get(page_no - 1, []), sections)
     title = None
     try:
@@ -378,6 +332,15 @@ def _parse_pdf(data: bytes, name: str) -> tuple[str | None, list[Section]]:
     except Exception:
         logger.debug("%s: unreadable PDF metadata", name)
     return title, sections
+
+
+def _declared_pages(reader: PdfReader) -> int:
+    """The page count the document claims (its root /Count); 0 when it claims none."""
+    try:
+        count = reader.trailer["/Root"]["/Pages"].get("/Count", 0)
+        return int(count) if isinstance(count, int) else 0
+    except Exception:
+        return 0
 
 
 def _outline_starts(reader: PdfReader) -> dict[int, list[str]]:
@@ -424,10 +387,11 @@ def _split_pdf_page(
 # --- DOCX -----------------------------------------------------------------------------------
 
 
-def _parse_docx(data: bytes, name: str) -> tuple[str | None, list[Section]]:
+def _parse_docx(data: bytes, name: str, limits: ParseLimits) -> tuple[str | None, list[Section]]:
     import docx
     from docx.table import Table
 
+    check_docx_archive(data, name, limits)
     document = docx.Document(io.BytesIO(data))
     title = _one_line(document.core_properties.title or "") or None
     # `Paragraph.style` searches all styles on every call (1 ms each); map ids to names once.
@@ -462,7 +426,7 @@ def _docx_table_text(table: Table) -> str:
 
 # --- entry point ----------------------------------------------------------------------------
 
-_PARSERS: dict[str, Callable[[bytes, str], tuple[str | None, list[Section]]]] = {
+_PARSERS: dict[str, Callable[[bytes, str, ParseLimits], tuple[str | None, list[Section]]]] = {
     "text/plain": _parse_txt,
     "text/markdown": _parse_markdown,
     "text/html": _parse_html,
@@ -471,22 +435,26 @@ _PARSERS: dict[str, Callable[[bytes, str], tuple[str | None, list[Section]]]] = 
 }
 
 
-def parse(data: bytes, filename: str) -> ParsedDocument:
+def parse(data: bytes, filename: str, limits: ParseLimits | None = None) -> ParsedDocument:
     """Detect the type of `data`, extract its text and split it into sections."""
+    limits = limits or ParseLimits()
     name = sanitize_filename(filename)
     mime = detect_type(name, data[:HEAD_BYTES])
     try:
-        title, sections = _PARSERS[mime](data, name)
+        title, sections = _PARSERS[mime](data, name, limits)
     except MetisError:
         raise
+    except (MemoryError, RecursionError):
+        raise  # the sandbox turns these into parse_memory / a refusal of its own
     except Exception as exc:
         reason = " ".join(str(exc).split())[:120] or type(exc).__name__
         raise InvalidDocument(
-            f"{name} cannot be read: the {_KIND[mime]} is damaged or not a valid file.",
+            f"{name} cannot be read: the {KIND[mime]} is damaged or not a valid file.",
             code="corrupt_document",
             reason=reason,
         ) from exc
     sections = _with_text(sections)
+    limits.check_text(name, sum(len(s.text) for s in sections))
     if not sections:
         if mime == PDF:
             raise InvalidDocument(

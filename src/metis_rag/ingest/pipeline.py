@@ -26,7 +26,9 @@ from ..store import repo
 from ..store.models import Chunk, Collection, Document
 from ..store.vectors import ChunkColumnVectors, VectorStore
 from .chunker import ChunkDraft, Chunker
-from .parsers import ParsedDocument, Section, detect_type, parse, sanitize_filename
+from .parsers import ParsedDocument, Section, detect_type, sanitize_filename
+from .sandbox import ParseSandbox
+from .sniff import check_content_type
 
 # Chunks embedded together across small documents, so model batches stay full.
 GROUP_CHUNKS = 256
@@ -39,6 +41,7 @@ class Upload:
     data: bytes
     folder: str = ""
     tags: tuple[str, ...] = ()
+    content_type: str = ""  # as the client declared it; must agree with the name and bytes
 
 
 @dataclass(slots=True)
@@ -103,9 +106,11 @@ class Ingestor:
         chunker: Chunker,
         *,
         max_bytes: int,
+        parser: ParseSandbox,
         document_cache: TieredCache | None = None,
     ) -> None:
         self._document_cache = document_cache
+        self._parser = parser
         self._sessions = sessions
         self._embedder = embedder
         self._vectors = vectors
@@ -120,16 +125,20 @@ class Ingestor:
         # One writer at a time keeps SQLite free of lock contention and the index consistent.
         self._write_lock = asyncio.Lock()
 
-    def prepare(self, upload: Upload, parsed: ParsedDocument | None = None) -> Prepared:
-        """Validate, parse and chunk one file (CPU-bound; call it from a worker thread)."""
+    def check(self, upload: Upload) -> tuple[str, str]:
+        """The file's safe name and type, refusing it when too big or not what it claims to be."""
         filename = sanitize_filename(upload.filename)
         if len(upload.data) > self._max_bytes:
             raise PayloadTooLarge(
                 f"{filename} is {len(upload.data)} bytes; the limit is {self._max_bytes} bytes."
             )
         mime = detect_type(filename, upload.data[:8192])
-        if parsed is None:
-            parsed = parse(upload.data, filename)
+        check_content_type(filename, mime, upload.content_type)
+        return filename, mime
+
+    def prepare(self, upload: Upload, parsed: ParsedDocument) -> Prepared:
+        """Validate and chunk one parsed file (CPU-bound; call it from a worker thread)."""
+        filename, mime = self.check(upload)
         chunks = self._chunker.chunk(parsed)
         if not chunks:
             raise InvalidInput(f"{filename} has no text to index.", code="empty_document")
@@ -142,25 +151,29 @@ class Ingestor:
             chunks=chunks,
         )
 
-    async def prepare_async(self, upload: Upload) -> Prepared:
-        """`prepare` off the event loop, reusing a parse of the same bytes from the document cache."""
+    async def parse(self, upload: Upload) -> ParsedDocument:
+        """Check the file and parse it in the sandbox, or reuse a parse of the same bytes from
+        the document cache. What an upload request does to validate its files."""
+        self.check(upload)  # cheap refusals first: no parser process for a file named wrong
         cache = self._document_cache
         if cache is None:
-            return await asyncio.to_thread(self.prepare, upload)
+            return await self._parser.parse(upload.data, upload.filename)
         key = hashlib.sha256(upload.data).hexdigest() + ":" + sanitize_filename(upload.filename)
         cached = await cache.get(key)
-        parsed = None
         if cached is not None:
-            parsed = ParsedDocument(
+            return ParsedDocument(
                 title=cached["title"], mime=cached["mime"],
                 sections=[Section(text=t, page=p, heading=h) for t, p, h in cached["sections"]],
             )
-        prepared = await asyncio.to_thread(self.prepare, upload, parsed)
-        if cached is None:
-            p = prepared.parsed
-            await cache.set(key, {"title": p.title, "mime": p.mime,
-                                  "sections": [[s.text, s.page, s.heading] for s in p.sections]})
-        return prepared
+        parsed = await self._parser.parse(upload.data, upload.filename)
+        await cache.set(key, {"title": parsed.title, "mime": parsed.mime,
+                              "sections": [[s.text, s.page, s.heading] for s in parsed.sections]})
+        return parsed
+
+    async def prepare_async(self, upload: Upload) -> Prepared:
+        """`parse`, then chunk off the event loop."""
+        parsed = await self.parse(upload)
+        return await asyncio.to_thread(self.prepare, upload, parsed)
 
     async def ingest(self, uploads: Sequence[Upload], collection: str) -> IngestReport:
         """All-or-nothing ingestion of a request's files: any bad file rejects them all."""
@@ -370,7 +383,8 @@ class Ingestor:
             doc = await repo.get_document(session, document_id)
             coll_name = (await session.get_one(Collection, doc.collection_id)).name
             folder, filename, tags = doc.folder, doc.filename, tuple(doc.tags)
-        renamed = Upload(filename, upload.data, folder=folder, tags=upload.tags or tags)
+        renamed = Upload(filename, upload.data, folder=folder, tags=upload.tags or tags,
+                         content_type=upload.content_type)
         report = await self.ingest([renamed], coll_name)
         await self._vectors.flush()
         return report.results[0]

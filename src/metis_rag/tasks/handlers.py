@@ -52,7 +52,8 @@ async def ingest_document(ctx: TaskContext) -> dict[str, Any]:
                                  code="file_unreadable") from exc
     else:
         data = await ctx.blob()
-    upload = Upload(p["filename"], data, folder=p.get("folder", ""), tags=tuple(p.get("tags", ())))
+    upload = Upload(p["filename"], data, folder=p.get("folder", ""), tags=tuple(p.get("tags", ())),
+                    content_type=p.get("content_type", ""))
     staged = await ingestor.stage([upload], progress=lambda pct, msg: ctx.progress(5 + pct * 0.85, msg),
                                   embed=ctx.services.ingest_embedder.embed)
     ctx.progress(92, "writing")

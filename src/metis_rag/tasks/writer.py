@@ -70,6 +70,8 @@ class StateWriter:
         blobs: Sequence[dict[str, Any]] = (),
     ) -> None:
         """Adds task rows (with their edges and blobs); returns once they are committed."""
+        if not tasks:
+            return  # no commit will ever come for an empty batch: do not wait for one
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         b = self._batch
         b.tasks.extend(tasks)

@@ -1,0 +1,110 @@
+"""A parser process: `python -m metis_rag.ingest.parse_worker '<config json>'`.
+
+It reads files from stdin and writes their sections (or the error) to stdout, one at a time,
+under an address-space ceiling. The server (`sandbox.ParseSandbox`) kills it when a parse runs
+out of time or the client goes away. Frames: a 4-byte big-endian length, then JSON; a request
+is followed by an 8-byte length and the file's bytes. Replies are JSON only, never pickle, so a
+parser subverted by a hostile file cannot run code in the server through them.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import struct
+import sys
+from typing import Any, BinaryIO
+
+import orjson
+
+_MB = 1024 * 1024
+
+
+def _read_exactly(stream: BinaryIO, n: int) -> bytes | None:
+    data = stream.read(n)  # a buffered read returns short only at end of input
+    return data if len(data) == n else None
+
+
+def _write(stream: BinaryIO, body: dict[str, Any]) -> None:
+    payload = orjson.dumps(body)
+    stream.write(struct.pack(">I", len(payload)) + payload)
+    stream.flush()
+
+
+def _error_reply(code: str, message: str, kind: str = "ParseLimitExceeded",
+                 details: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"error": {"type": kind, "code": code, "message": message, "details": details or {}}}
+
+
+def _parse_one(data: bytes, filename: str, limits: Any) -> dict[str, Any]:
+    from ..errors import MetisError
+    from .parsers import parse, sanitize_filename
+
+    name = sanitize_filename(filename)
+    try:
+        doc = parse(data, filename, limits)
+    except MetisError as exc:
+        return {"error": {"type": type(exc).__name__, "code": exc.code, "message": exc.message,
+                          "details": exc.details}}
+    except MemoryError:
+        return _error_reply("parse_memory", f"{name} needs more memory to parse than a parser "
+                            "may use (METIS_PARSE__MEMORY_LIMIT_MB); it is refused.")
+    except RecursionError:
+        return _error_reply("too_deeply_nested", f"{name} is nested too deeply to parse safely.")
+    return {"ok": {"title": doc.title, "mime": doc.mime,
+                   "sections": [[s.text, s.page, s.heading] for s in doc.sections]}}
+
+
+def main() -> None:
+    config = orjson.loads(sys.argv[1])
+    # The protocol owns the real stdout; anything a library prints goes to stderr instead.
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    inp = sys.stdin.buffer
+    from . import parsers  # noqa: F401  (import the parsers before the ceiling and the first file)
+    from .limits import ParseLimits
+
+    for lib in ("pypdf", "docx", "selectolax.lexbor", "lxml.etree"):
+        __import__(lib)
+    limits = ParseLimits(**config["limits"])
+    ceiling = config["memory_limit_mb"] * _MB
+    resource.setrlimit(resource.RLIMIT_AS, (ceiling, ceiling))
+    _write(out, {"ready": True})
+    while True:
+        try:
+            if not _serve_one(inp, out, limits):
+                return
+        except MemoryError:
+            # Even reading the file or writing the reply did not fit: say so in a few bytes and
+            # exit, giving all of it back.
+            _write(out, _error_reply("parse_memory", "The file needs more memory to parse than "
+                                     "a parser may use (METIS_PARSE__MEMORY_LIMIT_MB)."))
+            return
+
+
+def _peak_rss_mb() -> float:
+    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over from the server across exec.
+    with open("/proc/self/status", "rb") as status:
+        for line in status:
+            if line.startswith(b"VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _serve_one(inp: BinaryIO, out: BinaryIO, limits: Any) -> bool:
+    """Parses one file; False when the server has gone or this process should start afresh."""
+    head = _read_exactly(inp, 4)
+    if head is None:
+        return False  # the server closed our stdin: it is shutting down
+    request = orjson.loads(_read_exactly(inp, struct.unpack(">I", head)[0]) or b"{}")
+    size = struct.unpack(">Q", _read_exactly(inp, 8) or bytes(8))[0]
+    data = _read_exactly(inp, size) or b""
+    reply = _parse_one(data, request["filename"], limits)
+    del data
+    reply["max_rss_mb"] = _peak_rss_mb()
+    _write(out, reply)
+    # A process that ran out of memory may be fragmented: it exits and is replaced.
+    return reply.get("error", {}).get("code") != "parse_memory"
+
+if __name__ == "__main__":
+    main()
