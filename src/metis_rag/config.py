@@ -57,10 +57,23 @@ class ChunkSettings(BaseModel):
 class RetrievalSettings(BaseModel):
     top_k: int = Field(5, ge=1, le=50, description="Chunks cited in an answer by default.")
     hybrid: bool = Field(
-        True, description="Fuse full-text (FTS5) and dense results by reciprocal rank fusion."
+        True, description="Fuse full-text (FTS5 / tsvector) and dense results (else dense only)."
     )
-    candidates: int = Field(40, ge=1, le=1000, description="Candidates per retriever before RRF.")
-    rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant.")
+    candidates: int = Field(40, ge=1, le=1000, description="Candidates per leg before fusion.")
+    fusion: Literal["convex", "rrf"] = Field(
+        "convex", description="convex = dense_weight * min-max(cosine) + the rest * "
+        "min-max(full-text score) over both legs' candidates; rrf = reciprocal rank fusion "
+        "(the default before: lost to dense only on two collections of three)."
+    )
+    dense_weight: float = Field(
+        0.7, ge=0, le=1, description="Share of the dense leg in convex fusion (chosen on the "
+        "calibration queries of every collection of benchmarks/bench_retrieval.py)."
+    )
+    rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant (fusion=rrf).")
+    chunks_per_document: int = Field(
+        3, ge=1, le=20, description="Chunks shown per document when results are grouped by "
+        "document (group_by=document)."
+    )
     ef_search: int = Field(
         96, ge=10, description="HNSW search breadth (recall vs latency): hnswlib's ef, pgvector's "
         "hnsw.ef_search (at most 1000)."

@@ -1,0 +1,55 @@
+"""Fusion of the dense and full-text legs, and grouping of results by document."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from metis_rag.rag import fusion
+from metis_rag.rag.retriever import Retrieved, group_by_document
+from metis_rag.store.repo import ChunkRow
+
+
+def test_convex_mixes_both_legs_and_a_chunk_only_dense_found_scores_zero_in_full_text() -> None:
+    dense = {1: 0.9, 2: 0.5, 3: 0.7}  # 3 came from the full-text leg, with its exact cosine
+    lexical = {3: 12.0, 2: 4.0}
+    mixed = fusion.convex(dense, lexical, dense_weight=0.5)
+    # min-max: cosine 1 -> 1.0, 2 -> 0.0, 3 -> 0.5; full text 3 -> 1.0, 2 -> 0.0, 1 absent -> 0
+    assert mixed == pytest.approx({1: 0.5, 2: 0.0, 3: 0.75})
+    assert fusion.convex(dense, lexical, dense_weight=1.0) == pytest.approx(
+        {1: 1.0, 2: 0.0, 3: 0.5})
+    assert max(fusion.convex(dense, {}, 0.7).values()) == pytest.approx(0.7)
+
+
+def test_a_leg_of_equal_scores_counts_fully_for_all_and_nothing_is_empty() -> None:
+    assert fusion.convex({1: 0.4, 2: 0.4}, {1: 3.0}, 0.5) == pytest.approx({1: 1.0, 2: 0.5})
+    assert fusion.convex({}, {}, 0.5) == {}
+
+
+@pytest.mark.parametrize("how", ["minmax", "zscore", "dbsf"])
+def test_normalisations_keep_the_order_within_zero_and_one(how: fusion.Normalisation) -> None:
+    raw = np.array([3.0, -1.0, 10.0, 0.5])
+    scaled = fusion.normalise(raw, how)
+    assert list(np.argsort(scaled)) == list(np.argsort(raw))
+    assert scaled.min() >= 0 and scaled.max() <= 1
+
+
+def test_weighted_rrf_favours_the_heavier_list() -> None:
+    fused = fusion.rrf([[1, 2], [2, 1]], k=60, weights=[0.7, 0.3])
+    assert fused[1] > fused[2]
+    assert fusion.rrf([[1, 2], [2, 1]], k=60)[1] == pytest.approx(fusion.rrf([[1, 2], [2, 1]],
+                                                                              k=60)[2])
+
+
+def _hit(chunk_id: int, document_id: int, score: float) -> Retrieved:
+    row = ChunkRow(chunk_id, document_id, f"doc{document_id}.txt", "", chunk_id, "text", None,
+                   None, b"")
+    return Retrieved(row, score, score)
+
+
+def test_grouping_keeps_top_k_distinct_documents_with_their_best_chunks_together() -> None:
+    ranked = [_hit(1, 10, 0.9), _hit(2, 20, 0.8), _hit(3, 10, 0.7), _hit(4, 10, 0.6),
+              _hit(5, 10, 0.5), _hit(6, 30, 0.4), _hit(7, 20, 0.3), _hit(8, 40, 0.2)]
+    grouped = group_by_document(ranked, top_k=3, per_document=2)
+    assert [(r.chunk.document_id, r.chunk.id) for r in grouped] == [
+        (10, 1), (10, 3), (20, 2), (20, 7), (30, 6)]
