@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import itertools
 import json
 import math
 import sys
@@ -32,7 +33,8 @@ import harness
 import retrieval_data as data
 from metis_rag.config import CacheSettings, RetrievalSettings, Settings
 from metis_rag.rag import fusion
-from metis_rag.rag.retriever import Candidates
+from metis_rag.rag.rerank import term_rerank
+from metis_rag.rag.retriever import Candidates, rank_candidates
 
 QUERIES = Path(__file__).resolve().parent / "retrieval_queries"
 DEPTH = 40  # chunks each system returns; enough for 10 distinct units
@@ -107,17 +109,27 @@ def metis_embed(texts: list[str]) -> np.ndarray:
 
 # --- the fusion options measured on the calibration split ----------------------------------
 
-def fusions() -> dict[str, Callable[[Candidates], dict[int, float]]]:
-    def convex(w: float, how: fusion.Normalisation) -> Callable[[Candidates], dict[int, float]]:
-        return lambda c: fusion.convex(c.similarity, c.lexical, w, how)
+Fuse = Callable[[Candidates, str], dict[int, float]]
 
-    def rrf(k: int, w: float) -> Callable[[Candidates], dict[int, float]]:
-        return lambda c: fusion.rrf(
+
+def fusions() -> dict[str, Fuse]:
+    def convex(w: float, how: fusion.Normalisation) -> Fuse:
+        return lambda c, q: fusion.convex(c.similarity, c.lexical, w, how)
+
+    def rrf(k: int, w: float) -> Fuse:
+        return lambda c, q: fusion.rrf(
             [c.dense, sorted(c.lexical, key=c.lexical.__getitem__, reverse=True)], k, [w, 1 - w])
 
-    options: dict[str, Callable[[Candidates], dict[int, float]]] = {
-        "dense only": lambda c: {i: c.similarity[i] for i in c.dense},
-        "full-text only": lambda c: dict(c.lexical),
+    def reranked(w: float, cov: float, name: float) -> Fuse:
+        return lambda c, q: term_rerank(q, fusion.convex(c.similarity, c.lexical, w), c.rows,
+                                        cov, name)
+
+    def cosine_terms(cov: float, name: float) -> Fuse:
+        return lambda c, q: term_rerank(q, dict(c.similarity), c.rows, cov, name)
+
+    options: dict[str, Fuse] = {
+        "dense only": lambda c, q: {i: c.similarity[i] for i in c.dense},
+        "full-text only": lambda c, q: dict(c.lexical),
         "rrf k=60 (old default)": rrf(60, 0.5),
     }
     for w in (0.6, 0.7, 0.8):
@@ -125,10 +137,17 @@ def fusions() -> dict[str, Callable[[Candidates], dict[int, float]]]:
     for how in ("minmax", "zscore", "dbsf"):
         for w in (0.5, 0.6, 0.7, 0.8, 0.9):
             options[f"convex {how} w={w}"] = convex(w, how)
+    grid = itertools.product((0.7, 0.8, 0.9, 1.0), (0.0, 0.03, 0.06, 0.1, 0.2),
+                             (0.0, 0.05, 0.1, 0.2))
+    for w, cov, name in grid:
+        options[f"convex w={w} + terms {cov}/{name}"] = reranked(w, cov, name)
+    for cov, name in itertools.product((0.02, 0.05, 0.1), (0.0, 0.05, 0.1)):
+        options[f"cosine + terms {cov}/{name}"] = cosine_terms(cov, name)
     return options
 
 
 def ranked_units(scores: dict[int, float], c: Candidates, unit_of: dict[int, str]) -> list[str]:
+    """The distinct units of the first DEPTH chunks, ranked as the retriever ranks them."""
     order = sorted(scores, key=lambda i: (scores[i], c.similarity.get(i, 0.0)), reverse=True)
     return distinct(unit_of[i] for i in order[:DEPTH])
 
@@ -217,7 +236,8 @@ async def insert_units(settings: Settings, units: list[dict], texts: list[str],
         await conn.execute(insert(Collection), [{"id": 1, "name": "bench", "version": 1,
                                                  "created_at": now, "updated_at": now}])
         await conn.execute(insert(Document), [
-            {"id": n + 1, "collection_id": 1, "filename": u["id"], "folder": "",
+            # A realistic file name: the page, or the file that holds the section.
+            {"id": n + 1, "collection_id": 1, "filename": u["id"].split("#")[0], "folder": "",
              "content_hash": hashlib.sha256(u["id"].encode()).hexdigest(), "mime": "text/plain",
              "size_bytes": len(u["text"]), "title": u["title"], "tags": [], "status": "ready",
              "error": None, "chunk_count": owner.count(n), "created_at": now, "updated_at": now}
@@ -237,73 +257,88 @@ def table(title: str, rows: dict[str, dict[str, float]], extra: dict[str, str]) 
               f"{m['MRR@10']:7.3f}  {extra.get(name, '')}", flush=True)
 
 
+def evaluate(name: str, a: argparse.Namespace, default: RetrievalSettings
+             ) -> tuple[dict[str, list[dict[str, float]]], list[dict], dict[str, float]]:
+    """Per-query metrics of every system on one collection, and the fusion options' nDCG@10."""
+    units = data.load(name)
+    queries = load_queries(name, a.split)
+    texts, owner = chunk_units(units)
+    vectors = cached_vectors(f"{name}-metis", texts, metis_embed)
+    qtexts = [q["text"] for q in queries]
+    qvecs = cached_vectors(f"{name}-queries", qtexts, metis_embed)
+    found, unit_of, dense_ms, hybrid_ms = asyncio.run(
+        metis_candidates(units, texts, owner, vectors, qvecs, qtexts))
+    rels = [q["relevant"] for q in queries]
+    options = fusions()
+    chosen: dict[str, Fuse] = {
+        "dense only": options["dense only"],
+        "full-text only (FTS5 BM25)": options["full-text only"],
+        "rrf k=60 (old default)": options["rrf k=60 (old default)"],
+        "Metis default": lambda c, q: rank_candidates(c, q, default, True),
+    }
+
+    def score(fuse: Fuse) -> list[dict[str, float]]:
+        return [metrics(ranked_units(fuse(c, q), c, unit_of), r)
+                for c, q, r in zip(found, qtexts, rels, strict=True)]
+
+    per_system = {k: score(f) for k, f in chosen.items()}
+    notes = {"dense only": f"retrieve {dense_ms:.1f} ms",
+             "Metis default": f"retrieve {hybrid_ms:.1f} ms"}
+    t = time.perf_counter()
+    for c, q in zip(found, qtexts, strict=True):
+        rank_candidates(c, q, default, True)
+    notes["Metis default"] += f", fusion {(time.perf_counter() - t) * 1000 / len(found):.2f} ms"
+    if not a.no_peers:
+        ranks, ms = bm25s_rankings(texts, qtexts)
+        per_system["bm25s"] = [metrics(distinct(units[owner[i]]["id"] for i in rk), r)
+                               for rk, r in zip(ranks, rels, strict=True)]
+        notes["bm25s"] = f"retrieve {ms:.1f} ms"
+        li, ms = llamaindex_rankings(units, qtexts)
+        per_system["LlamaIndex defaults"] = [metrics(u, r) for u, r in zip(li, rels, strict=True)]
+        notes["LlamaIndex defaults"] = f"retrieve {ms:.1f} ms"
+    table(f"{name}: {len(units)} units, {len(texts)} chunks, {len(queries)} queries",
+          {k: mean(v) for k, v in per_system.items()}, notes)
+    option_scores = {}
+    if a.fusions:
+        option_scores = {k: mean(score(f))["nDCG@10"] for k, f in options.items()}
+    return per_system, queries, option_scores
+
+
+def by_kind(per_system: dict[str, list[dict[str, float]]], queries: list[dict]) -> str:
+    parts = []
+    for kind in ("question", "paraphrase", "keywords", "entity"):
+        idx = [i for i, q in enumerate(queries) if q["kind"] == kind]
+        if idx:
+            parts.append(f"{kind} ({len(idx)}): " + ", ".join(
+                f"{k} {sum(v[i]['nDCG@10'] for i in idx) / len(idx):.3f}"
+                for k, v in per_system.items()))
+    return "  nDCG@10 by kind of query: " + "; ".join(parts)
+
+
 def main(a: argparse.Namespace) -> None:
     print(f"{harness.machine()}; split: {a.split}")
     default = RetrievalSettings()
     summary: dict[str, dict[str, float]] = {}
-    option_summary: dict[str, list[float]] = {}
+    options: dict[str, list[float]] = {}
     for name in a.collections:
-        units = data.load(name)
-        queries = load_queries(name, a.split)
-        texts, owner = chunk_units(units)
-        vectors = cached_vectors(f"{name}-metis", texts, metis_embed)
-        qtexts = [q["text"] for q in queries]
-        qvecs = cached_vectors(f"{name}-queries", qtexts, metis_embed)
-        found, unit_of, dense_ms, hybrid_ms = asyncio.run(
-            metis_candidates(units, texts, owner, vectors, qvecs, qtexts))
-        rels = [q["relevant"] for q in queries]
-        per_system: dict[str, list[dict[str, float]]] = {}
-        notes = {"dense only": f"{dense_ms:.1f} ms", "Metis default": f"{hybrid_ms:.1f} ms"}
-        chosen = {"dense only": fusions()["dense only"],
-                  "full-text only (FTS5 BM25)": fusions()["full-text only"],
-                  "rrf k=60 (old default)": fusions()["rrf k=60 (old default)"],
-                  "Metis default": lambda c: fusion.convex(c.similarity, c.lexical,
-                                                           default.dense_weight)}
-        if default.fusion == "rrf":
-            chosen["Metis default"] = chosen["rrf k=60 (old default)"]
-        for sys_name, fuse in chosen.items():
-            per_system[sys_name] = [metrics(ranked_units(fuse(c), c, unit_of), r)
-                                    for c, r in zip(found, rels, strict=True)]
-        if not a.no_peers:
-            ranks, ms = bm25s_rankings(texts, qtexts)
-            per_system["bm25s"] = [metrics(distinct(units[owner[i]]["id"] for i in rk), r)
-                                   for rk, r in zip(ranks, rels, strict=True)]
-            notes["bm25s"] = f"{ms:.1f} ms"
-            li, ms = llamaindex_rankings(units, qtexts)
-            per_system["LlamaIndex defaults"] = [metrics(u, r) for u, r in zip(li, rels,
-                                                                                 strict=True)]
-            notes["LlamaIndex defaults"] = f"{ms:.1f} ms"
-        rows = {k: mean(v) for k, v in per_system.items()}
-        table(f"{name}: {len(units)} units, {len(texts)} chunks, {len(queries)} queries",
-              rows, notes)
-        for k, m in rows.items():
-            summary.setdefault(k, {})[name] = m["nDCG@10"]
-        by_kind: dict[str, dict[str, float]] = {}
-        for kind in ("question", "paraphrase", "keywords", "entity"):
-            idx = [i for i, q in enumerate(queries) if q["kind"] == kind]
-            if idx:
-                by_kind[f"{kind} ({len(idx)})"] = {
-                    k: sum(v[i]["nDCG@10"] for i in idx) / len(idx) for k, v in per_system.items()}
-        print("  nDCG@10 by kind of query: " + "; ".join(
-            f"{kind}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items())
-            for kind, m in by_kind.items()))
-        if a.fusions:
-            for opt, fuse in fusions().items():
-                option_summary.setdefault(opt, []).append(mean([
-                    metrics(ranked_units(fuse(c), c, unit_of), r)
-                    for c, r in zip(found, rels, strict=True)])["nDCG@10"])
-    print("\nnDCG@10 per collection, and the mean")
+        per_system, queries, option_scores = evaluate(name, a, default)
+        print(by_kind(per_system, queries))
+        for k, v in per_system.items():
+            summary.setdefault(k, {})[name] = mean(v)["nDCG@10"]
+        for k, v in option_scores.items():
+            options.setdefault(k, []).append(v)
+    print("\nnDCG@10 per collection (" + ", ".join(a.collections) + "), and the mean")
     for k, per in summary.items():
-        vals = " ".join(f"{per[n]:9.3f}" for n in a.collections)
+        vals = " ".join(f"{per[n]:.3f}" for n in a.collections)
         print(f"  {k:34} {vals}  mean {sum(per.values()) / len(per):.3f}")
-    if a.fusions:
-        print("\nfusion options, nDCG@10 per collection (" + ", ".join(a.collections) + ")")
-        for opt, vals in sorted(option_summary.items(), key=lambda kv: -sum(kv[1])):
-            best_leg = [max(summary["dense only"][n], summary["full-text only (FTS5 BM25)"][n])
-                        for n in a.collections]
-            worst_gap = min(v - b for v, b in zip(vals, best_leg, strict=True))
-            print(f"  {opt:34} " + " ".join(f"{v:.3f}" for v in vals)
-                  + f"  mean {sum(vals) / len(vals):.3f}  worst vs best leg {worst_gap:+.3f}")
+    best_leg = [max(summary["dense only"][n], summary["full-text only (FTS5 BM25)"][n])
+                for n in a.collections]
+    if options:
+        print("\nfusion options, nDCG@10 per collection, mean, worst gap to the better leg")
+    for opt, vals in sorted(options.items(), key=lambda kv: -sum(kv[1])):
+        gap = min(v - b for v, b in zip(vals, best_leg, strict=True))
+        print(f"  {opt:34} " + " ".join(f"{v:.3f}" for v in vals)
+              + f"  mean {sum(vals) / len(vals):.3f}  worst {gap:+.3f}")
 
 
 if __name__ == "__main__":

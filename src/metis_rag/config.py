@@ -70,6 +70,16 @@ class RetrievalSettings(BaseModel):
         "calibration queries of every collection of benchmarks/bench_retrieval.py)."
     )
     rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant (fusion=rrf).")
+    rerank: bool = Field(
+        False, description="Re-rank the fused candidates by query-word coverage and file-name "
+        "matches (rag/rerank.py; measured by benchmarks/bench_retrieval.py)."
+    )
+    rerank_coverage_weight: float = Field(
+        0.1, ge=0, le=1, description="Bonus for a chunk holding all the query's content words."
+    )
+    rerank_name_weight: float = Field(
+        0.1, ge=0, le=1, description="Bonus for a file name holding all the query's content words."
+    )
     chunks_per_document: int = Field(
         3, ge=1, le=20, description="Chunks shown per document when results are grouped by "
         "document (group_by=document)."

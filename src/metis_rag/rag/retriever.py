@@ -18,6 +18,7 @@ from ..config import RetrievalSettings
 from ..store import repo
 from ..store.vectors import VectorStore
 from . import fusion
+from .rerank import term_rerank
 
 log = logging.getLogger("metis.retrieval")
 
@@ -193,16 +194,6 @@ class Retriever:
             rows=rows,
         )
 
-    def rank(self, found: Candidates, hybrid: bool) -> dict[int, float]:
-        """The score of every candidate under the configured fusion; higher ranks first."""
-        s = self._settings
-        if not hybrid:
-            return {i: found.similarity[i] for i in found.dense}
-        if s.fusion == "rrf":
-            lexical = sorted(found.lexical, key=found.lexical.__getitem__, reverse=True)
-            return fusion.rrf([found.dense, lexical], s.rrf_k)
-        return fusion.convex(found.similarity, found.lexical, s.dense_weight)
-
     async def _search(
         self,
         collection_id: int,
@@ -223,7 +214,7 @@ class Retriever:
         n = max(self._settings.candidates, top_k)
         found = await self.candidates(collection_id, query_text, query_vector, n,
                                       allowed=allowed, hybrid=hybrid, degraded=degraded)
-        scores = self.rank(found, hybrid)
+        scores = rank_candidates(found, query_text, self._settings, hybrid)
         ranked = sorted(scores, key=lambda i: (scores[i], found.similarity[i]), reverse=True)
         return [Retrieved(found.rows[i], scores[i], found.similarity[i]) for i in ranked[:top_k]]
 
@@ -264,6 +255,22 @@ class Retriever:
         if allowed is not None:
             hits = [h for h in hits if h[0] in allowed]
         return hits[:n]
+
+
+def rank_candidates(found: Candidates, query: str, settings: RetrievalSettings, hybrid: bool
+                    ) -> dict[int, float]:
+    """The score of every candidate under the configured fusion; higher ranks first."""
+    if not hybrid:
+        scores = {i: found.similarity[i] for i in found.dense}
+    elif settings.fusion == "rrf":
+        lexical = sorted(found.lexical, key=found.lexical.__getitem__, reverse=True)
+        scores = fusion.rrf([found.dense, lexical], settings.rrf_k)
+    else:
+        scores = fusion.convex(found.similarity, found.lexical, settings.dense_weight)
+    if settings.rerank:
+        scores = term_rerank(query, scores, found.rows, settings.rerank_coverage_weight,
+                             settings.rerank_name_weight)
+    return scores
 
 
 def group_by_document(ranked: Sequence[Retrieved], top_k: int, per_document: int
