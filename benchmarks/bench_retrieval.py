@@ -6,7 +6,9 @@
 
 Collections from retrieval_data.py, queries with graded labels (2 = answers it, 1 = related)
 from retrieval_queries/<name>.json: questions, paraphrases, keyword queries and entity
-lookups, half of them a calibration split, half a held-out test split (never tuned on).
+lookups, plus 20 known items per collection (10-word spans copied from random units, drawn
+with a fixed seed); half of them a calibration split, half a held-out test split (never
+tuned on).
 Every system ranks chunks; a unit (page, section, FAQ entry) counts at its best chunk, and
 nDCG@10 (linear gains), recall@5/10 and MRR@10 are over units. Embeddings are cached under
 benchmarks/.cache/retrieval. `--fusions` also scores the fusion options on the split.
@@ -20,6 +22,7 @@ import hashlib
 import itertools
 import json
 import math
+import random
 import sys
 import tempfile
 import time
@@ -33,16 +36,30 @@ import harness
 import retrieval_data as data
 from metis_rag.config import CacheSettings, RetrievalSettings, Settings
 from metis_rag.rag import fusion
-from metis_rag.rag.rerank import term_rerank
 from metis_rag.rag.retriever import Candidates, rank_candidates
 
 QUERIES = Path(__file__).resolve().parent / "retrieval_queries"
 DEPTH = 40  # chunks each system returns; enough for 10 distinct units
 
 
-def load_queries(name: str, split: str) -> list[dict]:
-    qs = json.loads((QUERIES / f"{name}.json").read_text())["queries"]
+def load_queries(name: str, split: str, units: list[dict]) -> list[dict]:
+    qs = json.loads((QUERIES / f"{name}.json").read_text())["queries"] + known_items(units)
     return [q for q in qs if split == "all" or q["split"] == split]
+
+
+def known_items(units: list[dict], n: int = 20, words: int = 10) -> list[dict]:
+    """Spans of `words` words copied from random units (a user pasting a half-remembered line):
+    the lexical extreme, where full text shines. Every unit holding the span is relevant."""
+    rng = random.Random(7)
+    out = []
+    for unit in rng.sample(units, n):
+        text = unit["text"].split()
+        start = rng.randrange(0, max(1, len(text) - words))
+        span = " ".join(text[start : start + words])
+        rel = {u["id"]: 2 for u in units if span in " ".join(u["text"].split())}
+        out.append({"id": f"span-{len(out) + 1}", "kind": "known item", "text": span,
+                    "split": "calibration" if len(out) % 2 == 0 else "test", "relevant": rel})
+    return out
 
 
 def ndcg10(units: list[str], rel: dict[str, int]) -> float:
@@ -113,19 +130,13 @@ Fuse = Callable[[Candidates, str], dict[int, float]]
 
 
 def fusions() -> dict[str, Fuse]:
-    def convex(w: float, how: fusion.Normalisation) -> Fuse:
-        return lambda c, q: fusion.convex(c.similarity, c.lexical, w, how)
-
+    """Every option measured: rank fusions, score fusions, and term evidence over the cosine."""
     def rrf(k: int, w: float) -> Fuse:
         return lambda c, q: fusion.rrf(
             [c.dense, sorted(c.lexical, key=c.lexical.__getitem__, reverse=True)], k, [w, 1 - w])
 
-    def reranked(w: float, cov: float, name: float) -> Fuse:
-        return lambda c, q: term_rerank(q, fusion.convex(c.similarity, c.lexical, w), c.rows,
-                                        cov, name)
-
-    def cosine_terms(cov: float, name: float) -> Fuse:
-        return lambda c, q: term_rerank(q, dict(c.similarity), c.rows, cov, name)
+    def convex(w: float, how: fusion.Normalisation) -> Fuse:
+        return lambda c, q: fusion.convex(c.similarity, c.lexical, w, how)
 
     options: dict[str, Fuse] = {
         "dense only": lambda c, q: {i: c.similarity[i] for i in c.dense},
@@ -134,14 +145,34 @@ def fusions() -> dict[str, Fuse]:
     }
     for w in (0.6, 0.7, 0.8):
         options[f"weighted rrf k=60 w={w}"] = rrf(60, w)
-    for how in ("minmax", "zscore", "dbsf"):
-        for w in (0.5, 0.6, 0.7, 0.8, 0.9):
-            options[f"convex {how} w={w}"] = convex(w, how)
-    grid = itertools.product((0.7, 0.8, 0.9, 1.0), (0.0, 0.03, 0.06, 0.1, 0.2),
-                             (0.0, 0.05, 0.1, 0.2))
-    for w, cov, name in grid:
-        options[f"convex w={w} + terms {cov}/{name}"] = reranked(w, cov, name)
-    for cov, name in itertools.product((0.02, 0.05, 0.1), (0.0, 0.05, 0.1)):
+    for how, w in itertools.product(("minmax", "zscore", "dbsf"), (0.5, 0.6, 0.7, 0.8, 0.9)):
+        options[f"convex {how} w={w}"] = convex(w, how)  # type: ignore[arg-type]
+    return options | term_fusions()
+
+
+def term_fusions() -> dict[str, Fuse]:
+    """Query-word evidence added to convex fusion, to a query-dependent mix, or to the cosine."""
+    def convex_terms(w: float, cov: float, name: float) -> Fuse:
+        return lambda c, q: fusion.terms(q, fusion.convex(c.similarity, c.lexical, w), c.rows,
+                                         cov, name)
+
+    def adaptive(a: float, cov: float) -> Fuse:
+        def fuse(c: Candidates, q: str) -> dict[int, float]:
+            # The full-text share grows with how far its best hit stands out.
+            w = 0.9 - a * fusion.lexical_confidence(c.lexical)
+            return fusion.terms(q, fusion.convex(c.similarity, c.lexical, w), c.rows, cov, 0.0)
+        return fuse
+
+    def cosine_terms(cov: float, name: float) -> Fuse:
+        return lambda c, q: fusion.terms(q, c.similarity, c.rows, cov, name)
+
+    options: dict[str, Fuse] = {}
+    for w, cov, name in itertools.product((0.7, 0.8, 0.9, 1.0), (0.0, 0.03, 0.1, 0.2),
+                                          (0.0, 0.05, 0.2)):
+        options[f"convex w={w} + terms {cov}/{name}"] = convex_terms(w, cov, name)
+    for a, cov in itertools.product((0.3, 0.5, 0.7), (0.0, 0.1, 0.2)):
+        options[f"adaptive a={a} + terms {cov}"] = adaptive(a, cov)
+    for cov, name in itertools.product((0.02, 0.05, 0.1, 0.2), (0.0, 0.05, 0.1)):
         options[f"cosine + terms {cov}/{name}"] = cosine_terms(cov, name)
     return options
 
@@ -261,7 +292,7 @@ def evaluate(name: str, a: argparse.Namespace, default: RetrievalSettings
              ) -> tuple[dict[str, list[dict[str, float]]], list[dict], dict[str, float]]:
     """Per-query metrics of every system on one collection, and the fusion options' nDCG@10."""
     units = data.load(name)
-    queries = load_queries(name, a.split)
+    queries = load_queries(name, a.split, units)
     texts, owner = chunk_units(units)
     vectors = cached_vectors(f"{name}-metis", texts, metis_embed)
     qtexts = [q["text"] for q in queries]
@@ -306,7 +337,7 @@ def evaluate(name: str, a: argparse.Namespace, default: RetrievalSettings
 
 def by_kind(per_system: dict[str, list[dict[str, float]]], queries: list[dict]) -> str:
     parts = []
-    for kind in ("question", "paraphrase", "keywords", "entity"):
+    for kind in ("question", "paraphrase", "keywords", "entity", "known item"):
         idx = [i for i, q in enumerate(queries) if q["kind"] == kind]
         if idx:
             parts.append(f"{kind} ({len(idx)}): " + ", ".join(

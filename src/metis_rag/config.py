@@ -60,26 +60,24 @@ class RetrievalSettings(BaseModel):
         True, description="Fuse full-text (FTS5 / tsvector) and dense results (else dense only)."
     )
     candidates: int = Field(40, ge=1, le=1000, description="Candidates per leg before fusion.")
-    fusion: Literal["convex", "rrf"] = Field(
-        "convex", description="convex = dense_weight * min-max(cosine) + the rest * "
-        "min-max(full-text score) over both legs' candidates; rrf = reciprocal rank fusion "
-        "(the default before: lost to dense only on two collections of three)."
+    fusion: Literal["terms", "convex", "rrf"] = Field(
+        "terms", description="terms = cosine + term_weight x share of the query's words in the "
+        "chunk + name_weight x share in its file name, over both legs' candidates; convex = "
+        "dense_weight x min-max(cosine) + the rest x min-max(full-text score); rrf = reciprocal "
+        "rank fusion. Chosen by benchmarks/bench_retrieval.py (README: Retrieval quality)."
+    )
+    term_weight: float = Field(
+        0.1, ge=0, le=1, description="fusion=terms: bonus for a chunk holding all the query's "
+        "content words."
+    )
+    name_weight: float = Field(
+        0.05, ge=0, le=1, description="fusion=terms: bonus for a file name holding all the "
+        "query's content words."
     )
     dense_weight: float = Field(
-        0.7, ge=0, le=1, description="Share of the dense leg in convex fusion (chosen on the "
-        "calibration queries of every collection of benchmarks/bench_retrieval.py)."
+        0.7, ge=0, le=1, description="fusion=convex: share of the dense leg."
     )
     rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant (fusion=rrf).")
-    rerank: bool = Field(
-        False, description="Re-rank the fused candidates by query-word coverage and file-name "
-        "matches (rag/rerank.py; measured by benchmarks/bench_retrieval.py)."
-    )
-    rerank_coverage_weight: float = Field(
-        0.1, ge=0, le=1, description="Bonus for a chunk holding all the query's content words."
-    )
-    rerank_name_weight: float = Field(
-        0.1, ge=0, le=1, description="Bonus for a file name holding all the query's content words."
-    )
     chunks_per_document: int = Field(
         3, ge=1, le=20, description="Chunks shown per document when results are grouped by "
         "document (group_by=document)."

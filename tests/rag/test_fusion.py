@@ -53,3 +53,26 @@ def test_grouping_keeps_top_k_distinct_documents_with_their_best_chunks_together
     grouped = group_by_document(ranked, top_k=3, per_document=2)
     assert [(r.chunk.document_id, r.chunk.id) for r in grouped] == [
         (10, 1), (10, 3), (20, 2), (20, 7), (30, 6)]
+
+
+def test_term_evidence_lifts_the_chunk_and_the_file_that_hold_the_query_words() -> None:
+    rows = {1: ChunkRow(1, 1, "notes.txt", "", 0, "The cat sat on the mat.", None, None, b""),
+            2: ChunkRow(2, 2, "rsync.1", "", 0, "Copies files between hosts.", None, None,
+                        b""),
+            3: ChunkRow(3, 3, "misc.txt", "", 0, "Nothing relevant here.", None, None, b"")}
+    cosine = {1: 0.50, 2: 0.50, 3: 0.55}
+    scored = fusion.terms("rsync copying files", cosine, rows, 0.1, 0.05)
+    # "copying" matches "copies" on its first six letters ("copyin" vs "copies": no) - so the
+    # chunk holds 1 of 3 words ("files"), its file name 1 of 3 ("rsync").
+    assert scored[2] == pytest.approx(0.50 + 0.1 / 3 + 0.05 / 3)
+    assert scored[1] == pytest.approx(0.50) and scored[3] == pytest.approx(0.55)
+    assert fusion.terms("the of", cosine, rows, 0.1, 0.05) == cosine  # no content words
+    # Holding every query word outranks a slightly better cosine.
+    both = fusion.terms("cat mat", cosine, rows, 0.1, 0.0)
+    assert max(both, key=both.__getitem__) == 1
+
+
+def test_lexical_confidence_is_how_far_the_best_hit_stands_out() -> None:
+    assert fusion.lexical_confidence({}) == 0.0
+    assert fusion.lexical_confidence({1: 4.0}) == 1.0
+    assert fusion.lexical_confidence({1: 4.0, 2: 1.0, 3: 3.0}) == pytest.approx(0.25)

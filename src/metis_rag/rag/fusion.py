@@ -1,18 +1,21 @@
 """Fusion of the dense and full-text legs into one ranking (chosen by benchmarks/bench_retrieval.py).
 
 Every candidate of either leg gets its exact cosine (the retriever reads its stored vector
-anyway), so the dense side never has a hole; a chunk the full-text leg did not return scores 0
-there. Each leg is then scaled to [0, 1] over the candidates and mixed with a weight.
+anyway), so the dense side never has a hole. The default, `terms`, adds to that cosine a bonus
+for the query's words in the chunk and in its file name: bounded and absolute, where a scaled
+BM25 score gives the best full-text hit full marks even when every hit is poor.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import numpy as np
 
-FusionMethod = Literal["convex", "rrf"]
+from ..store.repo import ChunkRow, fulltext_terms
+
 Normalisation = Literal["minmax", "zscore", "dbsf"]
 
 
@@ -59,3 +62,38 @@ def convex(dense: Mapping[int, float], lexical: Mapping[int, float], dense_weigh
             lex[where[i]] = s
     mixed = dense_weight * d + (1.0 - dense_weight) * lex
     return {i: float(s) for i, s in zip(ids, mixed, strict=True)}
+
+
+def lexical_confidence(lexical: Mapping[int, float]) -> float:
+    """How far the best full-text hit stands above the next, 0-1: (s1 - s2) / s1. A pasted
+    phrase or a rare name stands out; a question whose words are everywhere does not."""
+    top = sorted(lexical.values(), reverse=True)[:2]
+    if not top or top[0] <= 0:
+        return 0.0
+    if len(top) == 1:
+        return 1.0
+    return max(0.0, (top[0] - top[1]) / top[0])
+
+
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+
+
+def _stems(text: str) -> set[str]:
+    return {w[:6] for w in _WORD.findall(text.lower()) if len(w) > 1}
+
+
+def terms(query: str, scores: Mapping[int, float], rows: Mapping[int, ChunkRow],
+          coverage_weight: float, name_weight: float) -> dict[int, float]:
+    """`scores` plus coverage_weight x (share of the query's content words in the chunk) plus
+    name_weight x (their share in the document's file name). Words match on their first six
+    letters, a poor man's stemmer."""
+    terms = {t[:6] for t in fulltext_terms(query)}
+    if not terms:
+        return dict(scores)
+    out = {}
+    for i, score in scores.items():
+        row = rows[i]
+        coverage = len(terms & _stems(row.text)) / len(terms)
+        named = len(terms & _stems(row.filename)) / len(terms)
+        out[i] = score + coverage_weight * coverage + name_weight * named
+    return out

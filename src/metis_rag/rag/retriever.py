@@ -18,7 +18,6 @@ from ..config import RetrievalSettings
 from ..store import repo
 from ..store.vectors import VectorStore
 from . import fusion
-from .rerank import term_rerank
 
 log = logging.getLogger("metis.retrieval")
 
@@ -92,8 +91,9 @@ class Retriever:
         if self._cache is not None and cache_scope is not None:
             s = self._settings
             key = f"{cache_scope}:" + digest(query_text, top_k, sorted(tags), folder, hybrid,
-                                             group_by, s.candidates, s.fusion, s.dense_weight,
-                                             s.rrf_k, s.ef_search, s.chunks_per_document)
+                                             group_by, s.candidates, s.fusion, s.term_weight,
+                                             s.name_weight, s.dense_weight, s.rrf_k,
+                                             s.ef_search, s.chunks_per_document)
             cached = await self._cache.get(key)
             if cached is not None:
                 return await self._rows(cached["hits"]), float(cached["ms"])
@@ -261,16 +261,14 @@ def rank_candidates(found: Candidates, query: str, settings: RetrievalSettings, 
                     ) -> dict[int, float]:
     """The score of every candidate under the configured fusion; higher ranks first."""
     if not hybrid:
-        scores = {i: found.similarity[i] for i in found.dense}
-    elif settings.fusion == "rrf":
+        return {i: found.similarity[i] for i in found.dense}
+    if settings.fusion == "rrf":
         lexical = sorted(found.lexical, key=found.lexical.__getitem__, reverse=True)
-        scores = fusion.rrf([found.dense, lexical], settings.rrf_k)
-    else:
-        scores = fusion.convex(found.similarity, found.lexical, settings.dense_weight)
-    if settings.rerank:
-        scores = term_rerank(query, scores, found.rows, settings.rerank_coverage_weight,
-                             settings.rerank_name_weight)
-    return scores
+        return fusion.rrf([found.dense, lexical], settings.rrf_k)
+    if settings.fusion == "convex":
+        return fusion.convex(found.similarity, found.lexical, settings.dense_weight)
+    return fusion.terms(query, found.similarity, found.rows, settings.term_weight,
+                       settings.name_weight)
 
 
 def group_by_document(ranked: Sequence[Retrieved], top_k: int, per_document: int
