@@ -29,6 +29,11 @@ class EmbedSettings(BaseModel):
     model: str = Field(
         "all-MiniLM-L6-v2", description="Model name sent to remote backends (ignored by local)."
     )
+    model_path: str = Field(
+        "", description="torch backend: a local sentence-transformers model directory loaded "
+        "instead of the packaged all-MiniLM-L6-v2 (its own tokenizer then sizes the chunks; "
+        "nothing is downloaded). Re-ingest after changing it."
+    )
     url: str = Field("", description="Base URL of a remote embedding backend.")
     api_key: str = Field("", description="Bearer token for an OpenAI-compatible backend.")
     batch_size: int = Field(
@@ -37,6 +42,14 @@ class EmbedSettings(BaseModel):
     )
     threads: int = Field(0, ge=0, description="Intra-op threads for the local model; 0 = cores.")
     timeout_s: float = Field(60.0, gt=0, description="Timeout of a remote embedding call.")
+
+
+    @field_validator("model_path")
+    @classmethod
+    def _a_model_directory(cls, v: str) -> str:
+        if v and not (Path(v) / "config.json").is_file():
+            raise ValueError(f"model_path {v!r} is not a model directory (no config.json)")
+        return v
 
 
 class ChunkSettings(BaseModel):
