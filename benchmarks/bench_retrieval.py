@@ -163,8 +163,8 @@ def term_fusions() -> dict[str, Fuse]:
             return fusion.terms(q, fusion.convex(c.similarity, c.lexical, w), c.rows, cov, 0.0)
         return fuse
 
-    def cosine_terms(cov: float, name: float) -> Fuse:
-        return lambda c, q: fusion.terms(q, c.similarity, c.rows, cov, name)
+    def cosine_terms(cov: float, name: float, phrase: float = 0.0) -> Fuse:
+        return lambda c, q: fusion.terms(q, c.similarity, c.rows, cov, name, phrase)
 
     options: dict[str, Fuse] = {}
     for w, cov, name in itertools.product((0.7, 0.8, 0.9, 1.0), (0.0, 0.03, 0.1, 0.2),
@@ -174,6 +174,8 @@ def term_fusions() -> dict[str, Fuse]:
         options[f"adaptive a={a} + terms {cov}"] = adaptive(a, cov)
     for cov, name in itertools.product((0.02, 0.05, 0.1, 0.2), (0.0, 0.05, 0.1)):
         options[f"cosine + terms {cov}/{name}"] = cosine_terms(cov, name)
+    for cov, phrase in itertools.product((0.05, 0.1), (0.05, 0.1, 0.2, 0.3, 0.5)):
+        options[f"cosine + terms {cov}/0.05 + phrase {phrase}"] = cosine_terms(cov, 0.05, phrase)
     return options
 
 

@@ -75,7 +75,8 @@ class RetrievalSettings(BaseModel):
     candidates: int = Field(40, ge=1, le=1000, description="Candidates per leg before fusion.")
     fusion: Literal["terms", "convex", "rrf"] = Field(
         "terms", description="terms = cosine + term_weight x share of the query's words in the "
-        "chunk + name_weight x share in its file name, over both legs' candidates; convex = "
+        "chunk + name_weight x share in its file name + phrase_weight x share of its word "
+        "pairs in the chunk, over both legs' candidates; convex = "
         "dense_weight x min-max(cosine) + the rest x min-max(full-text score); rrf = reciprocal "
         "rank fusion. Chosen by benchmarks/bench_retrieval.py (README: Retrieval quality)."
     )
@@ -86,6 +87,10 @@ class RetrievalSettings(BaseModel):
     name_weight: float = Field(
         0.05, ge=0, le=1, description="fusion=terms: bonus for a file name holding all the "
         "query's content words."
+    )
+    phrase_weight: float = Field(
+        0.3, ge=0, le=1, description="fusion=terms: bonus for a chunk holding all the query's "
+        "adjacent word pairs (a pasted line, an exact title)."
     )
     dense_weight: float = Field(
         0.7, ge=0, le=1, description="fusion=convex: share of the dense leg."

@@ -183,7 +183,7 @@ class ChatService:
         return digest(
             query.use_rag, query.top_k or r.top_k, sorted(query.tags), query.folder,
             r.hybrid if query.hybrid is None else query.hybrid, r.candidates, r.rrf_k,
-            query.group_by, r.fusion, r.term_weight, r.name_weight, r.dense_weight,
+            query.group_by, r.fusion, r.term_weight, r.name_weight, r.phrase_weight, r.dense_weight,
             r.chunks_per_document,
             self._llm.name if self._llm else "extractive", PROMPT_VERSION,
             llm.temperature, llm.max_tokens, [(m.role, m.content) for m in history],

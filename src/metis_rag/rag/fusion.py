@@ -82,12 +82,20 @@ def _stems(text: str) -> set[str]:
     return {w[:6] for w in _WORD.findall(text.lower()) if len(w) > 1}
 
 
+def _pairs(text: str) -> set[tuple[str, str]]:
+    words = [w[:6] for w in _WORD.findall(text.lower())]
+    return set(zip(words, words[1:], strict=False))
+
+
 def terms(query: str, scores: Mapping[int, float], rows: Mapping[int, ChunkRow],
-          coverage_weight: float, name_weight: float) -> dict[int, float]:
-    """`scores` plus coverage_weight x (share of the query's content words in the chunk) plus
-    name_weight x (their share in the document's file name). Words match on their first six
-    letters, a poor man's stemmer."""
+          coverage_weight: float, name_weight: float, phrase_weight: float = 0.0
+          ) -> dict[int, float]:
+    """`scores` plus coverage_weight x (share of the query's content words in the chunk),
+    name_weight x (their share in the document's file name) and phrase_weight x (share of the
+    query's adjacent word pairs in the chunk: a pasted line matches them all, a question hardly
+    any). Words match on their first six letters, a poor man's stemmer."""
     terms = {t[:6] for t in fulltext_terms(query)}
+    pairs = _pairs(query) if phrase_weight else set()
     if not terms:
         return dict(scores)
     out = {}
@@ -95,5 +103,6 @@ def terms(query: str, scores: Mapping[int, float], rows: Mapping[int, ChunkRow],
         row = rows[i]
         coverage = len(terms & _stems(row.text)) / len(terms)
         named = len(terms & _stems(row.filename)) / len(terms)
-        out[i] = score + coverage_weight * coverage + name_weight * named
+        phrase = len(pairs & _pairs(row.text)) / len(pairs) if pairs else 0.0
+        out[i] = score + coverage_weight * coverage + name_weight * named + phrase_weight * phrase
     return out

@@ -92,7 +92,7 @@ class Retriever:
             s = self._settings
             key = f"{cache_scope}:" + digest(query_text, top_k, sorted(tags), folder, hybrid,
                                              group_by, s.candidates, s.fusion, s.term_weight,
-                                             s.name_weight, s.dense_weight, s.rrf_k,
+                                             s.name_weight, s.phrase_weight, s.dense_weight, s.rrf_k,
                                              s.ef_search, s.chunks_per_document)
             cached = await self._cache.get(key)
             if cached is not None:
@@ -268,7 +268,7 @@ def rank_candidates(found: Candidates, query: str, settings: RetrievalSettings, 
     if settings.fusion == "convex":
         return fusion.convex(found.similarity, found.lexical, settings.dense_weight)
     return fusion.terms(query, found.similarity, found.rows, settings.term_weight,
-                       settings.name_weight)
+                        settings.name_weight, settings.phrase_weight)
 
 
 def group_by_document(ranked: Sequence[Retrieved], top_k: int, per_document: int
