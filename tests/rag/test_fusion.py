@@ -76,3 +76,16 @@ def test_lexical_confidence_is_how_far_the_best_hit_stands_out() -> None:
     assert fusion.lexical_confidence({}) == 0.0
     assert fusion.lexical_confidence({1: 4.0}) == 1.0
     assert fusion.lexical_confidence({1: 4.0, 2: 1.0, 3: 3.0}) == pytest.approx(0.25)
+
+
+def test_a_pasted_line_is_found_by_its_word_pairs_over_a_closer_cosine() -> None:
+    line = "the handler flushes its buffer when the capacity is reached"
+    rows = {1: ChunkRow(1, 1, "a.txt", "", 0, f"Notes. {line.capitalize()}.", None, None, b""),
+            2: ChunkRow(2, 2, "b.txt", "", 0, "A handler and its buffer: when reached, capacity "
+                        "flushes.", None, None, b"")}
+    cosine = {1: 0.60, 2: 0.70}  # the same words shuffled look closer to the model
+    plain = fusion.terms(line, cosine, rows, 0.1, 0.0)
+    assert plain[2] > plain[1]
+    with_pairs = fusion.terms(line, cosine, rows, 0.1, 0.0, phrase_weight=0.3)
+    assert with_pairs[1] == pytest.approx(0.60 + 0.1 + 0.3)
+    assert with_pairs[1] > with_pairs[2]
