@@ -62,10 +62,10 @@ def test_term_evidence_lifts_the_chunk_and_the_file_that_hold_the_query_words() 
             3: ChunkRow(3, 3, "misc.txt", "", 0, "Nothing relevant here.", None, None, b"")}
     cosine = {1: 0.50, 2: 0.50, 3: 0.55}
     scored = fusion.terms("rsync copying files", cosine, rows, 0.1, 0.05)
-    # "copying" matches "copies" on its first six letters ("copyin" vs "copies": no) - so the
-    # chunk holds 1 of 3 words ("files"), its file name 1 of 3 ("rsync").
-    assert scored[2] == pytest.approx(0.50 + 0.1 / 3 + 0.05 / 3)
-    assert scored[1] == pytest.approx(0.50) and scored[3] == pytest.approx(0.55)
+    # "copying" does not match "copies" on its first six letters ("copyin"): the chunk holds 1
+    # of 3 words ("files"), its file name 1 of 3 ("rsync"). Scores stay at most 1.
+    assert scored[2] == pytest.approx((0.50 + 0.1 / 3 + 0.05 / 3) / 1.15)
+    assert scored[1] == pytest.approx(0.50 / 1.15) and scored[3] == pytest.approx(0.55 / 1.15)
     assert fusion.terms("the of", cosine, rows, 0.1, 0.05) == cosine  # no content words
     # Holding every query word outranks a slightly better cosine.
     both = fusion.terms("cat mat", cosine, rows, 0.1, 0.0)
@@ -87,5 +87,5 @@ def test_a_pasted_line_is_found_by_its_word_pairs_over_a_closer_cosine() -> None
     plain = fusion.terms(line, cosine, rows, 0.1, 0.0)
     assert plain[2] > plain[1]
     with_pairs = fusion.terms(line, cosine, rows, 0.1, 0.0, phrase_weight=0.3)
-    assert with_pairs[1] == pytest.approx(0.60 + 0.1 + 0.3)
+    assert with_pairs[1] == pytest.approx((0.60 + 0.1 + 0.3) / 1.4)
     assert with_pairs[1] > with_pairs[2]

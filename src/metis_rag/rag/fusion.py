@@ -90,14 +90,16 @@ def terms(query: str, scores: Mapping[int, float], rows: Mapping[int, ChunkRow],
     """`scores` plus coverage_weight x (share of the query's content words in the chunk),
     name_weight x (their share in the document's file name) and phrase_weight x (share of the
     query's adjacent word pairs in the chunk: a pasted line matches them all, a question hardly
-    any). A content word matches any word starting with its first six letters, a poor man's
-    stemmer."""
+    any), over 1 + the weights. A content word matches any word starting with its first six
+    letters, a poor man's stemmer."""
     starts = [f" {t[:6]}" for t in dict.fromkeys(fulltext_terms(query))]
     if not starts:
         return dict(scores)
     q = _normal(query).split()
     pairs = [f" {a} {b} " for a, b in dict.fromkeys(zip(q, q[1:], strict=False))]
     use_pairs = bool(phrase_weight and pairs)
+    # Divided by the largest bonus possible so that a score stays at most 1, like a cosine.
+    scale = 1.0 + coverage_weight + name_weight + phrase_weight
     out = {}
     for i, score in scores.items():
         row = rows[i]
@@ -107,5 +109,5 @@ def terms(query: str, scores: Mapping[int, float], rows: Mapping[int, ChunkRow],
         bonus += name_weight * sum(t in name for t in starts) / len(starts)
         if use_pairs:
             bonus += phrase_weight * sum(p in text for p in pairs) / len(pairs)
-        out[i] = score + bonus
+        out[i] = (score + bonus) / scale
     return out
