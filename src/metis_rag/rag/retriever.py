@@ -181,8 +181,7 @@ class Retriever:
             lexical = await self._within_budget(lexical_task, started, degraded)
         else:
             dense = await dense_search
-        ids = [h.id for h in dense]
-        ids += [i for i, _ in lexical if i not in set(ids)]
+        ids = list(dict.fromkeys([h.id for h in dense] + [i for i, _ in lexical]))
         async with self._sessions() as session:
             # An id deleted since the index answered has no row any more and drops out here.
             rows = await repo.chunks_by_ids(session, ids)
