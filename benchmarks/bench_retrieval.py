@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness
 import retrieval_data as data
-from metis_rag.config import CacheSettings, RetrievalSettings, Settings
+from metis_rag.config import CacheSettings, EmbedSettings, RetrievalSettings, Settings
 from metis_rag.rag import fusion
 from metis_rag.rag.retriever import Candidates, rank_candidates
 
@@ -111,11 +111,14 @@ def cached_vectors(tag: str, texts: list[str], embed: Callable[[list[str]], np.n
     return np.load(path)
 
 
+EMBED = EmbedSettings()  # --embed-backend / --embed-model-path replace it
+
+
 def metis_embed(texts: list[str]) -> np.ndarray:
     from metis_rag.embed import build_embedder
 
     async def run() -> np.ndarray:
-        embedder = build_embedder(Settings().embed, harness.MODEL_HOME)
+        embedder = build_embedder(EMBED, harness.MODEL_HOME)
         await embedder.start()
         try:
             return await embedder.embed(texts)
@@ -296,9 +299,14 @@ def evaluate(name: str, a: argparse.Namespace, default: RetrievalSettings
     units = data.load(name)
     queries = load_queries(name, a.split, units)
     texts, owner = chunk_units(units)
-    vectors = cached_vectors(f"{name}-metis", texts, metis_embed)
+    tag = "metis" if EMBED == EmbedSettings() else f"{EMBED.backend}-{Path(EMBED.model_path).name}"
+    t = time.perf_counter()
+    vectors = cached_vectors(f"{name}-{tag}", texts, metis_embed)
+    print(f"{name}: {len(texts)} chunks embedded or loaded in {time.perf_counter() - t:.1f} s",
+          flush=True)
     qtexts = [q["text"] for q in queries]
-    qvecs = cached_vectors(f"{name}-queries", qtexts, metis_embed)
+    qvecs = cached_vectors(f"{name}-queries" + ("" if tag == "metis" else f"-{tag}"), qtexts,
+                           metis_embed)
     found, unit_of, dense_ms, hybrid_ms = asyncio.run(
         metis_candidates(units, texts, owner, vectors, qvecs, qtexts))
     rels = [q["relevant"] for q in queries]
@@ -380,5 +388,10 @@ if __name__ == "__main__":
     p.add_argument("--collections", nargs="+", default=list(data.NAMES))
     p.add_argument("--fusions", action="store_true")
     p.add_argument("--no-peers", action="store_true")
+    p.add_argument("--embed-backend", choices=("local", "torch"), default="local")
+    p.add_argument("--embed-model-path", default="",
+                   help="torch backend: a sentence-transformers directory (default: packaged)")
     harness.prepared_models()
-    main(p.parse_args())
+    args = p.parse_args()
+    EMBED = EmbedSettings(backend=args.embed_backend, model_path=args.embed_model_path)
+    main(args)
