@@ -29,6 +29,11 @@ class EmbedSettings(BaseModel):
     model: str = Field(
         "all-MiniLM-L6-v2", description="Model name sent to remote backends (ignored by local)."
     )
+    model_path: str = Field(
+        "", description="torch backend: a local sentence-transformers model directory loaded "
+        "instead of the packaged all-MiniLM-L6-v2 (its own tokenizer then sizes the chunks; "
+        "nothing is downloaded). Re-ingest after changing it."
+    )
     url: str = Field("", description="Base URL of a remote embedding backend.")
     api_key: str = Field("", description="Bearer token for an OpenAI-compatible backend.")
     batch_size: int = Field(
@@ -37,6 +42,14 @@ class EmbedSettings(BaseModel):
     )
     threads: int = Field(0, ge=0, description="Intra-op threads for the local model; 0 = cores.")
     timeout_s: float = Field(60.0, gt=0, description="Timeout of a remote embedding call.")
+
+
+    @field_validator("model_path")
+    @classmethod
+    def _a_model_directory(cls, v: str) -> str:
+        if v and not (Path(v) / "config.json").is_file():
+            raise ValueError(f"model_path {v!r} is not a model directory (no config.json)")
+        return v
 
 
 class ChunkSettings(BaseModel):
@@ -96,10 +109,36 @@ class ParseSettings(BaseModel):
 class RetrievalSettings(BaseModel):
     top_k: int = Field(5, ge=1, le=50, description="Chunks cited in an answer by default.")
     hybrid: bool = Field(
-        True, description="Fuse full-text (FTS5) and dense results by reciprocal rank fusion."
+        True, description="Fuse full-text (FTS5 / tsvector) and dense results (else dense only)."
     )
-    candidates: int = Field(40, ge=1, le=1000, description="Candidates per retriever before RRF.")
-    rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant.")
+    candidates: int = Field(40, ge=1, le=1000, description="Candidates per leg before fusion.")
+    fusion: Literal["terms", "convex", "rrf"] = Field(
+        "terms", description="terms = cosine + term_weight x share of the query's words in the "
+        "chunk + name_weight x share in its file name + phrase_weight x share of its word "
+        "pairs in the chunk, over both legs' candidates; convex = "
+        "dense_weight x min-max(cosine) + the rest x min-max(full-text score); rrf = reciprocal "
+        "rank fusion. Chosen by benchmarks/bench_retrieval.py (README: Retrieval quality)."
+    )
+    term_weight: float = Field(
+        0.1, ge=0, le=1, description="fusion=terms: bonus for a chunk holding all the query's "
+        "content words."
+    )
+    name_weight: float = Field(
+        0.05, ge=0, le=1, description="fusion=terms: bonus for a file name holding all the "
+        "query's content words."
+    )
+    phrase_weight: float = Field(
+        0.3, ge=0, le=1, description="fusion=terms: bonus for a chunk holding all the query's "
+        "adjacent word pairs (a pasted line, an exact title)."
+    )
+    dense_weight: float = Field(
+        0.7, ge=0, le=1, description="fusion=convex: share of the dense leg."
+    )
+    rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant (fusion=rrf).")
+    chunks_per_document: int = Field(
+        3, ge=1, le=20, description="Chunks shown per document when results are grouped by "
+        "document (group_by=document)."
+    )
     ef_search: int = Field(
         96, ge=10, description="HNSW search breadth (recall vs latency): hnswlib's ef, pgvector's "
         "hnsw.ef_search (at most 1000)."

@@ -93,6 +93,11 @@ class ChatQuery(BaseModel):
     tags: list[str] = Field(default_factory=list, description="Only chunks carrying every tag.")
     folder: str | None = Field(None, description="Only documents in this folder (or below).")
     hybrid: bool | None = Field(None, description="Override METIS_RETRIEVAL__HYBRID.")
+    group_by: Literal["chunk", "document"] = Field(
+        "chunk", description="document: the top_k distinct documents, each with its best "
+        "chunks (METIS_RETRIEVAL__CHUNKS_PER_DOCUMENT), together and in the order of each "
+        "document's best chunk.",
+    )
     cache: bool = Field(True, description="false bypasses every cache level for this request.")
     namespace: str | None = Field(
         None, pattern=r"^[A-Za-z0-9_.\-]{1,100}$",
@@ -125,7 +130,9 @@ class Citation(BaseModel):
     section: str | None
     chunk_id: int
     position: int
-    score: float = Field(description="Cosine similarity of the chunk to the question.")
+    score: float = Field(description="The score that ranked the chunk: the fused score (0-1) "
+                         "in hybrid mode, the cosine similarity in dense-only mode.")
+    similarity: float = Field(description="Cosine similarity of the chunk to the question.")
     snippet: str
 
 

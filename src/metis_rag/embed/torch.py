@@ -7,6 +7,7 @@ import asyncio
 import os
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,9 @@ from . import packaged
 
 class TorchEmbedder:
     def __init__(self, settings: EmbedSettings) -> None:
-        self.model_id = f"torch:{packaged.MODEL_NAME}"
+        path = Path(settings.model_path) if settings.model_path else None
+        self.model_id = f"torch:{path.name if path else packaged.MODEL_NAME}"
+        self._path = path
         self.dim = 384
         self._settings = settings
         self._model: Any = None
@@ -32,14 +35,24 @@ class TorchEmbedder:
         from sentence_transformers import SentenceTransformer
 
         torch.set_num_threads(self._settings.threads or (os.cpu_count() or 1))
-        self._model = SentenceTransformer(str(packaged.packaged_model_dir()), device="cpu")
-        self.dim = int(self._model.get_sentence_embedding_dimension() or self.dim)
+        path = self._path or packaged.packaged_model_dir()
+        # local_files_only: a model path is a directory on disk, never a hub name to fetch.
+        self._model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+        # sentence-transformers 5 renamed the method (the old name warns).
+        dimension = getattr(self._model, "get_embedding_dimension", None) or \
+            self._model.get_sentence_embedding_dimension
+        self.dim = int(dimension() or self.dim)
 
     async def close(self) -> None:
         self._model = None
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return packaged.count_tokens(list(texts))
+        if self._path is None:
+            return packaged.count_tokens(list(texts))
+        if self._model is None:
+            raise RuntimeError("TorchEmbedder.count_tokens called before start()")
+        ids = self._model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        return [len(x) for x in ids]
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:

@@ -51,6 +51,7 @@ def citations_of(sources: list[Retrieved]) -> list[Citation]:
             chunk_id=r.chunk.id,
             position=r.chunk.position,
             score=round(r.score, 4),
+            similarity=round(r.similarity, 4),
             snippet=r.chunk.text[:300],
         )
         for i, r in enumerate(sources, start=1)
@@ -182,6 +183,8 @@ class ChatService:
         return digest(
             query.use_rag, query.top_k or r.top_k, sorted(query.tags), query.folder,
             r.hybrid if query.hybrid is None else query.hybrid, r.candidates, r.rrf_k,
+            query.group_by, r.fusion, r.term_weight, r.name_weight, r.phrase_weight, r.dense_weight,
+            r.chunks_per_document,
             self._llm.name if self._llm else "extractive", PROMPT_VERSION,
             llm.temperature, llm.max_tokens, [(m.role, m.content) for m in history],
         )
@@ -232,7 +235,7 @@ class ChatService:
         turn.sources, turn.retrieval_saved_ms = await self._retriever.retrieve_many(
             [(cid, scope if cached else None) for cid, scope in scopes], turn.retrieval_text,
             vector, top_k=q.top_k or self._settings.retrieval.top_k, tags=q.tags,
-            folder=q.folder, hybrid=q.hybrid, warnings=turn.warnings,
+            folder=q.folder, hybrid=q.hybrid, group_by=q.group_by, warnings=turn.warnings,
         )
         turn.timings.retrieve = _ms(t)
 

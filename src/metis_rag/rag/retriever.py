@@ -1,4 +1,4 @@
-"""Hybrid retrieval: dense (vector store) and full-text results fused by reciprocal rank fusion."""
+"""Hybrid retrieval: dense (vector store) and full-text candidates, fused (see `fusion`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -17,27 +17,32 @@ from ..cache.tiered import TieredCache
 from ..config import RetrievalSettings
 from ..store import repo
 from ..store.vectors import VectorStore
+from . import fusion
 
 log = logging.getLogger("metis.retrieval")
 
-FullTextSearch = Callable[[int, str, int, "set[int] | None"], Awaitable[list[int]]]
-"""(collection id, query, n, allowed chunk ids) -> chunk ids, best first."""
+FullTextSearch = Callable[[int, str, int, "set[int] | None"], Awaitable[list[tuple[int, float]]]]
+"""(collection id, query, n, allowed chunk ids) -> (chunk id, score), best first."""
+
+
+GroupBy = Literal["chunk", "document"]
 
 
 @dataclass(frozen=True, slots=True)
 class Retrieved:
     chunk: repo.ChunkRow
-    score: float  # cosine similarity of the chunk to the query
-    fused: float  # the RRF score that ranked it
+    score: float  # the score that ranked it (fused in hybrid mode, else the cosine)
+    similarity: float  # cosine similarity of the chunk to the query
 
 
-def rrf(rankings: Sequence[Sequence[int]], k: int) -> dict[int, float]:
-    """Reciprocal rank fusion: sum of 1 / (k + rank) over the lists an id appears in."""
-    fused: dict[int, float] = {}
-    for ranking in rankings:
-        for rank, chunk_id in enumerate(ranking, start=1):
-            fused[chunk_id] = fused.get(chunk_id, 0.0) + 1.0 / (k + rank)
-    return fused
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    """Both legs' candidates: every chunk of either with its exact cosine and stored row."""
+
+    dense: list[int]  # ids, best first
+    lexical: dict[int, float]  # full-text score of the chunks it matched
+    similarity: dict[int, float]
+    rows: dict[int, repo.ChunkRow]
 
 
 class Retriever:
@@ -68,35 +73,45 @@ class Retriever:
         tags: Sequence[str] = (),
         folder: str | None = None,
         hybrid: bool | None = None,
+        group_by: GroupBy = "chunk",
         cache_scope: str | None = None,
         warnings: list[str] | None = None,
     ) -> tuple[list[Retrieved], float | None]:
         """The top chunks, and the search time a retrieval-cache hit saved (None on a miss).
 
-        `cache_scope` (``namespace:collection:version``) enables the cache; the key adds the
-        query and every setting that changes the result. Cached entries hold ids and scores
-        only: the chunks are always read back from the database. A full-text leg over its
-        budget is left out, with a message in `warnings`, and that result is not cached.
+        `group_by="document"` returns the chunks of the top `top_k` distinct documents instead
+        (see `group_by_document`). `cache_scope` (``namespace:collection:version``) enables the
+        cache; the key adds the query and every setting that changes the result. Cached entries
+        hold ids and scores only: the chunks are always read back from the database. A
+        full-text leg over its budget is left out, with a message in `warnings`, and that
+        result is not cached.
         """
         hybrid = self._settings.hybrid if hybrid is None else hybrid
         key = None
         if self._cache is not None and cache_scope is not None:
             s = self._settings
             key = f"{cache_scope}:" + digest(query_text, top_k, sorted(tags), folder, hybrid,
-                                             s.candidates, s.rrf_k, s.ef_search)
+                                             group_by, s.candidates, s.fusion, s.term_weight,
+                                             s.name_weight, s.phrase_weight, s.dense_weight, s.rrf_k,
+                                             s.ef_search, s.chunks_per_document)
             cached = await self._cache.get(key)
             if cached is not None:
-                return await self._rows(cached["hits"], top_k), float(cached["ms"])
+                return await self._rows(cached["hits"]), float(cached["ms"])
         t = time.perf_counter()
         degraded: list[str] = []
+        n = top_k
+        if group_by == "document":  # enough ranked chunks to find top_k distinct documents
+            n = max(self._settings.candidates, top_k * self._settings.chunks_per_document)
         results = await self._search(
-            collection_id, query_text, query_vector, top_k, tags, folder, hybrid, degraded
+            collection_id, query_text, query_vector, n, tags, folder, hybrid, degraded
         )
+        if group_by == "document":
+            results = group_by_document(results, top_k, self._settings.chunks_per_document)
         if warnings is not None:
             warnings.extend(degraded)
         if key is not None and self._cache is not None and not degraded:
             ms = (time.perf_counter() - t) * 1000
-            await self._cache.set(key, {"ms": ms, "hits": [[r.chunk.id, r.score, r.fused]
+            await self._cache.set(key, {"ms": ms, "hits": [[r.chunk.id, r.score, r.similarity]
                                                            for r in results]})
         return results, None
 
@@ -107,31 +122,76 @@ class Retriever:
         query_vector: np.ndarray,
         *,
         top_k: int,
+        group_by: GroupBy = "chunk",
         warnings: list[str] | None = None,
         **filters: Any,
     ) -> tuple[list[Retrieved], float | None]:
-        """`retrieve` over several (collection id, cache scope) at once, fused by RRF score.
+        """`retrieve` over several (collection id, cache scope) at once, merged by score.
 
         The saved time is reported when every collection came from the cache.
         """
         found = await asyncio.gather(*(
             self.retrieve(cid, query_text, query_vector, top_k=top_k, cache_scope=scope,
-                          warnings=warnings, **filters)
+                          group_by=group_by, warnings=warnings, **filters)
             for cid, scope in collections
         ))
         if len(found) == 1:
             return found[0]
         merged = sorted((r for hits, _ in found for r in hits),
-                        key=lambda r: (r.fused, r.score), reverse=True)
+                        key=lambda r: (r.score, r.similarity), reverse=True)
+        if group_by == "document":
+            merged = group_by_document(merged, top_k, self._settings.chunks_per_document)
+        else:
+            merged = merged[:top_k]
         saved = [ms for _, ms in found]
         total = None if any(ms is None for ms in saved) else sum(ms or 0.0 for ms in saved)
-        return merged[:top_k], total
+        return merged, total
 
-    async def _rows(self, cached: list[list[float]], top_k: int) -> list[Retrieved]:
+    async def _rows(self, cached: list[list[float]]) -> list[Retrieved]:
         async with self._sessions() as session:
             rows = await repo.chunks_by_ids(session, [int(c[0]) for c in cached])
-        return [Retrieved(rows[int(i)], score, fused) for i, score, fused in cached
-                if int(i) in rows][:top_k]
+        return [Retrieved(rows[int(i)], score, similarity) for i, score, similarity in cached
+                if int(i) in rows]
+
+    async def candidates(
+        self,
+        collection_id: int,
+        query_text: str,
+        query_vector: np.ndarray,
+        n: int,
+        *,
+        allowed: set[int] | None = None,
+        hybrid: bool = True,
+        degraded: list[str] | None = None,
+    ) -> Candidates:
+        """Up to `n` chunks from each leg (full-text only when `hybrid`), with their rows."""
+        started = asyncio.get_running_loop().time()
+        degraded = [] if degraded is None else degraded
+        dense_search = self._vectors.search(collection_id, query_vector, n, allowed_ids=allowed)
+        lexical: list[tuple[int, float]] = []
+        if hybrid:
+            lexical_task = asyncio.ensure_future(
+                self._fulltext(collection_id, query_text, n, allowed)
+            )
+            try:
+                dense = await dense_search
+            except BaseException:
+                self._let_finish(lexical_task)
+                raise
+            lexical = await self._within_budget(lexical_task, started, degraded)
+        else:
+            dense = await dense_search
+        ids = list(dict.fromkeys([h.id for h in dense] + [i for i, _ in lexical]))
+        async with self._sessions() as session:
+            # An id deleted since the index answered has no row any more and drops out here.
+            rows = await repo.chunks_by_ids(session, ids)
+        vectors = {i: np.frombuffer(r.embedding, dtype="<f4") for i, r in rows.items()}
+        return Candidates(
+            dense=[h.id for h in dense if h.id in rows],
+            lexical={i: s for i, s in lexical if i in rows},
+            similarity={i: float(v @ query_vector) for i, v in vectors.items()},
+            rows=rows,
+        )
 
     async def _search(
         self,
@@ -144,48 +204,22 @@ class Retriever:
         hybrid: bool,
         degraded: list[str],
     ) -> list[Retrieved]:
-        started = asyncio.get_running_loop().time()
-        n = max(self._settings.candidates, top_k)
         allowed: set[int] | None = None
         if tags or folder is not None:
             async with self._sessions() as session:
                 allowed = set(await repo.allowed_chunk_ids(session, collection_id, tags, folder))
             if not allowed:
                 return []
-
-        dense_search = self._vectors.search(collection_id, query_vector, n, allowed_ids=allowed)
-        if hybrid:
-            lexical_task = asyncio.ensure_future(
-                self._fulltext(collection_id, query_text, n, allowed)
-            )
-            try:
-                dense = await dense_search
-            except BaseException:
-                self._let_finish(lexical_task)
-                raise
-            lexical = await self._within_budget(lexical_task, started, degraded)
-            fused = rrf([[h.id for h in dense], lexical], self._settings.rrf_k)
-        else:
-            dense = await dense_search
-            fused = {h.id: h.score for h in dense}
-        ranked = sorted(fused, key=fused.__getitem__, reverse=True)
-        async with self._sessions() as session:
-            # Fetch a few extra: an id deleted since the index answered has no row any more.
-            rows = await repo.chunks_by_ids(session, ranked[: top_k + 8])
-        out: list[Retrieved] = []
-        for chunk_id in ranked:
-            row = rows.get(chunk_id)
-            if row is None:
-                continue
-            vec = np.frombuffer(row.embedding, dtype="<f4")
-            out.append(Retrieved(row, float(vec @ query_vector), fused[chunk_id]))
-            if len(out) == top_k:
-                break
-        return out
+        n = max(self._settings.candidates, top_k)
+        found = await self.candidates(collection_id, query_text, query_vector, n,
+                                      allowed=allowed, hybrid=hybrid, degraded=degraded)
+        scores = rank_candidates(found, query_text, self._settings, hybrid)
+        ranked = sorted(scores, key=lambda i: (scores[i], found.similarity[i]), reverse=True)
+        return [Retrieved(found.rows[i], scores[i], found.similarity[i]) for i in ranked[:top_k]]
 
     async def _within_budget(
-        self, task: asyncio.Future[list[int]], started: float, degraded: list[str]
-    ) -> list[int]:
+        self, task: asyncio.Future[list[tuple[int, float]]], started: float, degraded: list[str]
+    ) -> list[tuple[int, float]]:
         """The full-text ids if they come within the budget (counted from `started`), else []."""
         budget_s = self._settings.fulltext_budget_ms / 1000
         remaining = budget_s - (asyncio.get_running_loop().time() - started)
@@ -214,10 +248,39 @@ class Retriever:
 
     async def _sql_fulltext(
         self, collection_id: int, query: str, n: int, allowed: set[int] | None
-    ) -> list[int]:
+    ) -> list[tuple[int, float]]:
         async with self._sessions() as session:
             hits = await repo.fulltext_search(session, collection_id, query, n * 4 if allowed else n)
-        ids = [h[0] for h in hits]
         if allowed is not None:
-            ids = [i for i in ids if i in allowed]
-        return ids[:n]
+            hits = [h for h in hits if h[0] in allowed]
+        return hits[:n]
+
+
+def rank_candidates(found: Candidates, query: str, settings: RetrievalSettings, hybrid: bool
+                    ) -> dict[int, float]:
+    """The score of every candidate under the configured fusion; higher ranks first."""
+    if not hybrid:
+        return {i: found.similarity[i] for i in found.dense}
+    if settings.fusion == "rrf":
+        lexical = sorted(found.lexical, key=found.lexical.__getitem__, reverse=True)
+        return fusion.rrf([found.dense, lexical], settings.rrf_k)
+    if settings.fusion == "convex":
+        return fusion.convex(found.similarity, found.lexical, settings.dense_weight)
+    return fusion.terms(query, found.similarity, found.rows, settings.term_weight,
+                        settings.name_weight, settings.phrase_weight)
+
+
+def group_by_document(ranked: Sequence[Retrieved], top_k: int, per_document: int
+                      ) -> list[Retrieved]:
+    """The best `per_document` chunks of each of the first `top_k` distinct documents, the
+    documents in the order of their best chunk, each document's chunks together."""
+    docs: dict[int, list[Retrieved]] = {}
+    for r in ranked:
+        chunks = docs.get(r.chunk.document_id)
+        if chunks is None:
+            if len(docs) == top_k:
+                continue
+            chunks = docs[r.chunk.document_id] = []
+        if len(chunks) < per_document:
+            chunks.append(r)
+    return [r for chunks in docs.values() for r in chunks]
