@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..config import CacheSettings
+from ..observability.tracing import traced
 from .base import CacheBackend
 from .codec import Codec
 from .disk import DiskBackend
@@ -134,6 +135,8 @@ class SemanticIndex:
         self.hits = 0
         self.misses = 0
 
+    @traced("cache.lookup", lambda *_: {"metis.cache.level": "semantic"},
+            lambda hit: {"metis.cache.hit": hit is not None})
     def lookup(self, partition: tuple[str, ...], vector: np.ndarray, threshold: float) -> SemanticHit | None:
         with self._lock:
             part = self._parts.get(partition)
