@@ -5,11 +5,15 @@ Metis exported over the wire without a collector. Needs the `otel` extra (opente
 
     with OtlpReceiver() as receiver:   # receiver.url -> METIS_OBSERVABILITY__OTLP_ENDPOINT
         ...; receiver.spans()
+
+    python -m metis_rag.devtools.otlp_receiver --port 4318   # GET / answers {"spans": n}
 """
 
 from __future__ import annotations
 
+import argparse
 import gzip
+import json
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -56,7 +60,8 @@ def decode(body: bytes) -> list[ReceivedSpan]:
 
 
 class OtlpReceiver:
-    def __init__(self, status: int = 200) -> None:
+    def __init__(self, status: int = 200, port: int = 0) -> None:
+        self.port = port
         self.status = status
         self.requests = 0
         self._spans: list[ReceivedSpan] = []
@@ -92,10 +97,19 @@ class OtlpReceiver:
                 self.send_header("content-length", "0")
                 self.end_headers()
 
+            def do_GET(self) -> None:
+                body = json.dumps({"spans": len(receiver.spans()),
+                                   "requests": receiver.requests}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
@@ -107,3 +121,16 @@ class OtlpReceiver:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="A tiny OTLP/HTTP trace receiver.")
+    parser.add_argument("--port", type=int, default=4318)
+    args = parser.parse_args()
+    with OtlpReceiver(port=args.port) as receiver:
+        assert receiver._thread is not None
+        receiver._thread.join()
+
+
+if __name__ == "__main__":
+    main()
