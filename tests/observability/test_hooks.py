@@ -238,3 +238,22 @@ async def test_the_real_sampler_reads_cpu_in_range_from_its_first_sample() -> No
     # one core busy: about 100 / cores of the machine, less on a busy machine, never more
     # than the whole machine
     assert 0 < second["cpu_percent"] <= 100 / cores + 10
+
+
+async def test_loop_lag_shows_a_blocked_event_loop() -> None:
+    metrics = Metrics(ObservabilitySettings(sample_interval_s=0.1))
+    sampler = Sampler(metrics)
+    await sampler.start()
+    try:
+        await asyncio.sleep(0.35)  # a few samples of a free loop
+        free = value(scrape((await metrics.exposition()).decode()),
+                     "metis_event_loop_lag_seconds")
+        time.sleep(0.5)  # a handler that blocks the loop: every timer fires late
+        await asyncio.sleep(0.15)
+        blocked = value(scrape((await metrics.exposition()).decode()),
+                        "metis_event_loop_lag_seconds")
+    finally:
+        await sampler.close()
+    assert free is not None and blocked is not None
+    assert blocked >= 0.3 and blocked > free
+    assert summary(metrics)["process"]["loop_lag_ms"] >= 300

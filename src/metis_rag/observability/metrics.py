@@ -138,6 +138,10 @@ class Metrics:
         self.db_slow = Counter(
             "metis_db_slow_queries", "SQL statements over METIS_OBSERVABILITY__SLOW_QUERY_MS.",
             ["operation"], registry=r)
+        self.loop_lag = Gauge(
+            "metis_event_loop_lag_seconds", "Worst lateness of the sampler's timer over the last "
+            "30 s: grows when the event loop that serves HTTP is saturated.",
+            registry=r)
         self.log_events = Counter(
             "metis_log_events", "Warnings and errors logged.", ["level"], registry=r)
         Info("metis_build", "Metis version.", registry=r).info({"version": __version__})

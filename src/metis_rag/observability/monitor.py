@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     from ..services import Services
 
 log = logging.getLogger("metis.monitor")
+LAG_WINDOW_S = 30.0
 
 
 def _mb(n: int) -> float:
@@ -75,9 +78,16 @@ class Sampler:
         self.cpu = CpuMeter(metrics.window.clock,
                             min_interval_s=min(0.5, metrics.settings.sample_interval_s / 2))
         self._task: asyncio.Task[None] | None = None
+        # The gauge is the worst lag of the last LAG_WINDOW_S: a scrape every 15 s must not
+        # miss a stall between two samples.
+        self._lags: deque[float] = deque(
+            maxlen=max(1, math.ceil(LAG_WINDOW_S / metrics.settings.sample_interval_s)))
 
-    async def sample_once(self) -> dict[str, Any]:
+    async def sample_once(self, loop_lag_s: float | None = None) -> dict[str, Any]:
         m = self.metrics
+        if loop_lag_s is not None:
+            self._lags.append(loop_lag_s)
+            m.loop_lag.set(max(self._lags))
         await m.refresh()
         tasks = m.task_snapshot
         memory = self._process.memory_info()
@@ -92,6 +102,7 @@ class Sampler:
                        "oldest_pending_s": tasks.oldest_pending_s}
                       if tasks is not None else None),
             "pool": pool_stats(m.pool),
+            "loop_lag_ms": round(max(self._lags) * 1000, 2) if self._lags else None,
         }
         m.window.record_sample(sample)
         m.rules.check(m.window.headline(60), sample["tasks"]["queue_depth"] if tasks else None)
@@ -110,12 +121,17 @@ class Sampler:
             self._task = None
 
     async def _run(self) -> None:
+        clock, step = self.metrics.window.clock, self.metrics.settings.sample_interval_s
+        lag: float | None = None
         while True:
             try:
-                await self.sample_once()
+                await self.sample_once(lag)
             except Exception:  # monitoring must never take the server down
                 log.exception("metrics sampling failed")
-            await self._sleep(self.metrics.settings.sample_interval_s)
+            asleep = clock()
+            await self._sleep(step)
+            # A saturated loop runs every callback late, this timer's included.
+            lag = max(0.0, clock() - asleep - step)
 
 
 @asynccontextmanager
@@ -204,6 +220,7 @@ def summary(m: Metrics, wall_clock: Callable[[], float] | None = None) -> dict[s
         "process": {
             "cpu_percent": latest.get("cpu_percent"),
             "cpu_cores": psutil.cpu_count() or 1,
+            "loop_lag_ms": latest.get("loop_lag_ms"),
             "rss_mb": latest.get("rss_mb"),
             "series": [{"t": t, "cpu_percent": s["cpu_percent"], "rss_mb": s["rss_mb"]}
                        for t, s in samples],
