@@ -166,12 +166,22 @@ def test_prometheus_scrapes_what_the_image_serves() -> None:
     assert any(m.startswith("./deploy/prometheus/prometheus.yml:") for m in mounts)
 
 
-async def test_every_metric_on_the_grafana_dashboard_is_exposed(make_settings) -> None:  # type: ignore[no-untyped-def]
+def _metric_names(text: str) -> set[str]:
+    return {re.sub(r"_(bucket|count|sum)$", "", n)
+            for n in re.findall(r"\b((?:metis|process)_[a-z_]+)\b", text)}
+
+
+async def test_every_metric_the_deploy_files_use_is_exposed(make_settings) -> None:  # type: ignore[no-untyped-def]
     dashboard = json.loads((ROOT / "deploy/grafana/dashboards/metis.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
-    names = {re.sub(r"_(bucket|count|sum)$", "", n)
-             for e in exprs for n in re.findall(r"\b((?:metis|process)_[a-z_]+)\b", e)}
+    names = _metric_names("\n".join(exprs))
     assert len(names) >= 15
+    autoscaling = set()
+    for path in (ROOT / "deploy/kubernetes").glob("*.yaml"):
+        autoscaling |= _metric_names(path.read_text())
+    assert {"metis_http_requests_in_flight", "metis_event_loop_lag_seconds",
+            "metis_task_queue_depth", "metis_task_oldest_pending_seconds"} <= autoscaling
+    names |= autoscaling
     async with serve(make_settings()) as s:
         await s.ingest()
         await s.ask("How long is the refund window?")
@@ -185,6 +195,24 @@ async def test_every_metric_on_the_grafana_dashboard_is_exposed(make_settings) -
     assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
 
 
+def test_the_autoscaler_examples_are_well_formed() -> None:
+    keda = list(yaml.safe_load_all((ROOT / "deploy/kubernetes/keda.yaml").read_text()))
+    hpa = list(yaml.safe_load_all((ROOT / "deploy/kubernetes/hpa.yaml").read_text()))
+    assert [d["kind"] for d in keda] == ["ScaledObject"] * 2
+    assert [d["apiVersion"] for d in hpa] == ["autoscaling/v2"] * 2
+    targets = {d["spec"]["scaleTargetRef"]["name"] for d in keda + hpa}
+    assert targets == {"metis", "metis-worker"}
+    for d in keda:
+        for trigger in d["spec"]["triggers"]:  # KEDA wants every metadata value a string
+            assert all(isinstance(v, str) for v in trigger["metadata"].values()), trigger
+            if trigger["type"] == "rabbitmq":
+                assert _is_setting(trigger["metadata"]["hostFromEnv"])
+            else:
+                # the whole system's task figures are the same on every server: never sum
+                assert not re.search(r"sum\(metis_task", trigger["metadata"]["query"])
+
+
 def test_the_readme_documents_the_deployment() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "### Deployment" in readme and "docker compose" in readme
+    assert "### Autoscaling" in readme and "deploy/kubernetes/keda.yaml" in readme
