@@ -140,7 +140,7 @@ class Metrics:
             ["operation"], registry=r)
         self.loop_lag = Gauge(
             "metis_event_loop_lag_seconds", "Worst lateness of the sampler's timer over the last "
-            "30 s: grows when the event loop that serves HTTP is saturated.",
+            "15 s: grows when the event loop that serves HTTP is saturated.",
             registry=r)
         self.log_events = Counter(
             "metis_log_events", "Warnings and errors logged.", ["level"], registry=r)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ..services import Services
 
 log = logging.getLogger("metis.monitor")
-LAG_WINDOW_S = 30.0
+LAG_WINDOW_S = 15.0  # Prometheus's default scrape interval (deploy/prometheus too)
 
 
 def _mb(n: int) -> float:
