@@ -51,6 +51,11 @@ SUITE: dict[str, Benchmark] = {
                           "vectors", writes_json=False, default=False),
     "metrics-overhead": Benchmark("bench_metrics_overhead.py", "what the metrics middleware "
                                   "adds per request", writes_json=False, default=False),
+    "tracing": Benchmark("bench_tracing.py", "what tracing costs, off and on (OTLP export)",
+                         writes_json=False, default=False),
+    "autoscale-signals": Benchmark("bench_autoscale_signals.py", "do the autoscaling signals "
+                                   "rise before latency (stepped open-loop load)",
+                                   writes_json=False, default=False),
 }
 
 

@@ -291,6 +291,16 @@ class ObservabilitySettings(BaseModel):
     alert_queue_depth: int = Field(
         1000, ge=1, description="Alert when the task queue holds more tasks than this."
     )
+    otlp_endpoint: str = Field(
+        "", description="OpenTelemetry collector (OTLP/HTTP base URL, e.g. http://otel:4318): "
+        "traces are exported there. Empty = the standard OTEL_EXPORTER_OTLP_ENDPOINT if set, "
+        "else tracing is off. Needs the otel extra.",
+    )
+    service_name: str = Field("metis", description="service.name of the exported traces.")
+    trace_sample_ratio: float = Field(
+        1.0, ge=0, le=1, description="Share of traces recorded (a request continuing a "
+        "client's trace follows the client's decision).",
+    )
 
 
 class CompressionSettings(BaseModel):

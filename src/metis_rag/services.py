@@ -28,6 +28,7 @@ from .llm.cached import CachedLLM
 from .llm.fallback import build_chain
 from .observability.metered import MeteredEmbedder, MeteredLLM
 from .observability.metrics import Metrics
+from .observability.tracing import Tracing
 from .rag.chat import ChatService
 from .rag.conversations import ConversationLog
 from .rag.retriever import Retriever
@@ -76,6 +77,9 @@ async def open_services(
     worker (a Celery worker: writes chunks to the database, leaves the index to servers)."""
     metrics = metrics or Metrics.for_settings(settings)
     async with AsyncExitStack() as stack:
+        tracing = Tracing(settings.observability)  # off unless an OTLP endpoint is configured
+        tracing.start()
+        stack.callback(tracing.close)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         # The embedder first: its dimension shapes the pgvector column that migrations create.
         embedder: Embedder = build_embedder(settings.embed, settings.data_dir)

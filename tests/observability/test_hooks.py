@@ -3,31 +3,56 @@ calls with tokens and cost, and the alert rules and sampler behind the dashboard
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
+import psutil
 import pytest
 
 from metis_rag.config import LLMSettings, ObservabilitySettings
 from metis_rag.devtools.fake_llm import FakeLLMServer
 from metis_rag.observability.alerts import AlertLog, AlertRules
 from metis_rag.observability.metrics import Metrics, TaskSnapshot
-from metis_rag.observability.monitor import Sampler, summary
+from metis_rag.observability.monitor import CpuMeter, Sampler, summary
 from tests.fakeclock import FakeClock
 
 from .conftest import Served, serve
 from .helpers import scrape, value
 
 
-async def test_tasks_appear_once_a_provider_is_wired(served: Served) -> None:
-    m = await served.metrics()
-    assert value(m, "metis_tasks_provider_up") == 0
-    assert value(m, "metis_tasks", status="running") is None
-    assert (await served.summary())["tasks"]["connected"] is False
+async def test_the_task_system_reports_from_the_start(served_with) -> None:  # type: ignore[no-untyped-def]
+    # A step of 0.1 s: the provider is polled at most once per step, and this test waits less.
+    async with served_with(observability={"sample_interval_s": 0.1},
+                           tasks={"handler_modules": ["metis_rag.devtools.task_handlers"]}) as s:
+        m = await s.metrics()
+        assert value(m, "metis_tasks_provider_up") == 1
+        assert value(m, "metis_tasks", status="completed") == 0
+        assert (await s.summary())["tasks"]["connected"] is True
+        r = await s.client.post("/api/tasks", json=[{"type": "stamp"} for _ in range(3)])
+        assert r.status_code == 202, r.text
+        ids = [t["id"] for t in r.json()]
+        await s.services.tasks.wait(ids, timeout_s=30)
+        await s.services.tasks.sync()
+        await asyncio.sleep(0.15)
+        m = await s.metrics()
+        assert value(m, "metis_tasks", status="completed") == 3
+        assert value(m, "metis_task_queue_depth", queue="metis") == 0
+        assert value(m, "metis_task_oldest_pending_seconds") == 0
+        # observed where they ran: run time and queue wait of each finished task
+        assert value(m, "metis_task_duration_seconds_count", kind="stamp", outcome="completed") == 3
+        assert value(m, "metis_task_wait_seconds_count", kind="stamp") == 3
+        summary_ = await s.summary()
+        assert summary_["tasks"]["by_status"]["completed"] == 3
+        assert summary_["tasks"]["scope"] == "system"
 
+
+async def test_tasks_appear_as_the_provider_reports_them(served: Served) -> None:
     counts = {"queued": 4, "running": 1, "succeeded": 10}
 
     async def provider() -> TaskSnapshot:  # async: a provider may ask Redis or the database
-        return TaskSnapshot(by_status=dict(counts), queue_depth={"ingest": 4})
+        return TaskSnapshot(by_status=dict(counts), queue_depth={"ingest": 4},
+                            oldest_pending_s=12.5)
 
     served.services.metrics.set_task_provider(provider)
     served.services.metrics.observe_task("ingest", "succeeded", 2.5, waited_s=0.5)
@@ -35,6 +60,7 @@ async def test_tasks_appear_once_a_provider_is_wired(served: Served) -> None:
     assert value(m, "metis_tasks_provider_up") == 1
     assert value(m, "metis_tasks", status="queued") == 4
     assert value(m, "metis_task_queue_depth", queue="ingest") == 4
+    assert value(m, "metis_task_oldest_pending_seconds") == 12.5
     assert value(m, "metis_task_duration_seconds_count", kind="ingest", outcome="succeeded") == 1
     assert value(m, "metis_task_wait_seconds_sum", kind="ingest") == 0.5
 
@@ -43,6 +69,29 @@ async def test_tasks_appear_once_a_provider_is_wired(served: Served) -> None:
     s = await served.summary()
     assert s["tasks"] == {**s["tasks"], "connected": True, "queue_depth": 2,
                           "by_status": {"queued": 4, "running": 3, "succeeded": 10}}
+
+
+async def test_a_storm_of_scrapes_polls_the_provider_once_per_step() -> None:
+    clock = FakeClock(100.0)
+    metrics = Metrics(ObservabilitySettings(sample_interval_s=2), clock=clock)
+    calls = 0
+
+    async def provider() -> TaskSnapshot:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.01)  # a query in flight while the other scrapes arrive
+        return TaskSnapshot({"pending": calls}, {"metis": calls})
+
+    metrics.set_task_provider(provider)
+    pages = await asyncio.gather(*(metrics.exposition() for _ in range(50)))
+    assert calls == 1
+    assert all(value(scrape(p.decode()), "metis_tasks", status="pending") == 1 for p in pages)
+    await clock.advance(1)
+    await metrics.exposition()
+    assert calls == 1
+    await clock.advance(1)
+    m = scrape((await metrics.exposition()).decode())
+    assert calls == 2 and value(m, "metis_task_queue_depth", queue="metis") == 2
 
 
 async def test_a_failing_task_provider_is_reported_not_raised(served: Served) -> None:
@@ -143,7 +192,9 @@ async def test_sampler_series_and_rules_on_a_fake_clock(caplog: pytest.LogCaptur
     finally:
         await sampler.close()
     s = summary(metrics)
-    assert [p["cpu_percent"] is not None for p in s["process"]["series"]] == [True] * 6
+    # no reading until an interval long enough to measure; then a share of the machine
+    cpu = [p["cpu_percent"] for p in s["process"]["series"]]
+    assert cpu[0] is None and all(c is not None and 0 <= c <= 100 for c in cpu[1:])
     assert all(p["rss_mb"] > 10 for p in s["process"]["series"])
     assert [p["running"] for p in s["tasks"]["series"]] == [2] * 6
     assert s["tasks"]["queue_depth"] == 7
@@ -153,3 +204,56 @@ async def test_sampler_series_and_rules_on_a_fake_clock(caplog: pytest.LogCaptur
     assert s["firing"] == ["latency_p95"]
     assert s["generated_at"] == "2023-11-14T22:13:20+00:00"
     assert scrape((await metrics.exposition()).decode())  # still renders without services
+
+
+def test_cpu_is_a_share_of_the_machine_and_never_read_over_a_blink() -> None:
+    # The dashboard's first CPU point read ~7,500 %: psutil's per-call percent over the 0.3 ms
+    # between priming and the first sample, one 10 ms clock tick times the core count.
+    clock = FakeClock(50.0)
+    cpu_s = [3.0]
+    meter = CpuMeter(clock, min_interval_s=0.5, cpu_seconds=lambda: cpu_s[0], cores=2)
+    cpu_s[0] += 0.01  # one tick, 0.3 ms later
+    clock.now += 0.0003
+    assert meter.read() is None
+    clock.now += 2.0
+    cpu_s[0] += 1.0  # one core busy for half of the 2 s: a quarter of two cores
+    assert meter.read() == pytest.approx(25.2, abs=0.1)
+    clock.now += 2.0
+    cpu_s[0] += 4.1  # both cores busy, and a tick counted late
+    assert meter.read() == 100.0
+    clock.now += 2.0
+    assert meter.read() == 0.0
+
+
+async def test_the_real_sampler_reads_cpu_in_range_from_its_first_sample() -> None:
+    metrics = Metrics(ObservabilitySettings(sample_interval_s=0.2))
+    sampler = Sampler(metrics)
+    first = await sampler.sample_once()
+    deadline = time.perf_counter() + 0.3
+    while time.perf_counter() < deadline:  # keep one core busy
+        pass
+    second = await sampler.sample_once()
+    assert first["cpu_percent"] is None
+    cores = psutil.cpu_count() or 1
+    # one core busy: about 100 / cores of the machine, less on a busy machine, never more
+    # than the whole machine
+    assert 0 < second["cpu_percent"] <= 100 / cores + 10
+
+
+async def test_loop_lag_shows_a_blocked_event_loop() -> None:
+    metrics = Metrics(ObservabilitySettings(sample_interval_s=0.1))
+    sampler = Sampler(metrics)
+    await sampler.start()
+    try:
+        await asyncio.sleep(0.35)  # a few samples of a free loop
+        free = value(scrape((await metrics.exposition()).decode()),
+                     "metis_event_loop_lag_seconds")
+        time.sleep(0.5)  # a handler that blocks the loop: every timer fires late
+        await asyncio.sleep(0.15)
+        blocked = value(scrape((await metrics.exposition()).decode()),
+                        "metis_event_loop_lag_seconds")
+    finally:
+        await sampler.close()
+    assert free is not None and blocked is not None
+    assert blocked >= 0.3 and blocked > free
+    assert summary(metrics)["process"]["loop_lag_ms"] >= 300

@@ -226,3 +226,24 @@ async def test_list_filters_paginates_and_stats_count(backend: TaskBackend) -> N
     assert stats.counts["completed"] >= 5 and stats.throughput_per_s > 0
     assert stats.mean_run_s is not None and stats.mean_wait_s is not None
     assert stats.concurrency >= 1 and stats.backend == backend.name
+
+
+async def test_snapshot_counts_the_whole_queue_for_the_metrics(backend: TaskBackend) -> None:
+    slots: int = backend.slots  # type: ignore[attr-defined]
+    before = await backend.snapshot()
+    blockers = [await submit(backend, "sleep", params={"seconds": 1.5, "steps": 1})
+                for _ in range(slots)]
+    for b in blockers:
+        await until(backend, b.id, lambda t: t.status == "running")
+    queued = await backend.submit([TaskSpec("stamp") for _ in range(3)])
+    await backend.sync()
+    during = await backend.snapshot()
+    assert during.by_status["running"] >= slots
+    depth = sum(during.queue_depth.values())
+    assert depth >= 3 and during.by_status["pending"] == depth
+    assert during.oldest_pending_s is not None and during.oldest_pending_s >= 0
+    await backend.wait([t.id for t in [*blockers, *queued]], timeout_s=60)
+    await backend.sync()
+    after = await backend.snapshot()
+    # (>=: on the shared Celery database another test's stragglers may finish meanwhile)
+    assert after.by_status["completed"] - before.by_status["completed"] >= slots + 3

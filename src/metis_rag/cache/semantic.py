@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..observability.tracing import traced
 from .base import CacheBackend
 from .equivalence import Equivalence, QuestionText, Verdict, analyse
 
@@ -142,6 +143,8 @@ class SemanticIndex:
         rest = hashlib.blake2b("\x1f".join(partition[1:]).encode(), digest_size=16).hexdigest()
         return f"semantic:{partition[0]}:{rest}"
 
+    @traced("cache.lookup", lambda *_, **__: {"metis.cache.level": "semantic"},
+            lambda hit: {"metis.cache.hit": hit is not None})
     async def match(self, partition: tuple[str, ...], vector: np.ndarray,
                     question: str) -> Match | None:
         await self._catch_up(partition)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..observability.tracing import traced
 from .base import CacheBackend
 from .codec import Codec, CorruptEntry
 
@@ -78,6 +79,8 @@ class TieredCache:
         self._timed_misses = 0
         self._miss_time_s = 0.0
 
+    @traced("cache.lookup", lambda self, *_, **__: {"metis.cache.level": self.prefix[:-1]},
+            lambda value: {"metis.cache.hit": value is not None})
     async def get(self, key: str, default: Any = None) -> Any:
         started = time.perf_counter()
         full_key = self.prefix + key
@@ -104,6 +107,9 @@ class TieredCache:
         self._miss_time_s += time.perf_counter() - started
         return default
 
+    @traced("cache.lookup", lambda self, keys: {"metis.cache.level": self.prefix[:-1],
+                                                "metis.cache.keys": len(keys)},
+            lambda found: {"metis.cache.hits": len(found)})
     async def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
         """Return the keys found, each tier asked once for the keys still missing."""
         missing = list(dict.fromkeys(keys))

@@ -119,12 +119,18 @@ def _task_metrics(wired: bool, snapshot: TaskSnapshot | None) -> Iterator[Metric
                             "statistics.", value=1 if snapshot is not None else 0)
     if not wired or snapshot is None:
         return
-    by_status = GaugeMetricFamily("metis_tasks", "Tasks by status.", labels=["status"])
+    # Read from the shared tasks table: every replica reports the whole system, so aggregate
+    # these across servers with max(), never sum().
+    by_status = GaugeMetricFamily("metis_tasks", "Tasks by status, whole system (the same on "
+                                  "every server).", labels=["status"])
     for status, n in sorted(snapshot.by_status.items()):
         by_status.add_metric([status], n)
-    depth = GaugeMetricFamily("metis_task_queue_depth", "Tasks waiting, by queue.",
-                              labels=["queue"])
+    depth = GaugeMetricFamily("metis_task_queue_depth", "Tasks ready to run and waiting for a "
+                              "slot, by queue, whole system.", labels=["queue"])
     for queue, n in sorted(snapshot.queue_depth.items()):
         depth.add_metric([queue], n)
     yield by_status
     yield depth
+    yield GaugeMetricFamily("metis_task_oldest_pending_seconds", "Age of the oldest task ready "
+                            "to run and not started (0 when none), whole system.",
+                            value=snapshot.oldest_pending_s or 0.0)

@@ -12,6 +12,8 @@ from typing import Any, Literal, TextIO
 import orjson
 import structlog
 
+from . import tracing
+
 request_id_var: ContextVar[str | None] = ContextVar("metis_request_id", default=None)
 """The id of the request being served; the metrics middleware sets it for each request."""
 
@@ -37,6 +39,14 @@ def _add_request_id(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+def _add_trace_ids(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    if tracing.enabled() and "trace_id" not in event:
+        ids = tracing.current_ids()
+        if ids is not None:
+            event["trace_id"], event["span_id"] = ids
+    return event
+
+
 def _add_extra(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     """Fields a stdlib call passed as `extra=` (structlog's ExtraAdder would also pick up the
     `message` another formatter may have cached on the record)."""
@@ -56,6 +66,7 @@ def _shared_processors() -> list[Any]:
     return [
         structlog.contextvars.merge_contextvars,
         _add_request_id,
+        _add_trace_ids,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

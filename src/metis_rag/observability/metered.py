@@ -15,7 +15,13 @@ import numpy as np
 from ..embed.base import Embedder, WrappedEmbedder
 from ..errors import MetisError
 from ..llm.base import LLM, ChatMessage, Completion, CompletionStream, WrappedLLM
+from . import tracing
 from .metrics import Metrics
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"gen_ai.usage.input_tokens": prompt_tokens,
+            "gen_ai.usage.output_tokens": completion_tokens}
 
 
 def _outcome(exc: BaseException) -> str:
@@ -31,13 +37,16 @@ class MeteredLLM(WrappedLLM):
         self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int
     ) -> Completion:
         started = time.perf_counter()
-        try:
-            done = await self.inner.complete(messages, temperature=temperature,
-                                               max_tokens=max_tokens)
-        except Exception as exc:
-            self._metrics.observe_llm_call(self.name, time.perf_counter() - started,
-                                           outcome=_outcome(exc))
-            raise
+        with tracing.span("generate", {"gen_ai.system": self.name}) as current:
+            try:
+                done = await self.inner.complete(messages, temperature=temperature,
+                                                   max_tokens=max_tokens)
+            except Exception as exc:
+                self._metrics.observe_llm_call(self.name, time.perf_counter() - started,
+                                               outcome=_outcome(exc))
+                raise
+            if current is not None:
+                current.set_attributes(_usage(done.prompt_tokens, done.completion_tokens))
         self._metrics.observe_llm_call(
             self.name, time.perf_counter() - started, prompt_tokens=done.prompt_tokens,
             completion_tokens=done.completion_tokens)
@@ -58,6 +67,8 @@ class _MeteredStream:
         self._name = name
         self._metrics = metrics
         self._started = time.perf_counter()
+        # Not made current: the stream is consumed across the caller's awaits.
+        self._span = tracing.start_span("generate", {"gen_ai.system": name, "metis.stream": True})
         self._reported = False
         self.completion: Completion | None = None
 
@@ -81,6 +92,10 @@ class _MeteredStream:
         if self._reported:
             return
         self._reported = True
+        if self._span is not None:
+            self._span.set_attributes({**_usage(prompt_tokens, completion_tokens),
+                                       "metis.outcome": outcome})
+            self._span.end()
         self._metrics.observe_llm_call(
             self._name, time.perf_counter() - self._started, prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens, outcome=outcome)
@@ -100,6 +115,8 @@ class MeteredEmbedder(WrappedEmbedder):
         if not texts:
             return await self.inner.embed(texts)
         started = time.perf_counter()
-        vectors = await self.inner.embed(texts)
+        with tracing.span("embed", {"metis.embed.model": self.model_id,
+                                    "metis.embed.texts": len(texts)}):
+            vectors = await self.inner.embed(texts)
         self._metrics.observe_embed(self.model_id, len(texts), time.perf_counter() - started)
         return vectors

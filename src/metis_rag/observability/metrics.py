@@ -8,9 +8,10 @@ process (tests) never clash. Hooks for other parts of Metis:
 - `observe_llm_call`, `observe_embed`: `MeteredLLM` and `MeteredEmbedder` (observability.metered).
 - `observe_microbatch(size, seconds)`: a `batching.BatchObserver`; pass it as ``on_batch``.
 - `observe_task(kind, outcome, seconds, waited_s=None)`: the task system, when a task ends.
-- `set_task_provider(provider)`: the task system, once started; `provider()` returns a
-  `TaskSnapshot` (or an awaitable of one) with task counts by status and queue depths. It is
-  polled at every sample step and before every scrape, so it may do I/O but should be cheap.
+- `set_task_provider(provider)`: `monitor_services` wires `TaskBackend.snapshot`;
+  `provider()` returns a `TaskSnapshot` (or an awaitable of one) with task counts by status
+  and queue depths. It is polled at most once per sample step, however many scrapes or
+  dashboards ask, so it may do I/O but should be cheap.
 
 Cache levels and the DB pool are not counted twice: a collector reads their live counters at
 scrape time (`watch_caches`, `watch_pool`).
@@ -18,6 +19,7 @@ scrape time (`watch_caches`, `watch_pool`).
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
@@ -63,10 +65,12 @@ STAGES = ("embed", "retrieve", "generate", "total")
 
 @dataclass(frozen=True, slots=True)
 class TaskSnapshot:
-    """What the task system reports: task counts by status, and tasks waiting per queue."""
+    """What the task system reports: task counts by status, tasks waiting per queue, and how
+    long the oldest waiting task has waited (None when none waits)."""
 
     by_status: Mapping[str, int] = field(default_factory=dict)
     queue_depth: Mapping[str, int] = field(default_factory=dict)
+    oldest_pending_s: float | None = None
 
 
 TaskProvider = Callable[[], TaskSnapshot | Awaitable[TaskSnapshot]]
@@ -134,6 +138,10 @@ class Metrics:
         self.db_slow = Counter(
             "metis_db_slow_queries", "SQL statements over METIS_OBSERVABILITY__SLOW_QUERY_MS.",
             ["operation"], registry=r)
+        self.loop_lag = Gauge(
+            "metis_event_loop_lag_seconds", "Worst lateness of the sampler's timer over the last "
+            "15 s: grows when the event loop that serves HTTP is saturated.",
+            registry=r)
         self.log_events = Counter(
             "metis_log_events", "Warnings and errors logged.", ["level"], registry=r)
         Info("metis_build", "Metis version.", registry=r).info({"version": __version__})
@@ -146,6 +154,9 @@ class Metrics:
         self.task_provider: TaskProvider | None = None
         self.task_snapshot: TaskSnapshot | None = None
         self._task_provider_failing = False
+        self._clock = clock
+        self._refreshed_at: float | None = None
+        self._refresh_lock = asyncio.Lock()
         r.register(LiveCollector(self))
         self.window = RollingWindow(self.settings.window_s, self.settings.sample_interval_s, clock)
         self.alerts = AlertLog(wall_clock=wall_clock, on_event=self._count_log_event)
@@ -229,23 +240,33 @@ class Metrics:
     def set_task_provider(self, provider: TaskProvider | None) -> None:
         self.task_provider = provider
         self.task_snapshot = None
+        self._refreshed_at = None
 
     async def refresh(self) -> None:
-        """Polls the task provider (which may be async) into `task_snapshot`."""
-        provider = self.task_provider
-        if provider is None:
-            return
+        """Polls the task provider (which may be async) into `task_snapshot`, at most once per
+        sample step: a storm of scrapes and dashboards costs one query, and waits for it."""
+        async with self._refresh_lock:
+            provider = self.task_provider
+            at = self._refreshed_at
+            if provider is None or (
+                    at is not None and self._clock() - at < self.settings.sample_interval_s):
+                return
+            snapshot = await self._poll(provider)
+            if provider is self.task_provider:  # else replaced meanwhile: the next call polls it
+                self.task_snapshot = snapshot
+                self._refreshed_at = self._clock()
+
+    async def _poll(self, provider: TaskProvider) -> TaskSnapshot | None:
         try:
             result = provider()
             snapshot = await result if inspect.isawaitable(result) else result
         except Exception as exc:
-            self.task_snapshot = None
             if not self._task_provider_failing:
                 log.warning("task statistics unavailable: %s: %s", type(exc).__name__, exc)
             self._task_provider_failing = True
-            return
+            return None
         self._task_provider_failing = False
-        self.task_snapshot = snapshot
+        return snapshot
 
     # -- live sources and exposition ---------------------------------------------------------
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from . import tracing
 from .logs import new_request_id, request_id_var
 from .metrics import Metrics
 
@@ -45,6 +46,7 @@ class RequestMetrics:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        traced = tracing.start_request(scope)  # None (and free) while tracing is off
         rid = _incoming_id(scope["headers"]) or new_request_id()
         token = request_id_var.set(rid)
         rid_header = (_HEADER, rid.encode())
@@ -66,6 +68,7 @@ class RequestMetrics:
             # The server-error middleware (outside every user middleware) logs and answers it:
             # the request id stays bound so its log line carries it. Each served request runs
             # in a task of its own, so the binding goes no further than this request.
+            status = 500
             self._record(scope, 500, time.perf_counter() - started)
             raise
         else:
@@ -73,6 +76,8 @@ class RequestMetrics:
             request_id_var.reset(token)
         finally:
             in_flight.dec()
+            if traced is not None:
+                tracing.end_request(traced, status, getattr(scope.get("route"), "path", None))
 
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
         route: Any = scope.get("route")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -23,10 +25,45 @@ if TYPE_CHECKING:
     from ..services import Services
 
 log = logging.getLogger("metis.monitor")
+LAG_WINDOW_S = 15.0  # Prometheus's default scrape interval (deploy/prometheus too)
 
 
 def _mb(n: int) -> float:
     return round(n / 1048576, 1)
+
+
+def _process_cpu_s() -> float:
+    times = psutil.Process().cpu_times()
+    return float(times.user + times.system)
+
+
+class CpuMeter:
+    """The process's CPU use since the previous reading, in percent of the whole machine
+    (0-100 however many cores), or None until a reading spans at least `min_interval_s`.
+
+    psutil's `Process.cpu_percent` divides CPU time counted in 10 ms clock ticks by the wall
+    time since its previous call and multiplies by the number of cores: a first sample taken a
+    fraction of a millisecond after priming read one tick as thousands of percent.
+    """
+
+    def __init__(self, clock: Callable[[], float], *, min_interval_s: float = 0.5,
+                 cpu_seconds: Callable[[], float] = _process_cpu_s,
+                 cores: int | None = None) -> None:
+        self._clock = clock
+        self._cpu_seconds = cpu_seconds
+        self.cores = cores or psutil.cpu_count() or 1
+        self.min_interval_s = min_interval_s
+        self._last = (clock(), cpu_seconds())
+
+    def read(self) -> float | None:
+        now, cpu = self._clock(), self._cpu_seconds()
+        elapsed = now - self._last[0]
+        if elapsed < self.min_interval_s:
+            return None  # too short to measure; keep the start of the interval
+        percent = (cpu - self._last[1]) / (elapsed * self.cores) * 100
+        self._last = (now, cpu)
+        # a tick counted late can push a busy interval a hair over 100
+        return round(min(100.0, max(0.0, percent)), 1)
 
 
 class Sampler:
@@ -38,24 +75,34 @@ class Sampler:
         self.metrics = metrics
         self._sleep = sleep
         self._process = psutil.Process()
-        self._process.cpu_percent(None)  # the first reading is always 0: prime it
+        self.cpu = CpuMeter(metrics.window.clock,
+                            min_interval_s=min(0.5, metrics.settings.sample_interval_s / 2))
         self._task: asyncio.Task[None] | None = None
+        # The gauge is the worst lag of the last LAG_WINDOW_S: a scrape every 15 s must not
+        # miss a stall between two samples.
+        self._lags: deque[float] = deque(
+            maxlen=max(1, math.ceil(LAG_WINDOW_S / metrics.settings.sample_interval_s)))
 
-    async def sample_once(self) -> dict[str, Any]:
+    async def sample_once(self, loop_lag_s: float | None = None) -> dict[str, Any]:
         m = self.metrics
+        if loop_lag_s is not None:
+            self._lags.append(loop_lag_s)
+            m.loop_lag.set(max(self._lags))
         await m.refresh()
         tasks = m.task_snapshot
         memory = self._process.memory_info()
         sample: dict[str, Any] = {
-            "cpu_percent": round(self._process.cpu_percent(None), 1),
+            "cpu_percent": self.cpu.read(),
             "rss_mb": _mb(memory.rss),
             "cache": ({level: {"hits": c["hits"], "misses": c["misses"]}
                        for level, c in cache_counts(m.caches).items()}
                       if m.caches is not None else None),
             "tasks": ({"by_status": dict(tasks.by_status),
-                       "queue_depth": sum(tasks.queue_depth.values())}
+                       "queue_depth": sum(tasks.queue_depth.values()),
+                       "oldest_pending_s": tasks.oldest_pending_s}
                       if tasks is not None else None),
             "pool": pool_stats(m.pool),
+            "loop_lag_ms": round(max(self._lags) * 1000, 2) if self._lags else None,
         }
         m.window.record_sample(sample)
         m.rules.check(m.window.headline(60), sample["tasks"]["queue_depth"] if tasks else None)
@@ -74,12 +121,17 @@ class Sampler:
             self._task = None
 
     async def _run(self) -> None:
+        clock, step = self.metrics.window.clock, self.metrics.settings.sample_interval_s
+        lag: float | None = None
         while True:
             try:
-                await self.sample_once()
+                await self.sample_once(lag)
             except Exception:  # monitoring must never take the server down
                 log.exception("metrics sampling failed")
-            await self._sleep(self.metrics.settings.sample_interval_s)
+            asleep = clock()
+            await self._sleep(step)
+            # A saturated loop runs every callback late, this timer's included.
+            lag = max(0.0, clock() - asleep - step)
 
 
 @asynccontextmanager
@@ -89,12 +141,17 @@ async def monitor_services(services: Services) -> AsyncIterator[Sampler]:
     m.watch_pool(services.engine.sync_engine.pool)
     unwatch = watch_queries(services.engine.sync_engine, m, m.settings.slow_query_ms)
     m.alerts.attach()
+    wired_tasks = m.task_provider is None
+    if wired_tasks:
+        m.set_task_provider(services.tasks.snapshot)
     sampler = Sampler(m)
     await sampler.start()
     try:
         yield sampler
     finally:
         await sampler.close()
+        if wired_tasks:
+            m.set_task_provider(None)
         m.alerts.detach()
         unwatch()
         m.watch_caches(None)
@@ -154,11 +211,16 @@ def summary(m: Metrics, wall_clock: Callable[[], float] | None = None) -> dict[s
             "connected": m.task_provider is not None,
             "by_status": dict(tasks.by_status) if tasks else {},
             "queue_depth": sum(tasks.queue_depth.values()) if tasks else None,
+            "oldest_pending_s": tasks.oldest_pending_s if tasks else None,
+            # whole-system figures from the shared tasks table (the same on every replica)
+            "scope": "system",
             "series": [{"t": t, **s["tasks"]["by_status"], "queue_depth": s["tasks"]["queue_depth"]}
                        for t, s in samples if s.get("tasks")],
         },
         "process": {
             "cpu_percent": latest.get("cpu_percent"),
+            "cpu_cores": psutil.cpu_count() or 1,
+            "loop_lag_ms": latest.get("loop_lag_ms"),
             "rss_mb": latest.get("rss_mb"),
             "series": [{"t": t, "cpu_percent": s["cpu_percent"], "rss_mb": s["rss_mb"]}
                        for t, s in samples],

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ..cache.levels import digest
 from ..cache.tiered import TieredCache
 from ..config import RetrievalSettings
+from ..observability.tracing import traced
 from ..store import repo
 from ..store.vectors import VectorStore
 from . import fusion
@@ -63,6 +64,8 @@ class Retriever:
         # one mid-query would leave its database connection in an unknown state.
         self._overran: set[asyncio.Future[Any]] = set()
 
+    @traced("retrieve", lambda self, collection_id, *_, **kw: {
+        "metis.collection_id": collection_id, "metis.top_k": kw.get("top_k", 0)})
     async def retrieve(
         self,
         collection_id: int,

@@ -20,10 +20,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..config import TaskSettings
 from ..errors import Conflict, InvalidInput
+from ..observability.metrics import TaskSnapshot
 from . import repo
 from .runner import HandlerRegistry
 from .scheduler import check_acyclic
-from .types import FINISHED, TaskOut, TaskSpec, TaskStats
+from .types import FINISHED, STATUSES, TaskOut, TaskSpec, TaskStats
 
 Clock = Callable[[], float]
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
@@ -114,6 +115,18 @@ class TaskBackend(ABC):
             queue_depth=counts.get("pending", 0),
             throughput_per_s=round(done / window, 3), window_s=window,
             mean_wait_s=mean_wait, mean_run_s=mean_run, **rt,
+        )
+
+    async def snapshot(self) -> TaskSnapshot:
+        """Counts by status and the queue of the whole system (the shared `tasks` table, so
+        every replica reports the same figures), for the metrics; one grouped count."""
+        async with self.engine.connect() as conn:
+            counts = await repo.counts(conn)
+            oldest = await repo.oldest_created(conn, "pending") if counts.get("pending") else None
+        return TaskSnapshot(
+            by_status={s: counts.get(s, 0) for s in STATUSES},
+            queue_depth={self.settings.queue: counts.get("pending", 0)},
+            oldest_pending_s=max(0.0, self.clock() - oldest.timestamp()) if oldest else None,
         )
 
     async def wait(

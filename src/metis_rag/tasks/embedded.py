@@ -56,7 +56,9 @@ class EmbeddedBackend(TaskBackend):
         self._rng = rng or random.Random()
         self._running: dict[str, asyncio.Task[Outcome]] = {}
         self._uncommitted: dict[str, bytes] = {}  # uploads of tasks whose rows are committing
+        self._waited_s: dict[str, float] = {}  # queue wait of each running task, for metrics
         self._services: Any = None
+        self._metrics: Any = None
         self._timer: asyncio.Task[None] | None = None
         self._timer_at: float | None = None
         self._loops: list[asyncio.Task[None]] = []
@@ -70,6 +72,7 @@ class EmbeddedBackend(TaskBackend):
 
     async def start(self, services: Any = None) -> None:
         self._services = services
+        self._metrics = getattr(services, "metrics", None)
         await self.writer.start()
         if not self._run_tasks:
             return
@@ -157,9 +160,9 @@ class EmbeddedBackend(TaskBackend):
     def _start(self, entry: Entry) -> None:
         entry.attempts += 1
         now = self.clock()
+        waited_s = self._waited_s[entry.id] = max(0.0, now - entry.ready_since)
         self.writer.update(entry.id, status="running", attempts=entry.attempts,
-                           started_at=repo.to_dt(now), wait_s=max(0.0, now - entry.ready_since),
-                           owner=self.worker_id)
+                           started_at=repo.to_dt(now), wait_s=waited_s, owner=self.worker_id)
         ctx = TaskContext(entry.id, entry.type, entry.params, entry.attempts, self._services,
                           self._progress, self._blob)
         task = asyncio.create_task(execute(self.registry, ctx, entry.timeout_s),
@@ -171,6 +174,7 @@ class EmbeddedBackend(TaskBackend):
         self._running.pop(entry.id, None)
         if task.cancelled():
             if not entry.cancel_requested:
+                self._waited_s.pop(entry.id, None)
                 return  # shutting down: the task stays ours until `release` hands it over
             outcome = Outcome("cancelled", error={
                 "code": "cancelled",
@@ -185,6 +189,9 @@ class EmbeddedBackend(TaskBackend):
 
     def _finish(self, entry: Entry, outcome: Outcome) -> None:
         now = self.clock()
+        waited_s = self._waited_s.pop(entry.id, None)
+        if self._metrics is not None:
+            self._metrics.observe_task(entry.type, outcome.status, outcome.run_s, waited_s)
         figures = {"run_s": outcome.run_s, "cpu_s": outcome.cpu_s,
                    "peak_rss_bytes": outcome.peak_rss_bytes}
         if outcome.status == "completed":

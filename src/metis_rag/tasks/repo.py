@@ -134,6 +134,12 @@ async def counts(conn: AsyncConnection) -> dict[str, int]:
     return {r[0]: int(r[1]) for r in rows}
 
 
+async def oldest_created(conn: AsyncConnection, status: str) -> datetime | None:
+    """Creation time of the oldest task in `status` (one probe of ix_tasks_status_created)."""
+    value = (await conn.execute(select(func.min(T.c.created_at)).where(T.c.status == status))).scalar()
+    return _aware(value)
+
+
 async def window_figures(conn: AsyncConnection, since: datetime) -> tuple[int, float | None, float | None]:
     """Tasks finished since `since`, and their mean wait and run times."""
     row = (await conn.execute(

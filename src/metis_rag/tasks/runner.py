@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InvalidInput, MetisError
+from ..observability import tracing
 
 Handler = Callable[["TaskContext"], Any]
 ProgressSink = Callable[[str, float, str | None], None]
@@ -120,6 +121,20 @@ def peak_rss_bytes() -> int:
 
 async def execute(registry: HandlerRegistry, ctx: TaskContext, timeout_s: float) -> Outcome:
     """Runs one attempt. CancelledError propagates (the caller knows whether it asked for it)."""
+    # A trace of its own: the process that starts a task is often not the one that asked for it
+    # (a worker, or a pump driven by another task's end).
+    with tracing.span(f"task {ctx.type}", {"metis.task.id": ctx.task_id,
+                                           "metis.task.attempt": ctx.attempt},
+                      root=True) as current:
+        outcome = await _execute(registry, ctx, timeout_s)
+        if current is not None:
+            current.set_attribute("metis.task.outcome", outcome.status)
+            if outcome.error:
+                current.set_attribute("metis.task.error", outcome.error["code"])
+        return outcome
+
+
+async def _execute(registry: HandlerRegistry, ctx: TaskContext, timeout_s: float) -> Outcome:
     t0, cpu0 = time.perf_counter(), time.process_time()
     try:
         info = registry.get(ctx.type)  # a process without that handler fails the task, once
