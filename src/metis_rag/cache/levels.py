@@ -167,9 +167,11 @@ class SemanticIndex:
                 _, old = self._parts.popitem(last=False)
                 self._size -= len(old.keys)
 
-    def clear(self, namespace: str | None = None) -> None:
+    def clear(self, namespace: str | None = None, prefix: str = "") -> None:
+        """`prefix`: only the namespaces that start with it (a tenant's)."""
         with self._lock:
-            for p in [p for p in self._parts if namespace is None or p[0] == namespace]:
+            for p in [p for p in self._parts if (namespace is None or p[0] == namespace)
+                      and p[0].startswith(prefix)]:
                 self._size -= len(self._parts.pop(p).keys)
 
     @property
@@ -207,8 +209,20 @@ class Caches:
         return {"exact": self.exact, "retrieval": self.retrieval, "llm": self.llm,
                 "embedding": self.embedding, "document": self.document}[name]
 
-    async def clear(self, *, namespace: str | None = None, level: str | None = None) -> None:
-        """Drop entries of one level and/or namespace (a collection is cleared by its version)."""
+    async def clear(self, *, namespace: str | None = None, level: str | None = None,
+                    tenant_prefix: str | None = None) -> None:
+        """Drop entries of one level and/or namespace (a collection is cleared by its version).
+
+        `tenant_prefix`: only within one tenant's namespaces, on the levels keyed by namespace
+        (the others are keyed by content and shared by every tenant)."""
+        if tenant_prefix is not None:
+            scope = f"{namespace}:" if namespace is not None else tenant_prefix
+            for name in [level] if level else ["exact", "retrieval"]:
+                if name in ("exact", "retrieval"):
+                    await self.level(name).clear(scope)
+            if level in (None, "semantic", "exact"):
+                self.semantic.clear(namespace, prefix=tenant_prefix)
+            return
         names = [level] if level else [n for n in LEVELS if n != "semantic"]
         for name in names:
             if name == "semantic":
