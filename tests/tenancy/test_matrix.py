@@ -147,6 +147,7 @@ def fill(path: str, ids: dict[str, str]) -> str:
     return path
 
 
+@pytest.mark.databases
 async def test_every_endpoint_every_role_two_tenants(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(api_keys=KEYS)
     async with serving(settings) as (app, client):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..errors import NotFound
@@ -70,9 +71,12 @@ class CollectionLookup:
         found = await self.find(tenant, name)
         if found is not None:
             return found
-        async with self._sessions() as session, session.begin():
-            coll = await repo.get_or_create_collection(session, tenant, name)
-            return CollectionRef(coll.id, coll.version)
+        try:
+            async with self._sessions() as session, session.begin():
+                coll = await repo.get_or_create_collection(session, tenant, name)
+                return CollectionRef(coll.id, coll.version)
+        except IntegrityError:  # an upload created it meanwhile: it exists now
+            return await self.get(tenant, name)
 
     async def version(self, collection_id: int) -> int:
         if self._conn is not None:
