@@ -148,7 +148,10 @@ async def test_quotas_refuse_with_their_name_and_retry_after(
         "max_documents": 1, "questions_per_minute": 2, "max_storage_mb": 0.001}}})
     async with serving(settings) as (_, client):
         async with client("acme", "writer") as c:
-            await ingest(c, {"a.txt": b"Small enough to fit the quota."})
+            first = await ingest(c, {"a.txt": b"Small enough to fit the quota."})
+            doc_id = first["results"][0]["document_id"]
+            r = await c.put(f"/api/documents/{doc_id}", files={"files": ("a.txt", b"big " * 500)})
+            assert r.status_code == 413 and r.json()["details"]["quota"] == "max_storage_mb"
             r = await c.post("/api/documents", files={"files": ("b.txt", b"Another one.")})
             assert r.status_code == 413 and r.json()["code"] == "quota_exceeded"
             assert "max_documents (1)" in r.json()["message"]

@@ -229,6 +229,9 @@ async def replace_document(
     if len(files) != 1:
         raise InvalidInput("Replace takes exactly one file.", code="one_file_expected")
     name, data = files[0]
+    async with services.sessions() as session:  # the bytes it adds over the old content
+        old = await repo.get_document(session, who.tenant, document_id)
+        await services.quotas.admit_documents(session, who.tenant, 0, len(data) - old.size_bytes)
     result = await services.ingestor.replace(
         who.tenant, document_id, Upload(name, data, tags=_tags(fields.get("tags", "")))
     )

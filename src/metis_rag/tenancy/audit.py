@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from .keys import stop
 from .models import AuditRecord
 
 log = logging.getLogger("metis.audit")
@@ -44,11 +45,8 @@ class AuditLog:
         self._task = asyncio.create_task(self._run(), name="metis-audit")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop(self._task)
+        self._task = None
         with contextlib.suppress(Exception):
             await self.flush()
 

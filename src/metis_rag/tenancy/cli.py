@@ -11,25 +11,18 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..config import Settings
 from ..errors import MetisError
+from ..tasks.cli import DataDir, JsonOpt, console, err_console
 from . import keys
 from .audit import query_audit
 from .principal import check_tenant
 
 keys_app = typer.Typer(help="API keys: create (shown once), list, revoke, rotate.",
                        no_args_is_help=True)
-console = Console()
-err_console = Console(stderr=True)
 T = TypeVar("T")
-
-DataDir = Annotated[
-    Path | None, typer.Option("--data-dir", help="Overrides METIS_DATA_DIR.", show_default=False)
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 def _run(data_dir: Path | None, fn: Callable[[Any], Awaitable[T]]) -> T:

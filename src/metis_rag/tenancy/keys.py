@@ -29,6 +29,14 @@ from .principal import DEFAULT_TENANT, Principal, Role, check_role, check_tenant
 log = logging.getLogger("metis.auth")
 
 
+async def stop(task: asyncio.Task[None] | None) -> None:
+    """Cancel a background loop and wait until it is gone."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -77,11 +85,8 @@ class KeyRing:
         self._task = asyncio.create_task(self._run(), name="metis-keyring")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop(self._task)
+        self._task = None
 
     async def reload(self) -> None:
         if self._sessions is None:
