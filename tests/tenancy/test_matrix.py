@@ -235,6 +235,20 @@ async def test_a_shared_namespace_never_shares_answers(make_settings: Callable[.
                 assert any(m in r.text for m in acme.secrets)
                 levels.append(r.json()["cache"]["level"])
             assert levels == [None, "exact"]  # a miss, then its own answer
+            # Ids inside bodies too: another tenant's conversation or task answers like a
+            # missing one.
+            for field_name, path, payload in (
+                ("conversation_id", "/api/chat/query",
+                 lambda i: {"message": "And then?", "collection": "docs", "conversation_id": i}),
+                ("task_id", "/api/tasks", lambda i: {"type": "noop", "depends_on": [i]}),
+            ):
+                foreign_id = getattr(globex, field_name)
+                missing_id = secrets.token_hex(16)
+                async with client("acme", "writer") as w:
+                    a = await w.post(path, json=payload(foreign_id))
+                    b = await w.post(path, json=payload(missing_id))
+                assert a.status_code == b.status_code and a.status_code in (404, 422), a.text
+                assert a.text.replace(foreign_id, "ID") == b.text.replace(missing_id, "ID")
             # A namespace cannot name another tenant's.
             r = await c.post("/api/chat/query", headers={"X-Metis-Namespace": "globex/shared"},
                              json={"message": "What is the secret project codename?"})
