@@ -119,6 +119,13 @@ async def app_rate(n: int, turns: int, use_key: bool) -> list[float]:
                 r = await client.post("/api/documents", files={"files": ("p.md", DOC.encode())})
                 assert r.status_code in (200, 201, 202), r.text
                 deadline = time.monotonic() + 120
+                for task_id in r.json().get("task_ids", []):
+                    # Ask only once the task has stored the document (and its collection):
+                    # before tenants, a question racing it could fail creating the collection.
+                    while (await client.get(f"/api/tasks/{task_id}")).json()["status"] != (
+                            "completed"):
+                        assert time.monotonic() < deadline, "the upload did not finish"
+                        await asyncio.sleep(0.05)
                 while True:  # until the document is in: then the answer is cached
                     answer = (await client.post("/api/chat/query", content=QUESTION)).json()
                     if answer.get("citations"):
