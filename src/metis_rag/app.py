@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
-from .api import cache, chat, documents, health, monitoring, pages, tasks
+from .api import admin, cache, chat, documents, health, monitoring, pages, tasks
 from .api.limits import InboundLimits
 from .api.openapi import ERROR_RESPONSES
 from .config import Settings
@@ -58,7 +58,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(MetisError)
     async def metis_error(_: Request, exc: MetisError) -> ErrorResponse:
         response = _error(exc.status, exc.code, exc.message, details=exc.details or None)
-        if isinstance(exc, RateLimited):
+        if isinstance(exc, RateLimited) and exc.retry_after_s is not None:
             response.headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
         return response
 
@@ -161,17 +161,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added last, so outermost: its latency covers compression and every other middleware.
     app.add_middleware(RequestMetrics, metrics=metrics,
                        access_log=settings.observability.access_log)
-    if settings.api_keys or settings.ratelimit.inbound_per_minute:
-        # Added last, so it runs first: a refused request costs no upload and no routing.
-        app.add_middleware(InboundLimits, api_keys=settings.api_keys,
-                           per_minute=settings.ratelimit.inbound_per_minute,
-                           burst=settings.ratelimit.inbound_burst)
+    # Added last, so it runs first: a refused request costs no upload and no routing. Always
+    # there: keys made by `metis keys create` turn authentication on while the server runs.
+    app.add_middleware(InboundLimits, per_minute=settings.ratelimit.inbound_per_minute,
+                       burst=settings.ratelimit.inbound_burst,
+                       protect_ops=settings.auth.protect_ops,
+                       scrape_token=settings.auth.scrape_token)
     app.include_router(documents.router)
     app.include_router(chat.router)
     app.include_router(health.router)
     app.include_router(cache.router)
     app.include_router(monitoring.router)
     app.include_router(tasks.router)
+    app.include_router(admin.router)
     app.include_router(pages.router)
     app.state.cache_invalidation_limiter = cache.SlidingWindow(
         settings.cache.invalidations_per_min

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -21,6 +22,8 @@ from .ingest.pipeline import IngestResult
 from .schemas import ChatAnswer, ChatQuery
 from .services import Services, open_services
 from .tasks.cli import ingest_as_tasks, tasks_app, worker
+from .tenancy.cli import audit, keys_app
+from .tenancy.principal import DEFAULT_TENANT, Principal, check_tenant
 
 app = typer.Typer(help="Metis: a fast, frugal RAG server.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -30,6 +33,8 @@ cache_app = typer.Typer(help="Cache statistics and invalidation.", no_args_is_he
 app.add_typer(cache_app, name="cache")
 app.add_typer(tasks_app, name="tasks")
 app.command("worker")(worker)
+app.add_typer(keys_app, name="keys")
+app.command("audit")(audit)
 console = Console()
 err_console = Console(stderr=True)
 T = TypeVar("T")
@@ -41,6 +46,12 @@ CollectionOpt = Annotated[
     str | None, typer.Option("--collection", "-c", help="Defaults to METIS_DEFAULT_COLLECTION.")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the API's JSON.")]
+TenantOpt = Annotated[str, typer.Option("--tenant", help="The tenant to work in.")]
+
+
+def _operator(services: Services, tenant: str) -> Principal:
+    """The CLI acts as an admin of one tenant (`default` unless --tenant names another)."""
+    return Principal(check_tenant(tenant), "admin", scoped=services.keyring.enabled)
 
 
 def _settings(data_dir: Path | None) -> Settings:
@@ -95,6 +106,7 @@ def ingest(
     folder: Annotated[str, typer.Option(help="Folder prefix stored with each document.")] = "",
     data_dir: DataDir = None,
     as_json: JsonOpt = False,
+    tenant: TenantOpt = DEFAULT_TENANT,
 ) -> None:
     """Ingest files (txt, md, html, pdf, docx); unchanged files are skipped, changed ones replaced."""
     settings = _settings(data_dir)
@@ -110,7 +122,8 @@ def ingest(
                           TextColumn("{task.fields[chunks]} chunks"), TimeElapsedColumn(),
                           console=err_console, disable=as_json) as progress:
                 bar = progress.add_task("files", total=len(files), chunks=0)
-                return await ingest_as_tasks(services, files, name, tag_list, progress, bar)
+                return await ingest_as_tasks(services, files, name, tag_list, progress, bar,
+                                             check_tenant(tenant))
 
     started = time.perf_counter()
     results = _run(main())
@@ -178,6 +191,7 @@ def ask(
     conversation: Annotated[str | None, typer.Option(help="Continue a conversation.")] = None,
     data_dir: DataDir = None,
     as_json: JsonOpt = False,
+    tenant: TenantOpt = DEFAULT_TENANT,
 ) -> None:
     """Ask a question; prints the answer and numbered citations."""
     settings = _settings(data_dir)
@@ -186,7 +200,7 @@ def ask(
 
     async def main() -> ChatAnswer:
         async with open_services(settings, role="client") as services:
-            return await services.chat.answer(query)
+            return await services.chat.answer(query, None, _operator(services, tenant))
 
     answer = _run(main())
     if as_json:
@@ -209,14 +223,18 @@ def docs_list(
     offset: Annotated[int, typer.Option(min=0)] = 0,
     data_dir: DataDir = None,
     as_json: JsonOpt = False,
+    tenant: TenantOpt = DEFAULT_TENANT,
 ) -> None:
     """List documents, newest first."""
     from .api.documents import list_documents
 
-    async def fn(services: Services) -> Any:
-        return await list_documents(services, collection, tag, folder, None, limit, offset)
+    settings = _settings(data_dir)
 
-    page = _run(_with_services(_settings(data_dir), fn))
+    async def fn(services: Services) -> Any:
+        return await list_documents(services, _operator(services, tenant), collection, tag,
+                                    folder, None, limit, offset)
+
+    page = _run(_with_services(settings, fn))
     if as_json:
         console.print_json(page.model_dump_json())
         return
@@ -230,25 +248,29 @@ def docs_list(
 
 @docs_app.command("show")
 def docs_show(
-    document_id: int,
+    document_id: str,
     chunks: Annotated[bool, typer.Option(help="Include the chunks.")] = False,
     data_dir: DataDir = None,
+    tenant: TenantOpt = DEFAULT_TENANT,
 ) -> None:
     """Show one document (as JSON)."""
     from .api.documents import get_document
 
-    async def fn(services: Services) -> Any:
-        return await get_document(document_id, services, chunks)
+    settings = _settings(data_dir)
 
-    console.print_json(_run(_with_services(_settings(data_dir), fn)).model_dump_json())
+    async def fn(services: Services) -> Any:
+        return await get_document(document_id, services, _operator(services, tenant), chunks)
+
+    console.print_json(_run(_with_services(settings, fn)).model_dump_json())
 
 
 @docs_app.command("delete")
-def docs_delete(document_id: int, data_dir: DataDir = None) -> None:
+def docs_delete(document_id: str, data_dir: DataDir = None,
+                tenant: TenantOpt = DEFAULT_TENANT) -> None:
     """Delete a document and its chunks from every index."""
 
     async def fn(services: Services) -> None:
-        await services.ingestor.delete(document_id)
+        await services.ingestor.delete(check_tenant(tenant), document_id)
 
     _run(_with_services(_settings(data_dir), fn))
     console.print(f"deleted document {document_id}")
@@ -318,8 +340,10 @@ def cache_clear(
                                                    "embedding or document")] = None,
     data_dir: DataDir = None,
     server: ServerOpt = None,
+    tenant: TenantOpt = DEFAULT_TENANT,
 ) -> None:
-    """Invalidate a collection's answers, a namespace, a level, or everything."""
+    """Invalidate a collection's answers, a namespace, a level, or everything (a server with
+    API keys needs an admin key in METIS_API_KEY)."""
     settings = _settings(data_dir)
     params = {k: v for k, v in {"namespace": namespace, "collection": collection,
                                 "level": level}.items() if v}
@@ -327,7 +351,9 @@ def cache_clear(
     if url is not None:
         import httpx
 
-        r = httpx.delete(url + "/api/cache", params=params, timeout=30)
+        key = os.environ.get("METIS_API_KEY")
+        r = httpx.delete(url + "/api/cache", params=params, timeout=30,
+                         headers={"X-API-Key": key} if key else None)
         if r.status_code >= 400:
             err_console.print(f"[red]error[/red] ({r.json().get('code')}): {r.json().get('message')}")
             raise typer.Exit(2)
@@ -339,10 +365,16 @@ def cache_clear(
                 from .store import repo
 
                 async with services.sessions() as session, session.begin():
-                    coll = await repo.get_collection(session, collection)
+                    coll = await repo.get_collection(session, check_tenant(tenant), collection)
                     await repo.bump_version(session, coll.id)
                 return
-            await services.caches.clear(namespace=namespace, level=level)
+            if tenant == DEFAULT_TENANT and not services.keyring.enabled:  # single tenant: all
+                await services.caches.clear(namespace=namespace, level=level)
+                return
+            who = _operator(services, tenant)
+            await services.caches.clear(
+                namespace=who.namespace(namespace) if namespace else None, level=level,
+                tenant_prefix=who.namespace_prefix)
 
         _run(_with_services(settings, fn))
     console.print("cache cleared: " + (", ".join(f"{k}={v}" for k, v in params.items()) or "all"))

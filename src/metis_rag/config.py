@@ -441,6 +441,42 @@ class TaskSettings(BaseModel):
     )
 
 
+class QuotaSettings(BaseModel):
+    """A tenant's limits; 0 = unlimited."""
+
+    max_documents: int = Field(0, ge=0, description="Documents a tenant may store (0 = no limit).")
+    max_storage_mb: float = Field(0, ge=0, description="Upload bytes a tenant may store, in MB.")
+    questions_per_minute: float = Field(0, ge=0, description="Questions a tenant may ask a minute.")
+    llm_tokens_per_day: int = Field(0, ge=0, description="LLM tokens a tenant may spend a UTC day.")
+
+
+class KeyGrant(BaseModel):
+    """What a key of METIS_API_KEYS's object form grants."""
+
+    tenant: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+    role: Literal["reader", "writer", "admin"] = "reader"
+
+
+class AuthSettings(BaseModel):
+    protect_ops: bool | None = Field(
+        None, description="Require an admin key for /metrics, /dashboard, /docs, /redoc and "
+        "/openapi.json; unset = yes whenever API keys are in use.",
+    )
+    scrape_token: str = Field(
+        "", description="A token that also opens /metrics (Authorization: Bearer), for Prometheus.",
+    )
+    reload_s: float = Field(
+        2.0, gt=0, description="How often the server re-reads the keys stored in the database.",
+    )
+    audit_window_ms: float = Field(
+        200, gt=0, description="Audit records are written in batches, at most this late.",
+    )
+    quotas: QuotaSettings = Field(QuotaSettings(), description="Every tenant's default quotas.")
+    tenant_quotas: dict[str, QuotaSettings] = Field(
+        default={}, description='Per-tenant overrides (JSON): {"acme": {"max_documents": 1000}}.',
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="METIS_",
@@ -480,10 +516,13 @@ class Settings(BaseSettings):
     compression: CompressionSettings = CompressionSettings()
     batching: BatchingSettings = BatchingSettings()
     ratelimit: RateLimitSettings = RateLimitSettings()
-    api_keys: list[str] = Field(
-        default=[], description="When set (JSON list), every /api request but /api/health needs "
-        "one in X-API-Key or Authorization: Bearer; it is also the client of rate limits.",
+    api_keys: list[str] | dict[str, KeyGrant] = Field(
+        default=[], description="When set, every /api request but /api/health needs a key in "
+        "X-API-Key or Authorization: Bearer. A JSON list: admin keys of tenant `default`; an "
+        'object: {"<key>": {"tenant": "acme", "role": "reader|writer|admin"}}. Keys made by '
+        "`metis keys create` live (hashed) in the database.",
     )
+    auth: AuthSettings = AuthSettings()
     tasks: TaskSettings = TaskSettings()
 
     @classmethod

@@ -14,7 +14,9 @@ MetisError
 ├── PayloadTooLarge               413  payload_too_large
 ├── Conflict                      409  conflict
 ├── Unauthorized                  401  unauthorized (API keys are configured; none or a wrong one)
+├── Forbidden                     403  forbidden (the key's role does not allow it)
 ├── RateLimited                   429  rate_limited
+│   └── QuotaExceeded             429|413  quota_exceeded (a tenant's quota; which, in the message)
 ├── ProviderError                 502  provider_error (LLM or embedding backend failed)
 │   └── ProviderTimeout           504  provider_timeout
 ├── ServiceUnavailable            503  service_unavailable
@@ -98,13 +100,28 @@ class Unauthorized(MetisError):
     code = "unauthorized"
 
 
+class Forbidden(MetisError):
+    status = 403
+    code = "forbidden"
+
+
 class RateLimited(MetisError):
     status = 429
     code = "rate_limited"
 
-    def __init__(self, message: str, *, retry_after_s: float = 1.0, **details: Any) -> None:
+    def __init__(self, message: str, *, retry_after_s: float | None = 1.0, **details: Any) -> None:
         super().__init__(message, **details)
         self.retry_after_s = retry_after_s
+
+
+class QuotaExceeded(RateLimited):
+    """429 for the rate quotas (with Retry-After), 413 for the storage ones (without)."""
+
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, *, quota: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, quota=quota)
+        self.status = 429 if retry_after_s is not None else 413
 
 
 class ProviderError(MetisError):

@@ -21,7 +21,7 @@ class ErrorBody(BaseModel):
 class DocumentOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
-    id: int
+    id: str = Field(description="Public id: 22 random URL-safe characters (not sequential).")
     collection: str
     filename: str
     folder: str
@@ -40,7 +40,7 @@ class DocumentOut(BaseModel):
 class UploadResult(BaseModel):
     filename: str
     status: Literal["created", "replaced", "duplicate", "failed", "queued"]
-    document_id: int | None
+    document_id: str | None
     chunks: int = 0
     error: ErrorBody | None = None
     task_id: str | None = Field(None, description="The ingest_document task of a queued file.")
@@ -123,7 +123,7 @@ class ChatQuery(BaseModel):
 
 class Citation(BaseModel):
     index: int = Field(description="The number the answer cites as [index].")
-    document_id: int
+    document_id: str
     filename: str
     folder: str
     page: int | None

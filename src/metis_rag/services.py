@@ -41,6 +41,9 @@ from .tasks import Role, build_backend
 from .tasks.base import TaskBackend
 from .tasks.handlers import IngestEmbedder, build_registry
 from .tasks.index import DatabaseOnlyVectors, IndexFlusher
+from .tenancy.audit import AuditLog
+from .tenancy.keys import KeyRing, static_keys
+from .tenancy.quotas import Quotas
 
 log = logging.getLogger("metis")
 
@@ -63,6 +66,9 @@ class Services:
     tasks: TaskBackend
     index_flusher: IndexFlusher
     ingest_embedder: IngestEmbedder
+    keyring: KeyRing
+    audit: AuditLog
+    quotas: Quotas
     # The throughput layer, for metrics (`stats` on each): query micro-batching and the (rate
     # limited) LLM chain that `llm` wraps in the LLM cache.
     query_batcher: BatchingEmbedder | None = None
@@ -147,6 +153,12 @@ async def open_services(
         ingest_embedder = IngestEmbedder(embedder)
         stack.push_async_callback(ingest_embedder.close)
         tasks = build_backend(settings, engine, build_registry(settings.tasks), role)
+        keyring = KeyRing(static_keys(settings.api_keys), settings.auth.reload_s)
+        await keyring.start(sessions)
+        stack.push_async_callback(keyring.close)
+        audit = AuditLog(sessions, window_ms=settings.auth.audit_window_ms)
+        await audit.start()
+        stack.push_async_callback(audit.close)
         services = Services(
             settings=settings,
             engine=engine,
@@ -166,6 +178,9 @@ async def open_services(
             tasks=tasks,
             index_flusher=index_flusher,
             ingest_embedder=ingest_embedder,
+            keyring=keyring,
+            audit=audit,
+            quotas=Quotas(settings.auth),
         )
         await tasks.start(services)
         stack.push_async_callback(tasks.close)

@@ -45,7 +45,7 @@ def ingest_cmd(docs: Path, data_dir: Path) -> list[str]:
 async def check_consistent(settings: Settings) -> tuple[int, int]:
     async with open_services(settings, role="client") as services:  # start-up reconciles the index
         async with services.sessions() as session:
-            coll = await repo.get_collection(session, "crash")
+            coll = await repo.get_collection(session, "default", "crash")
             in_db = await repo.chunk_ids_of_collection(session, coll.id)
             docs = (await session.execute(select(func.count(Document.id)))).scalar_one()
             per_doc = await session.execute(

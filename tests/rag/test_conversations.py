@@ -21,7 +21,7 @@ async def db(tmp_path: Path):  # type: ignore[no-untyped-def]
     await migrate(engine)
     sessions = session_factory(engine)
     async with sessions() as session, session.begin():
-        coll = await repo.get_or_create_collection(session, "c")
+        coll = await repo.get_or_create_collection(session, "default", "c")
     commits: list[int] = []
     event.listen(engine.sync_engine, "commit", lambda _conn: commits.append(1))
     yield sessions, coll.id, commits
@@ -45,7 +45,7 @@ async def test_concurrent_turns_share_commits_and_are_read_back(db) -> None:  # 
     assert [(m.role, m.content) for m in history] == [
         ("user", "question"), ("assistant", f"answer of {ids[7]}")]
     assert len(commits) <= 2  # 50 conversations and 100 messages, not 150 transactions
-    assert await log.collection_of(ids[0]) == coll_id
+    assert await log.collection_of(ids[0], "default") == coll_id
     await log.close()
 
 

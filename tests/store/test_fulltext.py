@@ -27,7 +27,7 @@ async def services(make_settings: Callable[..., Settings]) -> AsyncIterator[Serv
 
 async def search(services: Services, collection: str, query: str, limit: int = 10) -> list[str]:
     async with services.sessions() as session:
-        coll = await repo.get_collection(session, collection)
+        coll = await repo.get_collection(session, "default", collection)
         hits = await repo.fulltext_search(session, coll.id, query, limit)
         rows = await repo.chunks_by_ids(session, [h[0] for h in hits])
     assert [h[1] for h in hits] == sorted((h[1] for h in hits), reverse=True)

@@ -88,7 +88,7 @@ async def ingest_and_ask(settings: Settings) -> tuple[str, list[str]]:
 async def ask(settings: Settings) -> tuple[str, list[str]]:
     async with open_services(settings) as services:
         async with services.sessions() as session:
-            collection = await repo.get_collection(session, "hb")
+            collection = await repo.get_collection(session, "default", "hb")
         top = []
         for _, question, *_ in FACTS:
             vector = (await services.embedder.embed([question]))[0]

@@ -38,7 +38,7 @@ def doc(i: int) -> bytes:
 async def check_exactly_once(settings: Settings, collection: str) -> None:
     async with open_services(settings, role="client") as services:  # start-up reconciles the index
         async with services.sessions() as session:
-            coll = await store_repo.get_collection(session, collection)
+            coll = await store_repo.get_collection(session, "default", collection)
             names = (await session.execute(
                 select(Document.filename).where(Document.collection_id == coll.id))).scalars().all()
             assert sorted(names) == sorted(f"doc{i:02d}.txt" for i in range(N_DOCS))  # once each

@@ -8,9 +8,9 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 
-from ..errors import RateLimited, ServiceUnavailable
+from ..errors import Forbidden, RateLimited, ServiceUnavailable
 from ..store import repo
-from .deps import ServicesDep
+from .deps import AdminDep, ServicesDep
 
 router = APIRouter(prefix="/api/cache", tags=["cache"])
 
@@ -46,7 +46,7 @@ def _caches(services: ServicesDep) -> Any:
 
 
 @router.get("/stats")
-async def cache_stats(services: ServicesDep) -> dict[str, Any]:
+async def cache_stats(services: ServicesDep, who: AdminDep) -> dict[str, Any]:
     """Per level: hits, misses, hit ratio, entries, bytes, evictions, errors, mean hit/miss
     latency; LLM calls and tokens saved, estimated cost saved."""
     return await _caches(services).stats()
@@ -56,22 +56,30 @@ async def cache_stats(services: ServicesDep) -> dict[str, Any]:
 async def clear_cache(
     request: Request,
     services: ServicesDep,
+    who: AdminDep,
     namespace: Annotated[str | None, Query(max_length=100)] = None,
     collection: str | None = None,
     level: Level | None = None,
 ) -> dict[str, Any]:
     """Invalidate: a collection (its version is bumped: every entry of it becomes unreachable
-    at once), a namespace, a level, or everything."""
+    at once), a namespace, a level, or everything. With API keys, only the key's tenant: its
+    collections and namespaces; the llm, embedding and document levels, keyed by content and
+    shared by every tenant, are cleared from the CLI."""
     caches = _caches(services)
     limiter: SlidingWindow = request.app.state.cache_invalidation_limiter
     limiter.check(request.client.host if request.client else "unknown")
     out: dict[str, Any] = {"namespace": namespace, "collection": collection, "level": level}
     if collection is not None:
         async with services.sessions() as session, session.begin():
-            coll = await repo.get_collection(session, collection)
+            coll = await repo.get_collection(session, who.tenant, collection)
             await repo.bump_version(session, coll.id)
         out["collection_version_bumped"] = True
         return out
-    await caches.clear(namespace=namespace, level=level)
+    prefix = who.namespace_prefix
+    if prefix is not None and level in ("llm", "embedding", "document"):
+        raise Forbidden(f"The {level} cache is shared by every tenant: clear it with "
+                        "`metis cache clear` on the server.")
+    await caches.clear(namespace=who.namespace(namespace) if namespace is not None else None,
+                       level=level, tenant_prefix=prefix)
     out["cleared"] = True
     return out

@@ -16,7 +16,8 @@ from ..schemas import ChatAnswer, ChatQuery, ConversationOut, MessageOut
 from ..services import Services
 from ..store import repo
 from ..store.models import Collection
-from .deps import ServicesDep
+from ..tenancy.principal import principal_of
+from .deps import READER, ReaderDep, ServicesDep
 
 router = APIRouter(prefix="/api", tags=["chat"])
 log_name = "metis.chat"
@@ -37,7 +38,7 @@ def _query_openapi() -> dict[str, Any]:
         "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
         "parameters": [{
             "name": "X-Metis-Namespace", "in": "header", "required": False,
-            "description": "Tenant namespace for the cache (the body's namespace wins).",
+            "description": "Cache namespace within the key's tenant (the body's namespace wins).",
             "schema": {"type": "string", "maxLength": 100},
         }],
     }
@@ -57,22 +58,28 @@ def _parse_query(body: bytes) -> ChatQuery:
     responses={200: {"content": {"text/event-stream": {}},
                      "description": "JSON, or server-sent events when stream is true: "
                                     "token events, then citations, then done."}},
-    openapi_extra=_query_openapi(),
+    openapi_extra={**_query_openapi(), "x-metis-role": READER.role},
 )
 async def query(request: Request) -> Response:
     # The hottest route (a cached answer costs well under a millisecond), so it skips FastAPI's
     # per-request dependency solving and response re-validation: the body is validated by
     # pydantic-core straight from its bytes and the answer serialized once, by its own model.
     services: Services = request.state.services
+    who = principal_of(request)  # every key may ask: reader is the least role
+    services.quotas.admit_question(who.tenant)
     body = _parse_query(await request.body())
     x_metis_namespace = request.headers.get(_NAMESPACE_HEADER)
     if x_metis_namespace is not None and len(x_metis_namespace) > 100:
         raise InvalidInput("The X-Metis-Namespace header is longer than 100 characters.")
+    if who.scoped:
+        request.state.audit_detail = {"collection": body.collection or body.collections or
+                                      services.settings.default_collection}
     if not body.stream:
-        answer = await services.chat.answer(body, x_metis_namespace)
+        answer = await services.chat.answer(body, x_metis_namespace, who)
         services.metrics.observe_answer(answer)
+        _spend(services, who.tenant, answer)
         return Response(answer.model_dump_json(), media_type="application/json")
-    events = services.chat.stream(body, x_metis_namespace)
+    events = services.chat.stream(body, x_metis_namespace, who)
     # Fail before the stream starts (404, 422...) so clients get a real status code.
     first = await anext(events)
 
@@ -83,6 +90,7 @@ async def query(request: Request) -> Response:
                 kind, data = item
                 if kind == "done":
                     services.metrics.observe_answer(data)
+                    _spend(services, who.tenant, data)
                     yield _sse("done", orjson.loads(data.model_dump_json()))
                 else:
                     yield _sse(kind, {"text": data} if kind == "token" else data)
@@ -94,11 +102,19 @@ async def query(request: Request) -> Response:
                              headers={"Cache-Control": "no-cache"})
 
 
+def _spend(services: Services, tenant: str, answer: ChatAnswer) -> None:
+    """LLM tokens count against the tenant's day only when a model call was made."""
+    if answer.mode == "llm" and answer.cache.level in (None, "retrieval"):
+        services.quotas.spend_tokens(tenant, sum(answer.usage.values()))
+
+
 @router.get("/conversations/{conversation_id}", response_model=ConversationOut)
-async def get_conversation(conversation_id: str, services: ServicesDep) -> ConversationOut:
+async def get_conversation(
+    conversation_id: str, services: ServicesDep, who: ReaderDep
+) -> ConversationOut:
     await services.conversations.flush()
     async with services.sessions() as session:
-        conv = await repo.get_conversation(session, conversation_id)
+        conv = await repo.get_conversation(session, who.tenant, conversation_id)
         coll = await session.get_one(Collection, conv.collection_id)
         messages = await repo.recent_messages(session, conv.id, 10_000)
     return ConversationOut(

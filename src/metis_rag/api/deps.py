@@ -7,6 +7,7 @@ from typing import Annotated, cast
 from fastapi import Depends, Request
 
 from ..services import Services
+from ..tenancy.principal import Principal, Role, principal_of
 
 
 async def get_services(request: Request) -> Services:
@@ -16,3 +17,20 @@ async def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+class Access:
+    """The least role a route needs; resolves to the caller's `Principal` (403 `forbidden`
+    below it). Every /api route declares one (the cross-tenant matrix test checks it)."""
+
+    def __init__(self, role: Role) -> None:
+        self.role: Role = role
+
+    async def __call__(self, request: Request) -> Principal:
+        return principal_of(request).require(self.role)
+
+
+READER, WRITER, ADMIN = Access("reader"), Access("writer"), Access("admin")
+ReaderDep = Annotated[Principal, Depends(READER)]
+WriterDep = Annotated[Principal, Depends(WRITER)]
+AdminDep = Annotated[Principal, Depends(ADMIN)]

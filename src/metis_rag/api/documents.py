@@ -20,13 +20,13 @@ from ..schemas import ChunkOut, DocumentDetail, DocumentOut, Page, UploadRespons
 from ..store import repo
 from ..store.models import Chunk, Collection, Document
 from ..tasks.types import Priority, TaskSpec
-from .deps import ServicesDep
+from .deps import ReaderDep, ServicesDep, WriterDep
 
 router = APIRouter(prefix="/api", tags=["documents"])
 
+DocumentId = Annotated[str, Path(max_length=64, description="The document's public id.")]
+
 MAX_FILES = 100
-# Ids are 64-bit in the database: a larger one is a 422 here, not a driver overflow (a 500).
-DocumentId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 _MULTIPART_SCHEMA = {
     "requestBody": {
@@ -140,7 +140,7 @@ def _result(r: IngestResult) -> UploadResult:
     openapi_extra=_MULTIPART_SCHEMA,
     summary="Upload one or many files: validated now, ingested by background tasks",
 )
-async def upload_documents(request: Request, services: ServicesDep) -> Any:
+async def upload_documents(request: Request, services: ServicesDep, who: WriterDep) -> Any:
     """202 with one `ingest_document` task per new file; 200 when every file is already stored.
 
     Every file is parsed before the answer, so a bad one (415, 413, 422) rejects the whole
@@ -158,7 +158,12 @@ async def upload_documents(request: Request, services: ServicesDep) -> Any:
         for upload in uploads:  # parsed to validate; chunking and embedding are the task's
             await services.ingestor.parse(upload)
     hashes = [hashlib.sha256(u.data).hexdigest() for u in uploads]
-    stored = await _stored(services, collection, hashes)
+    stored = await _stored(services, who.tenant, collection, hashes)
+    new = [u for u, h in zip(uploads, hashes, strict=True) if h not in stored]
+    if new:
+        async with services.sessions() as session:
+            await services.quotas.admit_documents(
+                session, who.tenant, len(new), sum(len(u.data) for u in new))
     results: list[UploadResult] = []
     specs: list[TaskSpec] = []
     for upload, content_hash in zip(uploads, hashes, strict=True):
@@ -173,13 +178,14 @@ async def upload_documents(request: Request, services: ServicesDep) -> Any:
             "ingest_document", name=f"ingest {filename}"[:200], priority=priority,
             params={"collection": collection, "filename": filename, "folder": folder,
                     "tags": list(tags), "size_bytes": len(upload.data),
-                    "content_type": upload.content_type},
-            blob=upload.data,
+                    "content_type": upload.content_type, "tenant": who.tenant},
+            blob=upload.data, tenant=who.tenant,
         ))
     created = iter(await services.tasks.submit(specs) if specs else [])
     for r in results:
         if r.status == "queued":
             r.task_id = next(created).id
+    request.state.audit_detail = {"collection": collection, "files": len(results)}
     body = UploadResponse(
         collection=collection, results=results, task_ids=[r.task_id for r in results if r.task_id],
         seconds=round(time.perf_counter() - started, 3),
@@ -196,33 +202,37 @@ def _priority(raw: str) -> Priority:
                            "critical.", code="invalid_priority") from None
 
 
-async def _stored(services: ServicesDep, collection: str, hashes: list[str]) -> dict[str, tuple[int, int]]:
+async def _stored(
+    services: ServicesDep, tenant: str, collection: str, hashes: list[str]
+) -> dict[str, tuple[str, int]]:
     """Documents of the collection that already hold these bytes: hash -> (id, chunks)."""
     async with services.sessions() as session:
-        coll = (await session.execute(
-            select(Collection.id).where(Collection.name == collection))).scalar()
+        coll = (await session.execute(select(Collection.id).where(
+            Collection.tenant == tenant, Collection.name == collection))).scalar()
         if coll is None:
             return {}
         rows = await session.execute(
-            select(Document.content_hash, Document.id, Document.chunk_count).where(
+            select(Document.content_hash, Document.public_id, Document.chunk_count).where(
                 Document.collection_id == coll, Document.content_hash.in_(hashes))
         )
         return {r[0]: (r[1], r[2]) for r in rows}
 
 
 def _out(doc: Document, collection: str) -> DocumentOut:
-    fields = {name: getattr(doc, name) for name in DocumentOut.model_fields if name != "collection"}
-    return DocumentOut(collection=collection, **fields)
+    fields = {name: getattr(doc, name) for name in DocumentOut.model_fields
+              if name not in ("collection", "id")}
+    return DocumentOut(id=doc.public_id, collection=collection, **fields)
 
 
-async def _collection_names(services: ServicesDep) -> dict[int, str]:
+async def _collection_names(services: ServicesDep, tenant: str) -> dict[int, str]:
     async with services.sessions() as session:
-        return {c.id: c.name for c in await repo.list_collections(session)}
+        return {c.id: c.name for c in await repo.list_collections(session, tenant)}
 
 
 @router.get("/documents", response_model=Page[DocumentOut])
 async def list_documents(
     services: ServicesDep,
+    who: ReaderDep,
     collection: str | None = None,
     tag: str | None = None,
     folder: str | None = None,
@@ -231,12 +241,13 @@ async def list_documents(
     offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
 ) -> Page[DocumentOut]:
     async with services.sessions() as session:
-        collection_id = (await repo.get_collection(session, collection)).id if collection else None
+        collection_id = ((await repo.get_collection(session, who.tenant, collection)).id
+                         if collection else None)
         items, total = await repo.list_documents(
-            session, collection_id=collection_id, tag=tag, folder=folder, status=status,
+            session, who.tenant, collection_id=collection_id, tag=tag, folder=folder, status=status,
             limit=limit, offset=offset,
         )
-    names = await _collection_names(services)
+    names = await _collection_names(services, who.tenant)
     return Page[DocumentOut](
         items=[_out(d, names.get(d.collection_id, "")) for d in items],
         total=total, limit=limit, offset=offset,
@@ -245,10 +256,10 @@ async def list_documents(
 
 @router.get("/documents/{document_id}", response_model=DocumentDetail)
 async def get_document(
-    document_id: DocumentId, services: ServicesDep, chunks: bool = False
+    document_id: DocumentId, services: ServicesDep, who: ReaderDep, chunks: bool = False
 ) -> DocumentDetail:
     async with services.sessions() as session:
-        doc = await repo.get_document(session, document_id)
+        doc = await repo.get_document(session, who.tenant, document_id)
         coll = await session.get_one(Collection, doc.collection_id)
         rows: list[ChunkOut] = []
         if chunks:
@@ -270,19 +281,27 @@ async def get_document(
     openapi_extra=_MULTIPART_SCHEMA,
     summary="Replace a document's content; its chunks are swapped atomically",
 )
-async def replace_document(document_id: DocumentId, request: Request, services: ServicesDep) -> Any:
+async def replace_document(
+    document_id: DocumentId, request: Request, services: ServicesDep, who: WriterDep
+) -> Any:
     files, fields = await _read_form(request)
     if len(files) != 1:
         raise InvalidInput("Replace takes exactly one file.", code="one_file_expected")
     name, data, ctype = files[0]
+    async with services.sessions() as session:  # the bytes it adds over the old content
+        old = await repo.get_document(session, who.tenant, document_id)
+        await services.quotas.admit_documents(session, who.tenant, 0, len(data) - old.size_bytes)
     async with cancelled_on_disconnect(request):
         result = await services.ingestor.replace(
-            document_id, Upload(name, data, tags=_tags(fields.get("tags", "")), content_type=ctype)
+            who.tenant, document_id,
+            Upload(name, data, tags=_tags(fields.get("tags", "")), content_type=ctype),
         )
     return _result(result)
 
 
 @router.delete("/documents/{document_id}", status_code=204)
-async def delete_document(document_id: DocumentId, services: ServicesDep) -> Response:
-    await services.ingestor.delete(document_id)
+async def delete_document(
+    document_id: DocumentId, services: ServicesDep, who: WriterDep
+) -> Response:
+    await services.ingestor.delete(who.tenant, document_id)
     return Response(status_code=204)

@@ -78,8 +78,20 @@ class Caches:
         return {"exact": self.exact, "retrieval": self.retrieval, "llm": self.llm,
                 "embedding": self.embedding, "document": self.document}[name]
 
-    async def clear(self, *, namespace: str | None = None, level: str | None = None) -> None:
-        """Drop entries of one level and/or namespace (a collection is cleared by its version)."""
+    async def clear(self, *, namespace: str | None = None, level: str | None = None,
+                    tenant_prefix: str | None = None) -> None:
+        """Drop entries of one level and/or namespace (a collection is cleared by its version).
+
+        `tenant_prefix`: only within one tenant's namespaces, on the levels keyed by namespace
+        (the others are keyed by content and shared by every tenant)."""
+        if tenant_prefix is not None:
+            scope = f"{namespace}:" if namespace is not None else tenant_prefix
+            for name in [level] if level else ["exact", "retrieval"]:
+                if name in ("exact", "retrieval"):
+                    await self.level(name).clear(scope)
+            if level in (None, "semantic", "exact"):
+                await self.semantic.clear(namespace, prefix=tenant_prefix)
+            return
         names = [level] if level else [n for n in LEVELS if n != "semantic"]
         for name in names:
             if name == "semantic":

@@ -230,12 +230,14 @@ class SemanticIndex:
         if part is not None:
             self._size -= len(part.keys)
 
-    async def clear(self, namespace: str | None = None) -> None:
+    async def clear(self, namespace: str | None = None, prefix: str = "") -> None:
+        """`prefix`: only the namespaces that start with it (a tenant's)."""
         with self._lock:
-            for p in [p for p in self._parts if namespace is None or p[0] == namespace]:
+            for p in [p for p in self._parts if (namespace is None or p[0] == namespace)
+                      and p[0].startswith(prefix)]:
                 self._drop(p)
         if self._log is not None:
-            await self._log.clear(f"semantic:{namespace}:" if namespace else "semantic:")
+            await self._log.clear(f"semantic:{namespace}:" if namespace else f"semantic:{prefix}")
 
     @property
     def entries(self) -> int:

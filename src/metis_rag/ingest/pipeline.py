@@ -23,7 +23,7 @@ from ..cache.tiered import TieredCache
 from ..embed.base import Embedder
 from ..errors import InvalidInput, MetisError, PayloadTooLarge
 from ..store import repo
-from ..store.models import Chunk, Collection, Document
+from ..store.models import Chunk, Collection, Document, new_public_id
 from ..store.vectors import ChunkColumnVectors, VectorStore
 from .chunker import ChunkDraft, Chunker
 from .parsers import ParsedDocument, Section, detect_type, sanitize_filename
@@ -64,7 +64,7 @@ class Staged:
 class IngestResult:
     filename: str
     status: Literal["created", "replaced", "duplicate", "failed"]
-    document_id: int | None = None
+    document_id: str | None = None  # the public id
     chunks: int = 0
     error: dict[str, Any] | None = None
 
@@ -175,9 +175,11 @@ class Ingestor:
         parsed = await self.parse(upload)
         return await asyncio.to_thread(self.prepare, upload, parsed)
 
-    async def ingest(self, uploads: Sequence[Upload], collection: str) -> IngestReport:
+    async def ingest(
+        self, uploads: Sequence[Upload], collection: str, tenant: str = "default"
+    ) -> IngestReport:
         """All-or-nothing ingestion of a request's files: any bad file rejects them all."""
-        return await self.commit(collection, await self.stage(uploads))
+        return await self.commit(collection, await self.stage(uploads), tenant)
 
     async def stage(
         self, uploads: Sequence[Upload], progress: Callable[[float, str], None] | None = None,
@@ -195,16 +197,17 @@ class Ingestor:
             progress(100, f"embedded {sum(len(p.chunks) for p in prepared)} chunks")
         return Staged(prepared, vectors)
 
-    async def commit(self, collection: str, staged: Staged) -> IngestReport:
+    async def commit(self, collection: str, staged: Staged, tenant: str = "default") -> IngestReport:
         """Writes staged documents, their chunks and embeddings in one transaction."""
         async with self._write_lock:
-            return await self._write(collection, staged.prepared, staged.vectors)
+            return await self._write(tenant, collection, staged.prepared, staged.vectors)
 
     async def ingest_stream(
         self,
         uploads: Iterable[Upload],
         collection: str,
         on_progress: Callable[[IngestResult], None] | None = None,
+        tenant: str = "default",
     ) -> IngestReport:
         """Ingest many files, pipelining parsing with embedding; a bad file is reported, not fatal."""
         report = IngestReport()
@@ -217,7 +220,7 @@ class Ingestor:
                 continue
             vectors = await self._embed_group(group)
             async with self._write_lock:
-                part = await self._write(collection, group, vectors)
+                part = await self._write(tenant, collection, group, vectors)
             for result in part.results:
                 report.results.append(result)
                 if on_progress:
@@ -280,14 +283,15 @@ class Ingestor:
         return out
 
     async def _write(
-        self, collection: str, group: Sequence[Prepared], vectors: Sequence[np.ndarray]
+        self, tenant: str, collection: str, group: Sequence[Prepared],
+        vectors: Sequence[np.ndarray],
     ) -> IngestReport:
         report = IngestReport()
         removed: list[int] = []
         added: list[tuple[list[int], np.ndarray]] = []
         async with self._sessions() as session, session.begin():
-            coll = await repo.get_or_create_collection(session, collection)
-            seen: dict[str, int] = {}
+            coll = await repo.get_or_create_collection(session, tenant, collection)
+            seen: dict[str, str] = {}
             for prep, matrix in zip(group, vectors, strict=True):
                 result, old_ids, new_ids = await self._write_one(session, coll.id, prep, matrix, seen)
                 report.results.append(result)
@@ -311,7 +315,7 @@ class Ingestor:
         collection_id: int,
         prep: Prepared,
         matrix: np.ndarray,
-        seen: dict[str, int],
+        seen: dict[str, str],
     ) -> tuple[IngestResult, list[int], list[int]]:
         folder = clean_folder(prep.upload.folder)
         tags = clean_tags(prep.upload.tags)
@@ -319,12 +323,14 @@ class Ingestor:
             return IngestResult(prep.filename, "duplicate", seen[prep.content_hash]), [], []
         existing = await repo.find_document_by_hash(session, collection_id, prep.content_hash)
         if existing is not None:
-            return IngestResult(prep.filename, "duplicate", existing.id, existing.chunk_count), [], []
+            return (IngestResult(prep.filename, "duplicate", existing.public_id,
+                                 existing.chunk_count), [], [])
         doc = await repo.find_document_by_path(session, collection_id, folder, prep.filename)
         old_ids: list[int] = []
         status: Literal["created", "replaced"] = "created"
         if doc is None:
-            doc = Document(collection_id=collection_id, filename=prep.filename, folder=folder)
+            doc = Document(public_id=new_public_id(), collection_id=collection_id,
+                           filename=prep.filename, folder=folder)
             session.add(doc)
         else:
             status = "replaced"
@@ -361,13 +367,13 @@ class Ingestor:
             insert(table).returning(table.c.id, sort_by_parameter_order=True), rows
         )
         new_ids = [r[0] for r in result]
-        seen[prep.content_hash] = doc.id
-        return IngestResult(prep.filename, status, doc.id, len(new_ids)), old_ids, new_ids
+        seen[prep.content_hash] = doc.public_id
+        return IngestResult(prep.filename, status, doc.public_id, len(new_ids)), old_ids, new_ids
 
-    async def delete(self, document_id: int) -> None:
+    async def delete(self, tenant: str, document_id: str) -> None:
         async with self._write_lock:
             async with self._sessions() as session, session.begin():
-                doc = await repo.get_document(session, document_id)
+                doc = await repo.get_document(session, tenant, document_id)
                 ids = await repo.chunk_ids_of(session, doc.id)
                 collection_id = doc.collection_id
                 await session.execute(delete(Chunk).where(Chunk.document_id == doc.id))
@@ -377,15 +383,15 @@ class Ingestor:
                 await self._vectors.delete(collection_id, ids)
                 await self._vectors.flush()
 
-    async def replace(self, document_id: int, upload: Upload) -> IngestResult:
+    async def replace(self, tenant: str, document_id: str, upload: Upload) -> IngestResult:
         """Swap a document's content (and chunks) atomically, keeping its id."""
         async with self._sessions() as session:
-            doc = await repo.get_document(session, document_id)
+            doc = await repo.get_document(session, tenant, document_id)
             coll_name = (await session.get_one(Collection, doc.collection_id)).name
             folder, filename, tags = doc.folder, doc.filename, tuple(doc.tags)
         renamed = Upload(filename, upload.data, folder=folder, tags=upload.tags or tags,
                          content_type=upload.content_type)
-        report = await self.ingest([renamed], coll_name)
+        report = await self.ingest([renamed], coll_name, tenant)
         await self._vectors.flush()
         return report.results[0]
 
@@ -396,7 +402,7 @@ async def reconcile(
     """Make the vector index match the database: add vectors it lacks, drop ones it should not have."""
     added = removed = 0
     async with sessions() as session:
-        for coll in await repo.list_collections(session):
+        for coll in await repo.list_collections(session, repo.ALL_TENANTS):
             in_db = await repo.chunk_ids_of_collection(session, coll.id)
             in_index = await vectors.ids(coll.id)
             extra = sorted(in_index - in_db)

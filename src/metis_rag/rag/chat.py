@@ -28,6 +28,7 @@ from ..llm.cached import CachedLLM
 from ..schemas import CacheInfo, ChatAnswer, ChatQuery, Citation, Timings
 from ..store import repo
 from ..store.lookup import CollectionLookup, CollectionRef
+from ..tenancy.principal import SINGLE_TENANT, Principal
 from .answer import PROMPT_VERSION, build_messages, extractive_answer
 from .conversations import ConversationLog
 from .retriever import Retrieved, Retriever
@@ -63,6 +64,7 @@ class _Turn:
     """Everything known about one question while it is being answered."""
 
     query: ChatQuery
+    tenant: str
     namespace: str
     collection_id: int
     version: int
@@ -134,7 +136,7 @@ class ChatService:
 
     # -- the steps -------------------------------------------------------------------------
 
-    async def _resolve(self, query: ChatQuery, namespace: str | None) -> _Turn:
+    async def _resolve(self, query: ChatQuery, namespace: str | None, who: Principal) -> _Turn:
         started = time.perf_counter()
         if not query.use_rag and self._llm is None:
             raise InvalidInput(
@@ -143,14 +145,16 @@ class ChatService:
                 code="llm_required",
             )
         names = query.collections or [query.collection or self._settings.default_collection]
+        tenant = who.tenant
         if len(names) == 1:  # the usual case: no task for gather to schedule
-            coll, others = await self._collection(names[0], query), []
+            coll, others = await self._collection(tenant, names[0], query), []
         else:
-            coll, *others = await asyncio.gather(*(self._collection(n, query) for n in names))
+            coll, *others = await asyncio.gather(
+                *(self._collection(tenant, n, query) for n in names))
         history: list[ChatMessage] = []
         conversation_id = query.conversation_id
         if conversation_id:
-            if await self._conversations.collection_of(conversation_id) != coll.id:
+            if await self._conversations.collection_of(conversation_id, tenant) != coll.id:
                 raise InvalidInput(
                     f"Conversation {conversation_id} belongs to another collection.",
                     code="conversation_collection_mismatch",
@@ -160,7 +164,9 @@ class ChatService:
             )
         return _Turn(
             query=query,
-            namespace=query.namespace or namespace or self._settings.cache.namespace,
+            tenant=tenant,
+            # Inside the tenant whatever the request names: a namespace narrows, never leaves.
+            namespace=who.namespace(query.namespace or namespace or self._settings.cache.namespace),
             collection_id=coll.id,
             version=coll.version,
             conversation_id=conversation_id or self._conversations.new_id(),
@@ -171,11 +177,11 @@ class ChatService:
             others=others,
         )
 
-    async def _collection(self, name: str, query: ChatQuery) -> CollectionRef:
+    async def _collection(self, tenant: str, name: str, query: ChatQuery) -> CollectionRef:
         if query.collection or query.collections:
-            return await self._lookup.get(name)
+            return await self._lookup.get(tenant, name)
         # The default collection always exists, even before anything is ingested.
-        return await self._lookup.get_or_create(name)
+        return await self._lookup.get_or_create(tenant, name)
 
     def _shape(self, query: ChatQuery, history: list[ChatMessage]) -> str:
         """Everything besides the question that shapes an answer: part of every answer key."""
@@ -269,7 +275,8 @@ class ChatService:
             cited = None
         log = self._conversations
         if turn.new_conversation:
-            log.new_conversation(turn.conversation_id, turn.collection_id, turn.query.message)
+            log.new_conversation(turn.conversation_id, turn.collection_id, turn.query.message,
+                                 turn.tenant)
         await log.append(turn.conversation_id, "user", turn.query.message, [])
         await log.append(turn.conversation_id, "assistant", text,
                          cited if cited is not None else [c.model_dump() for c in citations])
@@ -343,8 +350,9 @@ class ChatService:
 
     # -- the two entry points ---------------------------------------------------------------
 
-    async def answer(self, query: ChatQuery, namespace: str | None = None) -> ChatAnswer:
-        turn = await self._resolve(query, namespace)
+    async def answer(self, query: ChatQuery, namespace: str | None = None,
+                     who: Principal = SINGLE_TENANT) -> ChatAnswer:
+        turn = await self._resolve(query, namespace, who)
         cached = await self._cached_answer(turn)
         if cached is not None:
             text, mode, done, citations = self._from_cache(turn, *cached)
@@ -360,10 +368,10 @@ class ChatService:
         return answer
 
     async def stream(
-        self, query: ChatQuery, namespace: str | None = None
+        self, query: ChatQuery, namespace: str | None = None, who: Principal = SINGLE_TENANT
     ) -> AsyncIterator[tuple[str, Any]]:
         """Events: ("token", text) ..., then ("citations", [...]), then ("done", ChatAnswer)."""
-        turn = await self._resolve(query, namespace)
+        turn = await self._resolve(query, namespace, who)
         cached = await self._cached_answer(turn)
         if cached is not None:
             text, mode, done, citations = self._from_cache(turn, *cached)

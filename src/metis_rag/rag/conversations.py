@@ -58,7 +58,8 @@ class ConversationLog:
         self._retry_s = retry_s
         self._now = now
         self._pending = _Pending()
-        self._new: dict[str, int] = {}  # conversations not yet committed -> collection id
+        # conversations not yet committed -> (collection id, tenant)
+        self._new: dict[str, tuple[int, str]] = {}
         self._queued = asyncio.Event()
         self._drained = asyncio.Event()
         self._drained.set()
@@ -85,12 +86,13 @@ class ConversationLog:
     def new_id() -> str:
         return uuid.uuid4().hex
 
-    def new_conversation(self, conv_id: str, collection_id: int, title: str) -> None:
+    def new_conversation(self, conv_id: str, collection_id: int, title: str,
+                         tenant: str = "default") -> None:
         now = self._now()
         self._pending.conversations.append({"id": conv_id, "collection_id": collection_id,
-                                            "title": title[:200], "created_at": now,
-                                            "updated_at": now})
-        self._new[conv_id] = collection_id
+                                            "tenant": tenant, "title": title[:200],
+                                            "created_at": now, "updated_at": now})
+        self._new[conv_id] = (collection_id, tenant)
         self._queued.set()
         self._drained.clear()
 
@@ -127,11 +129,13 @@ class ConversationLog:
         self._hurry.set()
         await self._drained.wait()
 
-    async def collection_of(self, conversation_id: str) -> int:
-        if conversation_id in self._new:
-            return self._new[conversation_id]
+    async def collection_of(self, conversation_id: str, tenant: str) -> int:
+        """The conversation's collection; another tenant's conversation is not found."""
+        new = self._new.get(conversation_id)
+        if new is not None and new[1] == tenant:
+            return new[0]
         async with self._sessions() as session:
-            return (await repo.get_conversation(session, conversation_id)).collection_id
+            return (await repo.get_conversation(session, tenant, conversation_id)).collection_id
 
     async def history(self, conversation_id: str, limit: int) -> list[ChatMessage]:
         if limit <= 0:

@@ -79,6 +79,19 @@ async def migrate(
     The vector dimension and HNSW parameters shape the pgvector column and index (PostgreSQL).
     """
     options = {"dim": vector_dim, "m": hnsw_m, "ef_construction": hnsw_ef_construction}
+    if engine.dialect.name == "sqlite":
+        async with engine.connect() as conn:
+            # Batch migrations recreate tables; with foreign keys on, dropping the old copy of
+            # `collections` would cascade to every document. The pragma only takes effect
+            # outside a transaction, so it comes first, and is restored before the connection
+            # goes back to the pool.
+            await conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            try:
+                await conn.run_sync(_upgrade, options)
+                await conn.commit()
+            finally:
+                await conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+        return
     async with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             # Servers and task workers start together: one migrates, the others wait for it.

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import NamedTuple
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..errors import NotFound
 from . import repo
 from .models import Collection
 
-_QUERY = "SELECT id, version FROM collections WHERE name = ?"
+_QUERY = "SELECT id, version FROM collections WHERE tenant = ? AND name = ?"
 
 
 class CollectionRef(NamedTuple):
@@ -48,30 +49,34 @@ class CollectionLookup:
             self._conn.close()
             self._conn = None
 
-    async def find(self, name: str) -> CollectionRef | None:
-        """None when there is no such collection."""
+    async def find(self, tenant: str, name: str) -> CollectionRef | None:
+        """None when the tenant has no such collection."""
         if self._conn is not None:
-            row = self._conn.execute(_QUERY, (name,)).fetchone()
+            row = self._conn.execute(_QUERY, (tenant, name)).fetchone()
             return CollectionRef(int(row[0]), int(row[1])) if row else None
         async with self._sessions() as session:
             found = (await session.execute(
-                select(Collection.id, Collection.version).where(Collection.name == name)
+                select(Collection.id, Collection.version).where(
+                    Collection.tenant == tenant, Collection.name == name)
             )).first()
         return CollectionRef(int(found[0]), int(found[1])) if found else None
 
-    async def get(self, name: str) -> CollectionRef:
-        found = await self.find(name)
+    async def get(self, tenant: str, name: str) -> CollectionRef:
+        found = await self.find(tenant, name)
         if found is None:
             raise NotFound(f"Collection {name!r} does not exist.", code="collection_not_found")
         return found
 
-    async def get_or_create(self, name: str) -> CollectionRef:
-        found = await self.find(name)
+    async def get_or_create(self, tenant: str, name: str) -> CollectionRef:
+        found = await self.find(tenant, name)
         if found is not None:
             return found
-        async with self._sessions() as session, session.begin():
-            coll = await repo.get_or_create_collection(session, name)
-            return CollectionRef(coll.id, coll.version)
+        try:
+            async with self._sessions() as session, session.begin():
+                coll = await repo.get_or_create_collection(session, tenant, name)
+                return CollectionRef(coll.id, coll.version)
+        except IntegrityError:  # an upload created it meanwhile: it exists now
+            return await self.get(tenant, name)
 
     async def version(self, collection_id: int) -> int:
         if self._conn is not None:

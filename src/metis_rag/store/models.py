@@ -7,6 +7,7 @@ dialect-specific and so lives only in the migration).
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,6 +50,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value
 
 
+def new_public_id() -> str:
+    """A document's public id: 16 random bytes, URL-safe (22 characters)."""
+    return secrets.token_urlsafe(16)
+
+
 # SQLite's INTEGER PRIMARY KEY is its rowid (needed by FTS5's content_rowid); BigInteger
 # elsewhere so PostgreSQL ids do not run out.
 IdType = BigInteger().with_variant(Integer(), "sqlite")
@@ -60,9 +66,12 @@ class Base(DeclarativeBase):
 
 class Collection(Base):
     __tablename__ = "collections"
+    __table_args__ = (UniqueConstraint("tenant", "name", name="uq_collections_tenant_name"),)
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
+    # Every row below a collection (documents, chunks, conversations) belongs to its tenant.
+    tenant: Mapped[str] = mapped_column(String(64), default="default")
+    name: Mapped[str] = mapped_column(String(200))
     # Bumped on every add/replace/delete of a document: caches key on it.
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -82,6 +91,9 @@ class Document(Base):
     )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    # What the API shows: random, so ids cannot be enumerated (the integer stays internal).
+    public_id: Mapped[str] = mapped_column(String(32), unique=True, index=True,
+                                           default=new_public_id)
     collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"))
     filename: Mapped[str] = mapped_column(String(255))
     folder: Mapped[str] = mapped_column(String(500), default="")
@@ -137,6 +149,7 @@ class Conversation(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"))
+    tenant: Mapped[str] = mapped_column(String(64), default="default")
     title: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(

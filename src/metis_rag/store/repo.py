@@ -26,25 +26,39 @@ def check_collection_name(name: str) -> str:
     return name
 
 
-async def get_collection(session: AsyncSession, name: str) -> Collection:
-    row = (await session.execute(select(Collection).where(Collection.name == name))).scalar()
+# Every query a request can reach takes the tenant as a required argument, so a route cannot
+# forget it; `ALL_TENANTS` is for the server's own maintenance (reconcile, the CLI's operator).
+ALL_TENANTS = None
+
+
+async def get_collection(session: AsyncSession, tenant: str, name: str) -> Collection:
+    row = (await session.execute(select(Collection).where(
+        Collection.tenant == tenant, Collection.name == name))).scalar()
     if row is None:
         raise NotFound(f"Collection {name!r} does not exist.", code="collection_not_found")
     return row
 
 
-async def get_or_create_collection(session: AsyncSession, name: str) -> Collection:
+async def get_or_create_collection(session: AsyncSession, tenant: str, name: str) -> Collection:
     check_collection_name(name)
-    row = (await session.execute(select(Collection).where(Collection.name == name))).scalar()
+    row = (await session.execute(select(Collection).where(
+        Collection.tenant == tenant, Collection.name == name))).scalar()
     if row is None:
-        row = Collection(name=name, version=1)
+        row = Collection(tenant=tenant, name=name, version=1)
         session.add(row)
         await session.flush()
     return row
 
 
-async def list_collections(session: AsyncSession) -> Sequence[Collection]:
-    return (await session.execute(select(Collection).order_by(Collection.name))).scalars().all()
+async def list_collections(session: AsyncSession, tenant: str | None) -> Sequence[Collection]:
+    stmt = select(Collection).order_by(Collection.name)
+    if tenant is not None:
+        stmt = stmt.where(Collection.tenant == tenant)
+    return (await session.execute(stmt)).scalars().all()
+
+
+def tenant_collections(tenant: str) -> Select[Any]:
+    return select(Collection.id).where(Collection.tenant == tenant)
 
 
 async def bump_version(session: AsyncSession, collection_id: int) -> None:
@@ -75,17 +89,21 @@ async def find_document_by_path(
     return (await session.execute(stmt)).scalars().first()
 
 
-async def get_document(session: AsyncSession, document_id: int) -> Document:
-    doc = await session.get(Document, document_id)
+async def get_document(session: AsyncSession, tenant: str, public_id: str) -> Document:
+    """Another tenant's document is not found, with the same message as a missing one."""
+    doc = (await session.execute(select(Document).where(
+        Document.public_id == public_id,
+        Document.collection_id.in_(tenant_collections(tenant))))).scalar()
     if doc is None:
-        raise NotFound(f"Document {document_id} does not exist.", code="document_not_found")
+        raise NotFound(f"Document {public_id[:40]!r} does not exist.", code="document_not_found")
     return doc
 
 
 def _document_filter(
-    stmt: Select[Any], collection_id: int | None, tag: str | None, folder: str | None,
-    status: str | None,
+    stmt: Select[Any], tenant: str, collection_id: int | None, tag: str | None,
+    folder: str | None, status: str | None,
 ) -> Select[Any]:
+    stmt = stmt.where(Document.collection_id.in_(tenant_collections(tenant)))
     if collection_id is not None:
         stmt = stmt.where(Document.collection_id == collection_id)
     if folder is not None:
@@ -101,6 +119,7 @@ def _document_filter(
 
 async def list_documents(
     session: AsyncSession,
+    tenant: str,
     *,
     collection_id: int | None = None,
     tag: str | None = None,
@@ -109,13 +128,14 @@ async def list_documents(
     limit: int = 50,
     offset: int = 0,
 ) -> tuple[Sequence[Document], int]:
-    stmt = _document_filter(select(Document), collection_id, tag, folder, status)
+    stmt = _document_filter(select(Document), tenant, collection_id, tag, folder, status)
     items = (
         await session.execute(
             stmt.order_by(Document.created_at.desc(), Document.id.desc()).limit(limit).offset(offset)
         )
     ).scalars().all()
-    count_stmt = _document_filter(select(func.count(Document.id)), collection_id, tag, folder, status)
+    count_stmt = _document_filter(select(func.count(Document.id)), tenant, collection_id, tag,
+                                  folder, status)
     total = (await session.execute(count_stmt)).scalar_one()
     return items, int(total)
 
@@ -261,10 +281,19 @@ async def fulltext_search(
     return [h for h in hits if h[0] in keep][:limit]
 
 
+async def tenant_usage(session: AsyncSession, tenant: str) -> tuple[int, int]:
+    """The tenant's documents and their bytes, for its quotas."""
+    row = (await session.execute(
+        select(func.count(Document.id), func.coalesce(func.sum(Document.size_bytes), 0))
+        .where(Document.collection_id.in_(tenant_collections(tenant)))
+    )).one()
+    return int(row[0]), int(row[1])
+
+
 @dataclass(frozen=True, slots=True)
 class ChunkRow:
     id: int
-    document_id: int
+    document_id: str  # the document's public id
     filename: str
     folder: str
     position: int
@@ -279,7 +308,7 @@ async def chunks_by_ids(session: AsyncSession, ids: Sequence[int]) -> dict[int, 
         return {}
     stmt = (
         select(
-            Chunk.id, Chunk.document_id, Document.filename, Document.folder, Chunk.position,
+            Chunk.id, Document.public_id, Document.filename, Document.folder, Chunk.position,
             Chunk.text, Chunk.page, Chunk.section, Chunk.embedding,
         )
         .join(Document, Document.id == Chunk.document_id)
@@ -288,18 +317,23 @@ async def chunks_by_ids(session: AsyncSession, ids: Sequence[int]) -> dict[int, 
     return {r[0]: ChunkRow(*r) for r in await session.execute(stmt)}
 
 
-async def create_conversation(session: AsyncSession, collection_id: int, title: str) -> Conversation:
-    conv = Conversation(id=uuid.uuid4().hex, collection_id=collection_id, title=title[:200])
+async def create_conversation(
+    session: AsyncSession, tenant: str, collection_id: int, title: str
+) -> Conversation:
+    conv = Conversation(id=uuid.uuid4().hex, tenant=tenant, collection_id=collection_id,
+                        title=title[:200])
     session.add(conv)
     await session.flush()
     return conv
 
 
-async def get_conversation(session: AsyncSession, conversation_id: str) -> Conversation:
+async def get_conversation(
+    session: AsyncSession, tenant: str, conversation_id: str
+) -> Conversation:
     conv = await session.get(Conversation, conversation_id)
-    if conv is None:
+    if conv is None or conv.tenant != tenant:
         raise NotFound(
-            f"Conversation {conversation_id!r} does not exist.", code="conversation_not_found"
+            f"Conversation {conversation_id[:40]!r} does not exist.", code="conversation_not_found"
         )
     return conv
 

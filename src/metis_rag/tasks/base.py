@@ -82,10 +82,11 @@ class TaskBackend(ABC):
     async def sync(self) -> None:  # noqa: B027 - most backends write through; nothing to do
         """Makes every state change so far visible in the database."""
 
-    async def get(self, task_id: str) -> TaskOut:
+    async def get(self, task_id: str, tenant: str | None = None) -> TaskOut:
+        """`tenant`: another tenant's task is a 404, exactly like a missing one."""
         await self.sync()
         async with self.engine.connect() as conn:
-            return await repo.get(conn, task_id)
+            return await repo.get(conn, task_id, tenant)
 
     async def get_many(self, ids: Sequence[str]) -> dict[str, TaskOut]:
         await self.sync()
@@ -93,11 +94,13 @@ class TaskBackend(ABC):
             return await repo.get_many(conn, ids)
 
     async def list(
-        self, *, status: str | None = None, type: str | None = None, limit: int = 50, offset: int = 0
+        self, *, status: str | None = None, type: str | None = None, limit: int = 50,
+        offset: int = 0, tenant: str | None = None,
     ) -> tuple[list[TaskOut], int]:
         await self.sync()
         async with self.engine.connect() as conn:
-            return await repo.list_tasks(conn, status=status, type=type, limit=limit, offset=offset)
+            return await repo.list_tasks(conn, status=status, type=type, limit=limit,
+                                         offset=offset, tenant=tenant)
 
     async def stats(self) -> TaskStats:
         await self.sync()
@@ -190,7 +193,8 @@ class TaskBackend(ABC):
                 failed_deps[task_id] = "failed"
             sub.blocked_by[task_id] = blocked if status == "waiting" else set()
             sub.rows.append({
-                "id": task_id, "name": (spec.name or spec.type)[:200], "type": spec.type,
+                "id": task_id, "tenant": spec.tenant, "name": (spec.name or spec.type)[:200],
+                "type": spec.type,
                 "params": spec.params, "priority": int(spec.priority), "status": status,
                 "dependencies": graph[task_id],
                 "start_at": repo.to_dt(spec.start_at.timestamp()) if spec.start_at else None,

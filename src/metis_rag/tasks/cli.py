@@ -35,18 +35,18 @@ SUBMIT_BATCH = 500
 
 async def ingest_as_tasks(
     services: Any, files: list[tuple[Path, str]], collection: str, tags: tuple[str, ...],
-    progress: Progress, bar: TaskID,
+    progress: Progress, bar: TaskID, tenant: str = "default",
 ) -> list[IngestResult]:
     """Submits one ingest_document task per file and follows them to the end."""
     by_path = services.settings.tasks.backend == "embedded"  # the same machine reads the file
     specs = []
     for path, folder in files:
         params = {"collection": collection, "filename": path.name, "folder": folder,
-                  "tags": list(tags)}
+                  "tags": list(tags), "tenant": tenant}
         if by_path:
             params["path"] = str(path.resolve())
         specs.append(TaskSpec("ingest_document", params=params, name=f"ingest {path.name}"[:200],
-                              blob=None if by_path else path.read_bytes()))
+                              blob=None if by_path else path.read_bytes(), tenant=tenant))
     ids: list[str] = []
     for start in range(0, len(specs), SUBMIT_BATCH):
         ids += [t.id for t in await services.tasks.submit(specs[start:start + SUBMIT_BATCH])]

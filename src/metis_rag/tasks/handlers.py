@@ -18,6 +18,7 @@ from ..config import TaskSettings
 from ..errors import InvalidInput
 from ..ingest.pipeline import Upload
 from ..store import repo as store_repo
+from ..tenancy.principal import DEFAULT_TENANT, Principal
 from . import repo
 from .runner import HandlerRegistry, PermanentError, TaskContext
 
@@ -57,7 +58,7 @@ async def ingest_document(ctx: TaskContext) -> dict[str, Any]:
     staged = await ingestor.stage([upload], progress=lambda pct, msg: ctx.progress(5 + pct * 0.85, msg),
                                   embed=ctx.services.ingest_embedder.embed)
     ctx.progress(92, "writing")
-    report = await past_commit_point(ingestor.commit(p["collection"], staged))
+    report = await past_commit_point(ingestor.commit(p["collection"], staged, _tenant(ctx)))
     ctx.services.index_flusher.touch()
     r = report.results[0]
     ctx.progress(100, r.status)
@@ -90,12 +91,22 @@ class IngestEmbedder:
         await self._batcher.close()
 
 
+def _tenant(ctx: TaskContext) -> str:
+    """The submitting tenant: the API sets it on every task it accepts."""
+    return str(ctx.params.get("tenant") or DEFAULT_TENANT)
+
+
+def _principal(ctx: TaskContext) -> Principal:
+    keyring = getattr(ctx.services, "keyring", None)
+    return Principal(_tenant(ctx), "admin", scoped=bool(keyring and keyring.enabled))
+
+
 async def reindex_collection(ctx: TaskContext) -> dict[str, Any]:
     """Rebuilds a collection's vector index from the embeddings stored with its chunks."""
     services = ctx.services
     name = ctx.params.get("collection") or services.settings.default_collection
     async with services.sessions() as session:
-        coll = await store_repo.get_collection(session, name)
+        coll = await store_repo.get_collection(session, _tenant(ctx), name)
         ids = sorted(await store_repo.chunk_ids_of_collection(session, coll.id))
     vectors = services.vectors
     try:
@@ -126,10 +137,16 @@ async def purge_cache(ctx: TaskContext) -> dict[str, Any]:
         raise PermanentError("The cache is disabled.", code="cache_disabled")
     if p.get("collection"):
         async with services.sessions() as session, session.begin():
-            coll = await store_repo.get_collection(session, p["collection"])
+            coll = await store_repo.get_collection(session, _tenant(ctx), p["collection"])
             await store_repo.bump_version(session, coll.id)
         return {"collection": p["collection"]}
-    await services.caches.clear(namespace=p.get("namespace"), level=p.get("level"))
+    who = _principal(ctx)
+    namespace = who.namespace(p["namespace"]) if p.get("namespace") else None
+    if who.namespace_prefix is not None and p.get("level") in ("llm", "embedding", "document"):
+        raise PermanentError("That cache level is shared by every tenant: clear it with "
+                             "`metis cache clear`.", code="forbidden")
+    await services.caches.clear(namespace=namespace, level=p.get("level"),
+                                tenant_prefix=who.namespace_prefix)
     return {"namespace": p.get("namespace"), "level": p.get("level")}
 
 
@@ -141,7 +158,8 @@ async def purge_tasks(ctx: TaskContext) -> dict[str, Any]:
         raise InvalidInput("older_than_days must be >= 0.")
     before = repo.to_dt(services.tasks.clock()) - timedelta(days=days)
     async with services.engine.begin() as conn:
-        deleted = await repo.purge_finished(conn, before)
+        who = _principal(ctx)
+        deleted = await repo.purge_finished(conn, before, who.tenant if who.scoped else None)
     return {"deleted": deleted}
 
 

@@ -41,9 +41,12 @@ class Task(Base):
         Index("ix_tasks_finished", "finished_at"),
         # a process's own tasks: adoption after a crash, cancel requests, heartbeats
         Index("ix_tasks_owner_status", "owner", "status"),
+        # GET /api/tasks of one tenant, newest first
+        Index("ix_tasks_tenant_created", "tenant", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), default="default")
     name: Mapped[str] = mapped_column(String(200))
     type: Mapped[str] = mapped_column(String(100))
     params: Mapped[dict[str, Any]] = mapped_column(JSON)

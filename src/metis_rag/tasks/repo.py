@@ -46,9 +46,9 @@ def to_out(row: Any) -> TaskOut:
                    **data)
 
 
-async def get(conn: AsyncConnection, task_id: str) -> TaskOut:
+async def get(conn: AsyncConnection, task_id: str, tenant: str | None = None) -> TaskOut:
     row = (await conn.execute(select(T).where(T.c.id == task_id))).first()
-    if row is None:
+    if row is None or (tenant is not None and row.tenant != tenant):
         raise NotFound(f"Task {task_id!r} does not exist.", code="task_not_found")
     return to_out(row)
 
@@ -76,9 +76,10 @@ async def statuses(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, str]:
 
 
 async def list_tasks(
-    conn: AsyncConnection, *, status: str | None, type: str | None, limit: int, offset: int
+    conn: AsyncConnection, *, status: str | None, type: str | None, limit: int, offset: int,
+    tenant: str | None = None,
 ) -> tuple[list[TaskOut], int]:
-    where = []
+    where = [] if tenant is None else [T.c.tenant == tenant]
     if status is not None:
         where.append(T.c.status == status)
     if type is not None:
@@ -211,10 +212,11 @@ async def owned_unfinished(conn: AsyncConnection, owner: str) -> list[Any]:
     return list(rows)
 
 
-async def purge_finished(conn: AsyncConnection, before: datetime) -> int:
-    result = await conn.execute(
-        delete(T).where(T.c.status.in_(tuple(FINISHED)), T.c.finished_at < before)
-    )
+async def purge_finished(conn: AsyncConnection, before: datetime, tenant: str | None = None) -> int:
+    cond = and_(T.c.status.in_(tuple(FINISHED)), T.c.finished_at < before)
+    if tenant is not None:
+        cond = and_(cond, T.c.tenant == tenant)
+    result = await conn.execute(delete(T).where(cond))
     return result.rowcount
 
 

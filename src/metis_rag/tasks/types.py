@@ -40,6 +40,7 @@ class TaskSpec:
     timeout_s: float | None = None
     max_retries: int | None = None
     blob: bytes | None = None
+    tenant: str = "default"
 
 
 class TaskError(BaseModel):
@@ -51,6 +52,7 @@ class TaskOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: str
+    tenant: str = "default"
     name: str
     type: str
     params: dict[str, Any]
@@ -90,9 +92,10 @@ class TaskCreate(BaseModel):
     timeout_s: float | None = Field(None, gt=0, le=7 * 86400)
     max_retries: int | None = Field(None, ge=0, le=100)
 
-    def to_spec(self) -> TaskSpec:
+    def to_spec(self, tenant: str = "default") -> TaskSpec:
         return TaskSpec(
-            type=self.type, params=self.params, id=self.id, name=self.name, priority=Priority[self.priority],
+            tenant=tenant, type=self.type, params=self.params, id=self.id, name=self.name,
+            priority=Priority[self.priority],
             depends_on=list(self.depends_on), start_at=self.start_at, timeout_s=self.timeout_s,
             max_retries=self.max_retries,
         )

@@ -1,0 +1,1 @@
+"""Tenants, API keys, roles, the audit log and per-tenant quotas."""
