@@ -15,10 +15,11 @@ from .conftest import RedisServer
 
 WORKERS = 24
 # A call waits at most one 50 ms Redis timeout, so nearly all return within 100 ms. The
-# slowest may also wait for a CPU on a busy shared box; its bound still rules out what an
-# unguarded client does here: seconds of connect timeouts, retries and backoff.
+# slowest may also wait for a CPU on a busy shared box (0.32 and 0.79 s seen at load 12 on
+# 2 cores); its bound still rules out what an unguarded client does here: several seconds of
+# connect timeouts, retries and backoff.
 P99_CALL_S = 0.1
-MAX_CALL_S = 0.25
+MAX_CALL_S = 1.0
 
 
 async def test_tiered_cache_rides_out_a_redis_crash(
