@@ -240,10 +240,10 @@ class CacheSettings(BaseModel):
     llm_ttl_s: float = Field(7 * 86_400, gt=0, description="LLM completions by full prompt.")
     document_ttl_s: float = Field(7 * 86_400, gt=0, description="Parsed documents by hash.")
     semantic_max_error: float = Field(
-        0.01, gt=0, lt=1, description="Semantic level: the highest share of lookups you accept "
+        0.01, ge=0, lt=1, description="Semantic level: the highest share of lookups you accept "
         "being answered with another question's answer. The decision's threshold is the lowest "
         "whose 95% upper confidence bound on the error measured on labelled calibration pairs "
-        "stays below it (README, Caching). Lower: fewer, safer hits."
+        "stays below it (README, Caching). Lower: fewer, safer hits; 0 switches the level off."
     )
     semantic_threshold: float | None = Field(
         None, gt=0, le=1, description="Deprecated and ignored (the cosine threshold before "

@@ -112,6 +112,12 @@ def test_threshold_follows_the_error_bound() -> None:
     assert Equivalence(model, 1e-6).threshold > 1.0  # no calibration meets it: never a hit
 
 
+def test_a_zero_error_bound_switches_the_level_off() -> None:
+    off = Equivalence(Model.load(), 0.0)
+    same = "How do I list the files in a directory?"
+    assert not off.judge(analyse(same), analyse(same), 1.0).same
+
+
 def test_the_threshold_meets_the_bound_on_the_stored_curve() -> None:
     model = Model.load()
     for max_error in (0.005, 0.01, 0.02, 0.05):

@@ -158,7 +158,7 @@ async def open_caches(settings: CacheSettings, data_dir: Any, dim: int,
             logger.warning("METIS_CACHE__%s is deprecated and ignored: semantic hits are decided "
                            "by METIS_CACHE__SEMANTIC_MAX_ERROR", old.upper())
     equivalence = Equivalence(Model.load(), settings.semantic_max_error)
-    if equivalence.threshold > 1:
+    if equivalence.threshold > 1 and settings.semantic_max_error > 0:
         logger.warning("no calibrated threshold meets METIS_CACHE__SEMANTIC_MAX_ERROR=%s: the "
                        "semantic level serves nothing", settings.semantic_max_error)
     # The shared, durable tier holds the semantic lists; with `memory` they stay in-process.
