@@ -166,7 +166,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(InboundLimits, per_minute=settings.ratelimit.inbound_per_minute,
                        burst=settings.ratelimit.inbound_burst,
                        protect_ops=settings.auth.protect_ops,
-                       scrape_token=settings.auth.scrape_token)
+                       scrape_token=settings.auth.scrape_token,
+                       trusted_proxies=settings.auth.trusted_proxies)
     app.include_router(documents.router)
     app.include_router(chat.router)
     app.include_router(health.router)

@@ -7,6 +7,7 @@ environment variables win over the file. Build it once (`Settings()`) and pass i
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Literal
@@ -459,8 +460,8 @@ class KeyGrant(BaseModel):
 
 class AuthSettings(BaseModel):
     protect_ops: bool | None = Field(
-        None, description="Require an admin key for /metrics, /dashboard, /docs, /redoc and "
-        "/openapi.json; unset = yes whenever API keys are in use.",
+        None, description="Require an admin key for /metrics, /docs, /redoc, /openapi.json and "
+        "the dashboard's data; unset = yes whenever API keys are in use.",
     )
     scrape_token: str = Field(
         "", description="A token that also opens /metrics (Authorization: Bearer), for Prometheus.",
@@ -471,10 +472,25 @@ class AuthSettings(BaseModel):
     audit_window_ms: float = Field(
         200, gt=0, description="Audit records are written in batches, at most this late.",
     )
+    trusted_proxies: list[str] = Field(
+        default=[], description='Reverse proxies (addresses or CIDRs, JSON: ["10.0.0.0/8"]) '
+        "whose X-Forwarded-For names the client in the audit log and per-IP rate limits; empty: "
+        "the header is ignored, the connection's address counts.",
+    )
     quotas: QuotaSettings = Field(QuotaSettings(), description="Every tenant's default quotas.")
     tenant_quotas: dict[str, QuotaSettings] = Field(
         default={}, description='Per-tenant overrides (JSON): {"acme": {"max_documents": 1000}}.',
     )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{entry[:60]!r} is not an IP address or CIDR") from None
+        return value
 
 
 class Settings(BaseSettings):

@@ -114,3 +114,50 @@ def test_dashboard_draws_live_data(metis_server: Server, tmp_path: Path) -> None
         print(f"dashboard screenshot: {shot}")
     finally:
         driver.quit()
+
+
+@needs_chromium
+def test_dashboard_signs_in_when_its_data_needs_an_admin_key(
+    prepared_models: Path, tmp_path: Path,
+) -> None:
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    keys = {"dash-admin-key": {"tenant": "acme", "role": "admin"},
+            "dash-reader-key": {"tenant": "acme", "role": "reader"}}
+    (tmp_path / "serve").mkdir()
+    with metis_serve(prepared_models, tmp_path / "serve",
+                     METIS_API_KEYS=orjson.dumps(keys).decode()) as server:
+        driver = browser(tmp_path / "chromium-profile")
+        state = "return window.metisDashboard"
+        try:
+            driver.get(server.url + "/dashboard")  # the page itself is public: no data in it
+            WebDriverWait(driver, 30).until(lambda d: (d.execute_script(state) or {}).get("signIn"))
+            form = driver.find_element("id", "sign-in")
+            assert form.is_displayed() and driver.execute_script(state)["updates"] == 0
+            assert "needs an API key" in driver.find_element("id", "sign-in-message").text
+            assert "admin API key" in driver.find_element("id", "status").text
+
+            def sign_in(key: str) -> None:
+                field = driver.find_element("id", "api-key")
+                field.clear()
+                field.send_keys(key)
+                driver.find_element("css selector", "#sign-in button").click()
+
+            sign_in("dash-reader-key")  # a reader is refused, with the server's own sentence
+            WebDriverWait(driver, 30).until(lambda d: "this key is a reader" in d.find_element(
+                "id", "sign-in-message").text)
+            assert driver.execute_script(state)["updates"] == 0
+            sign_in("dash-admin-key")
+            WebDriverWait(driver, 30).until(
+                lambda d: (d.execute_script(state) or {}).get("updates", 0) >= 2)
+            assert not form.is_displayed() and driver.execute_script(state)["errors"] == 0
+            # The key lasts the browser session: a reload draws at once, and the question page
+            # has it too.
+            driver.get(server.url + "/dashboard")
+            WebDriverWait(driver, 30).until(
+                lambda d: (d.execute_script(state) or {}).get("updates", 0) >= 1)
+            assert not driver.find_element("id", "sign-in").is_displayed()
+            driver.get(server.url + "/")
+            assert driver.find_element("id", "api-key").get_attribute("value") == "dash-admin-key"
+        finally:
+            driver.quit()

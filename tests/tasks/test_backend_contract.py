@@ -247,3 +247,26 @@ async def test_snapshot_counts_the_whole_queue_for_the_metrics(backend: TaskBack
     after = await backend.snapshot()
     # (>=: on the shared Celery database another test's stragglers may finish meanwhile)
     assert after.by_status["completed"] - before.by_status["completed"] >= slots + 3
+
+
+async def test_task_ids_are_scoped_per_tenant(backend: TaskBackend) -> None:
+    # Two tenants choose the same ids; neither collides with nor depends on the other's.
+    made = {}
+    for tenant, seconds in (("acme", 0.05), ("globex", 0.01)):
+        made[tenant] = await backend.submit([
+            TaskSpec("sleep", id="nightly", params={"seconds": seconds}, tenant=tenant),
+            TaskSpec("stamp", id="after", depends_on=["nightly"], tenant=tenant),
+        ])
+    stored = {t: [task.id for task in tasks] for t, tasks in made.items()}
+    assert stored["acme"] != stored["globex"]
+    done = await backend.wait([i for ids in stored.values() for i in ids], timeout_s=60)
+    for tenant, (nightly, after) in stored.items():
+        assert done[nightly].tenant == tenant and done[nightly].status == "completed"
+        assert done[after].dependencies == [nightly]  # its own tenant's task
+        assert done[nightly].finished_at <= done[after].started_at  # type: ignore[operator]
+    with pytest.raises(Conflict) as again:  # its own id is still taken, under the id it chose
+        await submit(backend, "stamp", id="nightly", tenant="acme")
+    assert again.value.code == "task_exists" and "'nightly'" in again.value.message
+    with pytest.raises(InvalidInput) as foreign:  # a dependency never reaches another tenant
+        await submit(backend, "stamp", tenant="globex", depends_on=[stored["acme"][0]])
+    assert foreign.value.code == "unknown_dependency"

@@ -264,11 +264,42 @@ async def test_a_shared_namespace_never_shares_answers(make_settings: Callable[.
             assert any(m in r.text for m in globex.secrets)
 
 
+@pytest.mark.databases
+async def test_a_task_id_tells_nothing_about_other_tenants(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A client-chosen id another tenant uses answers exactly like a fresh one (not a 409)."""
+    async with serving(make_settings(api_keys=KEYS)) as (_, client):
+        taken, fresh = f"job-{secrets.token_hex(4)}", f"job-{secrets.token_hex(4)}"
+        async with client("globex", "writer") as globex:
+            r = await globex.post("/api/tasks", json={"type": "noop", "id": taken})
+            assert r.status_code == 202 and r.json()["id"] == taken
+        async with client("acme", "writer") as acme:
+            a = await acme.post("/api/tasks", json=[{"type": "noop", "id": taken},
+                                                    {"type": "noop", "depends_on": [taken]}])
+            b = await acme.post("/api/tasks", json=[{"type": "noop", "id": fresh},
+                                                    {"type": "noop", "depends_on": [fresh]}])
+            assert a.status_code == b.status_code == 202, a.text
+            mine, dependant = a.json()
+            assert (mine["id"], mine["tenant"], dependant["dependencies"]) == (taken, "acme", [taken])
+            assert [t["status"] for t in a.json()] == [t["status"] for t in b.json()]
+            # Its own id is taken now, under the name it chose; globex's task is globex's.
+            again = await acme.post("/api/tasks", json={"type": "noop", "id": taken})
+            assert again.status_code == 409 and again.json()["code"] == "task_exists"
+            assert taken in again.json()["message"] and "acme" not in again.json()["message"]
+            assert (await acme.get(f"/api/tasks/{taken}")).json()["tenant"] == "acme"
+            listed = (await acme.get("/api/tasks")).json()["items"]
+            assert {t["id"] for t in listed} >= {taken, fresh} and {t["tenant"] for t in listed} == {"acme"}
+        async with client("globex", "reader") as globex:
+            r = await globex.get(f"/api/tasks/{taken}")
+            assert r.json()["tenant"] == "globex" and r.json()["id"] == taken
+            assert (await globex.get(f"/api/tasks/{fresh}")).status_code == 404
+
+
 async def test_operator_pages_need_an_admin_key(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(api_keys=KEYS, auth={"scrape_token": "prom-token"})
     async with serving(settings) as (_, client):
-        for path in ("/metrics", "/dashboard", "/docs", "/redoc", "/openapi.json",
-                     "/api/metrics/summary"):
+        for path in ("/metrics", "/docs", "/redoc", "/openapi.json", "/api/metrics/summary"):
             async with client() as anonymous:
                 assert (await anonymous.get(path)).status_code == 401, path
             async with client("acme", "writer") as writer:
@@ -281,5 +312,6 @@ async def test_operator_pages_need_an_admin_key(make_settings: Callable[..., Set
             assert r.status_code == 200
             assert (await prometheus.get("/docs", headers={
                 "Authorization": "Bearer prom-token"})).status_code == 401
-        async with client() as anonymous:  # the question page itself stays public
-            assert (await anonymous.get("/")).status_code == 200
+        async with client() as anonymous:  # pages with no data in them stay public; they sign in
+            for path in ("/", "/dashboard", "/dashboard/dashboard.js"):
+                assert (await anonymous.get(path)).status_code == 200, path

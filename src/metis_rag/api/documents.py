@@ -19,6 +19,7 @@ from ..ingest.pipeline import IngestResult, Upload, clean_folder, clean_tags
 from ..schemas import ChunkOut, DocumentDetail, DocumentOut, Page, UploadResponse, UploadResult
 from ..store import repo
 from ..store.models import Chunk, Collection, Document
+from ..tasks import ids as task_ids
 from ..tasks.types import Priority, TaskSpec
 from .deps import ReaderDep, ServicesDep, WriterDep
 
@@ -184,7 +185,7 @@ async def upload_documents(request: Request, services: ServicesDep, who: WriterD
     created = iter(await services.tasks.submit(specs) if specs else [])
     for r in results:
         if r.status == "queued":
-            r.task_id = next(created).id
+            r.task_id = task_ids.public(next(created).id)
     request.state.audit_detail = {"collection": collection, "files": len(results)}
     body = UploadResponse(
         collection=collection, results=results, task_ids=[r.task_id for r in results if r.task_id],

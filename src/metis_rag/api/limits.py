@@ -6,7 +6,7 @@ its IP address. With keys in use (METIS_API_KEYS or keys in the database), a req
 valid key gets 401 ``unauthorized``; a valid one is resolved to its tenant and role (a
 `Principal` in the request state, read by the routes). Over its rate, 429 ``rate_limited`` with
 ``Retry-After``. ``/api/health`` is exempt (load balancers probe it). The operator pages
-(/metrics, /dashboard, /docs, /redoc, /openapi.json) need an admin key when keys are in use,
+(/metrics, /docs, /redoc, /openapi.json) need an admin key when keys are in use,
 unless METIS_AUTH__PROTECT_OPS=false; /metrics also opens to METIS_AUTH__SCRAPE_TOKEN. Pure
 ASGI, so a refused request costs no routing and an upload is refused before its body is read.
 """
@@ -27,9 +27,13 @@ from ..errors import Forbidden, MetisError, RateLimited, Unauthorized
 from ..ratelimit import ClientLimiter, Clock, key_id
 from ..tenancy.keys import KeyRing
 from ..tenancy.principal import Principal
+from .proxies import ClientAddress
 
 EXEMPT = frozenset({"/api/health"})
-OPS_PAGES = ("/metrics", "/dashboard", "/docs", "/redoc", "/openapi.json")
+# /dashboard is not here: the page is a shell with no data that signs in to fetch its data from
+# /api/metrics/summary (admins), the way the question page does; a browser cannot send a key
+# header when it opens a page.
+OPS_PAGES = ("/metrics", "/docs", "/redoc", "/openapi.json")
 
 # What the audit log records: (method, path) -> action; the group is the target's id.
 _AUDITED: dict[str, list[tuple[re.Pattern[str], str]]] = {
@@ -79,9 +83,11 @@ class InboundLimits:
         burst: float = 60.0,
         protect_ops: bool | None = None,
         scrape_token: str = "",
+        trusted_proxies: Sequence[str] = (),
         clock: Clock = time.monotonic,
     ) -> None:
         self.app = app
+        self.client_address = ClientAddress(trusted_proxies)
         self.limiter = ClientLimiter(per_minute, burst, clock=clock) if per_minute > 0 else None
         self._protect_ops = protect_ops is not False
         self._scrape_token = scrape_token.encode()
@@ -138,10 +144,9 @@ class InboundLimits:
             action, target = audited
             if action == "cache.clear":
                 target = scope.get("query_string", b"").decode("latin-1")
-            client = scope.get("client")
             services.audit.record(
                 tenant=principal.tenant, actor=principal.key_id, action=action, target=target,
-                status=status, client=client[0] if client else "",
+                status=status, client=self.client_address.of(scope),
                 detail=scope["state"].get("audit_detail"),
             )
 
@@ -158,8 +163,7 @@ class InboundLimits:
                 raise Unauthorized("The API key is not valid.")
         if self.limiter is None:
             return principal
-        client = scope.get("client")
-        who = f"key:{key_id(key)}" if key else f"ip:{client[0] if client else 'unknown'}"
+        who = f"key:{key_id(key)}" if key else f"ip:{self.client_address.of(scope) or 'unknown'}"
         wait_s = self.limiter.check(who)
         if wait_s > 0:
             raise RateLimited(

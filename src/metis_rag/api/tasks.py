@@ -1,6 +1,7 @@
 """/api/tasks: list, inspect, submit, cancel and retry background tasks; engine statistics.
 
-Tasks belong to the submitting key's tenant: another tenant's task is a 404 like a missing one.
+Tasks belong to the submitting key's tenant: another tenant's task is a 404 like a missing one,
+and ids are scoped per tenant (`tasks.ids`): the API shows and takes the id the client chose.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from ..errors import Forbidden, InvalidInput
+from ..errors import Forbidden
+from ..tasks import ids
 from ..tasks.types import STATUSES, StatusName, TaskCreate, TaskOut, TaskPage, TaskSpec, TaskStats
 from ..tenancy.principal import Principal
 from .deps import AdminDep, ReaderDep, ServicesDep, WriterDep
@@ -28,7 +30,13 @@ async def list_tasks(
 ) -> TaskPage:
     items, total = await services.tasks.list(status=status, type=type, limit=limit, offset=offset,
                                              tenant=who.tenant)
-    return TaskPage(items=items, total=total, limit=limit, offset=offset)
+    return TaskPage(items=[shown(t) for t in items], total=total, limit=limit, offset=offset)
+
+
+def shown(task: TaskOut) -> TaskOut:
+    """The task as its tenant's clients name it."""
+    return task.model_copy(update={"id": ids.public(task.id),
+                                   "dependencies": [ids.public(d) for d in task.dependencies]})
 
 
 def _spec(task: TaskCreate, who: Principal) -> TaskSpec:
@@ -48,15 +56,8 @@ async def submit_tasks(
     if isinstance(body, list) and not body:
         return []  # an empty batch is accepted as it is: nothing to queue
     specs = [_spec(t, who) for t in (body if isinstance(body, list) else [body])]
-    batch = {s.id for s in specs if s.id}
-    outside = sorted({d for s in specs for d in s.depends_on if d not in batch})
-    if outside:
-        found = await services.tasks.get_many(outside)
-        foreign = [d for d in outside if d in found and found[d].tenant != who.tenant]
-        if foreign:  # the very refusal a missing dependency gets: nothing confirms it exists
-            raise InvalidInput(f"Unknown dependency: task {foreign[0]!r} does not exist.",
-                               code="unknown_dependency")
-    created = await services.tasks.submit(specs)
+    # ids and dependencies are scoped to the tenant by the backend: none can reach another's
+    created = [shown(t) for t in await services.tasks.submit(specs)]
     return created if isinstance(body, list) else created[0]
 
 
@@ -69,18 +70,20 @@ async def task_stats(services: ServicesDep, who: AdminDep) -> TaskStats:
 
 @router.get("/tasks/{task_id}", response_model=TaskOut)
 async def get_task(task_id: str, services: ServicesDep, who: ReaderDep) -> TaskOut:
-    return await services.tasks.get(task_id, who.tenant)
+    return shown(await services.tasks.get(ids.scoped(who.tenant, task_id), who.tenant))
 
 
 @router.post("/tasks/{task_id}/cancel", response_model=TaskOut,
              summary="Cancel a queued task, or interrupt a running one (its work rolls back)")
 async def cancel_task(task_id: str, services: ServicesDep, who: WriterDep) -> TaskOut:
-    await services.tasks.get(task_id, who.tenant)  # 404 for another tenant's task
-    return await services.tasks.cancel(task_id)
+    stored = ids.scoped(who.tenant, task_id)
+    await services.tasks.get(stored, who.tenant)  # 404 for a task this tenant does not have
+    return shown(await services.tasks.cancel(stored))
 
 
 @router.post("/tasks/{task_id}/retry", response_model=TaskOut, status_code=202,
              summary="Re-queue a failed or cancelled task")
 async def retry_task(task_id: str, services: ServicesDep, who: WriterDep) -> TaskOut:
-    await services.tasks.get(task_id, who.tenant)
-    return await services.tasks.retry(task_id)
+    stored = ids.scoped(who.tenant, task_id)
+    await services.tasks.get(stored, who.tenant)
+    return shown(await services.tasks.retry(stored))

@@ -1,5 +1,7 @@
 // The Metis performance dashboard: polls /api/metrics/summary and draws line charts on canvas.
 // No library and no build step. window.metisDashboard exposes what was drawn (tests read it).
+// When the server protects its operator data, the page asks for an admin key and keeps it for
+// the browser session (sessionStorage, shared with the question page), like the question page.
 "use strict";
 
 const POLL_MS = 2000;
@@ -11,7 +13,8 @@ const COLORS = {
   completed: "#38a169", failed: "#e53e3e", cancelled: "#a0aec0", queue_depth: "#1a202c",
 };
 const FALLBACK = ["#319795", "#b83280", "#4a5568", "#c05621", "#2c7a7b"];
-const state = { updates: 0, errors: 0, charts: {}, summary: null };
+const KEY_ITEM = "metis.apiKey";
+const state = { updates: 0, errors: 0, charts: {}, summary: null, signIn: false };
 window.metisDashboard = state;
 
 function colorOf(name, i) { return COLORS[name] || FALLBACK[i % FALLBACK.length]; }
@@ -179,9 +182,42 @@ function row(cells) {
   return tr;
 }
 
+function storedKey() {
+  try { return sessionStorage.getItem(KEY_ITEM) || ""; } catch (_) { return ""; }
+}
+
+// 401/403: the server wants an (admin) key; show the form with the server's own sentence.
+function askForKey(message) {
+  state.signIn = true;
+  document.getElementById("sign-in").hidden = false;
+  document.getElementById("sign-in-message").textContent = message;
+  const status = document.getElementById("status");
+  status.className = "status down";
+  status.textContent = "sign in with an admin API key";
+}
+
+document.getElementById("sign-in").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const key = document.getElementById("api-key").value.trim();
+  try { sessionStorage.setItem(KEY_ITEM, key); } catch (_) { /* private mode: this page only */ }
+  state.key = key;
+  document.getElementById("sign-in").hidden = true;
+  state.signIn = false;
+  clearTimeout(state.timer);
+  poll();
+});
+
 async function poll() {
   try {
-    const res = await fetch("/api/metrics/summary", { cache: "no-store" });
+    const key = state.key !== undefined ? state.key : storedKey();
+    const headers = key ? { "X-API-Key": key } : {};
+    const res = await fetch("/api/metrics/summary", { cache: "no-store", headers });
+    if (res.status === 401 || res.status === 403) {
+      let message = `HTTP ${res.status}`;
+      try { message = (await res.json()).message || message; } catch (_) { /* not JSON */ }
+      askForKey(message);
+      return;  // no polling until a key is given
+    }
     if (!res.ok) throw new Error(`HTTP ${res.status}`);
     const d = await res.json();
     state.summary = d;
@@ -192,9 +228,8 @@ async function poll() {
     const status = document.getElementById("status");
     status.className = "status down";
     status.textContent = `cannot reach Metis (${err.message}); retrying`;
-  } finally {
-    setTimeout(poll, POLL_MS);
   }
+  if (!state.signIn) state.timer = setTimeout(poll, POLL_MS);
 }
 
 poll();

@@ -57,7 +57,7 @@ async def record(ctx: TaskContext) -> dict[str, Any]:
     """Inserts one row per run into `task_runs` (created on first use): counts executions."""
     async with ctx.services.engine.begin() as conn:
         await conn.execute(text(
-            "CREATE TABLE IF NOT EXISTS task_runs (task_id VARCHAR(32), attempt INTEGER)"))
+            "CREATE TABLE IF NOT EXISTS task_runs (task_id VARCHAR(100), attempt INTEGER)"))
         await conn.execute(text("INSERT INTO task_runs VALUES (:t, :a)"),
                            {"t": ctx.task_id, "a": ctx.attempt})
     if ctx.params.get("seconds"):
@@ -69,7 +69,7 @@ async def slow_write(ctx: TaskContext) -> dict[str, Any]:
     """Writes a marker row, then holds its transaction open `seconds` before committing: a
     cancel or timeout meanwhile must leave no marker."""
     async with ctx.services.engine.begin() as conn:
-        await conn.execute(text("CREATE TABLE IF NOT EXISTS task_marks (task_id VARCHAR(32))"))
+        await conn.execute(text("CREATE TABLE IF NOT EXISTS task_marks (task_id VARCHAR(100))"))
     ctx.progress(50, "writing")
     await asyncio.sleep(0.2)  # lets the progress reach the database before the write lock is held
     async with ctx.services.engine.begin() as conn:

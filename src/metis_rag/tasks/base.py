@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ..config import TaskSettings
 from ..errors import Conflict, InvalidInput
 from ..observability.metrics import TaskSnapshot
+from . import ids as task_ids
 from . import repo
 from .runner import HandlerRegistry
 from .scheduler import check_acyclic
@@ -166,18 +167,21 @@ class TaskBackend(ABC):
         ids = [spec_id(s) for s in specs]
         if len(set(ids)) != len(ids):
             raise InvalidInput("Two tasks in the batch have the same id.", code="duplicate_task_id")
-        graph = {i: list(dict.fromkeys(s.depends_on)) for i, s in zip(ids, specs, strict=True)}
+        # a dependency names a task of the same tenant: no spelling reaches another tenant's
+        graph = {i: list(dict.fromkeys(task_ids.scoped(s.tenant, d) for d in s.depends_on))
+                 for i, s in zip(ids, specs, strict=True)}
         check_acyclic(graph)
         outside = {d for deps in graph.values() for d in deps if d not in graph}
         known = await self.dependency_statuses(outside) if outside else {}
         missing = sorted(outside - known.keys())
         if missing:
-            raise InvalidInput(f"Unknown dependency: task {missing[0]!r} does not exist.",
-                               code="unknown_dependency")
-        chosen = [s.id for s in specs if s.id is not None]
+            raise InvalidInput(f"Unknown dependency: task {task_ids.public(missing[0])!r} does "
+                               "not exist.", code="unknown_dependency")
+        chosen = [i for i, s in zip(ids, specs, strict=True) if s.id is not None]
         existing = await self.dependency_statuses(chosen) if chosen else {}
         if existing:
-            raise Conflict(f"Task {next(iter(existing))!r} already exists.", code="task_exists")
+            raise Conflict(f"Task {task_ids.public(next(iter(existing)))!r} already exists.",
+                           code="task_exists")
         sub = Submission()
         failed_deps: dict[str, str] = {}
         by_id = dict(zip(ids, specs, strict=True))
@@ -220,12 +224,13 @@ class TaskBackend(ABC):
 
 
 def spec_id(spec: TaskSpec) -> str:
+    """The stored id: the client's (or a random) id inside the spec's tenant."""
     if spec.id is None:
-        return uuid.uuid4().hex
+        return task_ids.scoped(spec.tenant, uuid.uuid4().hex)
     if not _ID_RE.match(spec.id):
         raise InvalidInput(f"Task id {spec.id[:40]!r} is invalid: use 1-32 letters, digits, "
                            "'_' or '-'.", code="invalid_task_id")
-    return spec.id
+    return task_ids.scoped(spec.tenant, spec.id)
 
 
 def _topological(graph: dict[str, list[str]]) -> list[str]:

@@ -26,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..store.models import Base
+from .ids import ID_MAX
 
 
 class Task(Base):
@@ -45,7 +46,7 @@ class Task(Base):
         Index("ix_tasks_tenant_created", "tenant", "created_at"),
     )
 
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    id: Mapped[str] = mapped_column(String(ID_MAX), primary_key=True)  # see tasks.ids
     tenant: Mapped[str] = mapped_column(String(64), default="default")
     name: Mapped[str] = mapped_column(String(200))
     type: Mapped[str] = mapped_column(String(100))
@@ -80,7 +81,7 @@ class TaskEdge(Base):
     task_id: Mapped[str] = mapped_column(
         ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
     )
-    depends_on: Mapped[str] = mapped_column(String(32), primary_key=True, index=True)
+    depends_on: Mapped[str] = mapped_column(String(ID_MAX), primary_key=True, index=True)
 
 
 class TaskBlob(Base):

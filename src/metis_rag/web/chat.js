@@ -266,5 +266,10 @@ $("question").addEventListener("keydown", (e) => {
 });
 $("new-conversation").addEventListener("click", newConversation);
 $("upload").addEventListener("submit", upload);
-$("api-key").addEventListener("change", loadCollections);
+// The key lasts the browser session, shared with the dashboard (which needs an admin one).
+try { $("api-key").value = sessionStorage.getItem("metis.apiKey") || ""; } catch (_) { /* none */ }
+$("api-key").addEventListener("change", () => {
+  try { sessionStorage.setItem("metis.apiKey", $("api-key").value.trim()); } catch (_) { /* none */ }
+  loadCollections();
+});
 loadCollections();
