@@ -267,6 +267,10 @@ async def test_task_ids_are_scoped_per_tenant(backend: TaskBackend) -> None:
     with pytest.raises(Conflict) as again:  # its own id is still taken, under the id it chose
         await submit(backend, "stamp", id="nightly", tenant="acme")
     assert again.value.code == "task_exists" and "'nightly'" in again.value.message
+    with pytest.raises(InvalidInput) as cycle:  # messages name tasks as their tenant does
+        await backend.submit([TaskSpec("stamp", id="loop-a", depends_on=["loop-b"], tenant="acme"),
+                              TaskSpec("stamp", id="loop-b", depends_on=["loop-a"], tenant="acme")])
+    assert "acme" not in cycle.value.message and "loop-a" in cycle.value.message
     with pytest.raises(InvalidInput) as foreign:  # a dependency never reaches another tenant
         await submit(backend, "stamp", tenant="globex", depends_on=[stored["acme"][0]])
     assert foreign.value.code == "unknown_dependency"

@@ -265,7 +265,7 @@ def _initial_status(
         dep = bad[0]
         why = known.get(dep) or failed_deps.get(dep) or "failed"
         return "failed", {"code": "dependency_failed",
-                          "message": f"Dependency {dep} {why}."}, True
+                          "message": f"Dependency {task_ids.public(dep)} {why}."}, True
     if blocked:
         return "waiting", None, False
     if spec.start_at is not None and spec.start_at.timestamp() > now:

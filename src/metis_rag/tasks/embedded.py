@@ -24,6 +24,7 @@ from ..config import TaskSettings
 from ..errors import ServiceUnavailable
 from . import leases, repo
 from .base import TaskBackend
+from .ids import public
 from .resources import ResourceMonitor, Sampler, psutil_sampler
 from .runner import HandlerRegistry, Outcome, TaskContext, execute, retry_delay_s
 from .scheduler import Entry, Scheduler
@@ -220,7 +221,7 @@ class EmbeddedBackend(TaskBackend):
             self.writer.update(child.id, status=child.status)
         for child, dep, dep_status in failed:
             self.writer.update(child.id, status="failed", finished_at=repo.to_dt(now), error={
-                "code": "dependency_failed", "message": f"Dependency {dep} {dep_status}."})
+                "code": "dependency_failed", "message": f"Dependency {public(dep)} {dep_status}."})
         if released:
             self._arm_timer()
 

@@ -11,6 +11,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..errors import Conflict, NotFound
+from .ids import public
 from .models import Task, TaskBlob, TaskEdge
 from .types import FINISHED, QUEUED, Priority, TaskOut
 
@@ -283,7 +284,7 @@ async def settle_waiting(conn: AsyncConnection, task_ids: Sequence[str], now: da
             status = found.get(bad, "missing")
             await conn.execute(update(T).where(T.c.id == task_id, T.c.status == "waiting").values(
                 status="failed", finished_at=now, owner=None,
-                error={"code": "dependency_failed", "message": f"Dependency {bad} {status}."}))
+                error={"code": "dependency_failed", "message": f"Dependency {public(bad)} {status}."}))
             freed += await settle_dependants(conn, task_id, "failed", now)
             continue
         row = (await conn.execute(
@@ -308,7 +309,8 @@ async def settle_dependants(
                 failed = await conn.execute(
                     update(T).where(T.c.id == child, T.c.status == "waiting").values(
                         status="failed", finished_at=now, owner=None,
-                        error={"code": "dependency_failed", "message": f"Dependency {dep} {dep_status}."},
+                        error={"code": "dependency_failed",
+                               "message": f"Dependency {public(dep)} {dep_status}."},
                     )
                 )
                 if failed.rowcount:

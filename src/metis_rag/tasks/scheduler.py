@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InvalidInput
+from .ids import public
 
 
 @dataclass(slots=True, eq=False)
@@ -157,7 +158,7 @@ def check_acyclic(new: Mapping[str, Sequence[str]]) -> None:
                 if state.get(node) == 1:
                     cycle = path[path.index(node):] + [node]
                     raise InvalidInput(
-                        "The dependencies form a cycle: " + " -> ".join(cycle) + ".",
+                        "The dependencies form a cycle: " + " -> ".join(public(c) for c in cycle) + ".",
                         code="dependency_cycle",
                     )
                 if state.get(node) == 2:
