@@ -4,6 +4,7 @@ escape) x two tenants x three roles. Zero reads or writes across tenants, zero e
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -288,6 +289,16 @@ async def test_a_task_id_tells_nothing_about_other_tenants(
             assert again.status_code == 409 and again.json()["code"] == "task_exists"
             assert taken in again.json()["message"] and "acme" not in again.json()["message"]
             assert (await acme.get(f"/api/tasks/{taken}")).json()["tenant"] == "acme"
+            for _ in range(200):  # a noop: done in a moment
+                if (await acme.get(f"/api/tasks/{taken}")).json()["status"] == "completed":
+                    break
+                await asyncio.sleep(0.05)
+            for action, code in (("cancel", "task_finished"), ("retry", "task_not_retryable")):
+                r = await acme.post(f"/api/tasks/{taken}/{action}")  # its own task, by its id
+                assert r.status_code == 409 and r.json()["code"] == code, r.text
+                assert taken in r.json()["message"] and "acme" not in r.json()["message"]
+            r = await acme.get("/api/tasks/no-such-task")
+            assert r.status_code == 404 and r.json()["message"] == "Task 'no-such-task' does not exist."
             listed = (await acme.get("/api/tasks")).json()["items"]
             assert {t["id"] for t in listed} >= {taken, fresh} and {t["tenant"] for t in listed} == {"acme"}
         async with client("globex", "reader") as globex:

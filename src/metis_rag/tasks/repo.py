@@ -50,7 +50,7 @@ def to_out(row: Any) -> TaskOut:
 async def get(conn: AsyncConnection, task_id: str, tenant: str | None = None) -> TaskOut:
     row = (await conn.execute(select(T).where(T.c.id == task_id))).first()
     if row is None or (tenant is not None and row.tenant != tenant):
-        raise NotFound(f"Task {task_id!r} does not exist.", code="task_not_found")
+        raise NotFound(f"Task {public(task_id)!r} does not exist.", code="task_not_found")
     return to_out(row)
 
 
@@ -183,7 +183,7 @@ async def unfinished(conn: AsyncConnection, task_id: str) -> TaskOut:
     """The task, if it can still be cancelled; 409 `task_finished` otherwise."""
     task = await get(conn, task_id)
     if task.status in FINISHED:
-        raise Conflict(f"Task {task_id} has already {task.status}; it cannot be cancelled.",
+        raise Conflict(f"Task {public(task_id)} has already {task.status}; it cannot be cancelled.",
                        code="task_finished")
     return task
 
@@ -192,7 +192,7 @@ async def requeue(conn: AsyncConnection, task_id: str, owner: str | None) -> Tas
     """Reset a failed or cancelled task for another run (waiting if it has dependencies)."""
     task = await get(conn, task_id)
     if task.status not in ("failed", "cancelled"):
-        raise Conflict(f"Only a failed or cancelled task can be retried; task {task_id} is "
+        raise Conflict(f"Only a failed or cancelled task can be retried; task {public(task_id)} is "
                        f"{task.status}.", code="task_not_retryable")
     await reset_for_retry(conn, task_id, "waiting" if task.dependencies else "pending", owner)
     return task
