@@ -10,7 +10,7 @@ import pytest
 
 from metis_rag.config import ParseSettings
 from metis_rag.errors import ChunkingStopped, ParseLimitExceeded
-from metis_rag.ingest.chunker import COUNT_BATCH, Chunker
+from metis_rag.ingest.chunker import COUNT_BATCH, HUGE_UNIT_CHARS, Chunker
 from metis_rag.ingest.parsers import ParsedDocument, Section
 from metis_rag.ingest.pipeline import Ingestor, Upload
 from metis_rag.ingest.sandbox import ParseSandbox
@@ -92,3 +92,20 @@ def test_cancelling_an_ingestion_stops_its_chunking_thread() -> None:
     asyncio.run(scenario())
     assert counted == [COUNT_BATCH]
     assert after_cancel == []  # no batch counted, nothing packed once the task was cancelled
+
+
+def test_a_huge_unpunctuated_line_is_sized_by_its_words_not_tokenized_whole() -> None:
+    longest: list[int] = []
+
+    def counter(texts: Sequence[str]) -> list[int]:
+        longest.append(max(len(t) for t in texts))
+        return words(texts)
+
+    line = "**a _b " * (HUGE_UNIT_CHARS // 2)  # one "sentence" of 70,000 characters
+    doc = ParsedDocument(None, "text/markdown", [Section(line, None, None)])
+    chunks = Chunker(counter, 64, 8, counts_add_up=True).chunk(doc)
+    assert max(longest) < HUGE_UNIT_CHARS
+    assert all(c.token_count == len(c.text.split()) <= 64 for c in chunks)
+    assert " ".join(c.text for c in chunks).split()[:3] == ["**a", "_b", "**a"]
+    with pytest.raises(ParseLimitExceeded):  # 20,000 words need over 300 chunks of 64
+        Chunker(counter, 64, 8, max_chunks=300).chunk(doc)

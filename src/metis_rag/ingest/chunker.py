@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -21,6 +22,10 @@ TokenCounter = Callable[[Sequence[str]], list[int]]
 # Sentences counted per tokenizer call: one call for a normal file, and a point to stop at
 # every few hundred kilobytes of a huge one.
 COUNT_BATCH = 4096
+# A "sentence" longer than this (a line of markup, a text without stops) is sized from its
+# distinct words rather than tokenized whole: one 2.4-million-character encoding held 600 MB
+# for 4 s. It is over budget anyway and gets cut by words.
+HUGE_UNIT_CHARS = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,11 +147,16 @@ class Chunker:
             _check(stop)
             per_section.append(_units(section.text))
         units = [u for section_units in per_section for u in section_units]
-        for start in range(0, len(units), COUNT_BATCH):
+        normal = [u for u in units if len(u.text) <= HUGE_UNIT_CHARS]
+        for start in range(0, len(normal), COUNT_BATCH):
             _check(stop)
-            batch = units[start : start + COUNT_BATCH]
+            batch = normal[start : start + COUNT_BATCH]
             for unit, n in zip(batch, self._count([u.text for u in batch]), strict=True):
                 unit.tokens = n
+        for unit in units:
+            if len(unit.text) > HUGE_UNIT_CHARS:
+                _check(stop)
+                unit.tokens = self._sum_of_words(unit.text)
         # Chunks hold at most max_tokens each, so this many is the fewest the text can make.
         self._check_count(-(-sum(u.tokens for u in units) // self.max_tokens), name)
         _check(stop)
@@ -159,6 +169,13 @@ class Chunker:
                 drafts.append(ChunkDraft(text, len(drafts), section.page, section.heading, tokens))
         self._check_count(len(drafts), name)
         return drafts
+
+    def _sum_of_words(self, text: str) -> int:
+        """Tokens of a huge text as the sum of its words' (exact for WordPiece, whose pieces
+        never cross a space); only distinct words are held and counted."""
+        words = Counter(m.group() for m in _WORD.finditer(text))
+        distinct = list(words)
+        return sum(words[w] * n for w, n in zip(distinct, self._count(distinct), strict=True))
 
     def _check_count(self, n: int, name: str) -> None:
         if self.max_chunks is not None and n > self.max_chunks:
