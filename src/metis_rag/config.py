@@ -58,6 +58,11 @@ class ChunkSettings(BaseModel):
         128, ge=16, le=512, description="Chunk size in tokens of the embedding model's tokenizer."
     )
     overlap_tokens: int = Field(24, ge=0, description="Tokens shared by consecutive chunks.")
+    max_chunks_per_document: int = Field(
+        5000, ge=1, description="Most chunks one file may make (about 2.5 million characters of "
+        "prose at 128 tokens a chunk); a file that needs more is refused (too_many_chunks) "
+        "before any of it is embedded, so one huge file cannot hold the embedder for minutes.",
+    )
 
     @field_validator("overlap_tokens")
     @classmethod

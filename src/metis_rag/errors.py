@@ -7,7 +7,8 @@ MetisError
 │       │                              parser_crashed (the file killed its parser process)
 │       └── ParseLimitExceeded    422  archive_too_large | compression_ratio | too_many_parts |
 │                                      unsafe_xml | too_many_pages | too_much_text |
-│                                      too_deeply_nested | parse_timeout | parse_memory
+│                                      too_deeply_nested | parse_timeout | parse_memory |
+│                                      too_many_chunks (METIS_CHUNK__MAX_CHUNKS_PER_DOCUMENT)
 ├── UnsupportedMediaType          415  unsupported_media_type
 │   └── ContentMismatch           415  content_mismatch (the bytes are not what the name or
 │                                      content type says)
@@ -22,7 +23,8 @@ MetisError
 ├── ServiceUnavailable            503  service_unavailable
 ├── CorruptEntry                  500  cache_corrupt_entry (never reaches a client: dropped)
 ├── MissingDependency             500  missing_dependency (an optional extra is not installed)
-└── ClientDisconnected            499  client_disconnected (the client left; nobody reads it)
+├── ClientDisconnected            499  client_disconnected (the client left; nobody reads it)
+└── ChunkingStopped               499  chunking_stopped (its ingestion was cancelled; nobody reads it)
 
 One handler in `metis_rag.api` turns these into JSON bodies ``{"code", "message"}``;
 anything else becomes a 500 ``internal_error`` with no traceback in the body.
@@ -166,3 +168,10 @@ class ClientDisconnected(MetisError):
 
     status = 499
     code = "client_disconnected"
+
+
+class ChunkingStopped(MetisError):
+    """Chunking gave up because the ingestion that asked for it was cancelled or timed out."""
+
+    status = 499
+    code = "chunking_stopped"

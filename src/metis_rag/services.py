@@ -128,7 +128,8 @@ async def open_services(
                 llm = CachedLLM(llm, caches.llm)
 
         chunker = Chunker(
-            embedder.count_tokens, settings.chunk.max_tokens, settings.chunk.overlap_tokens
+            embedder.count_tokens, settings.chunk.max_tokens, settings.chunk.overlap_tokens,
+            max_chunks=settings.chunk.max_chunks_per_document,
         )
         parser = ParseSandbox(settings.parse)
         stack.push_async_callback(parser.close)

@@ -136,3 +136,23 @@ async def test_a_client_that_goes_away_abandons_its_parse(settings: Settings) ->
 
             from metis_rag.store.models import Document
             assert (await session.execute(select(func.count(Document.id)))).scalar() == 0
+
+
+async def test_a_file_past_the_chunk_limit_fails_its_task_clearly(make_settings) -> None:
+    from asgi_lifespan import LifespanManager
+
+    from metis_rag.config import ChunkSettings
+    from tests.uploads import wait_tasks
+
+    app = create_app(make_settings(chunk=ChunkSettings(max_chunks_per_document=3)))
+    async with LifespanManager(app, startup_timeout=120) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://metis") as client:
+            text = " ".join(f"Sentence {i} of a long file." for i in range(400)).encode()
+            r = await client.post("/api/documents", files=[("files", ("long.txt", text))])
+            assert r.status_code == 202, r.text
+            task = (await wait_tasks(client, r.json()["task_ids"]))[r.json()["task_ids"][0]]
+            assert task["status"] == "failed", task
+            assert task["error"]["code"] == "too_many_chunks"
+            assert "long.txt" in task["error"]["message"]
+            assert (await client.get("/api/documents")).json()["total"] == 0

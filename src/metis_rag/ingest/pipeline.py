@@ -10,7 +10,9 @@ or a vector without its chunk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -32,6 +34,9 @@ from .sniff import check_content_type
 
 # Chunks embedded together across small documents, so model batches stay full.
 GROUP_CHUNKS = 256
+# Text past this is chunked one document at a time: a few such files at once would hold
+# every core and their chunk lists the memory, while normal files go on in parallel.
+BIG_TEXT_CHARS = 1_000_000
 _TAG_MAX = 100
 
 
@@ -124,6 +129,7 @@ class Ingestor:
         self._inline = bool(self._vector_column)
         # One writer at a time keeps SQLite free of lock contention and the index consistent.
         self._write_lock = asyncio.Lock()
+        self._big_chunking = asyncio.Semaphore(1)
 
     def check(self, upload: Upload) -> tuple[str, str]:
         """The file's safe name and type, refusing it when too big or not what it claims to be."""
@@ -136,10 +142,13 @@ class Ingestor:
         check_content_type(filename, mime, upload.content_type)
         return filename, mime
 
-    def prepare(self, upload: Upload, parsed: ParsedDocument) -> Prepared:
-        """Validate and chunk one parsed file (CPU-bound; call it from a worker thread)."""
+    def prepare(
+        self, upload: Upload, parsed: ParsedDocument, stop: threading.Event | None = None
+    ) -> Prepared:
+        """Validate and chunk one parsed file (CPU-bound; call it from a worker thread). Setting
+        `stop` makes it raise `ChunkingStopped` within a tokenizer batch."""
         filename, mime = self.check(upload)
-        chunks = self._chunker.chunk(parsed)
+        chunks = self._chunker.chunk(parsed, stop, filename)
         if not chunks:
             raise InvalidInput(f"{filename} has no text to index.", code="empty_document")
         return Prepared(
@@ -171,9 +180,17 @@ class Ingestor:
         return parsed
 
     async def prepare_async(self, upload: Upload) -> Prepared:
-        """`parse`, then chunk off the event loop."""
+        """`parse`, then chunk off the event loop; cancelling it stops the chunking thread too
+        (cancelling `to_thread` alone leaves the thread running, and a huge file's chunking
+        would pile up behind each retry of it)."""
         parsed = await self.parse(upload)
-        return await asyncio.to_thread(self.prepare, upload, parsed)
+        big = sum(len(s.text) for s in parsed.sections) > BIG_TEXT_CHARS
+        stop = threading.Event()
+        async with self._big_chunking if big else contextlib.nullcontext():
+            try:
+                return await asyncio.to_thread(self.prepare, upload, parsed, stop)
+            finally:
+                stop.set()  # a no-op once the thread has returned
 
     async def ingest(
         self, uploads: Sequence[Upload], collection: str, tenant: str = "default"
