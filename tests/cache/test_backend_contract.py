@@ -11,6 +11,10 @@ from metis_rag.cache import CacheBackend
 
 PassTime = Callable[[float], Awaitable[None]]
 
+# Redis expires keys on its own clock, for real: a short TTL raced a loaded CI machine
+# (set_many then get_many found the keys already gone at 0.2 s). The fake clock does not care.
+TTL_S = 1.5
+
 
 async def test_missing_key_is_none(backend: CacheBackend) -> None:
     assert await backend.get("absent") is None
@@ -48,10 +52,10 @@ async def test_unicode_keys_are_distinct(backend: CacheBackend) -> None:
 
 
 async def test_ttl_expires(backend: CacheBackend, pass_time: PassTime) -> None:
-    await backend.set("short", b"x", ttl_s=0.2)
+    await backend.set("short", b"x", ttl_s=TTL_S)
     await backend.set("forever", b"y")
     assert await backend.get("short") == b"x"
-    await pass_time(0.3)
+    await pass_time(TTL_S + 0.3)
     assert await backend.get("short") is None
     assert await backend.get_many(["short", "forever"]) == {"forever": b"y"}
 
@@ -59,9 +63,9 @@ async def test_ttl_expires(backend: CacheBackend, pass_time: PassTime) -> None:
 async def test_overwrite_without_ttl_clears_the_ttl(
     backend: CacheBackend, pass_time: PassTime
 ) -> None:
-    await backend.set("k", b"old", ttl_s=0.2)
+    await backend.set("k", b"old", ttl_s=TTL_S)
     await backend.set("k", b"new")
-    await pass_time(0.3)
+    await pass_time(TTL_S + 0.3)
     assert await backend.get("k") == b"new"
 
 
@@ -81,9 +85,9 @@ async def test_get_many_returns_only_found_keys(backend: CacheBackend) -> None:
 
 
 async def test_set_many_with_ttl(backend: CacheBackend, pass_time: PassTime) -> None:
-    await backend.set_many({"a": b"1", "b": b"2"}, ttl_s=0.2)
+    await backend.set_many({"a": b"1", "b": b"2"}, ttl_s=TTL_S)
     assert await backend.get_many(["a", "b"]) == {"a": b"1", "b": b"2"}
-    await pass_time(0.3)
+    await pass_time(TTL_S + 0.3)
     assert await backend.get_many(["a", "b"]) == {}
 
 
@@ -158,14 +162,14 @@ async def test_list_keeps_binary_items(backend: CacheBackend) -> None:
 async def test_list_ttl_is_renewed_by_append_and_expires(
     backend: CacheBackend, pass_time: PassTime
 ) -> None:
-    await backend.append("log", b"a", ttl_s=1.0)
-    await pass_time(0.6)
-    await backend.append("log", b"b", ttl_s=1.0)
-    await pass_time(0.6)
+    await backend.append("log", b"a", ttl_s=2 * TTL_S)
+    await pass_time(1.2 * TTL_S)
+    await backend.append("log", b"b", ttl_s=2 * TTL_S)
+    await pass_time(1.2 * TTL_S)
     assert await backend.read_list("log") == (2, [b"a", b"b"])
-    await pass_time(0.7)
+    await pass_time(TTL_S + 0.3)
     assert await backend.read_list("log") == (0, [])
-    await backend.append("log", b"c", ttl_s=1.0)  # a new list, counted from zero
+    await backend.append("log", b"c", ttl_s=2 * TTL_S)  # a new list, counted from zero
     assert await backend.read_list("log") == (1, [b"c"])
 
 
