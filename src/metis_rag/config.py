@@ -245,6 +245,9 @@ class CacheSettings(BaseModel):
     )
     llm_ttl_s: float = Field(7 * 86_400, gt=0, description="LLM completions by full prompt.")
     document_ttl_s: float = Field(7 * 86_400, gt=0, description="Parsed documents by hash.")
+    tool_ttl_s: float = Field(
+        3600, gt=0, description="Agent tool results whose tool declares no TTL of its own."
+    )
     semantic_max_error: float = Field(
         0.01, ge=0, lt=1, description="Semantic level: the highest share of lookups you accept "
         "being answered with another question's answer. The decision's threshold is the lowest "
@@ -498,6 +501,37 @@ class AuthSettings(BaseModel):
         return value
 
 
+class ToolSettings(BaseModel):
+    """The agent's tools (agent.registry and its built-ins)."""
+
+    timeout_s: float = Field(20, gt=0, description="One tool call is abandoned after this.")
+    sql_url: str = Field(
+        "", description="SQLAlchemy async URL of the database `sql_query` reads; empty: the "
+        "tool answers that no database is configured."
+    )
+    sql_tables: list[str] = Field(
+        default=[], description="Tables `sql_query` may read (JSON list). Empty: every table of "
+        "`sql_url` except Metis's own, unless sql_allow_metis_tables."
+    )
+    sql_allow_metis_tables: bool = Field(
+        False, description="Let `sql_query` read Metis's own tables (collections, documents...)."
+    )
+    sql_max_rows: int = Field(200, ge=1, le=10_000, description="Rows `sql_query` returns at most.")
+    sql_timeout_s: float = Field(5, gt=0, description="One `sql_query` statement's time limit.")
+
+
+class AnalysisSettings(BaseModel):
+    """Document analysis at ingestion: type, language, keywords, summary."""
+
+    enabled: bool = Field(True, description="Analyse every ingested document.")
+    use_llm: bool = Field(
+        True, description="Ask the configured LLM (structured JSON); without one, or when it "
+        "fails, the offline methods answer."
+    )
+    max_keywords: int = Field(8, ge=1, le=50, description="Keywords kept per document.")
+    summary_sentences: int = Field(3, ge=1, le=20, description="Sentences of a summary.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="METIS_",
@@ -545,6 +579,8 @@ class Settings(BaseSettings):
     )
     auth: AuthSettings = AuthSettings()
     tasks: TaskSettings = TaskSettings()
+    tools: ToolSettings = ToolSettings()
+    analysis: AnalysisSettings = AnalysisSettings()
 
     @classmethod
     def settings_customise_sources(
