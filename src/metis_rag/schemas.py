@@ -35,6 +35,15 @@ class DocumentOut(BaseModel):
     chunk_count: int
     created_at: datetime
     updated_at: datetime
+    doc_type: str | None = Field(None, description="From the document analysis: invoice, "
+                                 "contract, policy, manual, report, paper, email, faq, code, "
+                                 "data or article (null until analysed).")
+    language: str | None = Field(None, description="ISO 639-1 code, `und` when undetermined.")
+    topics: list[str] = Field(default_factory=list, description="Keywords, most important "
+                              "first.")
+    summary: str | None = None
+    analysis: dict[str, Any] | None = Field(None, description="How it was analysed: method "
+                                            "(llm | offline), model, ms.")
 
 
 class UploadResult(BaseModel):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from .agent.analysis import DocumentAnalyzer
 from .batching import BatchingEmbedder
 from .cache.levels import Caches, open_caches
 from .config import Settings
@@ -73,6 +74,8 @@ class Services:
     # limited) LLM chain that `llm` wraps in the LLM cache.
     query_batcher: BatchingEmbedder | None = None
     llm_chain: LLM | None = None
+    # Document analysis at ingestion (METIS_ANALYSIS__ENABLED); None when off.
+    analyzer: DocumentAnalyzer | None = None
 
 
 @asynccontextmanager
@@ -182,6 +185,8 @@ async def open_services(
             keyring=keyring,
             audit=audit,
             quotas=Quotas(settings.auth),
+            analyzer=DocumentAnalyzer(settings.analysis, llm) if settings.analysis.enabled
+            else None,
         )
         await tasks.start(services)
         stack.push_async_callback(tasks.close)

@@ -12,7 +12,15 @@ from sqlalchemy import Select, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..errors import InvalidInput, NotFound
-from .models import Chunk, Collection, Conversation, Document, DocumentTag, Message
+from .models import (
+    Chunk,
+    Collection,
+    Conversation,
+    Document,
+    DocumentTag,
+    DocumentTopic,
+    Message,
+)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
 
@@ -99,11 +107,32 @@ async def get_document(session: AsyncSession, tenant: str, public_id: str) -> Do
     return doc
 
 
+@dataclass(frozen=True, slots=True)
+class AnalysisFilter:
+    """Filters on a document's analysis (agent.analysis): None matches anything."""
+
+    doc_type: str | None = None
+    language: str | None = None
+    topic: str | None = None
+
+    def apply(self, stmt: Select[Any]) -> Select[Any]:
+        if self.doc_type is not None:
+            stmt = stmt.where(Document.doc_type == self.doc_type)
+        if self.language is not None:
+            stmt = stmt.where(Document.language == self.language)
+        if self.topic is not None:
+            stmt = stmt.where(Document.id.in_(select(DocumentTopic.document_id).where(
+                DocumentTopic.topic == self.topic.lower())))
+        return stmt
+
+
 def _document_filter(
     stmt: Select[Any], tenant: str, collection_id: int | None, tag: str | None,
-    folder: str | None, status: str | None,
+    folder: str | None, status: str | None, analysis: AnalysisFilter | None = None,
 ) -> Select[Any]:
     stmt = stmt.where(Document.collection_id.in_(tenant_collections(tenant)))
+    if analysis is not None:
+        stmt = analysis.apply(stmt)
     if collection_id is not None:
         stmt = stmt.where(Document.collection_id == collection_id)
     if folder is not None:
@@ -127,15 +156,17 @@ async def list_documents(
     status: str | None = None,
     limit: int = 50,
     offset: int = 0,
+    analysis: AnalysisFilter | None = None,
 ) -> tuple[Sequence[Document], int]:
-    stmt = _document_filter(select(Document), tenant, collection_id, tag, folder, status)
+    stmt = _document_filter(select(Document), tenant, collection_id, tag, folder, status,
+                            analysis)
     items = (
         await session.execute(
             stmt.order_by(Document.created_at.desc(), Document.id.desc()).limit(limit).offset(offset)
         )
     ).scalars().all()
     count_stmt = _document_filter(select(func.count(Document.id)), tenant, collection_id, tag,
-                                  folder, status)
+                                  folder, status, analysis)
     total = (await session.execute(count_stmt)).scalar_one()
     return items, int(total)
 
