@@ -60,6 +60,19 @@ async def test_documents_are_analysed_shown_and_filterable(
         assert await listed(doc_type="report", language="fr") == set()
         assert (await client.get("/api/documents", params={"doc_type": "x" * 41})
                 ).status_code == 422
+
+        async def cited(**filters: str) -> set[str]:
+            r = await client.post("/api/chat/query", json={
+                "message": "How much revenue did turbine controllers bring?", **filters})
+            assert r.status_code == 200, r.text
+            return {c["filename"] for c in r.json()["citations"]}
+
+        assert "q4.txt" in await cited()
+        # The same question narrowed to invoices: a cached unfiltered answer must not leak in.
+        assert await cited(doc_type="invoice") == {"invoice.txt"}
+        assert await cited(language="fr") == {"rapport.txt"}
+        assert await cited(topic="turbine controllers") == {"q4.txt"}
+        assert await cited(doc_type="contract") == set()
     finally:
         await client.aclose()
         await manager.__aexit__(None, None, None)

@@ -115,6 +115,10 @@ class AnalysisFilter:
     language: str | None = None
     topic: str | None = None
 
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.doc_type, self.language, self.topic))
+
     def apply(self, stmt: Select[Any]) -> Select[Any]:
         if self.doc_type is not None:
             stmt = stmt.where(Document.doc_type == self.doc_type)
@@ -197,10 +201,14 @@ async def embeddings_of(session: AsyncSession, chunk_ids: Sequence[int]) -> list
 
 
 async def allowed_chunk_ids(
-    session: AsyncSession, collection_id: int, tags: Sequence[str], folder: str | None
+    session: AsyncSession, collection_id: int, tags: Sequence[str], folder: str | None,
+    analysis: AnalysisFilter | None = None,
 ) -> list[int]:
-    """Chunk ids of the collection's documents that carry every tag and sit in the folder."""
+    """Chunk ids of the collection's documents that carry every tag and sit in the folder
+    (and match the analysis filter)."""
     docs = select(Document.id).where(Document.collection_id == collection_id)
+    if analysis is not None:
+        docs = analysis.apply(docs)
     if folder is not None:
         docs = docs.where((Document.folder == folder) | Document.folder.like(f"{folder}/%"))
     for tag in tags:
