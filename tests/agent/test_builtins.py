@@ -79,8 +79,13 @@ async def test_the_tool_cache_serves_repeats_until_an_upload(wired: Any) -> None
     again = await run(registry, ACME, "rag_search", query="express shipping cost")
     assert (first.cache_level, again.cache_level) == (None, "tool")
     assert [c.chunk_id for c in again.citations] == [c.chunk_id for c in first.citations]
-    stats = (await services.caches.stats())["levels"]["tool"]
+    stats = (await services.caches.stats())["levels"]["tool"]  # /api/cache/stats
     assert stats["hits"] >= 1
+    services.metrics.watch_caches(services.caches)
+    exposition = (await services.metrics.exposition()).decode()
+    assert 'metis_cache_hits_total{level="tool",tier="memory"} 1.0' in exposition
+    assert 'metis_tool_calls_total{cache_level="tool",outcome="ok",tool="rag_search"} 1.0' in (
+        exposition)
     await add(services, "acme", "returns.txt", b"Returns desk. Bring items back to any shop.")
     after = await run(registry, ACME, "rag_search", query="express shipping cost")
     assert after.cache_level is None
