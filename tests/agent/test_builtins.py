@@ -124,3 +124,15 @@ async def test_calculator_through_the_registry(wired: Any) -> None:
                     "lambda: 1", "open('/etc/passwd').read()", "(1).__class__", "1e400 * 1e400"]:
         result = await run(registry, ACME, "calculator", expression=hostile)
         assert result.error == "invalid_expression", hostile
+
+
+async def test_clearing_the_tool_level_by_tenant_or_whole(wired: Any) -> None:
+    services, registry, _ = wired
+    scoped = ToolContext(tenant="acme", collection="handbook", namespace="acme/default")
+    for ctx in (scoped, OTHER):
+        await run(registry, ctx, "calculator", expression="1+1")
+    await services.caches.clear(level="tool", tenant_prefix="acme/")
+    assert (await run(registry, scoped, "calculator", expression="1+1")).cache_level is None
+    assert (await run(registry, OTHER, "calculator", expression="1+1")).cache_level == "tool"
+    await services.caches.clear(level="tool")
+    assert (await run(registry, OTHER, "calculator", expression="1+1")).cache_level is None

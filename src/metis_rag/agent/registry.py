@@ -154,7 +154,9 @@ class ToolRegistry:
             if self._versions is None:
                 return None  # no way to know when the documents change: never cache
             version = await self._versions(context)
-        scope = f"{context.tenant}/{context.namespace}"
+        # A tenant's namespaces already start with "<tenant>/" (Principal.namespace).
+        scope = (context.namespace if context.namespace.startswith(f"{context.tenant}/")
+                 else f"{context.tenant}/{context.namespace}")
         return (f"{scope}:{spec.name}:{context.collection}:{version}:"
                 f"{digest(sorted(arguments.items()), tuple(context.tags), context.folder)}")
 

@@ -14,7 +14,7 @@ from .deps import AdminDep, ServicesDep
 
 router = APIRouter(prefix="/api/cache", tags=["cache"])
 
-Level = Literal["exact", "semantic", "retrieval", "llm", "embedding", "document"]
+Level = Literal["exact", "semantic", "retrieval", "llm", "embedding", "document", "tool"]
 
 
 class SlidingWindow:

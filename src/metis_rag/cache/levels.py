@@ -100,7 +100,9 @@ class Caches:
         for name in names:
             if name == "semantic":
                 continue
-            scoped = name in ("exact", "retrieval", "tool") and namespace is not None
+            # Tool keys start with the tenant (see agent.registry): a single-tenant namespace
+            # clear drops the whole tool level, which is never wrong, only colder.
+            scoped = name in ("exact", "retrieval") and namespace is not None
             await self.level(name).clear(f"{namespace}:" if scoped else None)
         if level in (None, "semantic", "exact"):
             await self.semantic.clear(namespace)
