@@ -136,3 +136,28 @@ async def test_clearing_the_tool_level_by_tenant_or_whole(wired: Any) -> None:
     assert (await run(registry, OTHER, "calculator", expression="1+1")).cache_level == "tool"
     await services.caches.clear(level="tool")
     assert (await run(registry, OTHER, "calculator", expression="1+1")).cache_level is None
+
+
+async def test_summarize_document_asks_the_llm_when_there_is_one(wired: Any) -> None:
+    from metis_rag.agent.builtin_documents import SummarizeDocument
+    from metis_rag.config import LLMSettings
+    from metis_rag.devtools.fake_llm import FakeLLMServer
+    from metis_rag.llm import build_llm
+
+    services, _, ids = wired
+    async with FakeLLMServer(answer="Unused items can be refunded within 30 days.") as fake:
+        llm = build_llm(LLMSettings(provider="ollama", url=fake.url, model="m"))
+        assert llm is not None
+        await llm.start()
+        try:
+            registry = ToolRegistry([SummarizeDocument(services.sessions, llm)], cache=None)
+            done = await run(registry, ACME, "summarize_document", document_id=ids["refunds"])
+            assert done.data == {"document_id": ids["refunds"], "method": "llm",
+                                 "summary": "Unused items can be refunded within 30 days."}
+            assert fake.stats()["requests"] == {"/api/chat": 1}
+            fake.configure(fail_rate=1.0)
+            fallback = await run(registry, ACME, "summarize_document",
+                                 document_id=ids["refunds"])
+            assert fallback.data["method"] == "extractive" and fallback.data["summary"]
+        finally:
+            await llm.close()

@@ -78,6 +78,31 @@ async def test_documents_are_analysed_shown_and_filterable(
         await manager.__aexit__(None, None, None)
 
 
+async def test_with_an_llm_the_analysis_is_the_models(
+        make_settings: Callable[..., Settings]) -> None:
+    from metis_rag.config import LLMSettings
+    from metis_rag.devtools.fake_llm import FakeLLMServer
+
+    answer = ('{"type": "report", "language": "en", "topics": ["Wind Turbines"], '
+              '"summary": "Revenue grew on turbines."}')
+    with FakeLLMServer(answer=answer) as fake:
+        settings = make_settings(llm=LLMSettings(provider="openai", url=fake.url, model="m"))
+        manager, client = await open_client(settings)
+        try:
+            body = await ingest(client, {"q4.txt": REPORT})
+            doc_id = body["results"][0]["document_id"]
+            doc = (await client.get(f"/api/documents/{doc_id}")).json()
+            assert (doc["doc_type"], doc["topics"], doc["summary"]) == (
+                "report", ["wind turbines"], "Revenue grew on turbines.")
+            assert doc["analysis"]["method"] == "llm" and doc["analysis"]["model"]
+            listed = (await client.get("/api/documents", params={"topic": "wind turbines"})
+                      ).json()
+            assert [d["id"] for d in listed["items"]] == [doc_id]
+        finally:
+            await client.aclose()
+            await manager.__aexit__(None, None, None)
+
+
 async def test_the_switch_turns_analysis_off(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(analysis={"enabled": False})
     manager, client = await open_client(settings)
