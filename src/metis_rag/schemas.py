@@ -101,11 +101,14 @@ class ChatQuery(BaseModel):
     stream: bool = False
     tags: list[str] = Field(default_factory=list, description="Only chunks carrying every tag.")
     folder: str | None = Field(None, description="Only documents in this folder (or below).")
-    doc_type: str | None = Field(None, max_length=40, description="Only documents of this "
+    doc_type: str | None = Field(None, max_length=40, pattern=r"^[^\x00]*$",
+                                 description="Only documents of this "
                                  "analysed type (invoice, contract, report...).")
-    language: str | None = Field(None, max_length=16, description="Only documents in this "
+    language: str | None = Field(None, max_length=16, pattern=r"^[^\x00]*$",
+                                 description="Only documents in this "
                                  "language (ISO 639-1, from the analysis).")
-    topic: str | None = Field(None, max_length=100, description="Only documents with this "
+    topic: str | None = Field(None, max_length=100, pattern=r"^[^\x00]*$",
+                              description="Only documents with this "
                               "topic (from the analysis).")
     hybrid: bool | None = Field(None, description="Override METIS_RETRIEVAL__HYBRID.")
     group_by: Literal["chunk", "document"] = Field(

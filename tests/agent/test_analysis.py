@@ -85,7 +85,8 @@ def test_unusable_llm_answers_are_refused(answer: str) -> None:
 
 def test_a_fenced_llm_answer_is_read_and_bounded() -> None:
     answer = ('Here you go:\n```json\n{"type": "Report", "language": "en", "topics": '
-              '["Wind", "wind", "Turbines", 42, {"x": 1}], "summary": "  Revenue grew.  "}\n```')
+              '["Wind", "wind", "Tur\\u0000bines", 42, {"x": 1}], "summary": "  Revenue grew.  "}'
+              '\n```')
     parsed = parse_llm_answer(answer, 2)
     assert parsed is not None
     assert (parsed.doc_type, parsed.language, parsed.topics, parsed.summary) == (

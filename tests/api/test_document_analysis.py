@@ -60,6 +60,13 @@ async def test_documents_are_analysed_shown_and_filterable(
         assert await listed(doc_type="report", language="fr") == set()
         assert (await client.get("/api/documents", params={"doc_type": "x" * 41})
                 ).status_code == 422
+        for hostile in ["' OR 1=1 --", "%", "_", "report' --", "../"]:
+            assert await listed(topic=hostile) == set()
+            assert await listed(doc_type=hostile) == set()
+        for params in ({"topic": "a\u0000b"}, {"language": "\u0000"}):
+            assert (await client.get("/api/documents", params=params)).status_code == 422
+        r = await client.post("/api/chat/query", json={"message": "x", "topic": "a\u0000"})
+        assert r.status_code == 422
 
         async def cited(**filters: str) -> set[str]:
             r = await client.post("/api/chat/query", json={

@@ -247,7 +247,8 @@ def parse_llm_answer(answer: str, max_topics: int) -> Analysis | None:
     if (kind not in DOC_TYPES or not re.fullmatch(r"[a-z]{2,3}(-[a-z]{2})?", language)
             or not isinstance(topics, list) or not isinstance(summary, str)):
         return None
-    clean = [str(t).strip().lower()[:100] for t in topics if isinstance(t, (str, int, float))]
+    clean = [str(t).replace("\x00", "").strip().lower()[:100] for t in topics
+             if isinstance(t, (str, int, float))]
     return Analysis(doc_type=kind, language=language,
                     topics=[t for t in dict.fromkeys(clean) if t][:max_topics],
-                    summary=summary.strip()[:1500], method="llm")
+                    summary=summary.replace("\x00", "").strip()[:1500], method="llm")

@@ -63,6 +63,9 @@ _MULTIPART_PROBLEMS = [
 ]
 
 
+_NO_NUL = r"^[^\x00]*$"
+
+
 def _multipart_error(exc: Exception) -> InvalidInput:
     text = str(getattr(exc, "detail", "") or exc).lower()
     for needle, code, message in _MULTIPART_PROBLEMS:
@@ -239,9 +242,10 @@ async def list_documents(
     tag: str | None = None,
     folder: str | None = None,
     status: str | None = None,
-    doc_type: Annotated[str | None, Query(max_length=40)] = None,
-    language: Annotated[str | None, Query(max_length=16)] = None,
-    topic: Annotated[str | None, Query(max_length=100)] = None,
+    # No NUL: PostgreSQL text cannot hold it (a 500 otherwise).
+    doc_type: Annotated[str | None, Query(max_length=40, pattern=_NO_NUL)] = None,
+    language: Annotated[str | None, Query(max_length=16, pattern=_NO_NUL)] = None,
+    topic: Annotated[str | None, Query(max_length=100, pattern=_NO_NUL)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
 ) -> Page[DocumentOut]:
