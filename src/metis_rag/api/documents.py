@@ -15,13 +15,14 @@ from starlette.datastructures import UploadFile
 
 from ..errors import ClientDisconnected, InvalidInput, MetisError
 from ..ingest.parsers import sanitize_filename
-from ..ingest.pipeline import IngestResult, Upload, clean_folder, clean_tags
+from ..ingest.pipeline import Upload, clean_folder, clean_tags
 from ..schemas import ChunkOut, DocumentDetail, DocumentOut, Page, UploadResponse, UploadResult
 from ..store import repo
 from ..store.models import Chunk, Collection, Document
 from ..tasks import ids as task_ids
-from ..tasks.types import Priority, TaskSpec
+from ..tasks.types import Priority, TaskOut, TaskSpec
 from .deps import ReaderDep, ServicesDep, WriterDep
+from .tasks import shown
 
 router = APIRouter(prefix="/api", tags=["documents"])
 
@@ -126,11 +127,6 @@ async def _read_form(request: Request) -> tuple[list[tuple[str, bytes, str]], di
 
 def _tags(raw: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in raw.split(",") if t.strip())
-
-
-def _result(r: IngestResult) -> UploadResult:
-    return UploadResult(filename=r.filename, status=r.status, document_id=r.document_id,
-                        chunks=r.chunks, error=r.error)  # type: ignore[arg-type]
 
 
 @router.post(
@@ -278,26 +274,36 @@ async def get_document(
 
 @router.put(
     "/documents/{document_id}",
-    response_model=UploadResult,
+    response_model=TaskOut,
+    status_code=202,
     openapi_extra=_MULTIPART_SCHEMA,
-    summary="Replace a document's content; its chunks are swapped atomically",
+    summary="Replace a document's content: validated now, swapped by a background task",
 )
 async def replace_document(
     document_id: DocumentId, request: Request, services: ServicesDep, who: WriterDep
-) -> Any:
+) -> TaskOut:
+    """202 with the `ingest_document` task that swaps the chunks in one transaction, keeping the
+    document's id, name and folder; until it completes the old content is served."""
     files, fields = await _read_form(request)
     if len(files) != 1:
         raise InvalidInput("Replace takes exactly one file.", code="one_file_expected")
     name, data, ctype = files[0]
     async with services.sessions() as session:  # the bytes it adds over the old content
-        old = await repo.get_document(session, who.tenant, document_id)
+        old, collection = await repo.document_and_collection(session, who.tenant, document_id)
         await services.quotas.admit_documents(session, who.tenant, 0, len(data) - old.size_bytes)
+    tags = clean_tags(_tags(fields.get("tags", ""))) or tuple(old.tags)
+    upload = Upload(old.filename, data, folder=old.folder, tags=tags, content_type=ctype)
     async with cancelled_on_disconnect(request):
-        result = await services.ingestor.replace(
-            who.tenant, document_id,
-            Upload(name, data, tags=_tags(fields.get("tags", "")), content_type=ctype),
-        )
-    return _result(result)
+        await services.ingestor.parse(upload)  # to validate; the task chunks and embeds
+    spec = TaskSpec(
+        "ingest_document", name=f"replace {old.filename}"[:200],
+        priority=_priority(fields.get("priority", "normal")),
+        params={"collection": collection, "filename": old.filename, "folder": old.folder,
+                "tags": list(tags), "size_bytes": len(data), "content_type": ctype,
+                "tenant": who.tenant, "replace": document_id},
+        blob=data, tenant=who.tenant,
+    )
+    return shown((await services.tasks.submit([spec]))[0])
 
 
 @router.delete("/documents/{document_id}", status_code=204)

@@ -89,6 +89,15 @@ async def find_document_by_path(
     return (await session.execute(stmt)).scalars().first()
 
 
+async def document_in(session: AsyncSession, collection_id: int, public_id: str) -> Document:
+    """The collection's document with this public id (a replace's target, deleted meanwhile or not)."""
+    doc = (await session.execute(select(Document).where(
+        Document.public_id == public_id, Document.collection_id == collection_id))).scalar()
+    if doc is None:
+        raise NotFound(f"Document {public_id[:40]!r} does not exist.", code="document_not_found")
+    return doc
+
+
 async def get_document(session: AsyncSession, tenant: str, public_id: str) -> Document:
     """Another tenant's document is not found, with the same message as a missing one."""
     doc = (await session.execute(select(Document).where(
@@ -97,6 +106,14 @@ async def get_document(session: AsyncSession, tenant: str, public_id: str) -> Do
     if doc is None:
         raise NotFound(f"Document {public_id[:40]!r} does not exist.", code="document_not_found")
     return doc
+
+
+async def document_and_collection(
+    session: AsyncSession, tenant: str, public_id: str
+) -> tuple[Document, str]:
+    """The tenant's document and the name of its collection."""
+    doc = await get_document(session, tenant, public_id)
+    return doc, (await session.get_one(Collection, doc.collection_id)).name
 
 
 def _document_filter(

@@ -41,7 +41,8 @@ async def past_commit_point(work: Awaitable[T]) -> T:
 
 
 async def ingest_document(ctx: TaskContext) -> dict[str, Any]:
-    """params: collection, filename, folder, tags, and either the stored upload or `path`."""
+    """params: collection, filename, folder, tags, and either the stored upload or `path`;
+    `replace` (a document's public id) swaps that document's content, keeping its id."""
     p = ctx.params
     ingestor = ctx.services.ingestor
     ctx.progress(2, "reading")
@@ -54,7 +55,7 @@ async def ingest_document(ctx: TaskContext) -> dict[str, Any]:
     else:
         data = await ctx.blob()
     upload = Upload(p["filename"], data, folder=p.get("folder", ""), tags=tuple(p.get("tags", ())),
-                    content_type=p.get("content_type", ""))
+                    content_type=p.get("content_type", ""), replaces=p.get("replace", ""))
     staged = await ingestor.stage([upload], progress=lambda pct, msg: ctx.progress(5 + pct * 0.85, msg),
                                   embed=ctx.services.ingest_embedder.embed)
     ctx.progress(92, "writing")
