@@ -176,7 +176,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tasks.router)
     app.include_router(admin.router)
     app.include_router(pages.router)
-    app.state.cache_invalidation_limiter = cache.SlidingWindow(
-        settings.cache.invalidations_per_min
-    )
     return app

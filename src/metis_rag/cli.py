@@ -365,8 +365,7 @@ def cache_clear(
                 from .store import repo
 
                 async with services.sessions() as session, session.begin():
-                    coll = await repo.get_collection(session, check_tenant(tenant), collection)
-                    await repo.bump_version(session, coll.id)
+                    await repo.invalidate_collection(session, check_tenant(tenant), collection)
                 return
             if tenant == DEFAULT_TENANT and not services.keyring.enabled:  # single tenant: all
                 await services.caches.clear(namespace=namespace, level=level)

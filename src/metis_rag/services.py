@@ -32,6 +32,7 @@ from .observability.tracing import Tracing
 from .rag.chat import ChatService
 from .rag.conversations import ConversationLog
 from .rag.retriever import Retriever
+from .ratelimit import SlidingWindow
 from .store.db import create_engine, migrate, session_factory
 from .store.hnsw import HnswVectorStore
 from .store.lookup import CollectionLookup
@@ -69,6 +70,7 @@ class Services:
     keyring: KeyRing
     audit: AuditLog
     quotas: Quotas
+    cache_invalidations: SlidingWindow  # DELETE /api/cache, per client
     # The throughput layer, for metrics (`stats` on each): query micro-batching and the (rate
     # limited) LLM chain that `llm` wraps in the LLM cache.
     query_batcher: BatchingEmbedder | None = None
@@ -182,6 +184,7 @@ async def open_services(
             keyring=keyring,
             audit=audit,
             quotas=Quotas(settings.auth),
+            cache_invalidations=SlidingWindow(settings.cache.invalidations_per_min),
         )
         await tasks.start(services)
         stack.push_async_callback(tasks.close)

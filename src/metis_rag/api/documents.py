@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
-from sqlalchemy import select
 from starlette.datastructures import UploadFile
 
 from ..errors import ClientDisconnected, InvalidInput, MetisError
@@ -18,7 +17,7 @@ from ..ingest.parsers import sanitize_filename
 from ..ingest.pipeline import Upload, clean_folder, clean_tags
 from ..schemas import ChunkOut, DocumentDetail, DocumentOut, Page, UploadResponse, UploadResult
 from ..store import repo
-from ..store.models import Chunk, Collection, Document
+from ..store.models import Document
 from ..tasks import ids as task_ids
 from ..tasks.types import Priority, TaskOut, TaskSpec
 from .deps import ReaderDep, ServicesDep, WriterDep
@@ -155,7 +154,8 @@ async def upload_documents(request: Request, services: ServicesDep, who: WriterD
         for upload in uploads:  # parsed to validate; chunking and embedding are the task's
             await services.ingestor.parse(upload)
     hashes = [hashlib.sha256(u.data).hexdigest() for u in uploads]
-    stored = await _stored(services, who.tenant, collection, hashes)
+    async with services.sessions() as session:
+        stored = await repo.documents_by_hash(session, who.tenant, collection, hashes)
     new = [u for u, h in zip(uploads, hashes, strict=True) if h not in stored]
     if new:
         async with services.sessions() as session:
@@ -199,22 +199,6 @@ def _priority(raw: str) -> Priority:
                            "critical.", code="invalid_priority") from None
 
 
-async def _stored(
-    services: ServicesDep, tenant: str, collection: str, hashes: list[str]
-) -> dict[str, tuple[str, int]]:
-    """Documents of the collection that already hold these bytes: hash -> (id, chunks)."""
-    async with services.sessions() as session:
-        coll = (await session.execute(select(Collection.id).where(
-            Collection.tenant == tenant, Collection.name == collection))).scalar()
-        if coll is None:
-            return {}
-        rows = await session.execute(
-            select(Document.content_hash, Document.public_id, Document.chunk_count).where(
-                Document.collection_id == coll, Document.content_hash.in_(hashes))
-        )
-        return {r[0]: (r[1], r[2]) for r in rows}
-
-
 def _out(doc: Document, collection: str) -> DocumentOut:
     fields = {name: getattr(doc, name) for name in DocumentOut.model_fields
               if name not in ("collection", "id")}
@@ -256,19 +240,13 @@ async def get_document(
     document_id: DocumentId, services: ServicesDep, who: ReaderDep, chunks: bool = False
 ) -> DocumentDetail:
     async with services.sessions() as session:
-        doc = await repo.get_document(session, who.tenant, document_id)
-        coll = await session.get_one(Collection, doc.collection_id)
-        rows: list[ChunkOut] = []
-        if chunks:
-            result = await session.execute(
-                select(Chunk).where(Chunk.document_id == doc.id).order_by(Chunk.position)
-            )
-            rows = [
-                ChunkOut(id=c.id, position=c.position, text=c.text, page=c.page,
-                         section=c.section, token_count=c.token_count)
-                for c in result.scalars()
-            ]
-    out = _out(doc, coll.name)
+        doc, collection = await repo.document_and_collection(session, who.tenant, document_id)
+        rows = [
+            ChunkOut(id=c.id, position=c.position, text=c.text, page=c.page,
+                     section=c.section, token_count=c.token_count)
+            for c in (await repo.chunks_of_document(session, doc.id) if chunks else [])
+        ]
+    out = _out(doc, collection)
     return DocumentDetail(**out.model_dump(), chunks=rows)
 
 

@@ -138,8 +138,7 @@ async def purge_cache(ctx: TaskContext) -> dict[str, Any]:
         raise PermanentError("The cache is disabled.", code="cache_disabled")
     if p.get("collection"):
         async with services.sessions() as session, session.begin():
-            coll = await store_repo.get_collection(session, _tenant(ctx), p["collection"])
-            await store_repo.bump_version(session, coll.id)
+            await store_repo.invalidate_collection(session, _tenant(ctx), p["collection"])
         return {"collection": p["collection"]}
     who = _principal(ctx)
     namespace = who.namespace(p["namespace"]) if p.get("namespace") else None
