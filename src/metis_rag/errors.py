@@ -23,6 +23,7 @@ MetisError
 ├── ServiceUnavailable            503  service_unavailable
 ├── CorruptEntry                  500  cache_corrupt_entry (never reaches a client: dropped)
 ├── MissingDependency             500  missing_dependency (an optional extra is not installed)
+├── PermanentError                422  task_failed (a task that retrying cannot fix fails at once)
 ├── ClientDisconnected            499  client_disconnected (the client left; nobody reads it)
 └── ChunkingStopped               499  chunking_stopped (its ingestion was cancelled; nobody reads it)
 
@@ -51,6 +52,13 @@ class MetisError(Exception):
         if self.details:
             body["details"] = self.details
         return body
+
+
+class PermanentError(MetisError):
+    """A task failure that retrying cannot fix (bad input); the task fails at once."""
+
+    status = 422
+    code = "task_failed"
 
 
 class NotFound(MetisError):

@@ -21,7 +21,7 @@ from .embed.base import Embedder
 from .embed.cached import CachedEmbedder
 from .errors import ServiceUnavailable
 from .ingest.chunker import Chunker
-from .ingest.pipeline import Ingestor, reconcile
+from .ingest.pipeline import Ingestor
 from .ingest.sandbox import ParseSandbox
 from .llm.base import LLM
 from .llm.cached import CachedLLM
@@ -35,13 +35,13 @@ from .rag.retriever import Retriever
 from .ratelimit import SlidingWindow
 from .store.db import create_engine, migrate, session_factory
 from .store.hnsw import HnswVectorStore
+from .store.index import DatabaseOnlyVectors, IndexFlusher, reconcile
 from .store.lookup import CollectionLookup
 from .store.pgvector import PgVectorStore, column_dim
 from .store.vectors import VectorStore
 from .tasks import Role, build_backend
 from .tasks.base import TaskBackend
 from .tasks.handlers import IngestEmbedder, build_registry
-from .tasks.index import DatabaseOnlyVectors, IndexFlusher
 from .tenancy.audit import AuditLog
 from .tenancy.keys import KeyRing, static_keys
 from .tenancy.quotas import Quotas

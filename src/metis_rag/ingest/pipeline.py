@@ -333,28 +333,3 @@ class Ingestor:
             if not self._inline:  # an inline vector went with its chunk
                 await self._vectors.delete(collection_id, ids)
                 await self._vectors.flush()
-
-
-async def reconcile(
-    sessions: async_sessionmaker[AsyncSession], vectors: VectorStore
-) -> dict[str, int]:
-    """Make the vector index match the database: add vectors it lacks, drop ones it should not have."""
-    added = removed = 0
-    async with sessions() as session:
-        for coll in await repo.list_collections(session, repo.ALL_TENANTS):
-            in_db = await repo.chunk_ids_of_collection(session, coll.id)
-            in_index = await vectors.ids(coll.id)
-            extra = sorted(in_index - in_db)
-            missing = sorted(in_db - in_index)
-            if extra:
-                await vectors.delete(coll.id, extra)
-                removed += len(extra)
-            if missing:
-                pairs = await repo.embeddings_of(session, missing)
-                ids = [p[0] for p in pairs]
-                matrix = np.vstack([np.frombuffer(p[1], dtype="<f4") for p in pairs])
-                await vectors.add(coll.id, ids, matrix)
-                added += len(ids)
-    if added or removed:
-        await vectors.flush()
-    return {"added": added, "removed": removed}

@@ -18,6 +18,7 @@ from ..config import TaskSettings
 from ..errors import InvalidInput
 from ..ingest.pipeline import Upload
 from ..store import repo as store_repo
+from ..store.index import reconcile
 from ..tenancy.principal import DEFAULT_TENANT, Principal
 from . import repo
 from .runner import HandlerRegistry, PermanentError, TaskContext
@@ -123,8 +124,6 @@ async def reindex_collection(ctx: TaskContext) -> dict[str, Any]:
         await vectors.flush()
     except asyncio.CancelledError:
         # Roll back to a whole index: put back whatever the database has and the index lacks.
-        from ..ingest.pipeline import reconcile
-
         await past_commit_point(reconcile(services.sessions, vectors))
         raise
     return {"collection": name, "vectors": len(ids)}
