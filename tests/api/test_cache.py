@@ -22,6 +22,9 @@ from tests.uploads import ingest
 
 pytestmark = pytest.mark.slow
 Q = {"message": FACTS[0][1], "collection": "hb"}
+# The shipped calibration meets no bound under 0.1 (README, Caching): at the default the
+# semantic level serves nothing, so the tests of its hits set a bound it can meet.
+SERVING = CacheSettings(semantic_max_error=0.2)
 
 
 async def seed(client: httpx.AsyncClient) -> None:
@@ -55,7 +58,8 @@ async def app_client(make_settings) -> AsyncIterator:  # type: ignore[no-untyped
 
 
 @pytest.mark.databases
-async def test_exact_then_semantic_then_bypass(client: httpx.AsyncClient) -> None:
+async def test_exact_then_semantic_then_bypass(app_client) -> None:  # type: ignore[no-untyped-def]
+    client = await app_client(cache=SERVING)
     await seed(client)
     first = await ask(client)
     assert first["cache"]["level"] is None
@@ -67,6 +71,7 @@ async def test_exact_then_semantic_then_bypass(client: httpx.AsyncClient) -> Non
     assert para["cache"]["level"] == "semantic"
     assert para["cache"]["original_question"] == FACTS[0][1]
     assert para["cache"]["similarity"] >= 0.9
+    assert 0.8 <= para["cache"]["probability"] <= 1.0
     unrelated = await ask(client, message="When do database backups run?")
     assert unrelated["cache"]["level"] is None and "02:00" in unrelated["answer"]
     bypass = await ask(client, cache=False)
@@ -76,7 +81,7 @@ async def test_exact_then_semantic_then_bypass(client: httpx.AsyncClient) -> Non
 async def test_another_question_about_the_same_passage_is_not_a_semantic_hit(
     app_client,  # type: ignore[no-untyped-def]
 ) -> None:
-    client = await app_client()
+    client = await app_client(cache=SERVING)
     await seed(client)
     first = await ask(client, message="How do I rotate the API keys?")
     sibling = await ask(client, message="When do old API keys stop working?")
@@ -87,17 +92,32 @@ async def test_another_question_about_the_same_passage_is_not_a_semantic_hit(
     assert cache["level"] == "semantic" and para["citations"] == first["citations"]
     assert cache["original_question"] == "How do I rotate the API keys?"
     assert cache["score"] >= cache["threshold"] and cache["similarity"] > 0.9
-    assert {"identifiers", "question_type", "negation", "order_direction"} <= set(cache["checks"])
+    assert cache["checks"] == ["similarity", "identifiers", "question_type", "negation",
+                               "order_direction", "score"]
+    assert cache["probability"] >= 0.8
     stats = (await client.get("/api/cache/stats")).json()["levels"]["semantic"]
     assert (stats["hits"], stats["misses"]) == (1, 2)
     assert stats["rejected"] == {"question_type": 1}  # the first question had no candidate
-    assert stats["max_error"] == 0.01 and stats["shared"] is True
+    assert stats["max_error"] == 0.2 and stats["shared"] is True
+
+
+async def test_at_the_default_bound_a_paraphrase_is_answered_afresh(
+    app_client,  # type: ignore[no-untyped-def]
+) -> None:
+    client = await app_client()
+    await seed(client)
+    await ask(client, message="How do I rotate the API keys?")
+    para = await ask(client, message="How can I rotate the API keys?")
+    assert para["cache"]["level"] is None
+    stats = (await client.get("/api/cache/stats")).json()["levels"]["semantic"]
+    assert stats["max_error"] == 0.01 and stats["score_threshold"] > 1
+    assert stats["rejected"] == {"score": 1}
 
 
 async def test_a_question_naming_another_identifier_or_figure_is_never_a_semantic_hit(
     app_client,  # type: ignore[no-untyped-def]
 ) -> None:
-    client = await app_client()
+    client = await app_client(cache=SERVING)
     await seed(client)
     await ask(client, message="How do I rotate the API keys of release 2.3?")
     same = await ask(client, message="How can I rotate the API keys of release 2.3?")
@@ -267,7 +287,8 @@ async def test_two_servers_share_semantic_hits_and_serve_no_stale_answer(
     port = _free_port()
     redis = _redis(port)
     try:
-        cache = CacheSettings(backend="redis", redis_url=f"redis://127.0.0.1:{port}/0")
+        cache = SERVING.model_copy(update={"backend": "redis",
+                                           "redis_url": f"redis://127.0.0.1:{port}/0"})
         a = await app_client(cache=cache, data_dir=tmp_path / "a")
         await seed(a)
         shared_db = f"sqlite+aiosqlite:///{tmp_path / 'a' / 'metis.db'}"

@@ -25,7 +25,7 @@ def unit(seed: int, near: np.ndarray | None = None, noise: float = 0.05) -> np.n
 
 
 def index(log: CacheBackend | None = None, **kw: object) -> SemanticIndex:
-    eq = Equivalence(Model.load(), max_error=0.01)
+    eq = Equivalence(Model.load(), max_error=0.2)
     return SemanticIndex(DIM, max_entries=kw.pop("max_entries", 1000), equivalence=eq,  # type: ignore[arg-type]
                          log=log, ttl_s=60, **kw)  # type: ignore[arg-type]
 
