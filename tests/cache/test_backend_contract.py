@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Awaitable, Callable
 
 import pytest
 
 from metis_rag.cache import CacheBackend
+from metis_rag.cache.semantic import SharedLists
 
 PassTime = Callable[[float], Awaitable[None]]
 
@@ -142,35 +144,62 @@ async def test_usage_counts_the_keys_of_one_prefix(backend: CacheBackend) -> Non
 # -- append-only lists (the semantic level's shared log) -------------------------------------
 
 
-async def test_list_append_and_read_from_an_index(backend: CacheBackend) -> None:
-    assert await backend.read_list("log") == (0, [])
+# (`shared_lists`: the three backends and PostgreSQL's `PgListLog`, one contract)
+
+
+async def test_list_append_and_read_from_an_index(shared_lists: SharedLists) -> None:
+    lists = shared_lists
+    assert await lists.read_list("log") == (0, [])
     for i in range(5):
-        await backend.append("log", f"item{i}".encode(), ttl_s=60)
-    assert await backend.read_list("log") == (5, [f"item{i}".encode() for i in range(5)])
-    assert await backend.read_list("log", 3) == (5, [b"item3", b"item4"])
-    assert await backend.read_list("log", 5) == (5, [])
-    assert await backend.read_list("other") == (0, [])
+        await lists.append("log", f"item{i}".encode(), ttl_s=60)
+    assert await lists.read_list("log") == (5, [f"item{i}".encode() for i in range(5)])
+    assert await lists.read_list("log", 3) == (5, [b"item3", b"item4"])
+    assert await lists.read_list("log", 5) == (5, [])
+    assert await lists.read_list("other") == (0, [])
 
 
-async def test_list_keeps_binary_items(backend: CacheBackend) -> None:
+async def test_list_keeps_binary_items(shared_lists: SharedLists) -> None:
     items = [bytes(range(256)), b"", b"\x00\x00\x00\x04abcd"]
     for item in items:
-        await backend.append("bin", item)
-    assert await backend.read_list("bin") == (3, items)
+        await shared_lists.append("bin", item)
+    assert await shared_lists.read_list("bin") == (3, items)
 
 
 async def test_list_ttl_is_renewed_by_append_and_expires(
-    backend: CacheBackend, pass_time: PassTime
+    shared_lists: SharedLists, pass_list_time: PassTime
 ) -> None:
-    await backend.append("log", b"a", ttl_s=2 * TTL_S)
-    await pass_time(1.2 * TTL_S)
-    await backend.append("log", b"b", ttl_s=2 * TTL_S)
-    await pass_time(1.2 * TTL_S)
-    assert await backend.read_list("log") == (2, [b"a", b"b"])
-    await pass_time(TTL_S + 0.3)
-    assert await backend.read_list("log") == (0, [])
-    await backend.append("log", b"c", ttl_s=2 * TTL_S)  # a new list, counted from zero
-    assert await backend.read_list("log") == (1, [b"c"])
+    lists = shared_lists
+    await lists.append("log", b"a", ttl_s=2 * TTL_S)
+    await pass_list_time(1.2 * TTL_S)
+    await lists.append("log", b"b", ttl_s=2 * TTL_S)
+    await pass_list_time(1.2 * TTL_S)
+    assert await lists.read_list("log") == (2, [b"a", b"b"])
+    await pass_list_time(TTL_S + 0.3)
+    assert await lists.read_list("log") == (0, [])
+    await lists.append("log", b"c", ttl_s=2 * TTL_S)  # a new list, counted from zero
+    assert await lists.read_list("log") == (1, [b"c"])
+
+
+async def test_lists_are_removed_by_clear_of_their_prefix(shared_lists: SharedLists) -> None:
+    lists = shared_lists
+    await lists.append("semantic:ns1:a", b"1")
+    await lists.append("semantic:ns1_x:a", b"_ is no wildcard")
+    await lists.append("semantic:ns2:a", b"2")
+    assert await lists.clear("semantic:ns1:") != 0
+    assert await lists.read_list("semantic:ns1:a") == (0, [])
+    assert await lists.read_list("semantic:ns1_x:a") == (1, [b"_ is no wildcard"])
+    await lists.append("semantic:ns1:a", b"again")  # a new list after a clear
+    assert await lists.read_list("semantic:ns1:a") == (1, [b"again"])
+    await lists.clear()
+    assert await lists.read_list("semantic:ns2:a") == (0, [])
+
+
+async def test_concurrent_appends_all_land(shared_lists: SharedLists) -> None:
+    # Several servers append to one list at once: every item, each at its own position.
+    await asyncio.gather(*(shared_lists.append("log", f"{i}".encode(), ttl_s=60)
+                           for i in range(20)))
+    length, items = await shared_lists.read_list("log")
+    assert length == 20 and sorted(int(v) for v in items) == list(range(20))
 
 
 async def test_list_is_removed_by_delete_and_clear(backend: CacheBackend) -> None:
@@ -188,6 +217,6 @@ async def test_list_is_removed_by_delete_and_clear(backend: CacheBackend) -> Non
     assert await backend.read_list("semantic:ns2:a") == (0, [])
 
 
-async def test_list_ttl_must_be_positive(backend: CacheBackend) -> None:
+async def test_list_ttl_must_be_positive(shared_lists: SharedLists) -> None:
     with pytest.raises(ValueError):
-        await backend.append("log", b"v", ttl_s=0)
+        await shared_lists.append("log", b"v", ttl_s=0)

@@ -17,13 +17,16 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from ..config import CacheSettings
 from .base import CacheBackend
 from .codec import Codec
 from .disk import DiskBackend
 from .equivalence import Equivalence, Model, entities
 from .memory import MemoryBackend
-from .semantic import SemanticIndex
+from .pglist import PgListLog
+from .semantic import SemanticIndex, SharedLists
 from .tiered import TieredCache
 
 logger = logging.getLogger(__name__)
@@ -133,7 +136,8 @@ class Caches:
 
 
 async def open_caches(settings: CacheSettings, data_dir: Any, dim: int,
-                      stack: AsyncExitStack) -> Caches:
+                      stack: AsyncExitStack, engine: AsyncEngine | None = None) -> Caches:
+    """`engine`: the database; on PostgreSQL it holds the semantic lists unless Redis does."""
     memory = MemoryBackend(max_entries=settings.memory_max_entries,
                            max_bytes=int(settings.memory_max_mb * 1024 * 1024))
     backends: list[CacheBackend] = [memory]
@@ -161,8 +165,11 @@ async def open_caches(settings: CacheSettings, data_dir: Any, dim: int,
     if equivalence.threshold > 1 and settings.semantic_max_error > 0:
         logger.warning("no calibrated threshold meets METIS_CACHE__SEMANTIC_MAX_ERROR=%s: the "
                        "semantic level serves nothing", settings.semantic_max_error)
-    # The shared, durable tier holds the semantic lists; with `memory` they stay in-process.
-    log = backends[-1] if settings.backend != "memory" else None
+    # The semantic lists go where every server can read them: Redis, else a PostgreSQL
+    # database the servers share, else the disk cache; with `memory` they stay in-process.
+    log: SharedLists | None = backends[-1] if settings.backend != "memory" else None
+    if settings.backend != "redis" and engine is not None and engine.dialect.name == "postgresql":
+        log = PgListLog(engine)
     return Caches(
         settings=settings,
         backends=backends,
