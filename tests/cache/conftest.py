@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 import redis
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from metis_rag.cache import CacheBackend, DiskBackend, MemoryBackend, RedisBackend
-from metis_rag.cache.semantic import SharedLists
+from metis_rag.cache.postgres import PostgresBackend
+from metis_rag.store.db import migrate
 
 REDIS_URL = os.environ.get("METIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -45,12 +47,24 @@ def unique_namespace() -> str:
     return f"metis-test:{uuid.uuid4().hex}:"
 
 
-@pytest.fixture(params=["memory", "disk", "redis"])
+@pytest.fixture(params=["memory", "disk", "redis", "postgresql"])
 async def backend(
     request: pytest.FixtureRequest, clock: FakeClock, tmp_path: Path
 ) -> AsyncIterator[CacheBackend]:
-    async with _backend(request.param, clock, tmp_path) as store:
-        yield store
+    if request.param != "postgresql":
+        async with _backend(request.param, clock, tmp_path) as store:
+            yield store
+        return
+    server = request.getfixturevalue("pg_server")  # a fresh database, migrated
+    name = await server.create_database()
+    engine = create_async_engine(server.url(name))
+    try:
+        await migrate(engine)
+        async with PostgresBackend(engine, clock=clock) as pg:
+            yield pg
+    finally:
+        await engine.dispose()
+        await server.drop_database(name)
 
 
 @asynccontextmanager
@@ -71,47 +85,6 @@ async def _backend(kind: str, clock: FakeClock, tmp_path: Path) -> AsyncIterator
             await store.clear()
             # A Redis backend hides failures as misses; make sure none happened here.
             assert store.errors == 0
-
-
-@pytest.fixture(params=["memory", "disk", "redis", "postgresql"])
-async def shared_lists(
-    request: pytest.FixtureRequest, clock: FakeClock, tmp_path: Path
-) -> AsyncIterator[SharedLists]:
-    """The semantic level's shared lists on every implementation: the three cache backends and
-    PostgreSQL (a fresh database, migrated)."""
-    if request.param != "postgresql":
-        async with _backend(request.param, clock, tmp_path) as store:
-            yield store
-        return
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    from metis_rag.cache.pglist import PgListLog
-    from metis_rag.store.db import migrate
-
-    server = request.getfixturevalue("pg_server")
-    name = await server.create_database()
-    engine = create_async_engine(server.url(name))
-    try:
-        await migrate(engine)
-        yield PgListLog(engine, clock=clock)
-    finally:
-        await engine.dispose()
-        await server.drop_database(name)
-
-
-@pytest.fixture
-def pass_list_time(
-    shared_lists: SharedLists, clock: FakeClock
-) -> Callable[[float], Awaitable[None]]:
-    """Let `seconds` pass for `shared_lists`: on the fake clock, or for real on Redis's."""
-
-    async def wait(seconds: float) -> None:
-        if isinstance(shared_lists, RedisBackend):
-            await asyncio.sleep(seconds)
-        else:
-            clock.advance(seconds)
-
-    return wait
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from metis_rag.cache import CacheBackend
-from metis_rag.cache.semantic import SharedLists
 
 PassTime = Callable[[float], Awaitable[None]]
 
@@ -144,11 +143,8 @@ async def test_usage_counts_the_keys_of_one_prefix(backend: CacheBackend) -> Non
 # -- append-only lists (the semantic level's shared log) -------------------------------------
 
 
-# (`shared_lists`: the three backends and PostgreSQL's `PgListLog`, one contract)
-
-
-async def test_list_append_and_read_from_an_index(shared_lists: SharedLists) -> None:
-    lists = shared_lists
+async def test_list_append_and_read_from_an_index(backend: CacheBackend) -> None:
+    lists = backend
     assert await lists.read_list("log") == (0, [])
     for i in range(5):
         await lists.append("log", f"item{i}".encode(), ttl_s=60)
@@ -158,30 +154,30 @@ async def test_list_append_and_read_from_an_index(shared_lists: SharedLists) -> 
     assert await lists.read_list("other") == (0, [])
 
 
-async def test_list_keeps_binary_items(shared_lists: SharedLists) -> None:
+async def test_list_keeps_binary_items(backend: CacheBackend) -> None:
     items = [bytes(range(256)), b"", b"\x00\x00\x00\x04abcd"]
     for item in items:
-        await shared_lists.append("bin", item)
-    assert await shared_lists.read_list("bin") == (3, items)
+        await backend.append("bin", item)
+    assert await backend.read_list("bin") == (3, items)
 
 
 async def test_list_ttl_is_renewed_by_append_and_expires(
-    shared_lists: SharedLists, pass_list_time: PassTime
+    backend: CacheBackend, pass_time: PassTime
 ) -> None:
-    lists = shared_lists
+    lists = backend
     await lists.append("log", b"a", ttl_s=2 * TTL_S)
-    await pass_list_time(1.2 * TTL_S)
+    await pass_time(1.2 * TTL_S)
     await lists.append("log", b"b", ttl_s=2 * TTL_S)
-    await pass_list_time(1.2 * TTL_S)
+    await pass_time(1.2 * TTL_S)
     assert await lists.read_list("log") == (2, [b"a", b"b"])
-    await pass_list_time(TTL_S + 0.3)
+    await pass_time(TTL_S + 0.3)
     assert await lists.read_list("log") == (0, [])
     await lists.append("log", b"c", ttl_s=2 * TTL_S)  # a new list, counted from zero
     assert await lists.read_list("log") == (1, [b"c"])
 
 
-async def test_lists_are_removed_by_clear_of_their_prefix(shared_lists: SharedLists) -> None:
-    lists = shared_lists
+async def test_lists_are_removed_by_clear_of_their_prefix(backend: CacheBackend) -> None:
+    lists = backend
     await lists.append("semantic:ns1:a", b"1")
     await lists.append("semantic:ns1_x:a", b"_ is no wildcard")
     await lists.append("semantic:ns2:a", b"2")
@@ -194,11 +190,11 @@ async def test_lists_are_removed_by_clear_of_their_prefix(shared_lists: SharedLi
     assert await lists.read_list("semantic:ns2:a") == (0, [])
 
 
-async def test_concurrent_appends_all_land(shared_lists: SharedLists) -> None:
+async def test_concurrent_appends_all_land(backend: CacheBackend) -> None:
     # Several servers append to one list at once: every item, each at its own position.
-    await asyncio.gather(*(shared_lists.append("log", f"{i}".encode(), ttl_s=60)
+    await asyncio.gather(*(backend.append("log", f"{i}".encode(), ttl_s=60)
                            for i in range(20)))
-    length, items = await shared_lists.read_list("log")
+    length, items = await backend.read_list("log")
     assert length == 20 and sorted(int(v) for v in items) == list(range(20))
 
 
@@ -217,6 +213,6 @@ async def test_list_is_removed_by_delete_and_clear(backend: CacheBackend) -> Non
     assert await backend.read_list("semantic:ns2:a") == (0, [])
 
 
-async def test_list_ttl_must_be_positive(shared_lists: SharedLists) -> None:
+async def test_list_ttl_must_be_positive(backend: CacheBackend) -> None:
     with pytest.raises(ValueError):
-        await shared_lists.append("log", b"v", ttl_s=0)
+        await backend.append("log", b"v", ttl_s=0)

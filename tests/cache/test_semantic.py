@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from metis_rag.cache import RedisBackend
+from metis_rag.cache import CacheBackend, RedisBackend
 from metis_rag.cache.equivalence import Equivalence, Model
-from metis_rag.cache.semantic import SemanticIndex, SharedLists, decode_record, encode_record
+from metis_rag.cache.semantic import SemanticIndex, decode_record, encode_record
 
 from .conftest import free_port
 
@@ -24,7 +24,7 @@ def unit(seed: int, near: np.ndarray | None = None, noise: float = 0.05) -> np.n
     return v / np.linalg.norm(v)
 
 
-def index(log: SharedLists | None = None, **kw: object) -> SemanticIndex:
+def index(log: CacheBackend | None = None, **kw: object) -> SemanticIndex:
     eq = Equivalence(Model.load(), max_error=0.2)
     return SemanticIndex(DIM, max_entries=kw.pop("max_entries", 1000), equivalence=eq,  # type: ignore[arg-type]
                          log=log, ttl_s=60, **kw)  # type: ignore[arg-type]
@@ -107,13 +107,13 @@ def test_records_round_trip() -> None:
     np.testing.assert_array_equal(back, v)
 
 
-# -- shared through a backend: every backend and PostgreSQL ---------------------------------
+# -- shared through a backend: every backend -------------------------------------------------
 
 
 async def test_a_question_answered_on_one_server_is_a_hit_on_another(
-    shared_lists: SharedLists,
+    backend: CacheBackend,
 ) -> None:
-    server_a, server_b = index(shared_lists), index(shared_lists)
+    server_a, server_b = index(backend), index(backend)
     v = unit(1)
     await server_a.add(PART, v, "key-a", Q)
     found = await server_b.match(PART, unit(2, near=v), PARA)
@@ -125,16 +125,16 @@ async def test_a_question_answered_on_one_server_is_a_hit_on_another(
     assert server_b.entries == 2
 
 
-async def test_survives_a_restart(shared_lists: SharedLists) -> None:
+async def test_survives_a_restart(backend: CacheBackend) -> None:
     v = unit(1)
-    await index(shared_lists).add(PART, v, "key-a", Q)
-    restarted = index(shared_lists)  # a new process: nothing in memory, the backend kept the list
+    await index(backend).add(PART, v, "key-a", Q)
+    restarted = index(backend)  # a new process: nothing in memory, the backend kept the list
     found = await restarted.match(PART, v, Q)
     assert found is not None and found.candidate.key == "key-a"
 
 
-async def test_a_clear_on_one_server_empties_the_others(shared_lists: SharedLists) -> None:
-    server_a, server_b = index(shared_lists), index(shared_lists)
+async def test_a_clear_on_one_server_empties_the_others(backend: CacheBackend) -> None:
+    server_a, server_b = index(backend), index(backend)
     v = unit(1)
     await server_a.add(PART, v, "key-a", Q)
     await server_a.add(PART, unit(9), "key-x", "How do I delete a user?")
@@ -148,9 +148,9 @@ async def test_a_clear_on_one_server_empties_the_others(shared_lists: SharedList
 
 
 async def test_a_new_collection_version_is_a_new_partition_everywhere(
-    shared_lists: SharedLists,
+    backend: CacheBackend,
 ) -> None:
-    server_a, server_b = index(shared_lists), index(shared_lists)
+    server_a, server_b = index(backend), index(backend)
     v = unit(1)
     await server_a.add(PART, v, "key-a", Q)
     assert await server_b.match(PART, v, Q) is not None

@@ -25,8 +25,8 @@ from .codec import Codec
 from .disk import DiskBackend
 from .equivalence import Equivalence, Model, entities
 from .memory import MemoryBackend
-from .pglist import PgListLog
-from .semantic import SemanticIndex, SharedLists
+from .postgres import PostgresBackend
+from .semantic import SemanticIndex
 from .tiered import TieredCache
 
 logger = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ class Caches:
 
 async def open_caches(settings: CacheSettings, data_dir: Any, dim: int,
                       stack: AsyncExitStack, engine: AsyncEngine | None = None) -> Caches:
-    """`engine`: the database; on PostgreSQL it holds the semantic lists unless Redis does."""
+    """`engine`: the database, which `backend=postgres` stores the shared tier in."""
     memory = MemoryBackend(max_entries=settings.memory_max_entries,
                            max_bytes=int(settings.memory_max_mb * 1024 * 1024))
     backends: list[CacheBackend] = [memory]
@@ -149,6 +149,10 @@ async def open_caches(settings: CacheSettings, data_dir: Any, dim: int,
 
         backends.append(RedisBackend(settings.redis_url,
                                      timeout_s=settings.redis_timeout_ms / 1000))
+    elif settings.backend == "postgres":
+        if engine is None:
+            raise ValueError("METIS_CACHE__BACKEND=postgres needs the database engine")
+        backends.append(PostgresBackend(engine))
     for backend in backends:
         await backend.start()
         stack.push_async_callback(backend.close)
@@ -165,11 +169,8 @@ async def open_caches(settings: CacheSettings, data_dir: Any, dim: int,
     if equivalence.threshold > 1 and settings.semantic_max_error > 0:
         logger.warning("no calibrated threshold meets METIS_CACHE__SEMANTIC_MAX_ERROR=%s: the "
                        "semantic level serves nothing", settings.semantic_max_error)
-    # The semantic lists go where every server can read them: Redis, else a PostgreSQL
-    # database the servers share, else the disk cache; with `memory` they stay in-process.
-    log: SharedLists | None = backends[-1] if settings.backend != "memory" else None
-    if settings.backend != "redis" and engine is not None and engine.dialect.name == "postgresql":
-        log = PgListLog(engine)
+    # The shared, durable tier holds the semantic lists; with `memory` they stay in-process.
+    log = backends[-1] if settings.backend != "memory" else None
     return Caches(
         settings=settings,
         backends=backends,

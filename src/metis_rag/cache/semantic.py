@@ -2,10 +2,11 @@
 
 Each partition is one (namespace, collection, version, answer shape), so a lookup never crosses
 tenants, collections, versions or answer-shaping settings. The questions of a partition live in
-an append-only shared list (`SharedLists`: Redis, PostgreSQL when that is the database, else the
-disk cache; durable across restarts; none for `memory`), which each server mirrors in memory
-and catches up on with one `read_list` round trip per lookup. A new collection version is a new
-partition, so invalidation reaches every server at once; old lists age out by TTL.
+an append-only list in the configured cache backend (Redis, PostgreSQL or the disk cache: shared
+by every server that uses it, durable across restarts; none for `memory`), which each server
+mirrors in memory and catches up on with one `read_list` round trip per lookup. A new collection
+version is a new partition, so invalidation reaches every server at once; old lists age out by
+TTL.
 """
 
 from __future__ import annotations
@@ -16,27 +17,17 @@ import struct
 import threading
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from ..observability.tracing import traced
+from .base import CacheBackend
 from .equivalence import Equivalence, QuestionText, Verdict, analyse
 
 logger = logging.getLogger(__name__)
 
 _HEADER = struct.Struct(">HH")  # lengths of the answer key and the question, then the vector
-
-
-class SharedLists(Protocol):
-    """Append-only lists several servers share; every `CacheBackend` is one (`base.py` documents
-    the contract), and so is `pglist.PgListLog`."""
-
-    async def append(self, key: str, value: bytes, ttl_s: float | None = None) -> None: ...
-
-    async def read_list(self, key: str, start: int = 0) -> tuple[int, list[bytes]]: ...
-
-    async def clear(self, prefix: str | None = None) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +123,7 @@ class SemanticIndex:
     """
 
     def __init__(self, dim: int, max_entries: int, equivalence: Equivalence,
-                 log: SharedLists | None = None, ttl_s: float | None = None,
+                 log: CacheBackend | None = None, ttl_s: float | None = None,
                  candidates: int = 4, exact_max: int = 2048) -> None:
         self._dim = dim
         self._exact_max = exact_max

@@ -1,6 +1,5 @@
-"""PostgreSQL: the semantic cache's shared lists (`cache/pglist.py`) when the database is
-PostgreSQL and the cache is not Redis, so servers on one database share semantic hits.
-Applied only on PostgreSQL (SQLite servers share nothing but a file).
+"""PostgreSQL: the cache backend `postgres` (`cache/postgres.py`): entries and the semantic
+level's lists in the database the servers share. Applied only on PostgreSQL.
 
 Revision ID: 0014
 Revises: 0008
@@ -18,6 +17,11 @@ def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
     op.execute(
+        "CREATE TABLE cache_entries (key text PRIMARY KEY, value bytea NOT NULL, "
+        "expires_at double precision NOT NULL)"
+    )
+    op.execute("CREATE INDEX ix_cache_entries_expires_at ON cache_entries (expires_at)")
+    op.execute(
         "CREATE TABLE cache_lists (key text PRIMARY KEY, length integer NOT NULL, "
         "expires_at double precision)"
     )
@@ -33,3 +37,4 @@ def downgrade() -> None:
         return
     op.execute("DROP TABLE IF EXISTS cache_list_items")
     op.execute("DROP TABLE IF EXISTS cache_lists")
+    op.execute("DROP TABLE IF EXISTS cache_entries")
