@@ -220,10 +220,11 @@ class ConversationSettings(BaseModel):
 
 class CacheSettings(BaseModel):
     enabled: bool = Field(True, description="Master switch of every cache level.")
-    backend: Literal["disk", "redis", "memory"] = Field(
+    backend: Literal["disk", "redis", "postgres", "memory"] = Field(
         "disk",
         description="Shared tier behind the in-process memory tier: disk (SQLite under the data "
-        "dir, survives restarts), redis (shared by every server), or memory only.",
+        "dir, survives restarts), redis (shared by every server), postgres (tables in the "
+        "PostgreSQL database of METIS_DATABASE_URL, shared by every server), or memory only.",
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Used when backend=redis.")
     redis_timeout_ms: float = Field(

@@ -110,7 +110,8 @@ async def open_services(
             embedder = query_batcher
         caches: Caches | None = None
         if settings.cache.enabled:
-            caches = await open_caches(settings.cache, settings.data_dir, embedder.dim, stack)
+            caches = await open_caches(settings.cache, settings.data_dir, embedder.dim, stack,
+                                     engine=engine)
             embedder = CachedEmbedder(embedder, caches.embedding)
 
         vectors = await _vector_store(settings, engine, embedder.dim, role)

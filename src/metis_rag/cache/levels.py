@@ -17,12 +17,15 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from ..config import CacheSettings
 from .base import CacheBackend
 from .codec import Codec
 from .disk import DiskBackend
 from .equivalence import Equivalence, Model, entities
 from .memory import MemoryBackend
+from .postgres import PostgresBackend
 from .semantic import SemanticIndex
 from .tiered import TieredCache
 
@@ -133,7 +136,8 @@ class Caches:
 
 
 async def open_caches(settings: CacheSettings, data_dir: Any, dim: int,
-                      stack: AsyncExitStack) -> Caches:
+                      stack: AsyncExitStack, engine: AsyncEngine | None = None) -> Caches:
+    """`engine`: the database, which `backend=postgres` stores the shared tier in."""
     memory = MemoryBackend(max_entries=settings.memory_max_entries,
                            max_bytes=int(settings.memory_max_mb * 1024 * 1024))
     backends: list[CacheBackend] = [memory]
@@ -145,6 +149,10 @@ async def open_caches(settings: CacheSettings, data_dir: Any, dim: int,
 
         backends.append(RedisBackend(settings.redis_url,
                                      timeout_s=settings.redis_timeout_ms / 1000))
+    elif settings.backend == "postgres":
+        if engine is None:
+            raise ValueError("METIS_CACHE__BACKEND=postgres needs the database engine")
+        backends.append(PostgresBackend(engine))
     for backend in backends:
         await backend.start()
         stack.push_async_callback(backend.close)
