@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Caches", "Savings", "digest", "entities", "normalize_question", "open_caches"]
 
+# The pub/sub channel on which servers sharing a Redis tier tell each other what they removed.
+INVALIDATIONS = "metis:cache:invalidations"
+
 LEVELS = ("exact", "semantic", "retrieval", "llm", "embedding", "document")
 
 
@@ -143,11 +146,18 @@ async def open_caches(settings: CacheSettings, data_dir: Any, dim: int,
     elif settings.backend == "redis":
         from .redis import RedisBackend
 
-        backends.append(RedisBackend(settings.redis_url,
+        backends.append(RedisBackend(settings.redis_url, invalidation_channel=INVALIDATIONS,
                                      timeout_s=settings.redis_timeout_ms / 1000))
     for backend in backends:
         await backend.start()
         stack.push_async_callback(backend.close)
+    if settings.backend == "redis":
+        from .broadcast import InvalidationListener
+
+        # Other servers' clears and deletes reach this server's memory tier too.
+        listener = InvalidationListener(settings.redis_url, INVALIDATIONS, [memory])
+        await listener.start()
+        stack.push_async_callback(listener.close)
     codec = Codec(compress_min_bytes=settings.compress_min_bytes)
 
     def level(name: str, ttl_s: float) -> TieredCache:
