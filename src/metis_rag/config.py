@@ -226,6 +226,11 @@ class CacheSettings(BaseModel):
         "dir, survives restarts), redis (shared by every server), or memory only.",
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Used when backend=redis.")
+    redis_key_prefix: str = Field(
+        "metis:cache:", min_length=1, description="Prefix of every key and of the invalidation "
+        "channel in Redis: servers that share a cache use the same one; deployments that share "
+        "one Redis use different ones.",
+    )
     redis_timeout_ms: float = Field(
         50, gt=0, description="A slower Redis call is abandoned and served without that tier."
     )

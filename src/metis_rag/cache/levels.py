@@ -30,9 +30,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Caches", "Savings", "digest", "entities", "normalize_question", "open_caches"]
 
-# The pub/sub channel on which servers sharing a Redis tier tell each other what they removed.
-INVALIDATIONS = "metis:cache:invalidations"
-
 LEVELS = ("exact", "semantic", "retrieval", "llm", "embedding", "document")
 
 
@@ -140,13 +137,16 @@ async def open_caches(settings: CacheSettings, data_dir: Any, dim: int,
     memory = MemoryBackend(max_entries=settings.memory_max_entries,
                            max_bytes=int(settings.memory_max_mb * 1024 * 1024))
     backends: list[CacheBackend] = [memory]
+    # Pub/sub channels are not per database: the channel carries the URL's database and prefix.
+    channel = f"{settings.redis_key_prefix}invalidations:{settings.redis_url.rsplit('/', 1)[-1]}"
     if settings.backend == "disk":
         backends.append(DiskBackend(data_dir / "cache",
                                     max_bytes=int(settings.disk_max_mb * 1024 * 1024)))
     elif settings.backend == "redis":
         from .redis import RedisBackend
 
-        backends.append(RedisBackend(settings.redis_url, invalidation_channel=INVALIDATIONS,
+        backends.append(RedisBackend(settings.redis_url, namespace=settings.redis_key_prefix,
+                                     invalidation_channel=channel,
                                      timeout_s=settings.redis_timeout_ms / 1000))
     for backend in backends:
         await backend.start()
@@ -155,7 +155,7 @@ async def open_caches(settings: CacheSettings, data_dir: Any, dim: int,
         from .broadcast import InvalidationListener
 
         # Other servers' clears and deletes reach this server's memory tier too.
-        listener = InvalidationListener(settings.redis_url, INVALIDATIONS, [memory])
+        listener = InvalidationListener(settings.redis_url, channel, [memory])
         await listener.start()
         stack.push_async_callback(listener.close)
     codec = Codec(compress_min_bytes=settings.compress_min_bytes)
