@@ -60,7 +60,7 @@ class Process:
     _log: IO[bytes] | None = None
 
     def start(self) -> None:
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.argv, env=self.env, cwd=REPO, stdout=self._log,
                                      stderr=subprocess.STDOUT)
 
