@@ -177,9 +177,17 @@ class Cluster:
         p.start()
         self.wait_healthy(i, timeout_s)
 
-    def _start_balancer(self) -> None:
+    def rebalance(self, servers: list[int], timeout_s: float = 30) -> None:
+        """Put only these servers (indexes) behind the balancer: HAProxy restarted on its port."""
+        if self.balancer is not None:
+            self.balancer.stop()
+        self._start_balancer(servers)
+        self.wait_balancer(timeout_s)
+
+    def _start_balancer(self, servers: list[int] | None = None) -> None:
         config = self.root / "haproxy.cfg"
-        ports = [p.port for p in self.server_procs if p.port is not None]
+        chosen = range(len(self.server_procs)) if servers is None else servers
+        ports = [p for p in (self.server_procs[i].port for i in chosen) if p is not None]
         config.write_text(haproxy_config(HAPROXY_CONFIG.read_text(), self.port, ports))
         # -db: stay in the foreground, a child of ours; -W: master-worker, no daemon.
         self.balancer = Process("haproxy", ["haproxy", "-W", "-db", "-f", str(config)],
