@@ -71,18 +71,20 @@ def postgres_pids(pg: PgServer) -> list[int]:
     return [p.pid for p in procs]
 
 
-def measure(cluster: Cluster, url: str, servers: list[int], pg: list[int], bodies: Path,
+def measure(cluster: Cluster, url: str, servers: list[int], pg: PgServer, bodies: Path,
             args: argparse.Namespace) -> dict[str, Any]:
     assert cluster.balancer is not None and cluster.balancer.proc is not None
     groups = {
         "server": [pid for i in servers for pid in tree(cluster.server_procs[i].proc.pid)],  # type: ignore[union-attr]
-        "haproxy": tree(cluster.balancer.proc.pid), "postgres": pg,
+        "haproxy": tree(cluster.balancer.proc.pid),
+        # Read now: a backend that exits during the run takes its CPU time with it (counted 0).
+        "postgres": postgres_pids(pg),
     }
     before = {k: cpu_s(v) for k, v in groups.items()}
     children_before = os.times()
     got = wrk(url, bodies, args.seconds, args.connections)
     children_after = os.times()
-    used = {k: cpu_s(v) - before[k] for k, v in groups.items()}
+    used = {k: max(0.0, cpu_s(v) - before[k]) for k, v in groups.items()}
     # wrk has exited: its CPU time is in this process's reaped children's times.
     used["wrk"] = ((children_after.children_user - children_before.children_user)
                    + (children_after.children_system - children_before.children_system))
@@ -138,17 +140,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 bodies = root / "bodies.jsonl"
                 bodies.write_text("".join(json.dumps({"message": m, "collection": "bench"})
                                           + "\n" for m in messages))
-                pg_pids = postgres_pids(pg)
                 runs = []
                 for run in range(args.runs):
                     order = args.replicas if run % 2 == 0 else args.replicas[::-1]
                     got: dict[str, Any] = {}
                     cluster.rebalance([0])
-                    got["direct"] = measure(cluster, cluster.server_url(0), [0], pg_pids,
+                    got["direct"] = measure(cluster, cluster.server_url(0), [0], pg,
                                             bodies, args)
                     for k in order:
                         cluster.rebalance(list(range(k)))
-                        got[str(k)] = measure(cluster, cluster.url, list(range(k)), pg_pids,
+                        got[str(k)] = measure(cluster, cluster.url, list(range(k)), pg,
                                               bodies, args)
                     print(f"  run {run + 1}: " + ", ".join(
                         f"{k}: {v['rps']:.0f} req/s (p50 {v['p50_ms']:.1f} p99 {v['p99_ms']:.1f}"
