@@ -367,6 +367,11 @@ class RateLimitSettings(BaseModel):
         60, ge=1, description="Requests a client may send at once before the per-minute rate "
         "applies.",
     )
+    max_in_flight: int = Field(
+        0, ge=0, description="Most requests one server process handles at once; beyond it, "
+        "503 overloaded with Retry-After at once (health checks and /metrics excepted), so "
+        "admitted requests keep their latency under overload. 0 = no limit.",
+    )
 
 
 class PostgresSettings(BaseModel):
