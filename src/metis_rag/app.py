@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
 from .api import admin, cache, chat, documents, health, monitoring, pages, tasks
+from .api.admission import AdmissionLimit
 from .api.limits import InboundLimits
 from .api.openapi import ERROR_RESPONSES
 from .config import Settings
@@ -158,6 +159,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if compression.enabled:
         app.add_middleware(Compression, min_bytes=compression.min_bytes,
                            gzip_level=compression.gzip_level, zstd_level=compression.zstd_level)
+    if settings.ratelimit.max_in_flight:
+        # Inside RequestMetrics, so refused requests are counted as 503s.
+        app.add_middleware(AdmissionLimit, max_in_flight=settings.ratelimit.max_in_flight)
     # Added last, so outermost: its latency covers compression and every other middleware.
     app.add_middleware(RequestMetrics, metrics=metrics,
                        access_log=settings.observability.access_log)

@@ -227,6 +227,11 @@ class CacheSettings(BaseModel):
         "PostgreSQL database of METIS_DATABASE_URL, shared by every server), or memory only.",
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Used when backend=redis.")
+    redis_key_prefix: str = Field(
+        "metis:cache:", min_length=1, description="Prefix of every key and of the invalidation "
+        "channel in Redis: servers that share a cache use the same one; deployments that share "
+        "one Redis use different ones.",
+    )
     redis_timeout_ms: float = Field(
         50, gt=0, description="A slower Redis call is abandoned and served without that tier."
     )
@@ -362,6 +367,11 @@ class RateLimitSettings(BaseModel):
     inbound_burst: float = Field(
         60, ge=1, description="Requests a client may send at once before the per-minute rate "
         "applies.",
+    )
+    max_in_flight: int = Field(
+        0, ge=0, description="Most requests one server process handles at once; beyond it, "
+        "503 overloaded with Retry-After at once (health checks and /metrics excepted), so "
+        "admitted requests keep their latency under overload. 0 = no limit.",
     )
 
 

@@ -21,6 +21,7 @@ MetisError
 ├── ProviderError                 502  provider_error (LLM or embedding backend failed)
 │   └── ProviderTimeout           504  provider_timeout
 ├── ServiceUnavailable            503  service_unavailable
+│   └── Overloaded                503  overloaded (METIS_RATELIMIT__MAX_IN_FLIGHT requests at once)
 ├── CorruptEntry                  500  cache_corrupt_entry (never reaches a client: dropped)
 ├── MissingDependency             500  missing_dependency (an optional extra is not installed)
 ├── PermanentError                422  task_failed (a task that retrying cannot fix fails at once)
@@ -154,6 +155,12 @@ class ProviderTimeout(ProviderError):
 class ServiceUnavailable(MetisError):
     status = 503
     code = "service_unavailable"
+
+
+class Overloaded(ServiceUnavailable):
+    """More requests at once than the admission limit: refused at once, with Retry-After."""
+
+    code = "overloaded"
 
 
 class CorruptEntry(MetisError):
