@@ -532,6 +532,32 @@ class AnalysisSettings(BaseModel):
     summary_sentences: int = Field(3, ge=1, le=20, description="Sentences of a summary.")
 
 
+class AgentSettings(BaseModel):
+    """Agent mode: query analysis, plans run as graphs, synthesis, evaluation, the audit log."""
+
+    engine: Literal["langgraph", "asyncio"] = Field(
+        "langgraph", description="What runs a plan: LangGraph (pip install 'metis-rag[agent]') "
+        "or plain asyncio tasks."
+    )
+    planner: Literal["auto", "rules", "llm"] = Field(
+        "auto", description="auto = the LLM plans when one is configured (rules when its plan "
+        "is invalid); rules = the offline planner only."
+    )
+    judge: Literal["auto", "offline", "llm"] = Field(
+        "auto", description="Who scores answers: auto = the LLM as judge when one is "
+        "configured, else the offline evaluator."
+    )
+    step_timeout_s: float = Field(20, gt=0, description="A plan step is abandoned after this.")
+    plan_timeout_s: float = Field(
+        60, gt=0, description="Steps still running this long after the plan started are cancelled."
+    )
+    max_steps: int = Field(12, ge=1, le=16, description="Longest plan that runs.")
+    refine_below: float = Field(
+        0.6, ge=0, le=1, description="An answer whose lowest score is below this is refined."
+    )
+    max_refinements: int = Field(1, ge=0, le=5, description="Refinement rounds at most.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="METIS_",
@@ -581,6 +607,7 @@ class Settings(BaseSettings):
     tasks: TaskSettings = TaskSettings()
     tools: ToolSettings = ToolSettings()
     analysis: AnalysisSettings = AnalysisSettings()
+    agent: AgentSettings = AgentSettings()
 
     @classmethod
     def settings_customise_sources(
