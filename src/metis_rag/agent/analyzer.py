@@ -38,7 +38,7 @@ _QUICK = re.compile(r"\b(?:and|or|than|sum|total|plus|minus|difference|compare|t
                     r"ratio|divided|add|subtract|combined|together)\b|\?\s+\S|;", re.I)
 _METRIC_OF = re.compile(r"(?:the\s+)?((?:[a-z\-]+\s+){0,2}?[a-z\-]+?)s?\s+(?:of|for)\s+"
                         r"(?:the\s+)?([A-Za-z0-9][\w.\-]*(?:\s*(?:,|\band\b|\bor\b)\s*"
-                        r"(?:the\s+)?[A-Za-z0-9][\w.\-]*)*)(?![\w.\-])(?!\s+(?:of|for)\b)",
+                        r"(?!the\b)[A-Za-z0-9][\w.\-]*)*)(?![\w.\-])(?!\s+(?:of|for)\b)",
                         re.I)
 _METRIC_NEAR = re.compile(r"\b(?:higher|highest|lower|lowest|larger|largest|smaller|smallest|"
                           r"bigger|biggest|greater|greatest)\s+([a-z]+(?:\s+number)?)|"
@@ -85,17 +85,20 @@ def _clean_metric(metric: str) -> str:
     return " ".join(words[-2:])
 
 
-def _entities(question: str) -> tuple[str, list[str]]:
-    """(metric, entities): "the ports of ssh and http" -> ("port", ["ssh", "http"])."""
-    found = [(m.group(1), m.group(2)) for m in _METRIC_OF.finditer(question)]
+def _entities(question: str) -> tuple[str, list[str], dict[str, str]]:
+    """(metric, entities, metric by entity): "the port of ssh and the protocol number of tcp"
+    -> ("port", ["ssh", "tcp"], {"ssh": "port", "tcp": "protocol"})."""
     metric = ""
     entities: list[str] = []
-    for raw_metric, raw_list in found:
-        names = [n for n in _SPLIT_LIST.split(raw_list) if n and n.lower() != "the"]
-        cleaned = _clean_metric(raw_metric)
+    metrics: dict[str, str] = {}
+    for m in _METRIC_OF.finditer(question):
+        names = [n.strip(".") for n in _SPLIT_LIST.split(m.group(2)) if n and n.lower() != "the"]
+        cleaned = _clean_metric(m.group(1))
         if cleaned and not metric:
             metric = cleaned
-        entities += [n.strip(".") for n in names]
+        for name in names:
+            metrics.setdefault(name, cleaned)
+        entities += names
     if not metric:
         near = _METRIC_NEAR.search(question)
         if near:
@@ -107,7 +110,7 @@ def _entities(question: str) -> tuple[str, list[str]]:
     for e in entities:
         if e.lower() not in _STOP_METRIC:
             seen.setdefault(e, None)
-    return metric, list(seen)
+    return metric, list(seen), {e: metrics.get(e) or metric for e in seen}
 
 
 def _parts(question: str) -> list[str]:
@@ -126,9 +129,10 @@ def _operator(question: str) -> str:
     return "+"
 
 
-def _figure_steps(metric: str, entities: list[str]) -> list[Step]:
+def _figure_steps(entities: list[str], metrics: dict[str, str]) -> list[Step]:
     steps: list[Step] = []
     for n, entity in enumerate(entities, start=1):
+        metric = metrics.get(entity, "")
         search, figure = f"s{2 * n - 1}", f"s{2 * n}"
         query = f"{entity} {metric}".strip()
         steps.append(Step(search, "tool", "rag_search", {"query": query},
@@ -144,8 +148,8 @@ def rule_plan(question: str, analysis: Analysis | None = None) -> Plan:
     analysis = analysis or analyse(question)
     kind = analysis.kind
     if kind in ("arithmetic", "comparison"):
-        metric, entities = _entities(question)
-        steps = _figure_steps(metric, entities)
+        metric, entities, metrics = _entities(question)
+        steps = _figure_steps(entities, metrics)
         figures = [s.id for s in steps if s.op == "figure"]
         if kind == "arithmetic":
             op = _operator(question)
@@ -162,7 +166,7 @@ def rule_plan(question: str, analysis: Analysis | None = None) -> Plan:
     if kind == "compound":
         steps = []
         for n, part in enumerate(_parts(question), start=1):
-            metric, entities = _entities(part)
+            metric, entities, _ = _entities(part)
             if metric and len(entities) == 1:  # "what is the port of smtp": a figure
                 search, figure = f"s{2 * n - 1}", f"s{2 * n}"
                 steps.append(Step(search, "tool", "rag_search",

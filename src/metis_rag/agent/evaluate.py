@@ -34,6 +34,7 @@ _STOP = frozenset(
     + "higher highest lower lowest larger largest smaller smallest bigger biggest greater "
     "greatest has have".split())
 NUMBER_MISSING_FACTOR = 0.25
+NOT_FOUND = "I could not establish"
 
 
 def content_words(text: str) -> list[str]:
@@ -124,6 +125,8 @@ def evaluate(question: str, answer: str, sources: Mapping[int, str],
     for sentence in sentences:
         cited = [int(n) for n in _CITE.findall(sentence)]
         texts = [sources[n] for n in cited if n in sources]
+        if sentence.startswith(NOT_FOUND):
+            continue  # says what is missing: no claim to ground (completeness counts it)
         if not texts and not _ARITH.search(sentence):
             score = 0.0 if content_words(sentence) else 1.0
         else:

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..llm.base import ChatMessage
-from .evaluate import content_words, split_answer
+from .evaluate import NOT_FOUND, content_words, split_answer
 from .figures import shown
 from .graph import StepRecord
 from .plan import Plan
@@ -77,7 +77,7 @@ def synthesize(plan: Plan, records: Mapping[str, StepRecord],
         if not record.ok:
             missing.append(step.id)
             if step.op != "tool" or step.id not in used_by_figure:
-                lines.append(f"I could not establish {step.purpose or step.name} "
+                lines.append(f"{NOT_FOUND} {step.purpose or step.name} "
                              f"({record.error or record.status}).")
             continue
         if step.op == "figure":
