@@ -67,6 +67,13 @@ class ToolRegistry:
         self.timeout_s = timeout_s
         self.stats: dict[str, ToolStats] = {name: ToolStats() for name in self._tools}
 
+    async def close(self) -> None:
+        """Release what tools hold (sql_query's connection pool)."""
+        for tool in self._tools.values():
+            close = getattr(tool, "close", None)
+            if close is not None:
+                await close()
+
     def specs(self) -> list[ToolSpec]:
         return [tool.spec for tool in self._tools.values()]
 
@@ -163,9 +170,10 @@ def _from_json(value: Mapping[str, Any]) -> ToolResult:
 
 
 def build_registry(services: Services) -> ToolRegistry:
-    """The built-in tools, wired to one running Metis."""
+    """The built-in tools, wired to one running Metis. Close it (`close`) when done."""
     from .builtin_calculator import Calculator
     from .builtin_rag import RagSearch
+    from .builtin_sql import SqlQuery
 
     settings = services.settings
 
@@ -177,6 +185,7 @@ def build_registry(services: Services) -> ToolRegistry:
         RagSearch(services.lookup, services.embedder, services.retriever,
                   settings.retrieval.top_k),
         Calculator(),
+        SqlQuery(settings.tools, metis_url=settings.sqlalchemy_url),
     ]
     return ToolRegistry(tools, cache=services.caches.tool if services.caches else None,
                         versions=versions, metrics=services.metrics,
