@@ -34,9 +34,21 @@ async def llm_plan(llm: LLM, question: str, specs: Sequence[ToolSpec], max_steps
     """(the plan, tokens spent); raises `InvalidInput(code="invalid_plan")` on a bad plan."""
     tools = "\n".join(f"- {s.name}: {s.description} arguments: "
                       f"{orjson.dumps(dict(s.parameters)).decode()}" for s in specs)
+    # The tools are also declared the protocol's way: a model may answer by calling them.
     done = await llm.complete([ChatMessage("system", PROMPT % (max_steps, tools)),
-                               ChatMessage("user", question)], temperature=0.0, max_tokens=800)
+                               ChatMessage("user", question)], temperature=0.0, max_tokens=800,
+                              tools=[s.as_openai() for s in specs])
     tokens = done.prompt_tokens + done.completion_tokens
+    if done.tool_calls:  # the model called tools at once: one wave of independent steps
+        bad = next((c for c in done.tool_calls if c.malformed), None)
+        if bad is not None:
+            raise InvalidInput(f"The planner's tool call is malformed: {bad.malformed}",
+                               code="invalid_plan")
+        raw: object = {"kind": "compound", "steps": [
+            {"id": f"s{i}", "op": "tool", "name": c.name, "arguments": dict(c.arguments)}
+            for i, c in enumerate(done.tool_calls, start=1)]}
+        plan = plan_from_json(raw, question, planner=llm.name)
+        return check_plan(plan, [s.name for s in specs], max_steps), tokens
     try:
         raw = orjson.loads(json_part(done.text))
     except orjson.JSONDecodeError:
