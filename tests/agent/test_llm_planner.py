@@ -3,7 +3,6 @@ running every plan shape it writes; bad plans fall back to the rule planner."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx

@@ -38,8 +38,9 @@ _QUICK = re.compile(r"\b(?:and|or|than|sum|total|plus|minus|difference|compare|t
                     r"ratio|divided|add|subtract|combined|together)\b|\?\s+\S|;", re.I)
 _METRIC_OF = re.compile(r"(?:the\s+)?((?:[a-z\-]+\s+){0,2}?[a-z\-]+?)s?\s+(?:of|for)\s+"
                         r"(?:the\s+)?([A-Za-z0-9][\w.\-]*(?:\s*(?:,|\band\b|\bor\b)\s*"
-                        r"(?!the\b)[A-Za-z0-9][\w.\-]*)*)(?![\w.\-])(?!\s+(?:of|for)\b)",
-                        re.I)
+                        r"(?!the\b)[A-Za-z0-9][\w.\-]*)*)(?![\w.\-])"
+                        r"(?=\s*(?:[,.?;:!]|$|(?:and|or|plus|minus|than|to|times|divided|"
+                        r"multiplied|together|combined|which|is|are|has|have)\b))", re.I)
 _METRIC_NEAR = re.compile(r"\b(?:higher|highest|lower|lowest|larger|largest|smaller|smallest|"
                           r"bigger|biggest|greater|greatest)\s+([a-z]+(?:\s+number)?)|"
                           r"\bwhich\s+(?!one\b|has\b|is\b|of\b)([a-z]+(?:\s+number)?)", re.I)
@@ -48,6 +49,7 @@ _FROM_TO = re.compile(r"\bhow\s+(?:much|many)\s+(?:more|higher|larger|greater|bi
 _SPLIT_LIST = re.compile(r"\s*(?:,\s*(?:and\s+|or\s+)?|\band\b|\bor\b)\s*", re.I)
 _TAIL_LIST = re.compile(r"[,:]\s*([A-Za-z0-9][\w.\-]*(?:\s*(?:,|\bor\b|\band\b)\s*"
                         r"[A-Za-z0-9][\w.\-]*)+)\s*\??\s*$", re.I)
+SEARCH_TOP_K = 8  # a figure's row may rank below passages that merely mention the entity
 _STOP_METRIC = {"sum", "total", "difference", "product", "ratio", "value", "values", "the",
                 "what", "is", "are", "one", "which", "add", "compare"}
 
@@ -79,7 +81,10 @@ def analyse(question: str) -> Analysis:
 
 
 def _clean_metric(metric: str) -> str:
-    words = [w for w in metric.lower().split() if w not in _STOP_METRIC]
+    words = metric.lower().split()
+    if "of" in words:  # "sum of the port" -> "port"
+        words = words[len(words) - words[::-1].index("of"):]
+    words = [w for w in words if w not in _STOP_METRIC]
     words = [w for w in words if w not in {"higher", "lower", "larger", "smaller", "bigger",
                                            "greater", "highest", "lowest", "number"}] or words
     return " ".join(words[-2:])
@@ -135,7 +140,7 @@ def _figure_steps(entities: list[str], metrics: dict[str, str]) -> list[Step]:
         metric = metrics.get(entity, "")
         search, figure = f"s{2 * n - 1}", f"s{2 * n}"
         query = f"{entity} {metric}".strip()
-        steps.append(Step(search, "tool", "rag_search", {"query": query},
+        steps.append(Step(search, "tool", "rag_search", {"query": query, "top_k": SEARCH_TOP_K},
                           purpose=f"find the {metric or 'figure'} of {entity}"))
         steps.append(Step(figure, "figure", "figure", {"entity": entity, "source": search,
                                                        "metric": metric},
@@ -170,7 +175,8 @@ def rule_plan(question: str, analysis: Analysis | None = None) -> Plan:
             if metric and len(entities) == 1:  # "what is the port of smtp": a figure
                 search, figure = f"s{2 * n - 1}", f"s{2 * n}"
                 steps.append(Step(search, "tool", "rag_search",
-                                  {"query": f"{entities[0]} {metric}"}, purpose=part))
+                                  {"query": f"{entities[0]} {metric}", "top_k": SEARCH_TOP_K},
+                                  purpose=part))
                 steps.append(Step(figure, "figure", "figure",
                                   {"entity": entities[0], "source": search, "metric": metric},
                                   after=(search,), purpose=part))

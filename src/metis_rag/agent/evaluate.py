@@ -11,6 +11,7 @@ With an LLM configured, `LLMJudge` asks the model instead (structured JSON).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,8 +54,11 @@ def _units(text: str) -> list[str]:
     return out or [text]
 
 
-def sentence_support(sentence: str, sources: Sequence[str]) -> float:
-    """How well one line or sentence of the cited sources supports `sentence` (0-1)."""
+def sentence_support(sentence: str, sources: Sequence[str], question: str = "") -> float:
+    """How well the cited sources support `sentence` (0-1): locality (of the sentence's words
+    found in the sources, the share found together in one line or sentence, numbers required
+    there) squared, times coverage (the share of its words the sources contain at all; words
+    of the question restate it and are not counted)."""
     claim = _CITE.sub("", sentence)
     arith = _ARITH.search(claim)
     if arith and _arithmetic_holds(arith.group(1), arith.group(2)):
@@ -63,18 +67,41 @@ def sentence_support(sentence: str, sources: Sequence[str]) -> float:
     if not words:
         return 1.0  # nothing to support ("Here is what I found:")
     numbers = set(_NUMBER.findall(claim))
+    units = [u for source in sources for u in _units(source)]
+    bags = [_bag(u) for u in units]
+    anywhere = set().union(*bags) if bags else set()
+    present = {w for w in words if _has(w, anywhere)}
+    if not present:
+        return 0.0
+    # Words in many lines ("protocol" in every comment) say little about which line is meant.
+    weight = {w: math.log(1 + len(bags) / max(1, sum(1 for b in bags if _has(w, b))))
+              for w in present}
+    asked = _bag(question)
     best = 0.0
-    for source in sources:
-        for unit in _units(source):
-            have = set(content_words(unit))
-            # Numbers compare as written; words also by a crude stem ("ports" ~ "port").
-            stems = {w.rstrip("s") for w in have}
-            hit = sum(1 for w in words if w in have or w.rstrip("s") in stems)
-            score = hit / len(words)
-            if numbers and not numbers <= set(_NUMBER.findall(unit)):
-                score *= NUMBER_MISSING_FACTOR
-            best = max(best, score)
-    return best
+    for unit, bag in zip(units, bags, strict=True):
+        # A word of the question missing from the line is often the question's framing
+        # ("port" for a table row "ssh 22/tcp"): it costs half of what another word costs.
+        missing = sum(weight[w] * (0.5 if _has(w, asked) else 1.0)
+                      for w in present if not _has(w, bag))
+        found = sum(weight[w] for w in present if _has(w, bag))
+        score = found / (found + missing) if found else 0.0
+        if numbers and not numbers <= set(_NUMBER.findall(unit)):
+            score *= NUMBER_MISSING_FACTOR
+        best = max(best, score)
+    claimed = {w for w in words if w in present or not _has(w, asked)}
+    coverage = len(present) / len(claimed) if claimed else 1.0
+    # Squared: evidence split over two lines (a name here, its number there) is worth much
+    # less than half of evidence found together.
+    return best ** 2 * coverage
+
+
+def _bag(unit: str) -> set[str]:
+    have = set(content_words(unit))
+    return have | {w.rstrip("s") for w in have}  # a crude stem: "ports" ~ "port"
+
+
+def _has(word: str, bag: set[str]) -> bool:
+    return word in bag or word.rstrip("s") in bag
 
 
 def _arithmetic_holds(expression: str, result: str) -> bool:
@@ -130,7 +157,7 @@ def evaluate(question: str, answer: str, sources: Mapping[int, str],
         if not texts and not _ARITH.search(sentence):
             score = 0.0 if content_words(sentence) else 1.0
         else:
-            score = sentence_support(sentence, texts)
+            score = sentence_support(sentence, texts, question)
         rows.append({"sentence": sentence, "cited": cited, "score": round(score, 4),
                      "supported": score >= SUPPORTED})
     grounded = sum(r["score"] for r in rows) / len(rows) if rows else 0.0

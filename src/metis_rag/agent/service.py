@@ -178,7 +178,7 @@ class AgentService:
         retry = {str(s.arguments.get("source")): str(s.arguments.get("entity"))
                  for s in plan.steps if s.op == "figure" and s.id in failed}
         steps = tuple(
-            replace(s, arguments={**s.arguments, "query": retry[s.id], "top_k": 10})
+            replace(s, arguments={**s.arguments, "top_k": 20})
             if s.id in retry and s.name == "rag_search" else s for s in plan.steps)
         unsupported = [r["sentence"] for r in scores.sentences if not r["supported"]]
         log.add("refinement", name=f"round {round_}", input={"overall": scores.overall},

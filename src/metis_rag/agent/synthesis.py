@@ -103,7 +103,8 @@ def synthesize(plan: Plan, records: Mapping[str, StepRecord],
                 lines.append(f"{found[0].rstrip('.')} {numbering.marks([found[1]])}.")
         elif record.result is not None and record.result.content:
             lines.append(record.result.content.strip()[:500])
-    kept = [line for line in lines if line not in drop]
+    # Never refine an answer into nothing: an unsupported answer is still shown, with scores.
+    kept = [line for line in lines if line not in drop] or lines
     return Draft(" ".join(kept), numbering.citations, missing)
 
 
