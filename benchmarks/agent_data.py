@@ -57,32 +57,37 @@ def _figure_items(path: str, metric: str, rng: random.Random, n: int) -> list[di
 
 # Sentences about the docstrings of the standard library (the corpus of benchmarks/corpus.py).
 _PROSE = [
-    ("What is a heap?", "Heap queue algorithm (a.k.a. priority queue). Heaps are arrays for which a[k] <= a[2*k+1] "
+    ("What is a heap?", 
+     "Heap queue algorithm (a.k.a. priority queue). Heaps are arrays for which a[k] <= a[2*k+1] "
      "and a[k] <= a[2*k+2] for all k, counting elements from 0. The interesting property of a "
      "heap is that a[0] is always its smallest element.",
      [("In a heap, a[0] is always the smallest element [1].", 1),
       ("A heap is also called a priority queue [1].", 1),
       ("In a heap, a[0] is always the largest element [1].", 0),
       ("Heaps count their elements from 1 [1].", 0)]),
-    ("What does the bisect module do?", "Bisection algorithms. This module provides support for maintaining a list in sorted order "
+    ("What does the bisect module do?", 
+     "Bisection algorithms. This module provides support for maintaining a list in sorted order "
      "without having to sort the list after each insertion.",
      [("The bisect module keeps a list in sorted order without sorting it after each "
        "insertion [1].", 1),
       ("The bisect module sorts the list after each insertion [1].", 0),
       ("The bisect module maintains a hash table of the items [1].", 0)]),
-    ("What is JSON?", "JSON (JavaScript Object Notation) is a subset of JavaScript syntax (ECMA-262 3rd edition) "
+    ("What is JSON?", 
+     "JSON (JavaScript Object Notation) is a subset of JavaScript syntax (ECMA-262 3rd edition) "
      "used as a lightweight data interchange format.",
      [("JSON is a lightweight data interchange format [1].", 1),
       ("JSON is a subset of JavaScript syntax [1].", 1),
       ("JSON is a binary serialization format of Python objects [1].", 0),
       ("JSON follows the 5th edition of ECMA-262 [1].", 0)]),
-    ("What does the pickle module do?", "The pickle module implements binary protocols for serializing and de-serializing a Python "
+    ("What does the pickle module do?", 
+     "The pickle module implements binary protocols for serializing and de-serializing a Python "
      "object structure. The pickle module is not secure. Only unpickle data you trust.",
      [("Only unpickle data you trust [1].", 1),
       ("The pickle module serializes Python object structures with binary protocols [1].", 1),
       ("The pickle module encrypts the data it writes [1].", 0),
       ("The pickle module uses a text protocol based on XML [1].", 0)]),
-    ("What is the secrets module for?", "The secrets module is used for generating cryptographically strong random numbers "
+    ("What is the secrets module for?", 
+     "The secrets module is used for generating cryptographically strong random numbers "
      "suitable for managing data such as passwords, account authentication, security tokens, "
      "and related secrets.",
      [("The secrets module generates cryptographically strong random numbers [1].", 1),
@@ -108,4 +113,4 @@ def build() -> list[dict[str, object]]:
 if __name__ == "__main__":
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text("".join(json.dumps(item) + "\n" for item in build()))
-    print(f"{OUT}: {len(build())} sentences")  # noqa: T201
+    print(f"{OUT}: {len(build())} sentences")
