@@ -86,7 +86,7 @@ def _clean_metric(metric: str) -> str:
         words = words[len(words) - words[::-1].index("of"):]
     words = [w for w in words if w not in _STOP_METRIC]
     words = [w for w in words if w not in {"higher", "lower", "larger", "smaller", "bigger",
-                                           "greater", "highest", "lowest", "number"}] or words
+                                           "greater", "highest", "lowest"}] or words
     return " ".join(words[-2:])
 
 
