@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
-from .api import admin, cache, chat, documents, health, monitoring, pages, tasks
+from .api import admin, cache, chat, documents, health, monitoring, pages, queries, tasks
 from .api.admission import AdmissionLimit
 from .api.limits import InboundLimits
 from .api.openapi import ERROR_RESPONSES
@@ -174,6 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        trusted_proxies=settings.auth.trusted_proxies)
     app.include_router(documents.router)
     app.include_router(chat.router)
+    app.include_router(queries.router)
     app.include_router(health.router)
     app.include_router(cache.router)
     app.include_router(monitoring.router)

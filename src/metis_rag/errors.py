@@ -2,6 +2,7 @@
 
 MetisError
 ├── NotFound                      404  not_found (collection, document, conversation, task)
+│   └── ToolNotFound              404  tool_not_found (no agent tool of that name)
 ├── InvalidInput                  422  invalid_input
 │   └── InvalidDocument           422  empty_document | corrupt_document | encrypted_document |
 │       │                              parser_crashed (the file killed its parser process)
@@ -65,6 +66,10 @@ class PermanentError(MetisError):
 class NotFound(MetisError):
     status = 404
     code = "not_found"
+
+
+class ToolNotFound(NotFound):
+    code = "tool_not_found"
 
 
 class InvalidInput(MetisError):

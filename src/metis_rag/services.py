@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from .agent.service import AgentService
 from .batching import BatchingEmbedder
 from .cache.levels import Caches, open_caches
 from .config import Settings
@@ -75,6 +76,8 @@ class Services:
     # limited) LLM chain that `llm` wraps in the LLM cache.
     query_batcher: BatchingEmbedder | None = None
     llm_chain: LLM | None = None
+    # Agent mode (POST /api/chat/query with mode agent or auto): plans over the tool registry.
+    agent: AgentService | None = None
 
 
 @asynccontextmanager
@@ -187,9 +190,21 @@ async def open_services(
             quotas=Quotas(settings.auth),
             cache_invalidations=SlidingWindow(settings.cache.invalidations_per_min),
         )
+        services.agent = _agent_service(services)
         await tasks.start(services)
         stack.push_async_callback(tasks.close)
         yield services
+
+
+def _agent_service(services: Services) -> AgentService:
+    from .agent.metrics import AgentMetrics
+    from .agent.registry import build_registry
+
+    registry = build_registry(services)
+    return AgentService(services.settings, registry, registry.specs(),
+                        sessions=services.sessions, lookup=services.lookup,
+                        conversations=services.conversations, llm=services.llm,
+                        metrics=AgentMetrics(services.metrics.registry))
 
 
 async def _vector_store(settings: Settings, engine: AsyncEngine, dim: int,

@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Caches", "Savings", "digest", "entities", "normalize_question", "open_caches"]
 
-LEVELS = ("exact", "semantic", "retrieval", "llm", "embedding", "document")
+LEVELS = ("exact", "semantic", "retrieval", "llm", "embedding", "document", "tool")
 
 
 def digest(*parts: object) -> str:
@@ -75,11 +75,15 @@ class Caches:
     embedding: TieredCache
     document: TieredCache
     semantic: SemanticIndex
+    # Agent tool results (agent.registry): keyed ``<tenant>:<collection>:<version>:...`` when
+    # the tool reads documents, so a collection's new version makes them unreachable.
+    tool: TieredCache
     savings: Savings = field(default_factory=Savings)
 
     def level(self, name: str) -> TieredCache:
         return {"exact": self.exact, "retrieval": self.retrieval, "llm": self.llm,
-                "embedding": self.embedding, "document": self.document}[name]
+                "embedding": self.embedding, "document": self.document,
+                "tool": self.tool}[name]
 
     async def clear(self, *, namespace: str | None = None, level: str | None = None,
                     tenant_prefix: str | None = None) -> None:
@@ -89,8 +93,8 @@ class Caches:
         (the others are keyed by content and shared by every tenant)."""
         if tenant_prefix is not None:
             scope = f"{namespace}:" if namespace is not None else tenant_prefix
-            for name in [level] if level else ["exact", "retrieval"]:
-                if name in ("exact", "retrieval"):
+            for name in [level] if level else ["exact", "retrieval", "tool"]:
+                if name in ("exact", "retrieval", "tool"):
                     await self.level(name).clear(scope)
             if level in (None, "semantic", "exact"):
                 await self.semantic.clear(namespace, prefix=tenant_prefix)
@@ -99,7 +103,7 @@ class Caches:
         for name in names:
             if name == "semantic":
                 continue
-            scoped = name in ("exact", "retrieval") and namespace is not None
+            scoped = name in ("exact", "retrieval", "tool") and namespace is not None
             await self.level(name).clear(f"{namespace}:" if scoped else None)
         if level in (None, "semantic", "exact"):
             await self.semantic.clear(namespace)
@@ -189,6 +193,7 @@ async def open_caches(settings: CacheSettings, data_dir: Any, dim: int,
         llm=level("llm", settings.llm_ttl_s),
         embedding=level("embedding", settings.embedding_ttl_s),
         document=level("document", settings.document_ttl_s),
+        tool=level("tool", settings.tool_ttl_s),
         semantic=SemanticIndex(dim, settings.semantic_max_entries, equivalence, log=log,
                                ttl_s=settings.query_ttl_s),
     )
