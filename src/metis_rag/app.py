@@ -16,7 +16,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
-from .api import admin, cache, chat, documents, health, monitoring, pages, queries, tasks
+from .api import (
+    admin,
+    cache,
+    chat,
+    collections,
+    conversations,
+    documents,
+    health,
+    monitoring,
+    pages,
+    queries,
+    tasks,
+)
 from .api.admission import AdmissionLimit
 from .api.limits import InboundLimits
 from .api.openapi import ERROR_RESPONSES
@@ -175,6 +187,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(documents.router)
     app.include_router(chat.router)
     app.include_router(queries.router)
+    app.include_router(conversations.router)
+    app.include_router(collections.router)
     app.include_router(health.router)
     app.include_router(cache.router)
     app.include_router(monitoring.router)

@@ -110,6 +110,8 @@ def body_for(method: str, path: str) -> dict[str, Any]:
         return {"json": {"message": "What is the secret project codename?", "collection": "docs"}}
     if path == "/api/tasks":
         return {"json": {"type": "noop"}}
+    if path == "/api/conversations/{conversation_id}" and method == "PATCH":
+        return {"json": {"title": "renamed by the matrix"}}
     if path == "/api/keys" and method == "POST":
         return {"json": {"role": "reader", "name": "matrix"}}
     if path.startswith("/api/documents") and method in ("POST", "PUT"):
@@ -206,6 +208,7 @@ async def test_every_endpoint_every_role_two_tenants(make_settings: Callable[...
                 assert task["status"] == "completed" and task["tenant"] == tenant
                 conv = await admin.get(f"/api/conversations/{s.conversation_id}")
                 assert conv.status_code == 200 and len(conv.json()["messages"]) >= 2
+                assert conv.json()["title"] != "renamed by the matrix"
                 listed = {k["id"] for k in (await admin.get("/api/keys")).json()["items"]}
                 assert s.key_id in listed
                 # Its answers still cite only its own document.
