@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from .agent.analysis import DocumentAnalyzer
 from .agent.service import AgentService
 from .batching import BatchingEmbedder
 from .cache.levels import Caches, open_caches
@@ -78,6 +79,8 @@ class Services:
     llm_chain: LLM | None = None
     # Agent mode (POST /api/chat/query with mode agent or auto): plans over the tool registry.
     agent: AgentService | None = None
+    # Document analysis at ingestion (METIS_ANALYSIS__ENABLED); None when off.
+    analyzer: DocumentAnalyzer | None = None
 
 
 @asynccontextmanager
@@ -189,6 +192,8 @@ async def open_services(
             audit=audit,
             quotas=Quotas(settings.auth),
             cache_invalidations=SlidingWindow(settings.cache.invalidations_per_min),
+            analyzer=DocumentAnalyzer(settings.analysis, llm) if settings.analysis.enabled
+            else None,
         )
         services.agent = _agent_service(services)
         await tasks.start(services)

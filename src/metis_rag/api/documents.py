@@ -219,6 +219,9 @@ async def list_documents(
     tag: str | None = None,
     folder: Annotated[str | None, Query(description="This folder and the ones below it.")] = None,
     status: str | None = None,
+    doc_type: Annotated[str | None, Query(max_length=40)] = None,
+    language: Annotated[str | None, Query(max_length=16)] = None,
+    topic: Annotated[str | None, Query(max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
     q: Annotated[str | None, Query(max_length=200,
@@ -229,7 +232,9 @@ async def list_documents(
         collection_id = ((await repo.get_collection(session, who.tenant, collection)).id
                          if collection else None)
         query = browse.DocumentQuery(collection_id=collection_id, search=(q or "").strip() or None,
-                                     tag=tag, folder=folder, status=status, mime=type)
+                                     tag=tag, folder=folder, status=status, mime=type,
+                                     analysis=repo.AnalysisFilter(
+                                         doc_type=doc_type, language=language, topic=topic))
         items, total = await browse.search_documents(session, who.tenant, query,
                                                      limit=limit, offset=offset)
     names = await _collection_names(services, who.tenant)

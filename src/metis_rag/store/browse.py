@@ -13,7 +13,7 @@ from sqlalchemy import Select, case, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import Collection, Conversation, Document, DocumentTag, Message
-from .repo import get_conversation, tenant_collections
+from .repo import AnalysisFilter, get_conversation, tenant_collections
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +62,7 @@ class DocumentQuery:
     folder: str | None = None  # this folder and the folders below it
     status: str | None = None
     mime: str | None = None
+    analysis: AnalysisFilter = AnalysisFilter()  # type, language, topic (agent.analysis)
 
 
 def _like_escaped(text: str) -> str:
@@ -87,7 +88,7 @@ def _filtered(stmt: Select[Any], tenant: str, q: DocumentQuery) -> Select[Any]:
     if q.tag is not None:
         stmt = stmt.where(
             Document.id.in_(select(DocumentTag.document_id).where(DocumentTag.tag == q.tag)))
-    return stmt
+    return q.analysis.apply(stmt)
 
 
 async def search_documents(
