@@ -220,12 +220,18 @@ class ConversationSettings(BaseModel):
 
 class CacheSettings(BaseModel):
     enabled: bool = Field(True, description="Master switch of every cache level.")
-    backend: Literal["disk", "redis", "memory"] = Field(
+    backend: Literal["disk", "redis", "postgres", "memory"] = Field(
         "disk",
         description="Shared tier behind the in-process memory tier: disk (SQLite under the data "
-        "dir, survives restarts), redis (shared by every server), or memory only.",
+        "dir, survives restarts), redis (shared by every server), postgres (tables in the "
+        "PostgreSQL database of METIS_DATABASE_URL, shared by every server), or memory only.",
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Used when backend=redis.")
+    redis_key_prefix: str = Field(
+        "metis:cache:", min_length=1, description="Prefix of every key and of the invalidation "
+        "channel in Redis: servers that share a cache use the same one; deployments that share "
+        "one Redis use different ones.",
+    )
     redis_timeout_ms: float = Field(
         50, gt=0, description="A slower Redis call is abandoned and served without that tier."
     )
@@ -364,6 +370,11 @@ class RateLimitSettings(BaseModel):
     inbound_burst: float = Field(
         60, ge=1, description="Requests a client may send at once before the per-minute rate "
         "applies.",
+    )
+    max_in_flight: int = Field(
+        0, ge=0, description="Most requests one server process handles at once; beyond it, "
+        "503 overloaded with Retry-After at once (health checks and /metrics excepted), so "
+        "admitted requests keep their latency under overload. 0 = no limit.",
     )
 
 
@@ -532,6 +543,32 @@ class AnalysisSettings(BaseModel):
     summary_sentences: int = Field(3, ge=1, le=20, description="Sentences of a summary.")
 
 
+class AgentSettings(BaseModel):
+    """Agent mode: query analysis, plans run as graphs, synthesis, evaluation, the audit log."""
+
+    engine: Literal["langgraph", "asyncio"] = Field(
+        "langgraph", description="What runs a plan: LangGraph (pip install 'metis-rag[agent]') "
+        "or plain asyncio tasks."
+    )
+    planner: Literal["auto", "rules", "llm"] = Field(
+        "auto", description="auto = the LLM plans when one is configured (rules when its plan "
+        "is invalid); rules = the offline planner only."
+    )
+    judge: Literal["auto", "offline", "llm"] = Field(
+        "auto", description="Who scores answers: auto = the LLM as judge when one is "
+        "configured, else the offline evaluator."
+    )
+    step_timeout_s: float = Field(20, gt=0, description="A plan step is abandoned after this.")
+    plan_timeout_s: float = Field(
+        60, gt=0, description="Steps still running this long after the plan started are cancelled."
+    )
+    max_steps: int = Field(12, ge=1, le=16, description="Longest plan that runs.")
+    refine_below: float = Field(
+        0.6, ge=0, le=1, description="An answer whose lowest score is below this is refined."
+    )
+    max_refinements: int = Field(1, ge=0, le=5, description="Refinement rounds at most.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="METIS_",
@@ -581,6 +618,7 @@ class Settings(BaseSettings):
     tasks: TaskSettings = TaskSettings()
     tools: ToolSettings = ToolSettings()
     analysis: AnalysisSettings = AnalysisSettings()
+    agent: AgentSettings = AgentSettings()
 
     @classmethod
     def settings_customise_sources(

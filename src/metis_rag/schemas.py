@@ -121,6 +121,11 @@ class ChatQuery(BaseModel):
         None, pattern=r"^[A-Za-z0-9_.\-]{1,100}$",
         description="Tenant namespace for the cache (else X-Metis-Namespace, else the default).",
     )
+    mode: Literal["fast", "agent", "auto"] = Field(
+        "fast", description="fast: one retrieval and one answer; agent: the question is "
+        "planned into steps that call tools (METIS_AGENT__*); auto: the query analyser picks "
+        "agent for compound, comparison and arithmetic questions, fast otherwise.",
+    )
 
 
     @field_validator("message")
@@ -176,8 +181,22 @@ class CacheInfo(BaseModel):
     )
     checks: list[str] | None = Field(
         None, description="Semantic hits: the checks the two questions passed (similarity, "
-        "identifiers, question_type, negation, order_direction, content_words)."
+        "identifiers, question_type, negation, order_direction, score)."
     )
+    probability: float | None = Field(
+        None, description="Semantic hits: calibrated probability that the two questions ask the "
+        "same thing (share of held-out calibration pairs scored at least as high that did)."
+    )
+
+
+class AgentInfo(BaseModel):
+    query_id: str = Field(description="GET /api/queries/{query_id}/audit shows every step.")
+    analysis: str = Field(description="simple, compound, comparison, arithmetic or multi_hop.")
+    planner: str
+    steps: list[dict[str, Any]] = Field(description="Each step: id, op, name, status, ms.")
+    scores: dict[str, Any] = Field(description="groundedness, relevance, completeness (0-1), "
+                                   "the judge, and each sentence's support.")
+    rounds: int = Field(0, description="Refinement rounds run.")
 
 
 class ChatAnswer(BaseModel):
@@ -190,6 +209,7 @@ class ChatAnswer(BaseModel):
     usage: dict[str, int] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
     cache: CacheInfo = Field(default_factory=CacheInfo)
+    agent: AgentInfo | None = Field(None, description="Agent mode: the plan and its scores.")
 
 
 class MessageOut(BaseModel):
