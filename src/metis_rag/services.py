@@ -195,17 +195,18 @@ async def open_services(
             analyzer=DocumentAnalyzer(settings.analysis, llm) if settings.analysis.enabled
             else None,
         )
-        services.agent = _agent_service(services)
+        services.agent = _agent_service(services, stack)
         await tasks.start(services)
         stack.push_async_callback(tasks.close)
         yield services
 
 
-def _agent_service(services: Services) -> AgentService:
+def _agent_service(services: Services, stack: AsyncExitStack) -> AgentService:
     from .agent.metrics import AgentMetrics
     from .agent.registry import build_registry
 
     registry = build_registry(services)
+    stack.push_async_callback(registry.close)  # sql_query's connection pool
     return AgentService(services.settings, registry, registry.specs(),
                         sessions=services.sessions, lookup=services.lookup,
                         conversations=services.conversations, llm=services.llm,
