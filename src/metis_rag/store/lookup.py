@@ -5,7 +5,7 @@ request, yet an exact cache hit should cost well under a millisecond. On SQLite 
 runs on its own read-only connection, inline: in WAL mode a reader never waits for a writer
 and the query takes microseconds, less than a hop to a worker thread. Other databases use the
 async pool in autocommit mode: a session would wrap the one SELECT in BEGIN and ROLLBACK, two
-more round trips that took 28 % of a replica's CPU on cached answers under load (py-spy).
+more round trips (sessions' BEGIN and ROLLBACK took 28 % of a replica's samples under load).
 """
 
 from __future__ import annotations
