@@ -334,3 +334,38 @@ async def _two_servers_then_a_document_change(a: httpx.AsyncClient,
         assert shared["cache"]["level"] in ("exact", "semantic"), shared["cache"]
         assert "hourly" in shared["answer"] and "02:00" not in shared["answer"]
 
+
+@pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True)
+async def test_a_cached_answer_reads_its_collection_version_once(make_settings) -> None:  # type: ignore[no-untyped-def]
+    """The read that keys the cache stays; the re-read that guards a fresh answer is not paid
+    by an answer served from the cache (it was checked so before it was stored)."""
+    from sqlalchemy import event
+
+    app = create_app(make_settings())
+    async with LifespanManager(app, startup_timeout=120) as manager:
+        engine = manager._state["services"].engine
+        reads: list[str] = []
+
+        def count(conn, cursor, statement: str, *args: object) -> None:  # type: ignore[no-untyped-def]
+            if "collections.version" in statement and "FROM collections" in statement:
+                reads.append(statement)
+
+        event.listen(engine.sync_engine, "before_cursor_execute", count)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app),
+                                     base_url="http://m") as client:
+            await seed(client)
+            q = {"message": "When do database backups run?"}
+            reads.clear()
+            first = await ask(client, **q)
+            assert first["cache"]["level"] is None
+            assert len(reads) == 2, reads  # keyed on the version, then checked again
+            reads.clear()
+            again = await ask(client, **q)
+            assert again["cache"]["level"] == "exact" and again["answer"] == first["answer"]
+            assert len(reads) == 1, reads
+            # The one read still guards the cache: a change is seen by the next question.
+            doc_id = first["citations"][0]["document_id"]
+            new = b"# Operations\n\n## Backups\n\nDatabase backups now run hourly at minute 15.\n"
+            await replace(client, doc_id, "ops.md", new)
+            after = await ask(client, **q)
+            assert after["cache"]["level"] is None and "hourly" in after["answer"]

@@ -275,10 +275,17 @@ class ChatService:
 
     async def _finish(
         self, turn: _Turn, text: str, mode: str, done: Completion | None, citations: list[Citation],
-        cache: CacheInfo, cited: list[dict[str, Any]] | None = None,
+        cache: CacheInfo, cited: list[dict[str, Any]] | None = None, *, from_entry: bool = False,
     ) -> ChatAnswer:
-        """`cited`: the citations as plain dicts when the caller has them (a cache entry)."""
-        if await self._lookup.version(turn.collection_id) != turn.version or turn.others:
+        """`cited`: the citations as plain dicts when the caller has them (a cache entry).
+
+        `from_entry`: the answer is a cache entry, keyed on the version read when the request
+        arrived; only answers made now, by retrieving, need the version read again (a cached
+        one's answer was checked so before it was stored, and a change after arrival is a
+        later event).
+        """
+        if turn.others or (not from_entry
+                           and await self._lookup.version(turn.collection_id) != turn.version):
             # The collection changed while we answered: drop citations of chunks now gone.
             citations = await self._still_present(citations)
             cited = None
@@ -366,7 +373,7 @@ class ChatService:
         if cached is not None:
             text, mode, done, citations = self._from_cache(turn, *cached)
             return await self._finish(turn, text, mode, done, citations, cached[1],
-                                      cached[0]["citations"])
+                                      cached[0]["citations"], from_entry=True)
         await self._retrieve(turn)
         t = time.perf_counter()
         text, mode, done = await self._generate(turn)
@@ -386,7 +393,8 @@ class ChatService:
             text, mode, done, citations = self._from_cache(turn, *cached)
             for piece in _pieces(text):
                 yield "token", piece
-            answer = await self._finish(turn, text, mode, done, citations, cached[1])
+            answer = await self._finish(turn, text, mode, done, citations, cached[1],
+                                        from_entry=True)
         else:
             await self._retrieve(turn)
             t = time.perf_counter()
