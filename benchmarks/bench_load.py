@@ -43,12 +43,13 @@ import harness  # noqa: E402
 
 
 def wrk(url: str, bodies: Path, seconds: float, connections: int,
-        think_ms: float = 0) -> dict[str, Any]:
+        think_ms: float = 0, retry_after_ms: float = 0) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
     args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s",
             "-s", str(HERE / "wrk_post.lua"), url]
-    env = {**os.environ, "BODIES": str(bodies), "THINK_MS": str(think_ms)}
+    env = {**os.environ, "BODIES": str(bodies), "THINK_MS": str(think_ms),
+           "RETRY_AFTER_MS": str(retry_after_ms)}
     out = subprocess.run(args, env=env, capture_output=True,
                          text=True, timeout=seconds + 120, check=True).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("WRK_JSON "))
@@ -116,7 +117,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     for phase, think in (("", 0.0), ("_latency", args.think_ms)):
                         for name in order:
                             got[name + phase] = wrk(bare_url if name == "bare" else url, bodies,
-                                                    args.seconds, args.connections, think)
+                                                    args.seconds, args.connections, think,
+                                                    args.retry_after_ms
+                                                    if args.max_in_flight else 0)
                     got["ratio"] = got["metis"]["ok_rps"] / got["bare"]["ok_rps"]
                     m, b, lat = got["metis"], got["bare"], got["metis_latency"]
                     print(f"  run {run + 1}: saturated: metis {m['ok_rps']:.0f} answered/s "
@@ -188,6 +191,9 @@ if __name__ == "__main__":
     p.add_argument("--max-in-flight", type=int, default=0,
                    help="METIS_RATELIMIT__MAX_IN_FLIGHT of the server (0: no admission limit); "
                    "refused requests count in wrk's status errors")
+    p.add_argument("--retry-after-ms", type=float, default=1000,
+                   help="a client refused with 503 waits this long before asking again (the "
+                   "server's Retry-After); 0: it asks again at once")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json", default=None)
     a = p.parse_args()

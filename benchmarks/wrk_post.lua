@@ -16,8 +16,32 @@ request = function()
   return wrk.format(nil, "/api/chat/query", nil, bodies[i])
 end
 
-if think > 0 then
-  delay = function() return math.floor(think * (0.5 + math.random())) end
+-- RETRY_AFTER_MS: after a 503 (the server's admission limit), a client waits this long
+-- before asking again, as Retry-After tells it to. wrk calls delay() once per response, but
+-- not always for the connection that just got it, so refusals are counted and each next
+-- delay() pays one: as many clients wait as were refused. 0: ask again at once. Only then are
+-- response() and delay() defined, as wrk does more work per request for each.
+local retry_after = tonumber(os.getenv("RETRY_AFTER_MS") or "0")
+local owed = 0
+
+local function think_delay()
+  if think > 0 then return math.floor(think * (0.5 + math.random())) end
+  return 0
+end
+
+if retry_after > 0 then
+  response = function(status, headers, body)
+    if status == 503 then owed = owed + 1 end
+  end
+  delay = function()
+    if owed > 0 then
+      owed = owed - 1
+      return retry_after
+    end
+    return think_delay()
+  end
+elseif think > 0 then
+  delay = think_delay
 end
 
 done = function(summary, latency, requests)

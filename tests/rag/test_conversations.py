@@ -94,3 +94,41 @@ async def test_durable_mode_returns_once_the_rows_are_committed(db) -> None:  # 
     await asyncio.gather(*(turn(n) for n in range(20)))
     assert len(commits) <= 2  # still one group commit for the twenty
     await log.close()
+
+
+async def test_a_conversation_is_stamped_with_its_last_turn_without_an_update(db) -> None:  # type: ignore[no-untyped-def]
+    from datetime import UTC, datetime, timedelta
+
+    from metis_rag.store.models import Conversation
+
+    sessions, coll_id, _ = db
+    clock = [datetime(2026, 1, 1, tzinfo=UTC)]
+
+    def now() -> datetime:
+        clock[0] += timedelta(seconds=1)
+        return clock[0]
+
+    updates: list[str] = []
+    engine = sessions.kw["bind"]
+    event.listen(engine.sync_engine, "before_cursor_execute",
+                 lambda *a: updates.append(a[2]) if a[2].startswith("UPDATE conversations")
+                 else None)
+    log = ConversationLog(sessions, max_delay_ms=60_000, now=now)
+    await log.start()
+    conv = log.new_id()
+    log.new_conversation(conv, coll_id, "q")  # 00:00:01
+    await log.append(conv, "user", "q", [])  # 00:00:02
+    await log.append(conv, "assistant", "a", [])  # 00:00:03
+    await log.flush()
+    assert updates == []  # created and touched in one batch: one INSERT carries both
+
+    async def updated_at() -> datetime:
+        async with sessions() as session:
+            return await session.scalar(select(Conversation.updated_at)
+                                        .where(Conversation.id == conv))
+
+    assert await updated_at() == datetime(2026, 1, 1, 0, 0, 3, tzinfo=UTC)
+    await log.append(conv, "user", "follow-up", [])  # 00:00:04, a later batch
+    await log.flush()
+    assert len(updates) == 1 and await updated_at() == datetime(2026, 1, 1, 0, 0, 4, tzinfo=UTC)
+    await log.close()

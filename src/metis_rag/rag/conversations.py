@@ -188,18 +188,26 @@ class ConversationLog:
                 self._drained.set()
 
     async def _write(self, batch: _Pending) -> None:
+        touched = batch.touched
+        if batch.conversations and touched:
+            # A conversation created in this batch is inserted with its last touch, not
+            # updated after (every cached answer to a new question made one UPDATE more).
+            for conv in batch.conversations:
+                conv["updated_at"] = touched.get(conv["id"], conv["updated_at"])
+            created = {conv["id"] for conv in batch.conversations}
+            touched = {c: w for c, w in touched.items() if c not in created}
         async with self._sessions() as session, session.begin():
             # Core inserts on the tables: the ORM's bulk path costs more than the rows.
             if batch.conversations:
                 await session.execute(insert(Conversation.__table__), batch.conversations)
             if batch.messages:
                 await session.execute(insert(Message.__table__), batch.messages)
-            if batch.touched:
+            if touched:
                 table = Conversation.__table__
                 touch = (update(table).where(table.c.id == bindparam("conv_id"))
                          .values(updated_at=bindparam("when")))
                 await session.execute(touch, [{"conv_id": c, "when": w}
-                                              for c, w in batch.touched.items()])
+                                              for c, w in touched.items()])
 
     async def _write_one_by_one(self, batch: _Pending) -> None:
         for conv in batch.conversations:
