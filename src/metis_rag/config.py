@@ -389,6 +389,12 @@ class PostgresSettings(BaseModel):
     pool_recycle_s: float = Field(
         1800.0, gt=0, description="Reconnect connections older than this (proxies drop idle ones)."
     )
+    pool_pre_ping: bool = Field(
+        True, description="Test each connection with a round trip as it leaves the pool, so a "
+        "restarted database fails no request; off saves that round trip on every checkout (a "
+        "cached answer takes one), and statements on a dropped connection then fail once "
+        "(collection lookups retry).",
+    )
     hnsw_m: int = Field(
         16, ge=2, le=100, description="pgvector HNSW links per node; set when the index is created."
     )

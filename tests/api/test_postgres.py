@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,6 +13,8 @@ from asgi_lifespan import LifespanManager
 from metis_rag.app import create_app
 from metis_rag.config import PostgresSettings, Settings
 from metis_rag.devtools.pgvector_server import PgServer
+from metis_rag.store.db import create_engine, migrate, session_factory
+from metis_rag.store.lookup import CollectionLookup
 from tests.files import txt_bytes
 from tests.uploads import wait_tasks
 
@@ -57,3 +60,61 @@ async def test_a_saturated_pool_answers_503_and_recovers(
         assert (await client.get("/api/documents")).json()["total"] == 1
         await client.aclose()
     await locker.close()
+
+
+@pytest.mark.parametrize("pre_ping", [True, False])
+async def test_cached_answers_survive_dropped_connections(
+    make_settings: Callable[..., Settings], pg_server: PgServer, pg_database: str, pre_ping: bool
+) -> None:
+    """A database restart drops every pooled connection: with pre-ping the pool notices on
+    checkout; without it, the collection lookup (a read) retries once on a fresh connection."""
+    pool = PostgresSettings(pool_pre_ping=pre_ping)
+    app = create_app(make_settings(database_url=pg_server.url(pg_database), postgres=pool))
+    admin = await pg_server.connect(pg_database)
+    async with LifespanManager(app, startup_timeout=120) as manager:
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app),
+                                   base_url="http://metis")
+        accepted = await client.post("/api/documents", files={"files": ("a.txt", txt_bytes())})
+        await wait_tasks(client, accepted.json()["task_ids"])
+        q = {"message": "What is in the document?"}
+        first = await client.post("/api/chat/query", json=q)
+        assert first.status_code == 200, first.text
+        assert (await client.post("/api/chat/query", json=q)).json()["cache"]["level"] == "exact"
+        killed = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = $1 AND pid <> pg_backend_pid()", pg_database)
+        assert killed >= 1
+        gone = ("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
+                "AND pid <> pg_backend_pid()")
+        while await admin.fetchval(gone, pg_database):
+            await asyncio.sleep(0.01)
+        again = await client.post("/api/chat/query", json=q)
+        assert again.status_code == 200, again.text
+        assert again.json()["cache"]["level"] == "exact"
+        assert again.json()["answer"] == first.json()["answer"]
+        await client.aclose()
+    await admin.close()
+
+
+async def test_the_collection_lookup_retries_once_on_a_dropped_connection(
+    tmp_path: Path, pg_server: PgServer, pg_database: str
+) -> None:
+    settings = Settings(data_dir=tmp_path, database_url=pg_server.url(pg_database),
+                        postgres=PostgresSettings(pool_pre_ping=False, pool_size=1,
+                                                  max_overflow=0))
+    engine = create_engine(settings)
+    await migrate(engine)
+    lookup = CollectionLookup(session_factory(engine))
+    created = await lookup.get_or_create("default", "c")
+    assert await lookup.version(created.id) == created.version
+    admin = await pg_server.connect(pg_database)
+    await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = $1 AND pid <> pg_backend_pid()", pg_database)
+    while await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
+                               "AND pid <> pg_backend_pid()", pg_database):
+        await asyncio.sleep(0.01)
+    # The pool's only connection is dead and nothing pings it: the read is tried again.
+    assert await lookup.version(created.id) == created.version
+    assert await lookup.find("default", "c") == created
+    await admin.close()
+    await engine.dispose()

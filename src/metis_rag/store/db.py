@@ -51,7 +51,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
     pg = settings.postgres
     return create_async_engine(
         url, pool_size=pg.pool_size, max_overflow=pg.max_overflow, pool_timeout=pg.pool_timeout_s,
-        pool_recycle=pg.pool_recycle_s, pool_pre_ping=True,
+        pool_recycle=pg.pool_recycle_s, pool_pre_ping=pg.pool_pre_ping,
         json_serializer=_json_dumps, json_deserializer=orjson.loads,
     )
 

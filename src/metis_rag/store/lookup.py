@@ -11,12 +11,13 @@ more round trips (sessions' BEGIN and ROLLBACK took 28 % of a replica's samples 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from ..errors import NotFound
 from . import repo
@@ -63,8 +64,7 @@ class CollectionLookup:
         query = select(Collection.id, Collection.version).where(
             Collection.tenant == tenant, Collection.name == name)
         if self._reader is not None:
-            async with self._reader.connect() as conn:
-                found = (await conn.execute(query)).first()
+            found = await self._read(lambda conn: conn.execute(query), first=True)
         else:
             async with self._sessions() as session:
                 found = (await session.execute(query)).first()
@@ -95,9 +95,23 @@ class CollectionLookup:
             return int(row[0]) if row else -1
         query = select(Collection.version).where(Collection.id == collection_id)
         if self._reader is not None:
-            async with self._reader.connect() as conn:
-                found = await conn.scalar(query)
+            found = await self._read(lambda conn: conn.scalar(query))
         else:
             async with self._sessions() as session:
                 found = await session.scalar(query)
         return int(found) if found is not None else -1
+
+    async def _read(self, run: Callable[[AsyncConnection], Awaitable[Any]], *,
+                    first: bool = False) -> Any:
+        """One statement in autocommit, tried again once on a fresh connection if the pooled
+        one was dropped (a database restart, without `pool_pre_ping`): it only reads."""
+        assert self._reader is not None
+        for attempt in (1, 2):
+            try:
+                async with self._reader.connect() as conn:
+                    result = await run(conn)
+                    return result.first() if first else result
+            except DBAPIError as exc:
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")
