@@ -144,6 +144,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 round(med([m["ok_rps"] for m in metis]), 1),
             "saturated: metis requests/s with refusals": round(med([m["rps"] for m in metis]), 1),
             "saturated: bare FastAPI requests/s": round(med([r["bare"]["rps"] for r in runs]), 1),
+            "saturated: bare p50/p95/p99 ms": [round(med([r["bare"][k] for r in runs]), 2)
+                                               for k in ("p50_ms", "p95_ms", "p99_ms")],
             "saturated: metis p50/p95/p99 ms": [round(med([m[k] for m in metis]), 2)
                                                 for k in ("p50_ms", "p95_ms", "p99_ms")],
             "saturated: metis p99 / p50": round(med([m["p99_ms"] / m["p50_ms"] for m in metis
