@@ -171,9 +171,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if compression.enabled:
         app.add_middleware(Compression, min_bytes=compression.min_bytes,
                            gzip_level=compression.gzip_level, zstd_level=compression.zstd_level)
-    if settings.ratelimit.max_in_flight:
+    if settings.ratelimit.max_in_flight or settings.ratelimit.max_loop_lag_ms:
         # Inside RequestMetrics, so refused requests are counted as 503s.
-        app.add_middleware(AdmissionLimit, max_in_flight=settings.ratelimit.max_in_flight)
+        app.add_middleware(AdmissionLimit, max_in_flight=settings.ratelimit.max_in_flight,
+                           max_loop_lag_ms=settings.ratelimit.max_loop_lag_ms)
     # Added last, so outermost: its latency covers compression and every other middleware.
     app.add_middleware(RequestMetrics, metrics=metrics,
                        access_log=settings.observability.access_log)

@@ -376,6 +376,11 @@ class RateLimitSettings(BaseModel):
         "503 overloaded with Retry-After at once (health checks and /metrics excepted), so "
         "admitted requests keep their latency under overload. 0 = no limit.",
     )
+    max_loop_lag_ms: float = Field(
+        0, ge=0, description="Refuse requests the same way while the server's event loop runs "
+        "this late (sampled every 5 ms): under overload the queue forms before requests reach "
+        "the app, where max_in_flight cannot see it. 0 = off.",
+    )
 
 
 class PostgresSettings(BaseModel):

@@ -57,3 +57,32 @@ def test_the_setting_puts_the_limit_in_front_of_the_routes_and_zero_leaves_it_ou
 
     assert AdmissionLimit in middleware(64)
     assert AdmissionLimit not in middleware(0)
+    lag = create_app(Settings(ratelimit=RateLimitSettings(max_loop_lag_ms=50)))
+    assert AdmissionLimit in [m.cls for m in lag.user_middleware]  # type: ignore[misc]
+
+
+async def test_a_late_event_loop_refuses_new_requests_until_it_catches_up() -> None:
+    import time
+
+    from asgi_lifespan import LifespanManager
+
+    async def answer(_: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    inner = Starlette(routes=[Route("/api/chat/query", answer, methods=["POST"]),
+                              Route("/api/health", answer)])
+    app = AdmissionLimit(inner, max_loop_lag_ms=100)
+    async with LifespanManager(app) as manager, httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://metis") as client:
+        await asyncio.sleep(0.02)
+        assert (await client.post("/api/chat/query")).status_code == 200
+        time.sleep(0.3)  # the loop is held: the sampler's next tick is ~295 ms late
+        await asyncio.sleep(0.001)  # let the late tick run (a timer due long ago goes first)
+        refused = await client.post("/api/chat/query")
+        assert refused.status_code == 503 and refused.json()["code"] == "overloaded"
+        assert refused.headers["retry-after"] == "1"
+        assert (await client.get("/api/health")).status_code == 200
+        await asyncio.sleep(0.05)  # on time again
+        assert (await client.post("/api/chat/query")).status_code == 200
+        assert app.refused == 1
+    assert app._timer is not None and app._timer.cancelled()
