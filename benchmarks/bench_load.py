@@ -76,9 +76,11 @@ def warm(url: str, messages: list[str]) -> dict[str, Any]:
     answers = {}
     with httpx.Client(base_url=url, timeout=120) as client:
         for message in messages:
-            client.post("/api/chat/query", json={"message": message, "collection": "bench"})
+            harness.call(client, "POST", "/api/chat/query",
+                         json={"message": message, "collection": "bench"})
         for message in messages:
-            r = client.post("/api/chat/query", json={"message": message, "collection": "bench"})
+            r = harness.call(client, "POST", "/api/chat/query",
+                             json={"message": message, "collection": "bench"})
             r.raise_for_status()
             if r.json()["cache"]["level"] == "exact":
                 answers[message] = r.json()

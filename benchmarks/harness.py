@@ -144,6 +144,16 @@ def questions(n_topics: int) -> list[list[str]]:
     return out
 
 
+def call(client: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """One request, asked again after Retry-After while the server refuses it as overloaded
+    (its admission limit may be set, and refuses setup requests too while it ingests)."""
+    while True:
+        r = client.request(method, url, **kwargs)
+        if r.status_code != 503 or r.headers.get("retry-after") is None:
+            return r
+        time.sleep(float(r.headers["retry-after"]))
+
+
 def upload_corpus(url: str, docs: Path, collection: str = "bench") -> int:
     """Uploads every file under `docs` through the HTTP API and waits for its ingestion tasks;
     returns the number of chunks stored."""
@@ -152,7 +162,8 @@ def upload_corpus(url: str, docs: Path, collection: str = "bench") -> int:
     with httpx.Client(base_url=url, timeout=600) as client:
         for start in range(0, len(files), 20):
             batch = [("files", (p.name, p.read_bytes())) for p in files[start : start + 20]]
-            r = client.post("/api/documents", files=batch, data={"collection": collection})
+            r = call(client, "POST", "/api/documents", files=batch,
+                     data={"collection": collection})
             r.raise_for_status()
             for task_id in r.json().get("task_ids", []):
                 chunks += wait_task(client, task_id).get("chunks", 0)
@@ -163,7 +174,7 @@ def wait_task(client: httpx.Client, task_id: str, timeout_s: float = 600) -> dic
     """The result of a task once it completed (raises if it failed or was cancelled)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        task = client.get(f"/api/tasks/{task_id}").json()
+        task = call(client, "GET", f"/api/tasks/{task_id}").json()
         if task["status"] == "completed":
             return dict(task.get("result") or {})
         if task["status"] in ("failed", "cancelled"):
