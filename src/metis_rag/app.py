@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -148,7 +149,11 @@ class UploadLimit:
         return f"The upload is larger than the limit of {self.max_bytes / 1048576:g} MB."
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> FastAPI:
+    """`freeze_gc` (for a server process, `metis serve`): once started, move every object
+    built so far (the model, the indexes, the settings) out of the garbage collector's reach.
+    Otherwise each full collection walks them all: 70-95 ms about once a second under load,
+    collecting nothing (gc.callbacks on a saturated `metis serve`)."""
     settings = settings or Settings()
     configure_logging(settings.log_level, settings.log_format)
     metrics = Metrics.for_settings(settings)
@@ -156,6 +161,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         async with open_services(settings, metrics) as services, monitor_services(services):
+            if freeze_gc:
+                gc.collect()
+                gc.freeze()
             yield {"services": services}
 
     app = FastAPI(

@@ -82,7 +82,7 @@ def serve(
     settings = settings.model_copy(update=update)
     # log_config=None: uvicorn's loggers go through Metis's structured logging (create_app sets
     # it up); access_log=False: Metis writes its own access line, with the request id.
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+    uvicorn.run(create_app(settings, freeze_gc=True), host=settings.host, port=settings.port,
                 log_level=settings.log_level, loop="auto", http="auto",
                 log_config=None, access_log=False)
 

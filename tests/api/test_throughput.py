@@ -187,3 +187,23 @@ async def test_one_question_over_several_collections_fuses_their_results(
     missing = await client.post("/api/chat/query",
                                 json={"message": "x", "collections": ["people", "nope"]})
     assert missing.status_code == 404 and missing.json()["code"] == "collection_not_found"
+
+
+async def test_a_server_process_freezes_its_startup_objects_out_of_the_collector(
+    make_settings,  # type: ignore[no-untyped-def]
+) -> None:
+    import gc
+
+    from asgi_lifespan import LifespanManager
+
+    from metis_rag.app import create_app
+
+    assert gc.get_freeze_count() == 0
+    async with LifespanManager(create_app(make_settings()), startup_timeout=120):
+        assert gc.get_freeze_count() == 0  # an app in a test process leaves the collector be
+    try:
+        async with LifespanManager(create_app(make_settings(), freeze_gc=True),
+                                   startup_timeout=120):
+            assert gc.get_freeze_count() > 10_000  # the model, indexes, settings...
+    finally:
+        gc.unfreeze()

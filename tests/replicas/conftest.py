@@ -51,6 +51,9 @@ def cluster(cluster_db: str, prepared_models: Path,
         "METIS_TASKS__REDISPATCH_AFTER_S": "10", "METIS_TASKS__RETRY_BASE_S": "0.1",
         "METIS_TASKS__CONCURRENCY": "2", "METIS_TASKS__MIN_CONCURRENCY": "2",
         "METIS_CACHE__REDIS_TIMEOUT_MS": "1000",
+        # A conversation continued on the other server must find its first turn: only durable
+        # mode commits the rows before the answer returns (README, Conversations).
+        "METIS_CONVERSATIONS__DURABLE": "true",
     }
     cluster = Cluster(tmp_path_factory.mktemp("cluster"), cluster_db, prepared_models,
                       servers=2, workers=2, env=env)

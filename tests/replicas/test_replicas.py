@@ -57,3 +57,24 @@ def test_a_cache_entry_made_on_one_server_serves_the_other_and_a_clear_reaches_b
     while ask(b, term)["cache"]["level"] == "exact":
         assert time.monotonic() - cleared < 1.0, "B still serves a cleared answer after 1 s"
     assert ask(a, term)["cache"]["level"] == "exact"  # B's new answer, shared again
+
+
+def test_a_conversation_continued_on_the_other_server_sees_its_first_turn(
+    cluster: Cluster,
+) -> None:
+    a, b = cluster.server_url(0), cluster.server_url(1)
+    term = unique_term()
+    ingest(a, term)
+    first = ask(a, term)
+    conv = first["conversation_id"]
+    # At once, on the other server: the first turn is already committed (durable mode).
+    seen = httpx.get(f"{b}/api/conversations/{conv}", timeout=30)
+    assert seen.status_code == 200, seen.text
+    assert [m["role"] for m in seen.json()["messages"]] == ["user", "assistant"]
+    follow = httpx.post(b + "/api/chat/query", timeout=60, json={
+        "message": f"And when does the {term} valve close?", "conversation_id": conv})
+    assert follow.status_code == 200, follow.text
+    assert follow.json()["conversation_id"] == conv
+    messages = httpx.get(f"{a}/api/conversations/{conv}", timeout=30).json()["messages"]
+    assert [m["content"] for m in messages][:1] == [f"When does the {term} valve open?"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
