@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -62,6 +63,18 @@ async def test_a_saturated_pool_answers_503_and_recovers(
     await locker.close()
 
 
+async def terminate_all(admin: Any, database: str) -> None:
+    """Ends every other connection to the database and waits until they are gone (the app
+    may open new ones meanwhile: those are not waited for)."""
+    pids = await admin.fetchval(
+        "SELECT array_agg(pid) FROM pg_stat_activity WHERE datname = $1 "
+        "AND pid <> pg_backend_pid()", database)
+    assert pids
+    await admin.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", pids)
+    while await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)", pids):
+        await asyncio.sleep(0.01)
+
+
 @pytest.mark.parametrize("pre_ping", [True, False])
 async def test_cached_answers_survive_dropped_connections(
     make_settings: Callable[..., Settings], pg_server: PgServer, pg_database: str, pre_ping: bool
@@ -80,14 +93,7 @@ async def test_cached_answers_survive_dropped_connections(
         first = await client.post("/api/chat/query", json=q)
         assert first.status_code == 200, first.text
         assert (await client.post("/api/chat/query", json=q)).json()["cache"]["level"] == "exact"
-        killed = await admin.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = $1 AND pid <> pg_backend_pid()", pg_database)
-        assert killed >= 1
-        gone = ("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
-                "AND pid <> pg_backend_pid()")
-        while await admin.fetchval(gone, pg_database):
-            await asyncio.sleep(0.01)
+        await terminate_all(admin, pg_database)
         again = await client.post("/api/chat/query", json=q)
         assert again.status_code == 200, again.text
         assert again.json()["cache"]["level"] == "exact"
@@ -108,11 +114,7 @@ async def test_the_collection_lookup_retries_once_on_a_dropped_connection(
     created = await lookup.get_or_create("default", "c")
     assert await lookup.version(created.id) == created.version
     admin = await pg_server.connect(pg_database)
-    await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = $1 AND pid <> pg_backend_pid()", pg_database)
-    while await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
-                               "AND pid <> pg_backend_pid()", pg_database):
-        await asyncio.sleep(0.01)
+    await terminate_all(admin, pg_database)
     # The pool's only connection is dead and nothing pings it: the read is tried again.
     assert await lookup.version(created.id) == created.version
     assert await lookup.find("default", "c") == created
