@@ -133,6 +133,7 @@ async function loadMe() {
     if (r.status === 401 || r.status === 403) showError("auth-error", r);
   }
   $("signout-button").hidden = !apiKey();
+  if (state.meShownAt === undefined) state.meShownAt = performance.now();
   $("tab-admin").hidden = !(r.ok && r.body.role === "admin");
   document.dispatchEvent(new CustomEvent("metis:signed-in", { detail: state.me }));
   return r.ok;
