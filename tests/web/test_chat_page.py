@@ -82,7 +82,8 @@ def metis_url(prepared_models: Path, tmp_path_factory: pytest.TempPathFactory,
               fake_llm: FakeLLMServer) -> Iterator[str]:
     with metis_serve(prepared_models, tmp_path_factory.mktemp("serve"),
                      METIS_LLM__PROVIDER="openai", METIS_LLM__URL=fake_llm.url,
-                     METIS_LLM__MODEL="fake") as server:
+                     METIS_LLM__MODEL="fake",
+                     METIS_CHUNK__MAX_CHUNKS_PER_DOCUMENT="20") as server:
         yield server.url
 
 
@@ -232,6 +233,20 @@ def test_documents_upload_browse_view_and_delete(page: Page, tmp_path: Path) -> 
     bad = page.upload_row("tool.exe")  # refused alone, with the API's message and code
     assert bad.get_attribute("data-status") == "rejected"
     assert "Cannot ingest files of type .exe" in bad.text and "unsupported_media_type" in bad.text
+
+    # an ingestion that fails says why, and can be retried (it fails the same way again)
+    (tmp_path / "huge.md").write_text("\n\n".join(
+        f"# Part {i}\n\n" + " ".join(f"word{i}x{j}" for j in range(150)) for i in range(60)))
+    page.find("#files").send_keys(str(tmp_path / "huge.md"))
+    page.wait.until(lambda _: (row := page.upload_row("huge.md")) is not None
+                    and row.get_attribute("data-status") == "failed")
+    row = page.upload_row("huge.md")
+    assert "too_many_chunks" in row.text, row.text
+    row.find_element("css selector", ".retry").click()
+    page.wait.until(lambda _: page.upload_row("huge.md").get_attribute("data-finishes") == "2")
+    row = page.upload_row("huge.md")
+    assert row.get_attribute("data-status") == "failed" and "too_many_chunks" in row.text
+    assert row.find_element("css selector", ".retry").is_displayed()
 
     # dropped files upload the same way
     page.fill("upload-folder", "outdoors")

@@ -218,6 +218,7 @@ async function followTask(taskId, row, collection) {
       const pct = Number(task.progress) || 0;
       if (FINISHED.has(task.status)) {
         setRow(row, task.status, finalText(task, collection), task.status === "completed" ? 100 : pct);
+        row.dataset.finishes = String(Number(row.dataset.finishes || 0) + 1);
         const retry = row.querySelector(".retry");
         retry.hidden = task.status === "completed";
         retry.onclick = async () => {
