@@ -247,6 +247,13 @@ def test_documents_upload_browse_view_and_delete(page: Page, tmp_path: Path) -> 
     row = page.upload_row("huge.md")
     assert row.get_attribute("data-status") == "failed" and "too_many_chunks" in row.text
     assert row.find_element("css selector", ".retry").is_displayed()
+    page.driver.refresh()  # after a reload the failure is still listed, with its Retry
+    page.tab("docs")
+    page.wait.until(lambda _: "huge.md" in page.find("#failed-tasks").text)
+    failed = page.find("#failed-tasks li")
+    assert "too_many_chunks" in failed.text and failed.find_element("css selector", ".retry")
+    page.fill("upload-collection", "handbook")
+    page.fill("upload-tags", "policy")
 
     # dropped files upload the same way
     page.fill("upload-folder", "outdoors")

@@ -114,7 +114,31 @@ async function loadDocuments() {
   requestAnimationFrame(() => { table.lastPageMs = performance.now() - started; table.loaded += 1; });
 }
 
-function refresh() { loadCollections(); loadFacets(); loadDocuments(); }
+// Ingestions that failed (since before this page was opened, too), each with its Retry.
+async function loadFailed() {
+  const r = await api("GET", "/api/tasks?status=failed&type=ingest_document&limit=20");
+  if (!r.ok) return;
+  $("failed-tasks").replaceChildren(...r.body.items.map((task) => {
+    const p = task.params || {};
+    const row = el("li", { "data-status": "failed", "data-task": task.id },
+      el("span", { class: "filename", text: p.filename || task.name }),
+      el("span", { class: "muted small", text: p.collection || "" }),
+      el("button", { type: "button", class: "link small retry", text: "Retry",
+                     "aria-label": `Retry ${p.filename || task.name}` }),
+      el("span", { class: "status", text: finalText(task, p.collection) }));
+    row.querySelector(".retry").onclick = async () => {
+      const x = await api("POST", `/api/tasks/${encodeURIComponent(task.id)}/retry`);
+      if (!x.ok) { setRow(row, "error", errorText(x)); return; }
+      row.querySelector(".retry").hidden = true;
+      setRow(row, "queued", "queued again");
+      await followTask(task.id, row, p.collection);
+    };
+    return row;
+  }));
+  $("failed-card").hidden = r.body.items.length === 0;
+}
+
+function refresh() { loadCollections(); loadFacets(); loadDocuments(); loadFailed(); }
 
 // -- a document and its chunks -------------------------------------------------------------------
 
@@ -186,7 +210,8 @@ function uploadRow(file) {
 function setRow(row, status, text, progress) {
   row.dataset.status = status;
   row.querySelector(".status").textContent = text;
-  if (progress !== undefined) row.querySelector("progress").value = progress;
+  const bar = row.querySelector("progress");
+  if (bar && progress !== undefined) bar.value = progress;
 }
 
 // XMLHttpRequest, not fetch: it reports the bytes sent, so a large file shows its progress.
