@@ -241,13 +241,27 @@ async function readEvents(response, onEvent) {
   }
 }
 
-function stepItem(kind, data) {
-  const label = { step: "Step", tool_call: "Tool call", tool_result: "Tool result" }[kind] || kind;
-  const text = typeof data === "string" ? data : (data && (data.text || data.message || data.name)) || "";
-  const detail = data && typeof data === "object" ? JSON.stringify(data.arguments || data.args || data.result || data.output || "") : "";
-  return el("li", { class: `step ${kind}`, "data-kind": kind },
-    el("strong", { text: label }), " ", el("span", { text }),
-    detail && detail !== '""' ? el("code", { text: detail.slice(0, 400) }) : null);
+// step {id, op, name, status, purpose, error, elapsed_ms}; tool_call {step, name, arguments};
+// tool_result {step, name, error, content, cache_level, elapsed_ms}.
+function stepItem(kind, d) {
+  d = d && typeof d === "object" ? d : { text: String(d) };
+  const ms = typeof d.elapsed_ms === "number" ? ` · ${d.elapsed_ms.toFixed(1)} ms` : "";
+  let head, detail;
+  if (kind === "step") {
+    head = `${d.id || ""} ${d.name || d.op || ""} ${d.status || ""}${ms}`;
+    detail = d.error || d.purpose || "";
+  } else if (kind === "tool_call") {
+    head = `${d.step || ""} calls ${d.name || "a tool"}`;
+    detail = JSON.stringify(d.arguments || {});
+  } else {
+    head = `${d.step || ""} ${d.name || ""} ${d.error ? `failed: ${d.error}` : "answered"}` +
+           `${d.cache_level ? ` (cache ${d.cache_level})` : ""}${ms}`;
+    detail = d.content || "";
+  }
+  return el("li", { class: `step ${kind}`, "data-kind": kind, "data-status": d.status || null },
+    el("strong", { text: { step: "Step", tool_call: "Tool call", tool_result: "Result" }[kind] }),
+    " ", el("span", { text: head.replace(/\s+/g, " ").trim() }),
+    detail ? el("code", { text: String(detail).slice(0, 400) }) : null);
 }
 
 async function showAuditLink(queryId) {
@@ -319,7 +333,8 @@ async function ask(event) {
       state.answers += 1;
       setConversation(final.conversation_id, collection);
       finishTurn(turn, final, {});
-      if (agent && (final.query_id || final.id)) showAuditLink(final.query_id || final.id);
+      const queryId = final.agent && final.agent.query_id;
+      if (queryId) showAuditLink(queryId);
       loadConversations();
     } else if (turn) {
       finishTurn(turn, { answer: text, citations: [] }, { stored: true, stopped });
