@@ -128,7 +128,7 @@ async function loadMe() {
     who.dataset.role = r.body.role;
     showError("auth-error", null);
   } else {
-    who.textContent = "not signed in";
+    who.textContent = r.status === 404 ? "" : "not signed in";  // 404: a server without /api/me
     who.dataset.role = "";
     if (r.status === 401 || r.status === 403) showError("auth-error", r);
   }

@@ -120,6 +120,14 @@ function whyText(c) {
   return parts.length ? `Why: ${parts.join(" · ")}` : "";
 }
 
+function agentText(a) {
+  const scores = Object.entries(a.scores || {})
+    .filter(([, v]) => typeof v === "number").map(([k, v]) => `${k} ${v.toFixed(2)}`);
+  return `Agent: ${a.analysis || "?"} question, ${(a.steps || []).length} steps planned by ` +
+         `${a.planner || "?"}, ${a.rounds || 0} refinement rounds` +
+         (scores.length ? ` · ${scores.join(", ")}` : "");
+}
+
 function where(c) {
   const w = [];
   if (c.page !== null && c.page !== undefined) w.push(`page ${c.page}`);
@@ -181,6 +189,7 @@ function finishTurn(turn, answer, opts) {
       el("p", { class: "served", "data-level": (answer.cache && answer.cache.level) || "none",
                 text: servedText(answer) }),
       whyText(answer.cache || {}) ? el("p", { class: "why", text: whyText(answer.cache) }) : null,
+      answer.agent ? el("p", { class: "why agent-info", text: agentText(answer.agent) }) : null,
       el("p", { class: "timings",
                 text: `embed ${fmtMs(t.embed)} · retrieve ${fmtMs(t.retrieve)} · ` +
                       `generate ${fmtMs(t.generate)} · total ${fmtMs(t.total)}` +
