@@ -28,14 +28,14 @@ function renderCollections(items) {
   $("collections-empty").hidden = items.length > 0;
 }
 
-function selectCollection(name) {
+async function selectCollection(name) {
   table.collection = name;
   table.offset = 0;
   if (name) $("upload-collection").value = name;
   for (const b of $("collection-list").querySelectorAll("button"))
     b.setAttribute("aria-pressed", String((b.dataset.name || null) === name));
+  await loadDocuments();  // the rows first; the filters' values after
   loadFacets();
-  loadDocuments();
 }
 
 // -- facets and the table ----------------------------------------------------------------------
