@@ -289,6 +289,18 @@ def test_documents_upload_browse_view_and_delete(page: Page, tmp_path: Path) -> 
     page.shot("document-view")
     page.find("#doc-view-close").click()
 
+    # replace a document's content: its row shows the new size, its view the new text
+    size_before = page.doc_row_text("faq.md")
+    page.doc_action("faq.md", "replace")
+    new_faq = tmp_path / "faq-v2.md"
+    new_faq.write_text(FAQ + "\nThe office dog is called Byte and naps under the desk.\n")
+    page.find("#replace-file").send_keys(str(new_faq))
+    page.wait.until(lambda _: page.doc_row_text("faq.md") not in ("", size_before))
+    page.driver.execute_script(
+        "[...document.querySelectorAll('.doc-name')].find((e) => e.textContent === 'faq.md').click()")
+    page.wait.until(lambda _: "Byte" in page.find("#doc-view-chunks").text)
+    page.find("#doc-view-close").click()
+
     # delete asks first; cancelled, nothing goes
     page.doc_action("outdoors/garden.md", "delete")
     page.answer_dialog(accept=False)

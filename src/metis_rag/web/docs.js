@@ -73,13 +73,24 @@ function summaryOf(d) {
   return typeof d.summary === "string" ? d.summary : "";
 }
 
+// From the document analysis, when the server has it: kind, language, topics.
+function analysisOf(d) {
+  const parts = [];
+  if (d.doc_type) parts.push(d.doc_type);
+  if (d.language && d.language !== "und") parts.push(d.language);
+  if (Array.isArray(d.topics) && d.topics.length) parts.push(`topics: ${d.topics.slice(0, 5).join(", ")}`);
+  return parts.join(" · ");
+}
+
 function docRow(d) {
   const summary = summaryOf(d);
+  const analysis = analysisOf(d);
   return el("tr", { "data-id": d.id, "data-status": d.status },
     el("td", {},
       el("button", { type: "button", class: "link doc-name", text: d.folder ? `${d.folder}/${d.filename}` : d.filename,
                      onclick: () => openDocument(d.id) }),
       d.title && d.title !== d.filename ? el("span", { class: "muted small block", text: d.title }) : null,
+      analysis ? el("span", { class: "analysis muted small block", text: analysis }) : null,
       summary ? el("span", { class: "summary small block", text: summary }) : null,
       d.error ? el("span", { class: "error-text small block", text: d.error }) : null),
     el("td", { class: "status", text: d.status }),
@@ -149,7 +160,7 @@ async function openDocument(id) {
   $("doc-view-title").textContent = d.folder ? `${d.folder}/${d.filename}` : d.filename;
   $("doc-view-meta").textContent = `${d.collection} · ${d.status} · ${d.mime} · ${fmtBytes(d.size_bytes)} · ` +
     `${d.chunk_count} chunks · uploaded ${fmtDate(d.created_at)}${d.tags.length ? ` · tags ${d.tags.join(", ")}` : ""}`;
-  const summary = summaryOf(d);
+  const summary = [analysisOf(d), summaryOf(d)].filter(Boolean).join(" — ");
   $("doc-view-summary").textContent = summary;
   $("doc-view-summary").hidden = !summary;
   $("doc-view-chunks").replaceChildren(...(d.chunks || []).map((c) => {
