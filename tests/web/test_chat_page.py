@@ -454,9 +454,11 @@ def test_keyboard_and_phone_width(page: Page) -> None:
           .map((e) => e.id);""")
     assert unlabeled == []
     page.driver.set_window_size(390, 844)
-    width = page.driver.execute_script("return document.documentElement.scrollWidth")
-    page.shot("phone")
-    assert width <= 390  # nothing scrolls sideways at phone width
+    for tab in ("docs", "chat"):
+        page.tab(tab)
+        width = page.driver.execute_script("return document.documentElement.scrollWidth")
+        page.shot(f"phone-{tab}")
+        assert width <= 390, tab  # nothing scrolls sideways at phone width
 
 
 @pytest.fixture(scope="module")
