@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -559,6 +559,12 @@ class Settings(BaseSettings):
         toml_path = os.environ.get("METIS_CONFIG", "metis.toml")
         toml = TomlConfigSettingsSource(settings_cls, toml_file=toml_path)
         return (init_settings, env_settings, toml)
+
+    @model_validator(mode="after")
+    def _postgres_cache_needs_postgres(self) -> Settings:
+        if self.cache.backend == "postgres" and self.is_sqlite:
+            raise ValueError("METIS_CACHE__BACKEND=postgres needs a PostgreSQL METIS_DATABASE_URL")
+        return self
 
     @property
     def max_upload_bytes(self) -> int:
