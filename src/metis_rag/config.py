@@ -42,6 +42,10 @@ class EmbedSettings(BaseModel):
         description="Texts per model call (local: length-sorted batches; 16 measured fastest).",
     )
     threads: int = Field(0, ge=0, description="Intra-op threads for the local model; 0 = cores.")
+    query_threads: int = Field(
+        1, ge=0, description="Intra-op threads of the local model's second session, which embeds "
+        "calls of at most 4 texts (questions); 0 = no second session.",
+    )
     timeout_s: float = Field(60.0, gt=0, description="Timeout of a remote embedding call.")
 
 
