@@ -43,8 +43,8 @@ class EmbedSettings(BaseModel):
     )
     threads: int = Field(0, ge=0, description="Intra-op threads for the local model; 0 = cores.")
     query_threads: int = Field(
-        1, ge=0, description="Intra-op threads of the local model's second session, which embeds "
-        "calls of at most 4 texts (questions); 0 = no second session.",
+        0, ge=0, description="Intra-op threads of a second session of the local model for calls "
+        "of at most 4 texts (questions); 0 = no second session (measured no faster: README).",
     )
     timeout_s: float = Field(60.0, gt=0, description="Timeout of a remote embedding call.")
 
