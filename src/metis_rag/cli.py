@@ -176,6 +176,12 @@ def _print_answer(answer: ChatAnswer) -> None:
             where.append(f"§ {c.section}")
         console.print(f"[{c.index}] {', '.join(where)}  (score {c.score:.3f})", highlight=False)
     t = answer.timings_ms
+    if answer.agent:
+        a = answer.agent
+        scores = ", ".join(f"{k} {a.scores[k]}" for k in
+                           ("groundedness", "relevance", "completeness"))
+        err_console.print(f"[dim]agent: {a.analysis} plan, {len(a.steps)} steps; {scores}; "
+                          f"audit: GET /api/queries/{a.query_id}/audit[/dim]")
     err_console.print(
         f"[dim]{answer.mode}; embed {t.embed:.1f} ms, retrieve {t.retrieve:.1f} ms, "
         f"generate {t.generate:.1f} ms, total {t.total:.1f} ms; "
@@ -192,15 +198,20 @@ def ask(
     data_dir: DataDir = None,
     as_json: JsonOpt = False,
     tenant: TenantOpt = DEFAULT_TENANT,
+    agent: Annotated[bool, typer.Option(
+        "--agent", help="Agent mode: plan the question into tool steps (METIS_AGENT__*).")] = False,
 ) -> None:
     """Ask a question; prints the answer and numbered citations."""
     settings = _settings(data_dir)
     query = ChatQuery(message=question, collection=collection, top_k=top_k,
-                      conversation_id=conversation)
+                      conversation_id=conversation, mode="agent" if agent else "fast")
 
     async def main() -> ChatAnswer:
         async with open_services(settings, role="client") as services:
-            return await services.chat.answer(query, None, _operator(services, tenant))
+            who = _operator(services, tenant)
+            if agent and services.agent is not None:
+                return await services.agent.run(query, None, who)
+            return await services.chat.answer(query, None, who)
 
     answer = _run(main())
     if as_json:
@@ -231,8 +242,11 @@ def docs_list(
     settings = _settings(data_dir)
 
     async def fn(services: Services) -> Any:
-        return await list_documents(services, _operator(services, tenant), collection, tag,
-                                    folder, None, limit, offset)
+        # By keyword: the route grows filters, and positions would shift under them.
+        return await list_documents(services, _operator(services, tenant), collection=collection,
+                                    tag=tag, folder=folder, status=None, doc_type=None,
+                                    language=None, topic=None, limit=limit, offset=offset,
+                                    q=None, type=None)
 
     page = _run(_with_services(settings, fn))
     if as_json:
@@ -365,8 +379,7 @@ def cache_clear(
                 from .store import repo
 
                 async with services.sessions() as session, session.begin():
-                    coll = await repo.get_collection(session, check_tenant(tenant), collection)
-                    await repo.bump_version(session, coll.id)
+                    await repo.invalidate_collection(session, check_tenant(tenant), collection)
                 return
             if tenant == DEFAULT_TENANT and not services.keyring.enabled:  # single tenant: all
                 await services.caches.clear(namespace=namespace, level=level)

@@ -18,7 +18,7 @@ from asgi_lifespan import LifespanManager
 from metis_rag.app import create_app
 from metis_rag.config import CacheSettings, LLMSettings
 from tests.files import FACTS, MAKERS, md_bytes
-from tests.uploads import ingest
+from tests.uploads import ingest, replace
 
 pytestmark = pytest.mark.slow
 Q = {"message": FACTS[0][1], "collection": "hb"}
@@ -169,8 +169,7 @@ async def test_changes_to_a_collection_invalidate_its_answers(client: httpx.Asyn
     assert (await ask(client, **q))["cache"]["level"] == "exact"
     doc_id = first["citations"][0]["document_id"]
     new = b"# Operations\n\n## Backups\n\nDatabase backups now run hourly at minute 15.\n"
-    r = await client.put(f"/api/documents/{doc_id}", files={"files": ("ops.md", new)})
-    assert r.status_code == 200
+    await replace(client, doc_id, "ops.md", new)
     after = await ask(client, **q)
     assert after["cache"]["level"] is None and "hourly" in after["answer"]
     r = await client.delete("/api/cache", params={"collection": "hb"})
@@ -325,8 +324,7 @@ async def _two_servers_then_a_document_change(a: httpx.AsyncClient,
 
     doc_id = first["citations"][0]["document_id"]
     new = b"# Operations\n\n## Backups\n\nDatabase backups now run hourly at minute 15.\n"
-    r = await a.put(f"/api/documents/{doc_id}", files={"files": ("ops.md", new)})
-    assert r.status_code == 200
+    await replace(a, doc_id, "ops.md", new)
     # The first question after the change on each server is answered afresh (no level
     # serves the old version); a paraphrase on the other server then reuses that new answer.
     fresh = await ask(a, message=q)
