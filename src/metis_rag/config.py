@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -42,6 +42,10 @@ class EmbedSettings(BaseModel):
         description="Texts per model call (local: length-sorted batches; 16 measured fastest).",
     )
     threads: int = Field(0, ge=0, description="Intra-op threads for the local model; 0 = cores.")
+    query_threads: int = Field(
+        0, ge=0, description="Intra-op threads of a second session of the local model for calls "
+        "of at most 4 texts (questions); 0 = no second session (measured no faster: README).",
+    )
     timeout_s: float = Field(60.0, gt=0, description="Timeout of a remote embedding call.")
 
 
@@ -255,10 +259,11 @@ class CacheSettings(BaseModel):
         3600, gt=0, description="Agent tool results whose tool declares no TTL of its own."
     )
     semantic_max_error: float = Field(
-        0.01, ge=0, lt=1, description="Semantic level: the highest share of lookups you accept "
-        "being answered with another question's answer. The decision's threshold is the lowest "
-        "whose 95% upper confidence bound on the error measured on labelled calibration pairs "
-        "stays below it (README, Caching). Lower: fewer, safer hits; 0 switches the level off."
+        0.01, ge=0, lt=1, description="Semantic level: the highest share of semantic hits you "
+        "accept answering another question (1 - precision). The decision's threshold is the "
+        "lowest whose 95% upper confidence bound on that share, measured out of fold on labelled "
+        "calibration pairs, stays below it (README, Caching); the shipped calibration meets none "
+        "under 0.1, so at the default the level serves nothing. 0 switches the level off."
     )
     semantic_threshold: float | None = Field(
         None, gt=0, le=1, description="Deprecated and ignored (the cosine threshold before "
@@ -632,6 +637,12 @@ class Settings(BaseSettings):
         toml_path = os.environ.get("METIS_CONFIG", "metis.toml")
         toml = TomlConfigSettingsSource(settings_cls, toml_file=toml_path)
         return (init_settings, env_settings, toml)
+
+    @model_validator(mode="after")
+    def _postgres_cache_needs_postgres(self) -> Settings:
+        if self.cache.backend == "postgres" and self.is_sqlite:
+            raise ValueError("METIS_CACHE__BACKEND=postgres needs a PostgreSQL METIS_DATABASE_URL")
+        return self
 
     @property
     def max_upload_bytes(self) -> int:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
+import pytest
+from pydantic import ValidationError
 
 from metis_rag.cache.levels import digest, entities, normalize_question
 from metis_rag.cache.memory import MemoryBackend
 from metis_rag.cache.tiered import TieredCache
+from metis_rag.config import CacheSettings, Settings
 from metis_rag.embed.cached import CachedEmbedder
 
 
@@ -65,3 +69,13 @@ def test_entities_are_the_identifiers_and_figures_a_question_names() -> None:
     assert entities("What does $? mean?") != entities("What does $$ mean?")
     assert entities("git reset --soft") == {"--soft"} != entities("git reset --hard")
     assert entities("How much paid holiday do I get each year?") == frozenset()
+
+
+def test_the_postgres_cache_backend_is_refused_without_a_postgresql_database(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ValidationError, match="needs a PostgreSQL METIS_DATABASE_URL"):
+        Settings(data_dir=tmp_path, cache=CacheSettings(backend="postgres"))
+    ok = Settings(data_dir=tmp_path, cache=CacheSettings(backend="postgres"),
+                  database_url="postgresql+asyncpg://metis@127.0.0.1/metis")
+    assert ok.cache.backend == "postgres"
