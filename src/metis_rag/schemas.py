@@ -35,6 +35,15 @@ class DocumentOut(BaseModel):
     chunk_count: int
     created_at: datetime
     updated_at: datetime
+    doc_type: str | None = Field(None, description="From the document analysis: invoice, "
+                                 "contract, policy, manual, report, paper, email, faq, code, "
+                                 "data or article (null until analysed).")
+    language: str | None = Field(None, description="ISO 639-1 code, `und` when undetermined.")
+    topics: list[str] = Field(default_factory=list, description="Keywords, most important "
+                              "first.")
+    summary: str | None = None
+    analysis: dict[str, Any] | None = Field(None, description="How it was analysed: method "
+                                            "(llm | offline), model, ms.")
 
 
 class UploadResult(BaseModel):
@@ -92,6 +101,12 @@ class ChatQuery(BaseModel):
     stream: bool = False
     tags: list[str] = Field(default_factory=list, description="Only chunks carrying every tag.")
     folder: str | None = Field(None, description="Only documents in this folder (or below).")
+    doc_type: str | None = Field(None, max_length=40, description="Only documents of this "
+                                 "analysed type (invoice, contract, report...).")
+    language: str | None = Field(None, max_length=16, description="Only documents in this "
+                                 "language (ISO 639-1, from the analysis).")
+    topic: str | None = Field(None, max_length=100, description="Only documents with this "
+                              "topic (from the analysis).")
     hybrid: bool | None = Field(None, description="Override METIS_RETRIEVAL__HYBRID.")
     group_by: Literal["chunk", "document"] = Field(
         "chunk", description="document: the top_k distinct documents, each with its best "

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from .agent.analysis import DocumentAnalyzer
 from .agent.service import AgentService
 from .batching import BatchingEmbedder
 from .cache.levels import Caches, open_caches
@@ -74,6 +75,8 @@ class Services:
     # limited) LLM chain that `llm` wraps in the LLM cache.
     query_batcher: BatchingEmbedder | None = None
     llm_chain: LLM | None = None
+    # Document analysis at ingestion (METIS_ANALYSIS__ENABLED); None when off.
+    analyzer: DocumentAnalyzer | None = None
     # Agent mode (POST /api/chat/query with mode agent or auto): plans over the tool registry.
     agent: AgentService | None = None
 
@@ -185,6 +188,8 @@ async def open_services(
             keyring=keyring,
             audit=audit,
             quotas=Quotas(settings.auth),
+            analyzer=DocumentAnalyzer(settings.analysis, llm) if settings.analysis.enabled
+            else None,
         )
         services.agent = _agent_service(services)
         await tasks.start(services)

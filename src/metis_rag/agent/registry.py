@@ -172,6 +172,7 @@ def _from_json(value: Mapping[str, Any]) -> ToolResult:
 def build_registry(services: Services) -> ToolRegistry:
     """The built-in tools, wired to one running Metis. Close it (`close`) when done."""
     from .builtin_calculator import Calculator
+    from .builtin_documents import ListDocuments, SummarizeDocument
     from .builtin_rag import RagSearch
     from .builtin_sql import SqlQuery
 
@@ -186,6 +187,8 @@ def build_registry(services: Services) -> ToolRegistry:
                   settings.retrieval.top_k),
         Calculator(),
         SqlQuery(settings.tools, metis_url=settings.sqlalchemy_url),
+        SummarizeDocument(services.sessions, services.llm, settings.analysis),
+        ListDocuments(services.sessions, services.lookup),
     ]
     return ToolRegistry(tools, cache=services.caches.tool if services.caches else None,
                         versions=versions, metrics=services.metrics,

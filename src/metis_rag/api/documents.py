@@ -13,6 +13,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from sqlalchemy import select
 from starlette.datastructures import UploadFile
 
+from ..agent.analysis_step import analyse_document
 from ..errors import ClientDisconnected, InvalidInput, MetisError
 from ..ingest.parsers import sanitize_filename
 from ..ingest.pipeline import IngestResult, Upload, clean_folder, clean_tags
@@ -238,6 +239,9 @@ async def list_documents(
     tag: str | None = None,
     folder: str | None = None,
     status: str | None = None,
+    doc_type: Annotated[str | None, Query(max_length=40)] = None,
+    language: Annotated[str | None, Query(max_length=16)] = None,
+    topic: Annotated[str | None, Query(max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
 ) -> Page[DocumentOut]:
@@ -247,6 +251,7 @@ async def list_documents(
         items, total = await repo.list_documents(
             session, who.tenant, collection_id=collection_id, tag=tag, folder=folder, status=status,
             limit=limit, offset=offset,
+            analysis=repo.AnalysisFilter(doc_type=doc_type, language=language, topic=topic),
         )
     names = await _collection_names(services, who.tenant)
     return Page[DocumentOut](
@@ -297,6 +302,8 @@ async def replace_document(
             who.tenant, document_id,
             Upload(name, data, tags=_tags(fields.get("tags", "")), content_type=ctype),
         )
+    if services.analyzer is not None and result.status == "replaced" and result.document_id:
+        await analyse_document(services.sessions, services.analyzer, result.document_id)
     return _result(result)
 
 
