@@ -2,14 +2,14 @@
 `agent_events` (every analysis, plan, step, tool call, synthesis, evaluation and refinement).
 
 Revision ID: 0011
-Revises: 0008
+Revises: 0010 (0008 before agent-tools was merged; the lead re-chains)
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = "0008"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
