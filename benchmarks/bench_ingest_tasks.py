@@ -2,7 +2,7 @@
 
     python benchmarks/bench_ingest_tasks.py [--docs 1000] [--words 120] [--runs 3]
 
-The synchronous pipeline is `Ingestor.ingest_stream` (what `metis ingest` ran before tasks):
+The synchronous pipeline is `streaming.ingest_stream` (what `metis ingest` ran before tasks):
 one stream, parsing pipelined with embedding, chunks of many documents per model batch. The
 task version submits one `ingest_document` task per file at once to the embedded engine (as
 `metis ingest` and `POST /api/documents` now do) and waits for all of them. Prints wall time
@@ -30,6 +30,7 @@ from metis_rag.config import CacheSettings, Settings, TaskSettings  # noqa: E402
 from metis_rag.ingest.pipeline import Upload  # noqa: E402
 from metis_rag.services import open_services  # noqa: E402
 from metis_rag.tasks.types import TaskSpec  # noqa: E402
+from streaming import ingest_stream  # noqa: E402
 
 
 def cpu_s() -> float:
@@ -49,7 +50,7 @@ async def synchronous(docs: list[Path], settings: Settings) -> tuple[float, floa
     async with open_services(settings, role="client") as services:
         uploads = (Upload(p.name, p.read_bytes()) for p in docs)
         t, c = time.perf_counter(), cpu_s()
-        report = await services.ingestor.ingest_stream(uploads, "bench")
+        report = await ingest_stream(services.ingestor, services.vectors, uploads, "bench")
         return time.perf_counter() - t, cpu_s() - c, report.chunks
 
 

@@ -50,3 +50,16 @@ async def ingest(
         assert task["type"] == "ingest_document" and task["progress"] == 100
         result.update({k: task["result"][k] for k in ("status", "document_id", "chunks")})
     return body
+
+
+async def replace(
+    client: httpx.AsyncClient, document_id: str, filename: str, data: bytes,
+    status: str = "completed",
+) -> dict[str, Any]:
+    """PUT /api/documents/{id}: 202 with its ingest_document task; wait for it to finish."""
+    r = await client.put(f"/api/documents/{document_id}", files={"files": (filename, data)})
+    assert r.status_code == 202, r.text
+    assert r.json()["type"] == "ingest_document"
+    task = (await wait_tasks(client, [r.json()["id"]]))[r.json()["id"]]
+    assert task["status"] == status, task
+    return task

@@ -242,8 +242,11 @@ def docs_list(
     settings = _settings(data_dir)
 
     async def fn(services: Services) -> Any:
-        return await list_documents(services, _operator(services, tenant), collection, tag,
-                                    folder, None, limit, offset)
+        # By keyword: the route grows filters, and positions would shift under them.
+        return await list_documents(services, _operator(services, tenant), collection=collection,
+                                    tag=tag, folder=folder, status=None, doc_type=None,
+                                    language=None, topic=None, limit=limit, offset=offset,
+                                    q=None, type=None)
 
     page = _run(_with_services(settings, fn))
     if as_json:
@@ -376,8 +379,7 @@ def cache_clear(
                 from .store import repo
 
                 async with services.sessions() as session, session.begin():
-                    coll = await repo.get_collection(session, check_tenant(tenant), collection)
-                    await repo.bump_version(session, coll.id)
+                    await repo.invalidate_collection(session, check_tenant(tenant), collection)
                 return
             if tenant == DEFAULT_TENANT and not services.keyring.enabled:  # single tenant: all
                 await services.caches.clear(namespace=namespace, level=level)

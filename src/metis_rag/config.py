@@ -220,12 +220,18 @@ class ConversationSettings(BaseModel):
 
 class CacheSettings(BaseModel):
     enabled: bool = Field(True, description="Master switch of every cache level.")
-    backend: Literal["disk", "redis", "memory"] = Field(
+    backend: Literal["disk", "redis", "postgres", "memory"] = Field(
         "disk",
         description="Shared tier behind the in-process memory tier: disk (SQLite under the data "
-        "dir, survives restarts), redis (shared by every server), or memory only.",
+        "dir, survives restarts), redis (shared by every server), postgres (tables in the "
+        "PostgreSQL database of METIS_DATABASE_URL, shared by every server), or memory only.",
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Used when backend=redis.")
+    redis_key_prefix: str = Field(
+        "metis:cache:", min_length=1, description="Prefix of every key and of the invalidation "
+        "channel in Redis: servers that share a cache use the same one; deployments that share "
+        "one Redis use different ones.",
+    )
     redis_timeout_ms: float = Field(
         50, gt=0, description="A slower Redis call is abandoned and served without that tier."
     )
@@ -364,6 +370,11 @@ class RateLimitSettings(BaseModel):
     inbound_burst: float = Field(
         60, ge=1, description="Requests a client may send at once before the per-minute rate "
         "applies.",
+    )
+    max_in_flight: int = Field(
+        0, ge=0, description="Most requests one server process handles at once; beyond it, "
+        "503 overloaded with Retry-After at once (health checks and /metrics excepted), so "
+        "admitted requests keep their latency under overload. 0 = no limit.",
     )
 
 

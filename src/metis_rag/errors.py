@@ -22,8 +22,10 @@ MetisError
 ├── ProviderError                 502  provider_error (LLM or embedding backend failed)
 │   └── ProviderTimeout           504  provider_timeout
 ├── ServiceUnavailable            503  service_unavailable
+│   └── Overloaded                503  overloaded (METIS_RATELIMIT__MAX_IN_FLIGHT requests at once)
 ├── CorruptEntry                  500  cache_corrupt_entry (never reaches a client: dropped)
 ├── MissingDependency             500  missing_dependency (an optional extra is not installed)
+├── PermanentError                422  task_failed (a task that retrying cannot fix fails at once)
 ├── ClientDisconnected            499  client_disconnected (the client left; nobody reads it)
 └── ChunkingStopped               499  chunking_stopped (its ingestion was cancelled; nobody reads it)
 
@@ -52,6 +54,13 @@ class MetisError(Exception):
         if self.details:
             body["details"] = self.details
         return body
+
+
+class PermanentError(MetisError):
+    """A task failure that retrying cannot fix (bad input); the task fails at once."""
+
+    status = 422
+    code = "task_failed"
 
 
 class NotFound(MetisError):
@@ -151,6 +160,12 @@ class ProviderTimeout(ProviderError):
 class ServiceUnavailable(MetisError):
     status = 503
     code = "service_unavailable"
+
+
+class Overloaded(ServiceUnavailable):
+    """More requests at once than the admission limit: refused at once, with Retry-After."""
+
+    code = "overloaded"
 
 
 class CorruptEntry(MetisError):

@@ -5,6 +5,7 @@ bucket per HTTP client, and the retry policy (tenacity) for calls a provider ref
     AdaptiveLimiter   requests/min and tokens/min of one provider: halves its rate on 429,
                       honours Retry-After (nobody calls before it has passed), grows back slowly
     ClientLimiter     a bucket per client key (bounded), for inbound limits on the HTTP API
+    SlidingWindow     at most N calls a window per client, for cache invalidation
     retry_policy      exponential backoff with full jitter, at least Retry-After, a wait budget
 
 aiolimiter's leaky bucket has its rate fixed at construction and reads the loop's clock, and
@@ -16,14 +17,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
-from .errors import ProviderError, ProviderTimeout
+from .errors import ProviderError, ProviderTimeout, RateLimited
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -225,6 +226,27 @@ class ClientLimiter:
     @property
     def clients(self) -> int:
         return len(self._buckets)
+
+
+class SlidingWindow:
+    """At most `limit` calls per `window_s` per client (cache invalidation over HTTP)."""
+
+    def __init__(self, limit: int, window_s: float = 60.0, clock: Clock = time.monotonic) -> None:
+        self.limit, self.window_s, self.clock = limit, window_s, clock
+        self._calls: dict[str, deque[float]] = defaultdict(deque)
+
+    def check(self, client: str) -> None:
+        now = self.clock()
+        calls = self._calls[client]
+        while calls and calls[0] <= now - self.window_s:
+            calls.popleft()
+        if len(calls) >= self.limit:
+            retry = calls[0] + self.window_s - now
+            raise RateLimited(
+                f"Cache invalidation is limited to {self.limit} calls a minute; retry in "
+                f"{retry:.0f} s.", retry_after_s=retry,
+            )
+        calls.append(now)
 
 
 def key_id(api_key: str) -> str:

@@ -178,7 +178,11 @@ class CacheInfo(BaseModel):
     )
     checks: list[str] | None = Field(
         None, description="Semantic hits: the checks the two questions passed (similarity, "
-        "identifiers, question_type, negation, order_direction, content_words)."
+        "identifiers, question_type, negation, order_direction, score)."
+    )
+    probability: float | None = Field(
+        None, description="Semantic hits: calibrated probability that the two questions ask the "
+        "same thing (share of held-out calibration pairs scored at least as high that did)."
     )
 
 

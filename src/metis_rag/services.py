@@ -23,7 +23,7 @@ from .embed.base import Embedder
 from .embed.cached import CachedEmbedder
 from .errors import ServiceUnavailable
 from .ingest.chunker import Chunker
-from .ingest.pipeline import Ingestor, reconcile
+from .ingest.pipeline import Ingestor
 from .ingest.sandbox import ParseSandbox
 from .llm.base import LLM
 from .llm.cached import CachedLLM
@@ -34,15 +34,16 @@ from .observability.tracing import Tracing
 from .rag.chat import ChatService
 from .rag.conversations import ConversationLog
 from .rag.retriever import Retriever
+from .ratelimit import SlidingWindow
 from .store.db import create_engine, migrate, session_factory
 from .store.hnsw import HnswVectorStore
+from .store.index import DatabaseOnlyVectors, IndexFlusher, reconcile
 from .store.lookup import CollectionLookup
 from .store.pgvector import PgVectorStore, column_dim
 from .store.vectors import VectorStore
 from .tasks import Role, build_backend
 from .tasks.base import TaskBackend
 from .tasks.handlers import IngestEmbedder, build_registry
-from .tasks.index import DatabaseOnlyVectors, IndexFlusher
 from .tenancy.audit import AuditLog
 from .tenancy.keys import KeyRing, static_keys
 from .tenancy.quotas import Quotas
@@ -71,14 +72,15 @@ class Services:
     keyring: KeyRing
     audit: AuditLog
     quotas: Quotas
+    cache_invalidations: SlidingWindow  # DELETE /api/cache, per client
     # The throughput layer, for metrics (`stats` on each): query micro-batching and the (rate
     # limited) LLM chain that `llm` wraps in the LLM cache.
     query_batcher: BatchingEmbedder | None = None
     llm_chain: LLM | None = None
-    # Document analysis at ingestion (METIS_ANALYSIS__ENABLED); None when off.
-    analyzer: DocumentAnalyzer | None = None
     # Agent mode (POST /api/chat/query with mode agent or auto): plans over the tool registry.
     agent: AgentService | None = None
+    # Document analysis at ingestion (METIS_ANALYSIS__ENABLED); None when off.
+    analyzer: DocumentAnalyzer | None = None
 
 
 @asynccontextmanager
@@ -114,7 +116,8 @@ async def open_services(
             embedder = query_batcher
         caches: Caches | None = None
         if settings.cache.enabled:
-            caches = await open_caches(settings.cache, settings.data_dir, embedder.dim, stack)
+            caches = await open_caches(settings.cache, settings.data_dir, embedder.dim, stack,
+                                     engine=engine)
             embedder = CachedEmbedder(embedder, caches.embedding)
 
         vectors = await _vector_store(settings, engine, embedder.dim, role)
@@ -188,6 +191,7 @@ async def open_services(
             keyring=keyring,
             audit=audit,
             quotas=Quotas(settings.auth),
+            cache_invalidations=SlidingWindow(settings.cache.invalidations_per_min),
             analyzer=DocumentAnalyzer(settings.analysis, llm) if settings.analysis.enabled
             else None,
         )

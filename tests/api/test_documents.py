@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 
+from metis_rag.app import create_app
+from metis_rag.config import Settings
 from tests.files import FACTS, MAKERS, md_bytes, txt_bytes
-from tests.uploads import ingest
+from tests.uploads import ingest, replace
 
 pytestmark = [pytest.mark.slow, pytest.mark.databases]
 
@@ -54,9 +59,8 @@ async def test_replace_swaps_chunks_and_delete_removes_them(client: httpx.AsyncC
     assert "02:00" in before["answer"]
 
     new = b"# Operations\n\n## Backups\n\nDatabase backups now run hourly at minute 15.\n"
-    r = await client.put(f"/api/documents/{doc_id}", files={"files": ("ops.md", new)})
-    assert r.status_code == 200, r.text
-    assert r.json()["status"] == "replaced" and r.json()["document_id"] == doc_id
+    task = await replace(client, doc_id, "ops.md", new)
+    assert task["result"]["status"] == "replaced" and task["result"]["document_id"] == doc_id
     after = (await client.post("/api/chat/query", json=ask)).json()
     assert "hourly" in after["answer"] and "02:00" not in after["answer"]
     old_chunk_ids = {c["chunk_id"] for c in before["citations"]}
@@ -66,6 +70,55 @@ async def test_replace_swaps_chunks_and_delete_removes_them(client: httpx.AsyncC
     assert (await client.get(f"/api/documents/{doc_id}")).status_code == 404
     gone = (await client.post("/api/chat/query", json=ask)).json()
     assert gone["citations"] == []
+
+
+async def chunk_texts(client: httpx.AsyncClient, doc_id: str) -> list[tuple[int, str]]:
+    r = await client.get(f"/api/documents/{doc_id}", params={"chunks": True})
+    assert r.status_code == 200, r.text
+    return [(c["id"], c["text"]) for c in r.json()["chunks"]]
+
+
+async def test_put_answers_202_and_its_task_swaps_the_chunks(client: httpx.AsyncClient) -> None:
+    doc_id = (await ingest(client, {"ops.md": md_bytes()}, tags="ops"))["results"][0]["document_id"]
+    old = await chunk_texts(client, doc_id)
+    new = b"# Operations\n\nThe on-call rotation changes every Tuesday at noon.\n"
+    task = await replace(client, doc_id, "renamed-by-client.md", new)
+    assert task["result"] == {"collection": "default", "filename": "ops.md", "status": "replaced",
+                              "document_id": doc_id, "chunks": 1}
+    now = await chunk_texts(client, doc_id)
+    assert len(now) == 1 and "Tuesday at noon" in now[0][1]
+    assert not {i for i, _ in old} & {i for i, _ in now}, "an old chunk survived the replace"
+    doc = (await client.get(f"/api/documents/{doc_id}")).json()
+    assert doc["filename"] == "ops.md" and doc["tags"] == ["ops"] and doc["chunk_count"] == 1
+    listed = (await client.get("/api/documents")).json()
+    assert listed["total"] == 1
+
+
+async def test_a_failed_replace_leaves_the_old_version_intact(
+    make_settings: Callable[..., Settings],
+) -> None:
+    app = create_app(make_settings(chunk={"max_chunks_per_document": 4}))
+    async with LifespanManager(app, startup_timeout=120) as manager, httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://metis") as client:
+        doc_id = (await ingest(client, {"ops.md": md_bytes()}))["results"][0]["document_id"]
+        old = await chunk_texts(client, doc_id)
+        # Parses (so the request accepts it) but makes too many chunks: the task fails before
+        # writing anything.
+        big = " ".join(f"Backups moved to slot {i} of the night." for i in range(400)).encode()
+        task = await replace(client, doc_id, "ops.md", big, status="failed")
+        assert task["error"]["code"] == "too_many_chunks", task
+        assert await chunk_texts(client, doc_id) == old
+        ask = {"message": "When do database backups run?"}
+        assert "02:00" in (await client.post("/api/chat/query", json=ask)).json()["answer"]
+
+
+async def test_put_refuses_a_bad_file_before_queueing(client: httpx.AsyncClient) -> None:
+    doc_id = (await ingest(client, {"ops.md": md_bytes()}))["results"][0]["document_id"]
+    r = await client.put(f"/api/documents/{doc_id}", files={"files": ("ops.md", b"%PDF-1.4 junk")})
+    assert r.status_code in (415, 422), r.text
+    assert (await client.get("/api/tasks")).json()["total"] == 1  # only the first upload's
+    r = await client.put("/api/documents/nope", files={"files": ("ops.md", b"text")})
+    assert r.status_code == 404 and r.json()["code"] == "document_not_found"
 
 
 async def test_tag_and_folder_filters_restrict_retrieval(client: httpx.AsyncClient) -> None:

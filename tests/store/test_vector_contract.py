@@ -6,6 +6,7 @@ pgvector keeps a vector in its chunk's row, so its backend creates the chunk row
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from metis_rag.devtools.pgvector_server import PgServer
+from metis_rag.errors import ServiceUnavailable
 from metis_rag.store.db import migrate
 from metis_rag.store.hnsw import HnswVectorStore
+from metis_rag.store.index import DatabaseOnlyVectors
 from metis_rag.store.pgvector import PgVectorStore
 from metis_rag.store.vectors import VectorStore
 from tests.vectors import DIM, exact, make_chunks, unit
@@ -234,3 +237,33 @@ async def test_flushed_state_survives_a_reopen(backend: Backend) -> None:
     assert await store.ids(1) == set(ids) - {10, 11}
     assert await store.count(2) == 1
     assert [[h.id for h in await store.search(1, q, 5)] for q in v[:20]] == before
+
+
+# A Celery worker's store writes chunks and embeddings to the database only (their transaction
+# carries them) and never searches: the same interface, with the write-only part of the contract.
+VECTOR_STORES = [HnswVectorStore, PgVectorStore, DatabaseOnlyVectors]
+
+
+@pytest.mark.parametrize("cls", VECTOR_STORES, ids=lambda c: c.__name__)
+def test_every_backend_implements_the_whole_interface(cls: type) -> None:
+    for name, member in inspect.getmembers(VectorStore, inspect.iscoroutinefunction):
+        if name.startswith("_"):
+            continue
+        ours = getattr(cls, name, None)
+        assert ours is not None and inspect.iscoroutinefunction(ours), f"{cls.__name__}.{name}"
+        assert list(inspect.signature(ours).parameters) == list(
+            inspect.signature(member).parameters), f"{cls.__name__}.{name} signature"
+
+
+async def test_database_only_vectors_take_writes_hold_nothing_and_refuse_searches() -> None:
+    store = DatabaseOnlyVectors()
+    await store.start()
+    await store.add(1, [1, 2], unit(2))
+    await store.delete(1, [1])
+    await store.drop_collection(2)
+    await store.flush()
+    assert await store.ids(1) == set() and await store.count(1) == 0
+    with pytest.raises(ServiceUnavailable) as refused:
+        await store.search(1, unit(1)[0], 3)
+    assert refused.value.code == "worker_no_search"
+    await store.close()

@@ -2,40 +2,17 @@
 
 from __future__ import annotations
 
-import time
-from collections import defaultdict, deque
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 
-from ..errors import Forbidden, RateLimited, ServiceUnavailable
+from ..errors import Forbidden, ServiceUnavailable
 from ..store import repo
 from .deps import AdminDep, ServicesDep
 
 router = APIRouter(prefix="/api/cache", tags=["cache"])
 
 Level = Literal["exact", "semantic", "retrieval", "llm", "embedding", "document"]
-
-
-class SlidingWindow:
-    """At most `limit` calls per `window_s` per client; injected clock for tests."""
-
-    def __init__(self, limit: int, window_s: float = 60.0, clock: Any = time.monotonic) -> None:
-        self.limit, self.window_s, self.clock = limit, window_s, clock
-        self._calls: dict[str, deque[float]] = defaultdict(deque)
-
-    def check(self, client: str) -> None:
-        now = self.clock()
-        calls = self._calls[client]
-        while calls and calls[0] <= now - self.window_s:
-            calls.popleft()
-        if len(calls) >= self.limit:
-            retry = calls[0] + self.window_s - now
-            raise RateLimited(
-                f"Cache invalidation is limited to {self.limit} calls a minute; retry in "
-                f"{retry:.0f} s.", retry_after_s=retry,
-            )
-        calls.append(now)
 
 
 def _caches(services: ServicesDep) -> Any:
@@ -66,13 +43,11 @@ async def clear_cache(
     collections and namespaces; the llm, embedding and document levels, keyed by content and
     shared by every tenant, are cleared from the CLI."""
     caches = _caches(services)
-    limiter: SlidingWindow = request.app.state.cache_invalidation_limiter
-    limiter.check(request.client.host if request.client else "unknown")
+    services.cache_invalidations.check(request.client.host if request.client else "unknown")
     out: dict[str, Any] = {"namespace": namespace, "collection": collection, "level": level}
     if collection is not None:
         async with services.sessions() as session, session.begin():
-            coll = await repo.get_collection(session, who.tenant, collection)
-            await repo.bump_version(session, coll.id)
+            await repo.invalidate_collection(session, who.tenant, collection)
         out["collection_version_bumped"] = True
         return out
     prefix = who.namespace_prefix

@@ -1,4 +1,4 @@
-"""/api/chat/query and /api/conversations: questions, answers with citations, history."""
+"""/api/chat/query: questions, answers with citations (streamed or whole)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,10 @@ from pydantic import ValidationError
 
 from ..agent.stream import agent_events
 from ..errors import InvalidInput, MetisError
-from ..schemas import ChatAnswer, ChatQuery, ConversationOut, MessageOut
+from ..schemas import ChatAnswer, ChatQuery
 from ..services import Services
-from ..store import repo
-from ..store.models import Collection
 from ..tenancy.principal import principal_of
-from .deps import READER, ReaderDep, ServicesDep
+from .deps import READER
 
 router = APIRouter(prefix="/api", tags=["chat"])
 log_name = "metis.chat"
@@ -119,18 +117,3 @@ def _spend(services: Services, tenant: str, answer: ChatAnswer) -> None:
     """LLM tokens count against the tenant's day only when a model call was made."""
     if answer.mode == "llm" and answer.cache.level in (None, "retrieval"):
         services.quotas.spend_tokens(tenant, sum(answer.usage.values()))
-
-
-@router.get("/conversations/{conversation_id}", response_model=ConversationOut)
-async def get_conversation(
-    conversation_id: str, services: ServicesDep, who: ReaderDep
-) -> ConversationOut:
-    await services.conversations.flush()
-    async with services.sessions() as session:
-        conv = await repo.get_conversation(session, who.tenant, conversation_id)
-        coll = await session.get_one(Collection, conv.collection_id)
-        messages = await repo.recent_messages(session, conv.id, 10_000)
-    return ConversationOut(
-        id=conv.id, collection=coll.name, title=conv.title, created_at=conv.created_at,
-        messages=[MessageOut.model_validate(m) for m in messages],
-    )

@@ -10,19 +10,18 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
-from sqlalchemy import select
 from starlette.datastructures import UploadFile
 
-from ..agent.analysis_step import analyse_document
 from ..errors import ClientDisconnected, InvalidInput, MetisError
 from ..ingest.parsers import sanitize_filename
-from ..ingest.pipeline import IngestResult, Upload, clean_folder, clean_tags
+from ..ingest.pipeline import Upload, clean_folder, clean_tags
 from ..schemas import ChunkOut, DocumentDetail, DocumentOut, Page, UploadResponse, UploadResult
-from ..store import repo
-from ..store.models import Chunk, Collection, Document
+from ..store import browse, repo
+from ..store.models import Document
 from ..tasks import ids as task_ids
-from ..tasks.types import Priority, TaskSpec
+from ..tasks.types import Priority, TaskOut, TaskSpec
 from .deps import ReaderDep, ServicesDep, WriterDep
+from .tasks import shown
 
 router = APIRouter(prefix="/api", tags=["documents"])
 
@@ -129,11 +128,6 @@ def _tags(raw: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in raw.split(",") if t.strip())
 
 
-def _result(r: IngestResult) -> UploadResult:
-    return UploadResult(filename=r.filename, status=r.status, document_id=r.document_id,
-                        chunks=r.chunks, error=r.error)  # type: ignore[arg-type]
-
-
 @router.post(
     "/documents",
     response_model=UploadResponse,
@@ -160,7 +154,8 @@ async def upload_documents(request: Request, services: ServicesDep, who: WriterD
         for upload in uploads:  # parsed to validate; chunking and embedding are the task's
             await services.ingestor.parse(upload)
     hashes = [hashlib.sha256(u.data).hexdigest() for u in uploads]
-    stored = await _stored(services, who.tenant, collection, hashes)
+    async with services.sessions() as session:
+        stored = await repo.documents_by_hash(session, who.tenant, collection, hashes)
     new = [u for u, h in zip(uploads, hashes, strict=True) if h not in stored]
     if new:
         async with services.sessions() as session:
@@ -204,22 +199,6 @@ def _priority(raw: str) -> Priority:
                            "critical.", code="invalid_priority") from None
 
 
-async def _stored(
-    services: ServicesDep, tenant: str, collection: str, hashes: list[str]
-) -> dict[str, tuple[str, int]]:
-    """Documents of the collection that already hold these bytes: hash -> (id, chunks)."""
-    async with services.sessions() as session:
-        coll = (await session.execute(select(Collection.id).where(
-            Collection.tenant == tenant, Collection.name == collection))).scalar()
-        if coll is None:
-            return {}
-        rows = await session.execute(
-            select(Document.content_hash, Document.public_id, Document.chunk_count).where(
-                Document.collection_id == coll, Document.content_hash.in_(hashes))
-        )
-        return {r[0]: (r[1], r[2]) for r in rows}
-
-
 def _out(doc: Document, collection: str) -> DocumentOut:
     fields = {name: getattr(doc, name) for name in DocumentOut.model_fields
               if name not in ("collection", "id")}
@@ -231,28 +210,33 @@ async def _collection_names(services: ServicesDep, tenant: str) -> dict[int, str
         return {c.id: c.name for c in await repo.list_collections(session, tenant)}
 
 
-@router.get("/documents", response_model=Page[DocumentOut])
+@router.get("/documents", response_model=Page[DocumentOut],
+            summary="A page of documents, newest first, filtered and searched on the server")
 async def list_documents(
     services: ServicesDep,
     who: ReaderDep,
     collection: str | None = None,
     tag: str | None = None,
-    folder: str | None = None,
+    folder: Annotated[str | None, Query(description="This folder and the ones below it.")] = None,
     status: str | None = None,
     doc_type: Annotated[str | None, Query(max_length=40)] = None,
     language: Annotated[str | None, Query(max_length=16)] = None,
     topic: Annotated[str | None, Query(max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+    q: Annotated[str | None, Query(max_length=200,
+                                   description="Words of the filename or title.")] = None,
+    type: Annotated[str | None, Query(max_length=120, description="A media type.")] = None,
 ) -> Page[DocumentOut]:
     async with services.sessions() as session:
         collection_id = ((await repo.get_collection(session, who.tenant, collection)).id
                          if collection else None)
-        items, total = await repo.list_documents(
-            session, who.tenant, collection_id=collection_id, tag=tag, folder=folder, status=status,
-            limit=limit, offset=offset,
-            analysis=repo.AnalysisFilter(doc_type=doc_type, language=language, topic=topic),
-        )
+        query = browse.DocumentQuery(collection_id=collection_id, search=(q or "").strip() or None,
+                                     tag=tag, folder=folder, status=status, mime=type,
+                                     analysis=repo.AnalysisFilter(
+                                         doc_type=doc_type, language=language, topic=topic))
+        items, total = await browse.search_documents(session, who.tenant, query,
+                                                     limit=limit, offset=offset)
     names = await _collection_names(services, who.tenant)
     return Page[DocumentOut](
         items=[_out(d, names.get(d.collection_id, "")) for d in items],
@@ -265,46 +249,48 @@ async def get_document(
     document_id: DocumentId, services: ServicesDep, who: ReaderDep, chunks: bool = False
 ) -> DocumentDetail:
     async with services.sessions() as session:
-        doc = await repo.get_document(session, who.tenant, document_id)
-        coll = await session.get_one(Collection, doc.collection_id)
-        rows: list[ChunkOut] = []
-        if chunks:
-            result = await session.execute(
-                select(Chunk).where(Chunk.document_id == doc.id).order_by(Chunk.position)
-            )
-            rows = [
-                ChunkOut(id=c.id, position=c.position, text=c.text, page=c.page,
-                         section=c.section, token_count=c.token_count)
-                for c in result.scalars()
-            ]
-    out = _out(doc, coll.name)
+        doc, collection = await repo.document_and_collection(session, who.tenant, document_id)
+        rows = [
+            ChunkOut(id=c.id, position=c.position, text=c.text, page=c.page,
+                     section=c.section, token_count=c.token_count)
+            for c in (await repo.chunks_of_document(session, doc.id) if chunks else [])
+        ]
+    out = _out(doc, collection)
     return DocumentDetail(**out.model_dump(), chunks=rows)
 
 
 @router.put(
     "/documents/{document_id}",
-    response_model=UploadResult,
+    response_model=TaskOut,
+    status_code=202,
     openapi_extra=_MULTIPART_SCHEMA,
-    summary="Replace a document's content; its chunks are swapped atomically",
+    summary="Replace a document's content: validated now, swapped by a background task",
 )
 async def replace_document(
     document_id: DocumentId, request: Request, services: ServicesDep, who: WriterDep
-) -> Any:
+) -> TaskOut:
+    """202 with the `ingest_document` task that swaps the chunks in one transaction, keeping the
+    document's id, name and folder; until it completes the old content is served."""
     files, fields = await _read_form(request)
     if len(files) != 1:
         raise InvalidInput("Replace takes exactly one file.", code="one_file_expected")
     name, data, ctype = files[0]
     async with services.sessions() as session:  # the bytes it adds over the old content
-        old = await repo.get_document(session, who.tenant, document_id)
+        old, collection = await repo.document_and_collection(session, who.tenant, document_id)
         await services.quotas.admit_documents(session, who.tenant, 0, len(data) - old.size_bytes)
+    tags = clean_tags(_tags(fields.get("tags", ""))) or tuple(old.tags)
+    upload = Upload(old.filename, data, folder=old.folder, tags=tags, content_type=ctype)
     async with cancelled_on_disconnect(request):
-        result = await services.ingestor.replace(
-            who.tenant, document_id,
-            Upload(name, data, tags=_tags(fields.get("tags", "")), content_type=ctype),
-        )
-    if services.analyzer is not None and result.status == "replaced" and result.document_id:
-        await analyse_document(services.sessions, services.analyzer, result.document_id)
-    return _result(result)
+        await services.ingestor.parse(upload)  # to validate; the task chunks and embeds
+    spec = TaskSpec(
+        "ingest_document", name=f"replace {old.filename}"[:200],
+        priority=_priority(fields.get("priority", "normal")),
+        params={"collection": collection, "filename": old.filename, "folder": old.folder,
+                "tags": list(tags), "size_bytes": len(data), "content_type": ctype,
+                "tenant": who.tenant, "replace": document_id},
+        blob=data, tenant=who.tenant,
+    )
+    return shown((await services.tasks.submit([spec]))[0])
 
 
 @router.delete("/documents/{document_id}", status_code=204)

@@ -17,12 +17,15 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from ..config import CacheSettings
 from .base import CacheBackend
 from .codec import Codec
 from .disk import DiskBackend
 from .equivalence import Equivalence, Model, entities
 from .memory import MemoryBackend
+from .postgres import PostgresBackend
 from .semantic import SemanticIndex
 from .tiered import TieredCache
 
@@ -137,21 +140,36 @@ class Caches:
 
 
 async def open_caches(settings: CacheSettings, data_dir: Any, dim: int,
-                      stack: AsyncExitStack) -> Caches:
+                      stack: AsyncExitStack, engine: AsyncEngine | None = None) -> Caches:
+    """`engine`: the database, which `backend=postgres` stores the shared tier in."""
     memory = MemoryBackend(max_entries=settings.memory_max_entries,
                            max_bytes=int(settings.memory_max_mb * 1024 * 1024))
     backends: list[CacheBackend] = [memory]
+    # Pub/sub channels are not per database: the channel carries the URL's database and prefix.
+    channel = f"{settings.redis_key_prefix}invalidations:{settings.redis_url.rsplit('/', 1)[-1]}"
     if settings.backend == "disk":
         backends.append(DiskBackend(data_dir / "cache",
                                     max_bytes=int(settings.disk_max_mb * 1024 * 1024)))
     elif settings.backend == "redis":
         from .redis import RedisBackend
 
-        backends.append(RedisBackend(settings.redis_url,
+        backends.append(RedisBackend(settings.redis_url, namespace=settings.redis_key_prefix,
+                                     invalidation_channel=channel,
                                      timeout_s=settings.redis_timeout_ms / 1000))
+    elif settings.backend == "postgres":
+        if engine is None:
+            raise ValueError("METIS_CACHE__BACKEND=postgres needs the database engine")
+        backends.append(PostgresBackend(engine))
     for backend in backends:
         await backend.start()
         stack.push_async_callback(backend.close)
+    if settings.backend == "redis":
+        from .broadcast import InvalidationListener
+
+        # Other servers' clears and deletes reach this server's memory tier too.
+        listener = InvalidationListener(settings.redis_url, channel, [memory])
+        await listener.start()
+        stack.push_async_callback(listener.close)
     codec = Codec(compress_min_bytes=settings.compress_min_bytes)
 
     def level(name: str, ttl_s: float) -> TieredCache:

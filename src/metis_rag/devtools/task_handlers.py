@@ -13,8 +13,8 @@ from typing import Any
 
 from sqlalchemy import text
 
-from ..errors import MetisError
-from ..tasks.runner import HandlerRegistry, PermanentError, TaskContext
+from ..errors import MetisError, PermanentError
+from ..tasks.runner import HandlerRegistry, TaskContext
 
 
 async def sleep(ctx: TaskContext) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,17 +23,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..cache.tiered import TieredCache
 from ..embed.base import Embedder
-from ..errors import InvalidInput, MetisError, PayloadTooLarge
+from ..errors import InvalidInput, PayloadTooLarge
 from ..store import repo
-from ..store.models import Chunk, Collection, Document, new_public_id
+from ..store.models import Chunk, Document, new_public_id
 from ..store.vectors import ChunkColumnVectors, VectorStore
 from .chunker import ChunkDraft, Chunker
 from .parsers import ParsedDocument, Section, detect_type, sanitize_filename
 from .sandbox import ParseSandbox
 from .sniff import check_content_type
 
-# Chunks embedded together across small documents, so model batches stay full.
-GROUP_CHUNKS = 256
 # Text past this is chunked one document at a time: a few such files at once would hold
 # every core and their chunk lists the memory, while normal files go on in parallel.
 BIG_TEXT_CHARS = 1_000_000
@@ -47,6 +45,7 @@ class Upload:
     folder: str = ""
     tags: tuple[str, ...] = ()
     content_type: str = ""  # as the client declared it; must agree with the name and bytes
+    replaces: str = ""  # the public id of the document this content replaces (PUT), if any
 
 
 @dataclass(slots=True)
@@ -209,7 +208,7 @@ class Ingestor:
             prepared.append(await self.prepare_async(upload))
             if progress:
                 progress(40 * len(prepared) / len(uploads), "parsed")
-        vectors = await self._embed_group(prepared, embed)
+        vectors = await self.embed_prepared(prepared, embed)
         if progress:
             progress(100, f"embedded {sum(len(p.chunks) for p in prepared)} chunks")
         return Staged(prepared, vectors)
@@ -219,74 +218,7 @@ class Ingestor:
         async with self._write_lock:
             return await self._write(tenant, collection, staged.prepared, staged.vectors)
 
-    async def ingest_stream(
-        self,
-        uploads: Iterable[Upload],
-        collection: str,
-        on_progress: Callable[[IngestResult], None] | None = None,
-        tenant: str = "default",
-    ) -> IngestReport:
-        """Ingest many files, pipelining parsing with embedding; a bad file is reported, not fatal."""
-        report = IngestReport()
-        async for group, failures in self._prepared_groups(uploads):
-            for failure in failures:
-                report.results.append(failure)
-                if on_progress:
-                    on_progress(failure)
-            if not group:
-                continue
-            vectors = await self._embed_group(group)
-            async with self._write_lock:
-                part = await self._write(tenant, collection, group, vectors)
-            for result in part.results:
-                report.results.append(result)
-                if on_progress:
-                    on_progress(result)
-        await self._vectors.flush()
-        return report
-
-    async def _prepared_groups(
-        self, uploads: Iterable[Upload]
-    ) -> AsyncIterator[tuple[list[Prepared], list[IngestResult]]]:
-        queue: asyncio.Queue[Prepared | IngestResult | None] = asyncio.Queue(maxsize=16)
-
-        async def produce() -> None:
-            try:
-                for upload in uploads:
-                    try:
-                        item: Prepared | IngestResult = await self.prepare_async(upload)
-                    except MetisError as exc:
-                        item = IngestResult(upload.filename, "failed", error=exc.to_dict())
-                    await queue.put(item)
-            finally:
-                await queue.put(None)
-
-        producer = asyncio.create_task(produce())
-        try:
-            done = False
-            while not done:
-                group: list[Prepared] = []
-                failures: list[IngestResult] = []
-                n_chunks = 0
-                item = await queue.get()
-                while True:
-                    if item is None:
-                        done = True
-                        break
-                    if isinstance(item, IngestResult):
-                        failures.append(item)
-                    else:
-                        group.append(item)
-                        n_chunks += len(item.chunks)
-                    if n_chunks >= GROUP_CHUNKS or queue.empty():
-                        break
-                    item = await queue.get()
-                yield group, failures
-        finally:
-            producer.cancel()
-            await asyncio.gather(producer, return_exceptions=True)
-
-    async def _embed_group(
+    async def embed_prepared(
         self, group: Sequence[Prepared],
         embed: Callable[[Sequence[str]], Awaitable[np.ndarray]] | None = None,
     ) -> list[np.ndarray]:
@@ -342,7 +274,9 @@ class Ingestor:
         if existing is not None:
             return (IngestResult(prep.filename, "duplicate", existing.public_id,
                                  existing.chunk_count), [], [])
-        doc = await repo.find_document_by_path(session, collection_id, folder, prep.filename)
+        doc = await (repo.document_in(session, collection_id, prep.upload.replaces)
+                     if prep.upload.replaces else
+                     repo.find_document_by_path(session, collection_id, folder, prep.filename))
         old_ids: list[int] = []
         status: Literal["created", "replaced"] = "created"
         if doc is None:
@@ -399,40 +333,3 @@ class Ingestor:
             if not self._inline:  # an inline vector went with its chunk
                 await self._vectors.delete(collection_id, ids)
                 await self._vectors.flush()
-
-    async def replace(self, tenant: str, document_id: str, upload: Upload) -> IngestResult:
-        """Swap a document's content (and chunks) atomically, keeping its id."""
-        async with self._sessions() as session:
-            doc = await repo.get_document(session, tenant, document_id)
-            coll_name = (await session.get_one(Collection, doc.collection_id)).name
-            folder, filename, tags = doc.folder, doc.filename, tuple(doc.tags)
-        renamed = Upload(filename, upload.data, folder=folder, tags=upload.tags or tags,
-                         content_type=upload.content_type)
-        report = await self.ingest([renamed], coll_name, tenant)
-        await self._vectors.flush()
-        return report.results[0]
-
-
-async def reconcile(
-    sessions: async_sessionmaker[AsyncSession], vectors: VectorStore
-) -> dict[str, int]:
-    """Make the vector index match the database: add vectors it lacks, drop ones it should not have."""
-    added = removed = 0
-    async with sessions() as session:
-        for coll in await repo.list_collections(session, repo.ALL_TENANTS):
-            in_db = await repo.chunk_ids_of_collection(session, coll.id)
-            in_index = await vectors.ids(coll.id)
-            extra = sorted(in_index - in_db)
-            missing = sorted(in_db - in_index)
-            if extra:
-                await vectors.delete(coll.id, extra)
-                removed += len(extra)
-            if missing:
-                pairs = await repo.embeddings_of(session, missing)
-                ids = [p[0] for p in pairs]
-                matrix = np.vstack([np.frombuffer(p[1], dtype="<f4") for p in pairs])
-                await vectors.add(coll.id, ids, matrix)
-                added += len(ids)
-    if added or removed:
-        await vectors.flush()
-    return {"added": added, "removed": removed}

@@ -232,7 +232,8 @@ class ChatService:
                                 original_question=found.candidate.question,
                                 score=round(verdict.score, 4),
                                 threshold=round(caches.semantic.equivalence.threshold, 4),
-                                checks=list(verdict.checks))
+                                checks=list(verdict.checks),
+                                probability=round(verdict.probability, 4))
 
     async def _retrieve(self, turn: _Turn) -> None:
         if not turn.query.use_rag or turn.retrieved:

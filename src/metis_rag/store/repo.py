@@ -77,6 +77,11 @@ async def bump_version(session: AsyncSession, collection_id: int) -> None:
     )
 
 
+async def invalidate_collection(session: AsyncSession, tenant: str, name: str) -> None:
+    """Bump the tenant's collection's version: every cached answer of it becomes unreachable."""
+    await bump_version(session, (await get_collection(session, tenant, name)).id)
+
+
 async def find_document_by_hash(
     session: AsyncSession, collection_id: int, content_hash: str
 ) -> Document | None:
@@ -97,6 +102,15 @@ async def find_document_by_path(
     return (await session.execute(stmt)).scalars().first()
 
 
+async def document_in(session: AsyncSession, collection_id: int, public_id: str) -> Document:
+    """The collection's document with this public id (a replace's target, deleted meanwhile or not)."""
+    doc = (await session.execute(select(Document).where(
+        Document.public_id == public_id, Document.collection_id == collection_id))).scalar()
+    if doc is None:
+        raise NotFound(f"Document {public_id[:40]!r} does not exist.", code="document_not_found")
+    return doc
+
+
 async def get_document(session: AsyncSession, tenant: str, public_id: str) -> Document:
     """Another tenant's document is not found, with the same message as a missing one."""
     doc = (await session.execute(select(Document).where(
@@ -105,6 +119,34 @@ async def get_document(session: AsyncSession, tenant: str, public_id: str) -> Do
     if doc is None:
         raise NotFound(f"Document {public_id[:40]!r} does not exist.", code="document_not_found")
     return doc
+
+
+async def document_and_collection(
+    session: AsyncSession, tenant: str, public_id: str
+) -> tuple[Document, str]:
+    """The tenant's document and the name of its collection."""
+    doc = await get_document(session, tenant, public_id)
+    return doc, (await session.get_one(Collection, doc.collection_id)).name
+
+
+async def documents_by_hash(
+    session: AsyncSession, tenant: str, collection: str, hashes: Sequence[str]
+) -> dict[str, tuple[str, int]]:
+    """Documents of the tenant's collection that already hold these bytes: hash -> (id, chunks)."""
+    coll = (await session.execute(select(Collection.id).where(
+        Collection.tenant == tenant, Collection.name == collection))).scalar()
+    if coll is None:
+        return {}
+    rows = await session.execute(
+        select(Document.content_hash, Document.public_id, Document.chunk_count).where(
+            Document.collection_id == coll, Document.content_hash.in_(hashes)))
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+async def chunks_of_document(session: AsyncSession, document_id: int) -> Sequence[Chunk]:
+    """A document's chunks in reading order."""
+    return (await session.execute(select(Chunk).where(
+        Chunk.document_id == document_id).order_by(Chunk.position))).scalars().all()
 
 
 @dataclass(frozen=True, slots=True)

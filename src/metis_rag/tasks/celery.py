@@ -20,9 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..config import TaskSettings
 from ..errors import MissingDependency
+from ..store.index import IndexFollower
 from . import leases, repo
 from .base import TaskBackend
-from .index import IndexFollower
 from .runner import HandlerRegistry
 from .types import QUEUED, TaskOut, TaskSpec
 from .writer import StateWriter

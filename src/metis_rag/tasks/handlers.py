@@ -19,6 +19,7 @@ from ..config import TaskSettings
 from ..errors import InvalidInput
 from ..ingest.pipeline import Upload
 from ..store import repo as store_repo
+from ..store.index import reconcile
 from ..tenancy.principal import DEFAULT_TENANT, Principal
 from . import repo
 from .runner import HandlerRegistry, PermanentError, TaskContext
@@ -42,7 +43,8 @@ async def past_commit_point(work: Awaitable[T]) -> T:
 
 
 async def ingest_document(ctx: TaskContext) -> dict[str, Any]:
-    """params: collection, filename, folder, tags, and either the stored upload or `path`."""
+    """params: collection, filename, folder, tags, and either the stored upload or `path`;
+    `replace` (a document's public id) swaps that document's content, keeping its id."""
     p = ctx.params
     ingestor = ctx.services.ingestor
     ctx.progress(2, "reading")
@@ -55,7 +57,7 @@ async def ingest_document(ctx: TaskContext) -> dict[str, Any]:
     else:
         data = await ctx.blob()
     upload = Upload(p["filename"], data, folder=p.get("folder", ""), tags=tuple(p.get("tags", ())),
-                    content_type=p.get("content_type", ""))
+                    content_type=p.get("content_type", ""), replaces=p.get("replace", ""))
     staged = await ingestor.stage([upload], progress=lambda pct, msg: ctx.progress(5 + pct * 0.85, msg),
                                   embed=ctx.services.ingest_embedder.embed)
     ctx.progress(92, "writing")
@@ -127,8 +129,6 @@ async def reindex_collection(ctx: TaskContext) -> dict[str, Any]:
         await vectors.flush()
     except asyncio.CancelledError:
         # Roll back to a whole index: put back whatever the database has and the index lacks.
-        from ..ingest.pipeline import reconcile
-
         await past_commit_point(reconcile(services.sessions, vectors))
         raise
     return {"collection": name, "vectors": len(ids)}
@@ -142,8 +142,7 @@ async def purge_cache(ctx: TaskContext) -> dict[str, Any]:
         raise PermanentError("The cache is disabled.", code="cache_disabled")
     if p.get("collection"):
         async with services.sessions() as session, session.begin():
-            coll = await store_repo.get_collection(session, _tenant(ctx), p["collection"])
-            await store_repo.bump_version(session, coll.id)
+            await store_repo.invalidate_collection(session, _tenant(ctx), p["collection"])
         return {"collection": p["collection"]}
     who = _principal(ctx)
     namespace = who.namespace(p["namespace"]) if p.get("namespace") else None

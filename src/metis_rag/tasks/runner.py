@@ -15,19 +15,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InvalidInput, MetisError
+from ..errors import InvalidInput, MetisError, PermanentError
 from ..observability import tracing
 
 Handler = Callable[["TaskContext"], Any]
 ProgressSink = Callable[[str, float, str | None], None]
 BlobLoader = Callable[[str], Awaitable[bytes | None]]
-
-
-class PermanentError(MetisError):
-    """A failure that retrying cannot fix (bad input); the task fails at once."""
-
-    status = 422
-    code = "task_failed"
 
 
 @dataclass(frozen=True, slots=True)

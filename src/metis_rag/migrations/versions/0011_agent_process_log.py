@@ -2,7 +2,7 @@
 `agent_events` (every analysis, plan, step, tool call, synthesis, evaluation and refinement).
 
 Revision ID: 0011
-Revises: 0010 (0008 before agent-tools was merged; the lead re-chains)
+Revises: 0010
 """
 
 import sqlalchemy as sa

@@ -1,5 +1,6 @@
-"""Keeping the in-memory vector index in step with chunks that tasks write.
+"""Keeping the vector index in step with the chunks in the database.
 
+`reconcile` makes the index match the database (at start-up, after a cancelled reindex).
 `IndexFlusher` saves the index a little after ingestion tasks stop committing (it is derived
 data: start-up rebuilds what a crash lost from the stored embeddings). `IndexFollower` lets a
 server pick up chunks that Celery workers wrote, by watching collection versions, and
@@ -18,12 +19,43 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..errors import ServiceUnavailable
-from ..store import repo as store_repo
-from ..store.models import Collection as CollectionRow
-from ..store.vectors import VectorHit, VectorStore
+from . import repo as store_repo
+from .models import Collection as CollectionRow
+from .vectors import VectorHit, VectorStore
 
 log = logging.getLogger("metis.tasks")
 Sleep = Callable[[float], Awaitable[None]]
+
+
+async def reconcile(
+    sessions: async_sessionmaker[AsyncSession], vectors: VectorStore
+) -> dict[str, int]:
+    """Make the vector index match the database: add vectors it lacks, drop ones it should not have."""
+    added = removed = 0
+    async with sessions() as session:
+        for coll in await store_repo.list_collections(session, store_repo.ALL_TENANTS):
+            a, r = await reconcile_collection(session, vectors, coll.id)
+            added, removed = added + a, removed + r
+    if added or removed:
+        await vectors.flush()
+    return {"added": added, "removed": removed}
+
+
+async def reconcile_collection(
+    session: AsyncSession, vectors: VectorStore, collection_id: int
+) -> tuple[int, int]:
+    """One collection's part of `reconcile`: (vectors added, vectors removed); no flush."""
+    in_db = await store_repo.chunk_ids_of_collection(session, collection_id)
+    in_index = await vectors.ids(collection_id)
+    extra = sorted(in_index - in_db)
+    missing = sorted(in_db - in_index)
+    if extra:
+        await vectors.delete(collection_id, extra)
+    if missing:
+        pairs = await store_repo.embeddings_of(session, missing)
+        matrix = np.vstack([np.frombuffer(p[1], dtype="<f4") for p in pairs])
+        await vectors.add(collection_id, [p[0] for p in pairs], matrix)
+    return len(missing), len(extra)
 
 
 class IndexFlusher:
@@ -96,17 +128,8 @@ class IndexFollower:
 
     async def _reconcile(self, collection_id: int) -> int:
         async with self._sessions() as session:
-            in_db = await store_repo.chunk_ids_of_collection(session, collection_id)
-            in_index = await self._vectors.ids(collection_id)
-            extra = sorted(in_index - in_db)
-            missing = sorted(in_db - in_index)
-            if extra:
-                await self._vectors.delete(collection_id, extra)
-            if missing:
-                pairs = await store_repo.embeddings_of(session, missing)
-                matrix = np.vstack([np.frombuffer(p[1], dtype="<f4") for p in pairs])
-                await self._vectors.add(collection_id, [p[0] for p in pairs], matrix)
-        return len(extra) + len(missing)
+            added, removed = await reconcile_collection(session, self._vectors, collection_id)
+        return added + removed
 
 
 class DatabaseOnlyVectors:
