@@ -460,13 +460,13 @@ class KeyGrant(BaseModel):
     """What a key of METIS_API_KEYS's object form grants."""
 
     tenant: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
-    role: Literal["reader", "writer", "admin"] = "reader"
+    role: Literal["reader", "writer", "admin", "operator"] = "reader"
 
 
 class AuthSettings(BaseModel):
     protect_ops: bool | None = Field(
-        None, description="Require an admin key for /metrics, /docs, /redoc, /openapi.json and "
-        "the dashboard's data; unset = yes whenever API keys are in use.",
+        None, description="Require a key for /metrics and the dashboard's data (an operator's) "
+        "and /docs, /redoc, /openapi.json (an admin's); unset = yes whenever API keys are in use.",
     )
     scrape_token: str = Field(
         "", description="A token that also opens /metrics (Authorization: Bearer), for Prometheus.",
@@ -485,6 +485,22 @@ class AuthSettings(BaseModel):
     quotas: QuotaSettings = Field(QuotaSettings(), description="Every tenant's default quotas.")
     tenant_quotas: dict[str, QuotaSettings] = Field(
         default={}, description='Per-tenant overrides (JSON): {"acme": {"max_documents": 1000}}.',
+    )
+    quota_store: Literal["auto", "redis", "database", "memory"] = Field(
+        "auto", description="Where quota counters live: redis or database (shared by every "
+        "server), memory (this process); auto = redis when METIS_AUTH__QUOTA_REDIS_URL is set or "
+        "the cache is on Redis, else the database.",
+    )
+    quota_redis_url: str = Field(
+        "", description="Redis of the quota counters; empty = METIS_CACHE__REDIS_URL.",
+    )
+    quota_key_prefix: str = Field(
+        "metis:quota:", max_length=60,
+        description="Prefix of every quota counter's key (deployments sharing one Redis).",
+    )
+    quota_timeout_ms: float = Field(
+        250, gt=0, description="A slower Redis call counts as an outage: the server counts "
+        "locally until Redis answers again.",
     )
 
     @field_validator("trusted_proxies")

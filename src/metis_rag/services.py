@@ -42,6 +42,7 @@ from .tasks.base import TaskBackend
 from .tasks.handlers import IngestEmbedder, build_registry
 from .tasks.index import DatabaseOnlyVectors, IndexFlusher
 from .tenancy.audit import AuditLog
+from .tenancy.counters import build_counters
 from .tenancy.keys import KeyRing, static_keys
 from .tenancy.quotas import Quotas
 
@@ -157,6 +158,9 @@ async def open_services(
         keyring = KeyRing(static_keys(settings.api_keys), settings.auth.reload_s)
         await keyring.start(sessions)
         stack.push_async_callback(keyring.close)
+        counters = build_counters(settings, engine)
+        await counters.start()
+        stack.push_async_callback(counters.close)
         audit = AuditLog(sessions, window_ms=settings.auth.audit_window_ms)
         await audit.start()
         stack.push_async_callback(audit.close)
@@ -181,7 +185,7 @@ async def open_services(
             ingest_embedder=ingest_embedder,
             keyring=keyring,
             audit=audit,
-            quotas=Quotas(settings.auth),
+            quotas=Quotas(settings.auth, counters, sessions),
         )
         await tasks.start(services)
         stack.push_async_callback(tasks.close)
