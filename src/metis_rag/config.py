@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -51,6 +51,9 @@ class EmbedSettings(BaseModel):
         if v and not (Path(v) / "config.json").is_file():
             raise ValueError(f"model_path {v!r} is not a model directory (no config.json)")
         return v
+
+
+CHARS_PER_TOKEN = 8  # the ceiling METIS_PARSE__MAX_TEXT_CHARS=0 derives the text limit with
 
 
 class ChunkSettings(BaseModel):
@@ -94,8 +97,10 @@ class ParseSettings(BaseModel):
     )
     max_pages: int = Field(2000, ge=1, description="Most pages of a PDF.")
     max_text_chars: int = Field(
-        5_000_000, ge=1000, description="Most characters of text extracted from one file (a "
-        "1,500-page book): all of it is chunked and embedded, so this bounds ingestion work.",
+        0, ge=0, description="Most characters of text extracted from one file; 0 = derived from "
+        "the chunk limit: METIS_CHUNK__MAX_CHUNKS_PER_DOCUMENT x METIS_CHUNK__MAX_TOKENS x 8 "
+        "characters a token (5,120,000 by default), so prose the chunk limit takes is not "
+        "refused at parse time.",
     )
     max_unzipped_mb: float = Field(
         200, gt=0, description="Most bytes a DOCX may expand to when unzipped, all parts together "
@@ -545,6 +550,17 @@ class Settings(BaseSettings):
     embed: EmbedSettings = EmbedSettings()
     chunk: ChunkSettings = ChunkSettings()
     parse: ParseSettings = ParseSettings()
+
+    @model_validator(mode="after")
+    def _derive_text_limit(self) -> Settings:
+        # English prose is about 4 characters a token of the embedding model's tokenizer. Text
+        # past twice that makes more chunks than the chunk limit allows (the task would refuse
+        # it with too_many_chunks after parsing it whole) unless its tokens average over 8
+        # characters, which only long identifiers or encoded data do.
+        if not self.parse.max_text_chars:
+            self.parse = self.parse.model_copy(update={"max_text_chars": (
+                self.chunk.max_chunks_per_document * self.chunk.max_tokens * CHARS_PER_TOKEN)})
+        return self
     retrieval: RetrievalSettings = RetrievalSettings()
     llm: LLMSettings = LLMSettings()
     cache: CacheSettings = CacheSettings()
