@@ -45,6 +45,7 @@ from .tasks import Role, build_backend
 from .tasks.base import TaskBackend
 from .tasks.handlers import IngestEmbedder, build_registry
 from .tenancy.audit import AuditLog
+from .tenancy.counters import build_counters
 from .tenancy.keys import KeyRing, static_keys
 from .tenancy.quotas import Quotas
 
@@ -166,6 +167,9 @@ async def open_services(
         keyring = KeyRing(static_keys(settings.api_keys), settings.auth.reload_s)
         await keyring.start(sessions)
         stack.push_async_callback(keyring.close)
+        counters = build_counters(settings, engine)
+        await counters.start()
+        stack.push_async_callback(counters.close)
         audit = AuditLog(sessions, window_ms=settings.auth.audit_window_ms)
         await audit.start()
         stack.push_async_callback(audit.close)
@@ -190,7 +194,7 @@ async def open_services(
             ingest_embedder=ingest_embedder,
             keyring=keyring,
             audit=audit,
-            quotas=Quotas(settings.auth),
+            quotas=Quotas(settings.auth, counters, sessions),
             cache_invalidations=SlidingWindow(settings.cache.invalidations_per_min),
             analyzer=DocumentAnalyzer(settings.analysis, llm) if settings.analysis.enabled
             else None,

@@ -362,15 +362,6 @@ async def fulltext_search(
     return [h for h in hits if h[0] in keep][:limit]
 
 
-async def tenant_usage(session: AsyncSession, tenant: str) -> tuple[int, int]:
-    """The tenant's documents and their bytes, for its quotas."""
-    row = (await session.execute(
-        select(func.count(Document.id), func.coalesce(func.sum(Document.size_bytes), 0))
-        .where(Document.collection_id.in_(tenant_collections(tenant)))
-    )).one()
-    return int(row[0]), int(row[1])
-
-
 @dataclass(frozen=True, slots=True)
 class ChunkRow:
     id: int

@@ -48,11 +48,12 @@ def new_key() -> tuple[str, str]:
 
 
 def static_keys(config: list[str] | Mapping[str, KeyGrant]) -> dict[str, Principal]:
-    """METIS_API_KEYS by hash: a plain list is admin keys of tenant `default`."""
+    """METIS_API_KEYS by hash: a plain list is operator keys of tenant `default` (they may
+    do everything, as before tenants)."""
     if isinstance(config, Mapping):
         grants = {k: (g.tenant, g.role) for k, g in config.items() if k}
     else:
-        grants = {k: (DEFAULT_TENANT, "admin") for k in config if k}
+        grants = {k: (DEFAULT_TENANT, "operator") for k in config if k}
     return {hash_key(k): Principal(t, r, f"env:{static_key_id(k)}", scoped=True)  # type: ignore[arg-type]
             for k, (t, r) in grants.items()}
 
