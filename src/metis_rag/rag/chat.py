@@ -291,7 +291,7 @@ class ChatService:
                  if done is not None else {})
         return ChatAnswer(
             answer=text, citations=citations, conversation_id=turn.conversation_id,
-            mode=mode,  # type: ignore[arg-type]
+            mode=mode,
             model=(served or self._llm.name) if mode == "llm" and self._llm else None,
             timings_ms=turn.timings, usage=usage, warnings=turn.warnings, cache=cache,
         )
@@ -318,7 +318,8 @@ class ChatService:
     def _cache_level(self, turn: _Turn, done: Completion | None) -> CacheInfo:
         caches = self._caches
         if done is not None and done.extra.get("cache_hit"):
-            saved = float(done.extra.get("saved_ms") or 0.0)
+            saved_ms = done.extra.get("saved_ms")
+            saved = float(saved_ms) if isinstance(saved_ms, int | float) else 0.0
             tokens = done.prompt_tokens + done.completion_tokens
             if caches:
                 caches.savings.add("llm", saved, tokens, llm_call=True)

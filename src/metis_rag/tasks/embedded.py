@@ -83,8 +83,8 @@ class EmbeddedBackend(TaskBackend):
 
     async def close(self) -> None:
         self._closing = True
-        for task in [*self._loops, *([self._timer] if self._timer else [])]:
-            task.cancel()
+        for loop in [*self._loops, *([self._timer] if self._timer else [])]:
+            loop.cancel()
         await asyncio.gather(*self._loops, *([self._timer] if self._timer else []),
                              return_exceptions=True)
         await self.monitor.close()

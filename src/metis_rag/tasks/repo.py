@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import String, and_, any_, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
 
 from ..errors import Conflict, NotFound
 from .ids import public
@@ -233,7 +234,7 @@ async def claim(
     messages because the process that had them died, so tasks it left running may be taken."""
     if not task_ids:
         return []
-    runnable = T.c.status.in_(("pending", "scheduled"))
+    runnable: ColumnElement[bool] = T.c.status.in_(("pending", "scheduled"))
     if takeover:  # ... but not one that this process is running itself
         runnable = or_(runnable, and_(T.c.status == "running", T.c.owner != owner))
     stmt = (

@@ -53,7 +53,7 @@ def static_keys(config: list[str] | Mapping[str, KeyGrant]) -> dict[str, Princip
         grants = {k: (g.tenant, g.role) for k, g in config.items() if k}
     else:
         grants = {k: (DEFAULT_TENANT, "admin") for k in config if k}
-    return {hash_key(k): Principal(t, r, f"env:{static_key_id(k)}", scoped=True)  # type: ignore[arg-type]
+    return {hash_key(k): Principal(t, check_role(r), f"env:{static_key_id(k)}", scoped=True)
             for k, (t, r) in grants.items()}
 
 
@@ -98,7 +98,7 @@ class KeyRing:
             ever = rows or (await session.execute(select(ApiKey.id).limit(1))).first()
         self._ever_stored = bool(ever)
         keys = dict(self._static)
-        keys.update({r[0]: Principal(r[1], r[2], r[3], scoped=True) for r in rows})
+        keys.update({r[0]: Principal(r[1], check_role(r[2]), r[3], scoped=True) for r in rows})
         self._keys = keys
 
     async def _run(self) -> None:
