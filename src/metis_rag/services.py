@@ -54,9 +54,9 @@ class Services:
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
-    embedder: Embedder
+    embedder: Embedder  # behind the embedding cache, when there is one
     vectors: VectorStore
-    llm: LLM | None
+    llm: LLM | None  # behind the LLM cache, when there is one
     ingestor: Ingestor
     retriever: Retriever
     chat: ChatService
@@ -71,6 +71,10 @@ class Services:
     audit: AuditLog
     quotas: Quotas
     cache_invalidations: SlidingWindow  # DELETE /api/cache, per client
+    # The same embedder and LLM without their caches (batching, metering and rate limits kept):
+    # for `cache: false` and for health probes that must reach the model.
+    uncached_embedder: Embedder
+    uncached_llm: LLM | None
     # The throughput layer, for metrics (`stats` on each): query micro-batching and the (rate
     # limited) LLM chain that `llm` wraps in the LLM cache.
     query_batcher: BatchingEmbedder | None = None
@@ -109,6 +113,7 @@ async def open_services(
             stack.push_async_callback(query_batcher.close)
             embedder = query_batcher
         caches: Caches | None = None
+        uncached_embedder = embedder
         if settings.cache.enabled:
             caches = await open_caches(settings.cache, settings.data_dir, embedder.dim, stack)
             embedder = CachedEmbedder(embedder, caches.embedding)
@@ -121,11 +126,11 @@ async def open_services(
             if fixed["added"] or fixed["removed"]:
                 log.warning("vector index reconciled with the database: %s", fixed)
 
-        llm = llm_chain = build_chain(settings.llm, settings.ratelimit)
+        llm = llm_chain = uncached_llm = build_chain(settings.llm, settings.ratelimit)
         if llm is not None:
             await llm.start()
             stack.push_async_callback(llm.close)
-            llm = MeteredLLM(llm, metrics)
+            llm = uncached_llm = MeteredLLM(llm, metrics)
             if caches is not None:
                 llm = CachedLLM(llm, caches.llm)
 
@@ -150,7 +155,8 @@ async def open_services(
         await conversations.start()
         stack.push_async_callback(conversations.close)
         chat = ChatService(settings, sessions, embedder, retriever, llm, caches, lookup,
-                           conversations)
+                           conversations, uncached_embedder=uncached_embedder,
+                           uncached_llm=uncached_llm)
         index_flusher = IndexFlusher(vectors)
         stack.push_async_callback(index_flusher.close)
         ingest_embedder = IngestEmbedder(embedder)
@@ -185,6 +191,8 @@ async def open_services(
             audit=audit,
             quotas=Quotas(settings.auth),
             cache_invalidations=SlidingWindow(settings.cache.invalidations_per_min),
+            uncached_embedder=uncached_embedder,
+            uncached_llm=uncached_llm,
         )
         await tasks.start(services)
         stack.push_async_callback(tasks.close)

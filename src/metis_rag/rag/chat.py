@@ -21,10 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ..cache.levels import Caches, digest, normalize_question
 from ..config import Settings
 from ..embed.base import Embedder
-from ..embed.cached import CachedEmbedder
 from ..errors import InvalidInput, ProviderError
 from ..llm.base import LLM, ChatMessage, Completion
-from ..llm.cached import CachedLLM
 from ..schemas import CacheInfo, ChatAnswer, ChatQuery, Citation, Timings
 from ..store import repo
 from ..store.lookup import CollectionLookup, CollectionRef
@@ -118,6 +116,9 @@ class ChatService:
         caches: Caches | None,
         lookup: CollectionLookup,
         conversations: ConversationLog,
+        *,
+        uncached_embedder: Embedder | None = None,
+        uncached_llm: LLM | None = None,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
@@ -125,13 +126,11 @@ class ChatService:
         self._conversations = conversations
         self._embedder = embedder
         # `cache: false` bypasses every level, the embedding and LLM caches included (but not
-        # the batching and rate limiting those caches wrap).
-        self._uncached_embedder: Embedder = (
-            embedder.inner if isinstance(embedder, CachedEmbedder) else embedder
-        )
+        # the batching and rate limiting those caches wrap): `Services` hands both layers in.
+        self._uncached_embedder = uncached_embedder or embedder
         self._retriever = retriever
         self._llm = llm
-        self._uncached_llm: LLM | None = llm.inner if isinstance(llm, CachedLLM) else llm
+        self._uncached_llm = uncached_llm or llm
         self._caches = caches
 
     # -- the steps -------------------------------------------------------------------------
