@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from contextlib import AsyncExitStack
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import text
@@ -315,8 +316,9 @@ class HeldConnection:
 
 
 def _wait_s(row: Any) -> float:
-    ready = repo._aware(row.start_at or row.created_at)
-    return max(0.0, repo._aware(row.started_at).timestamp() - ready.timestamp())  # type: ignore[union-attr]
+    ready: datetime = repo._aware(row.start_at or row.created_at)
+    started: datetime = repo._aware(row.started_at)  # it is running: started_at is set
+    return max(0.0, started.timestamp() - ready.timestamp())
 
 
 def run_worker(settings: Settings) -> None:

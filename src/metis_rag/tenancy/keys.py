@@ -24,7 +24,7 @@ from ..config import KeyGrant
 from ..errors import NotFound
 from ..ratelimit import key_id as static_key_id
 from .models import ApiKey
-from .principal import DEFAULT_TENANT, Principal, Role, check_role, check_tenant
+from .principal import DEFAULT_TENANT, Principal, check_role, check_tenant
 
 log = logging.getLogger("metis.auth")
 
@@ -164,5 +164,5 @@ async def rotate_key(session: AsyncSession, tenant: str | None, key_id: str) -> 
     """A new key with the same tenant, role and name; the old one is revoked."""
     row = await _active(session, tenant, key_id)
     await revoke_key(session, tenant, key_id)
-    role: Role = row.role  # type: ignore[assignment]
+    role = check_role(row.role)
     return await create_key(session, row.tenant, role, row.name)
