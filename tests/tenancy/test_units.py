@@ -9,18 +9,11 @@ from metis_rag.errors import QuotaExceeded
 from metis_rag.tenancy.keys import KeyRing, hash_key, new_key, static_keys
 from metis_rag.tenancy.principal import SINGLE_TENANT, Principal
 from metis_rag.tenancy.quotas import Quotas
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakeclock import FakeClock
 
 
 def test_questions_per_minute_refill_and_say_when() -> None:
-    clock = Clock(1_000_000.0)
+    clock = FakeClock(1_000_000.0)
     quotas = Quotas(AuthSettings(tenant_quotas={"acme": QuotaSettings(questions_per_minute=2)}),
                     clock=clock)
     quotas.admit_question("acme")
@@ -37,7 +30,7 @@ def test_questions_per_minute_refill_and_say_when() -> None:
 
 def test_llm_tokens_per_day_reset_at_utc_midnight() -> None:
     day = 86_400.0
-    clock = Clock(day * 20_000 + day - 3600)  # 23:00 UTC
+    clock = FakeClock(day * 20_000 + day - 3600)  # 23:00 UTC
     quotas = Quotas(AuthSettings(quotas=QuotaSettings(llm_tokens_per_day=100)), clock=clock)
     quotas.spend_tokens("acme", 60)
     quotas.admit_question("acme")
