@@ -19,6 +19,7 @@ from .config import Settings
 from .embed import build_embedder
 from .embed.base import Embedder
 from .embed.cached import CachedEmbedder
+from .embed.metered import MeteredEmbedder
 from .errors import ServiceUnavailable
 from .ingest.chunker import Chunker
 from .ingest.pipeline import Ingestor
@@ -26,7 +27,7 @@ from .ingest.sandbox import ParseSandbox
 from .llm.base import LLM
 from .llm.cached import CachedLLM
 from .llm.fallback import build_chain
-from .observability.metered import MeteredEmbedder, MeteredLLM
+from .llm.metered import MeteredLLM
 from .observability.metrics import Metrics
 from .observability.tracing import Tracing
 from .rag.chat import ChatService
