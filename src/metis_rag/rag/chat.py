@@ -281,58 +281,63 @@ class ChatService:
 
     async def answer(self, query: ChatQuery, namespace: str | None = None,
                      who: Principal = SINGLE_TENANT) -> ChatAnswer:
-        turn = await self._resolve(query, namespace, who)
-        cached = await self._cached_answer(turn)
-        if cached is not None:
-            text, mode, done, citations = self._from_cache(turn, *cached)
-            return await self._finish(turn, text, mode, done, citations, cached[1],
-                                      cached[0]["citations"])
-        await self._retrieve(turn)
-        t = time.perf_counter()
-        text, mode, done = await self._generate(turn)
-        turn.timings.generate = elapsed_ms(t)
-        answer = await self._finish(turn, text, mode, done, citations_of(turn.sources),
-                                    self._cache_level(turn, done))
-        await self._remember(turn, answer)
+        answer: ChatAnswer | None = None
+        async for kind, value in self._events(query, namespace, who, streaming=False):
+            if kind == "done":
+                answer = value
+        assert answer is not None  # _events always ends with "done"
         return answer
 
-    async def stream(
+    def stream(
         self, query: ChatQuery, namespace: str | None = None, who: Principal = SINGLE_TENANT
     ) -> AsyncIterator[tuple[str, Any]]:
         """Events: ("token", text) ..., then ("citations", [...]), then ("done", ChatAnswer)."""
+        return self._events(query, namespace, who, streaming=True)
+
+    async def _events(
+        self, query: ChatQuery, namespace: str | None, who: Principal, *, streaming: bool
+    ) -> AsyncIterator[tuple[str, Any]]:
+        """The one way a question is answered; without `streaming` no token events are made
+        and the LLM is asked for the whole completion at once."""
         turn = await self._resolve(query, namespace, who)
         cached = await self._cached_answer(turn)
         if cached is not None:
             text, mode, done, citations = self._from_cache(turn, *cached)
-            for piece in _pieces(text):
-                yield "token", piece
-            answer = await self._finish(turn, text, mode, done, citations, cached[1])
+            if streaming:
+                for piece in _pieces(text):
+                    yield "token", piece
+            answer = await self._finish(turn, text, mode, done, citations, cached[1],
+                                        cached[0]["citations"])
         else:
             await self._retrieve(turn)
             t = time.perf_counter()
-            parts: list[str] = []
-            mode, done = "extractive", None
-            llm = self._llm if turn.use_cache else self._uncached_llm
-            if llm is not None:
-                s = self._settings.llm
-                try:
-                    stream = llm.stream(self._messages(turn), temperature=s.temperature,
-                                              max_tokens=s.max_tokens)
-                    async for delta in stream:
-                        parts.append(delta)
-                        yield "token", delta
-                    mode, done = "llm", stream.completion
-                except ProviderError as exc:
-                    if parts or not query.use_rag:
-                        raise
-                    turn.warnings.append(f"{exc.code}: {exc.message}; answered extractively")
-            if mode == "extractive":
-                for piece in _pieces(extractive_answer(query.message, turn.sources)):
-                    parts.append(piece)
-                    yield "token", piece
+            if not streaming:
+                text, mode, done = await self._generate(turn)
+            else:
+                parts: list[str] = []
+                mode, done = "extractive", None
+                llm = self._llm if turn.use_cache else self._uncached_llm
+                if llm is not None:
+                    s = self._settings.llm
+                    try:
+                        stream = llm.stream(self._messages(turn), temperature=s.temperature,
+                                            max_tokens=s.max_tokens)
+                        async for delta in stream:
+                            parts.append(delta)
+                            yield "token", delta
+                        mode, done = "llm", stream.completion
+                    except ProviderError as exc:
+                        if parts or not query.use_rag:
+                            raise
+                        turn.warnings.append(f"{exc.code}: {exc.message}; answered extractively")
+                if mode == "extractive":
+                    for piece in _pieces(extractive_answer(query.message, turn.sources)):
+                        parts.append(piece)
+                        yield "token", piece
+                text = "".join(parts)
             turn.timings.generate = elapsed_ms(t)
-            answer = await self._finish(turn, "".join(parts), mode, done,
-                                        citations_of(turn.sources), self._cache_level(turn, done))
+            answer = await self._finish(turn, text, mode, done, citations_of(turn.sources),
+                                        self._cache_level(turn, done))
             await self._remember(turn, answer)
         yield "citations", [c.model_dump() for c in answer.citations]
         yield "done", answer
