@@ -219,10 +219,11 @@ def private_redis() -> Iterator[str]:
         proc.wait()
 
 
-async def redis_run(work: Path, run: int, fake: FakeLLMServer) -> dict[str, float]:
+async def redis_run(work: Path, run: int, fake: FakeLLMServer,
+                    max_error: float) -> dict[str, float]:
     """Server A answers each topic's first wording; server B (same database, its own memory
     tier) then asks them again (exact hits from Redis) and in the other wordings (semantic
-    hits, the questions read from Redis's list)."""
+    hits, the questions read from Redis's list), under a bound at which the level serves."""
     data_a = harness.new_data_dir(work, f"redis-a{run}")
     data_b = harness.new_data_dir(work, f"redis-b{run}")
     first = [t.questions[0] for t in wl.TOPICS]
@@ -231,6 +232,7 @@ async def redis_run(work: Path, run: int, fake: FakeLLMServer) -> dict[str, floa
         env = {"METIS_LLM__PROVIDER": "openai", "METIS_LLM__URL": fake.url,
                "METIS_LLM__MODEL": "fake", "METIS_CACHE__BACKEND": "redis",
                "METIS_CACHE__REDIS_URL": redis_url,
+               "METIS_CACHE__SEMANTIC_MAX_ERROR": str(max_error),
                "METIS_DATABASE_URL": f"sqlite+aiosqlite:///{data_a / 'metis.db'}"}
         with harness.metis_server(data_a, env) as url_a:
             harness.upload_corpus(url_a, wl.write_handbook(work / "handbook")[0].parent, "hb")
@@ -257,7 +259,7 @@ async def redis_run(work: Path, run: int, fake: FakeLLMServer) -> dict[str, floa
 
 
 def pairs_report(vec: dict[str, np.ndarray], work: Path, gpt: bool,
-                 max_error: float) -> dict[str, float]:
+                 max_error: float, serving: float) -> dict[str, float]:
     model = Model.load()
     out: dict[str, float] = {}
     for split in ("calibration", "test"):
@@ -266,29 +268,35 @@ def pairs_report(vec: dict[str, np.ndarray], work: Path, gpt: bool,
               f"{sum(p.same for p in pairs)} same-question")
         print(f"{'max_error':>9} {'threshold':>9} {'error':>7} {'precision':>9} {'recall':>7}"
               f" {'hits':>5}   cosine at that recall: precision")
-        for e in sorted({*ev.MAX_ERRORS, max_error}):
+        for e in sorted({*ev.MAX_ERRORS, max_error, serving}):
             eq = Equivalence(model, e)
             r = ev.summary(pairs, ev.judge_pairs(pairs, vec, eq))
             cos_t, cos_p = ev.cosine_at_recall(pairs, vec, r["recall"])
             print(f"{e:9.3f} {eq.threshold:9.4f} {r['error']:7.4f} {r['precision']:9.3f} "
                   f"{r['recall']:7.3f} {r['hits']:5d}   cos >= {cos_t:.3f}: {cos_p:.3f}")
-            if e == max_error:
-                out.update({f"{split}_{k}": v for k, v in r.items()})
-                out[f"{split}_cosine_precision"] = cos_p
-                out[f"{split}_cosine_threshold"] = cos_t
+            if e in (max_error, serving):
+                tag = split if e == max_error else f"{split}_serving"
+                out.update({f"{tag}_{k}": v for k, v in r.items()})
+                out[f"{tag}_cosine_precision"] = cos_p
+                out[f"{tag}_cosine_threshold"] = cos_t
         eq = Equivalence(model, max_error)
         accepted = ev.judge_pairs(pairs, vec, eq)
         print(f"served at max_error {max_error} by pattern (same-question pairs are "
               f"'paraphrase'): {ev.by_pattern(pairs, accepted)}")
         if split == "test":
-            p50, p95 = ev.decision_latency_us(pairs, vec, eq)
+            # At a bound that serves: at one that serves nothing the score is never computed.
+            p50, p95 = ev.decision_latency_us(pairs, vec, Equivalence(model, serving))
             out["decision_us_p50"], out["decision_us_p95"] = p50, p95
             print(f"the decision per lookup (analyse + judge 4 candidates): p50 {p50:.0f} us, "
                   f"p95 {p95:.0f} us (target <= 1000 us)")
             if gpt:
+                at = out["test_serving_cosine_threshold"]
+                print(f"Metis at max_error {serving}: precision "
+                      f"{out['test_serving_precision']:.3f}, recall "
+                      f"{out['test_serving_recall']:.3f}")
                 for name, cos in (("default (0.8 ~ cosine 0.6)", None), ("cosine 0.95", 0.95),
-                                  (f"cosine {out['test_cosine_threshold']:.3f} (Metis's "
-                                   "recall)", out["test_cosine_threshold"])):
+                                  (f"cosine {at:.3f} (Metis's recall at max_error {serving})",
+                                   at)):
                     g = ev.gptcache_pairs(pairs, vec, work, cos)
                     print(f"GPTCache {name}: error {g['error']:.4f}, precision "
                           f"{g['precision']:.3f}, recall {g['recall']:.3f}")
@@ -304,6 +312,9 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--llm-latency-ms", type=float, default=1000)
     p.add_argument("--max-error", type=float, default=CacheSettings().semantic_max_error)
+    p.add_argument("--serving-max-error", type=float, default=0.2,
+                   help="a bound at which the shipped calibration serves: GPTCache is compared "
+                   "at its recall, and the second server's semantic hits are measured under it")
     p.add_argument("--no-gptcache", action="store_true")
     p.add_argument("--no-live", action="store_true", help="only the offline parts (1-3)")
     a = p.parse_args()
@@ -313,15 +324,16 @@ def main() -> None:
     print(f"machine: {harness.machine()}")
     all_pairs = semantic_pairs.load_pairs()
     vec = asyncio.run(embed(sorted({*wl.TOPIC_OF, *(q for r in all_pairs for q in (r.a, r.b))})))
-    pairs_report(vec, work, not a.no_gptcache, a.max_error)
+    pairs_report(vec, work, not a.no_gptcache, a.max_error, a.serving_max_error)
 
     passages = semantic_pairs.load_passages()
-    sib = asyncio.run(ev.sibling_run(work, passages, a.max_error))
-    print(f"\nsibling workload ({sib['passages']} passages, real answer path, max_error "
-          f"{a.max_error}): false semantic hits {sib['false_second']} of "
-          f"{sib['second_questions']} second questions = {sib['false_rate']:.2%} (target <= 1%);"
-          f" other false hits {sib['false_other']}; paraphrases served "
-          f"{sib['paraphrase_hits']}/{sib['paraphrases']}; rejected {sib['rejected']}")
+    for e in sorted({a.max_error, a.serving_max_error}):
+        sib = asyncio.run(ev.sibling_run(work, passages, e))
+        print(f"\nsibling workload ({sib['passages']} passages, real answer path, max_error "
+              f"{e}): false semantic hits {sib['false_second']} of "
+              f"{sib['second_questions']} second questions = {sib['false_rate']:.2%} (target <= "
+              f"1%); other false hits {sib['false_other']}; paraphrases served "
+              f"{sib['paraphrase_hits']}/{sib['paraphrases']}; rejected {sib['rejected']}")
 
     seq = wl.zipf_workload(a.requests)
     print(f"\nworkload: {len(seq)} requests over {len(wl.TOPICS)} topics x 4 wordings, Zipf "
@@ -353,7 +365,8 @@ def main() -> None:
             print(f"live run {run + 1}: LLM calls avoided {r['llm_avoided']:.1%}, exact "
                   f"{r['ratio_exact']:.1%}, semantic {r['ratio_semantic']:.1%} (precision "
                   f"{r['semantic_precision']:.3f}), errors {r['errors']:.0f}", flush=True)
-        redis_runs = [asyncio.run(redis_run(work, run, fake)) for run in range(a.runs)]
+        redis_runs = [asyncio.run(redis_run(work, run, fake, a.serving_max_error))
+                      for run in range(a.runs)]
 
     def m(key: str, rows: list[dict[str, float]] = runs) -> float:
         return harness.median([r[key] for r in rows])
@@ -373,7 +386,8 @@ def main() -> None:
           f"hits, server p50 {m('redis_server_p50', redis_runs):.2f} ms, p95 "
           f"{m('redis_server_p95', redis_runs):.2f} ms; then from B's memory tier p50 "
           f"{m('memory_server_p50', redis_runs):.2f} ms")
-    print(f"  semantic hits on B (other wordings): {m('semantic_b_hits', redis_runs):.0%} of "
+    print(f"  semantic hits on B (other wordings, max_error {a.serving_max_error}): "
+          f"{m('semantic_b_hits', redis_runs):.0%} of "
           f"them, precision {m('semantic_b_precision', redis_runs):.3f}, server p50 "
           f"{m('semantic_b_server_p50', redis_runs):.2f} ms, p95 "
           f"{m('semantic_b_server_p95', redis_runs):.2f} ms (target <= 5 ms); p95 without "

@@ -93,7 +93,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         topics = harness.questions(args.questions)
         messages = [t[0] for t in topics] + [t[1] for t in topics]
         bodies = root / "bodies.jsonl"
-        with harness.metis_server(data, log=root / "metis.log") as url:
+        env = ({"METIS_RATELIMIT__MAX_IN_FLIGHT": str(args.max_in_flight)}
+               if args.max_in_flight else None)
+        with harness.metis_server(data, env=env, log=root / "metis.log") as url:
             chunks = harness.upload_corpus(url, root / "docs")
             answers = warm(url, messages)
             messages = list(answers)
@@ -135,6 +137,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             "saturated: bare FastAPI requests/s": round(med([r["bare"]["rps"] for r in runs]), 1),
             "saturated: metis p50/p95/p99 ms": [round(med([m[k] for m in metis]), 2)
                                                 for k in ("p50_ms", "p95_ms", "p99_ms")],
+            "saturated: metis p99 / p50": round(med([m["p99_ms"] / m["p50_ms"] for m in metis
+                                                     if m["p50_ms"]]), 2),
+            "saturated: share refused (503 overloaded)": round(med(
+                [m["error_detail"]["status"] / max(1, m["requests"]) for m in metis]), 4),
             f"{args.think_ms:g} ms think time: metis requests/s":
                 round(med([m["rps"] for m in latency]), 1),
             f"{args.think_ms:g} ms think time: metis p50/p95/p99 ms":
@@ -173,6 +179,9 @@ if __name__ == "__main__":
     p.add_argument("--docs", type=int, default=40)
     p.add_argument("--questions", type=int, default=50)
     p.add_argument("--think-ms", type=float, default=1000)
+    p.add_argument("--max-in-flight", type=int, default=0,
+                   help="METIS_RATELIMIT__MAX_IN_FLIGHT of the server (0: no admission limit); "
+                   "refused requests count in wrk's status errors")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json", default=None)
     a = p.parse_args()

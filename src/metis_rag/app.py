@@ -16,7 +16,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
-from .api import admin, cache, chat, documents, health, monitoring, pages, tasks
+from .api import (
+    admin,
+    cache,
+    chat,
+    collections,
+    conversations,
+    documents,
+    health,
+    monitoring,
+    pages,
+    queries,
+    tasks,
+)
+from .api.admission import AdmissionLimit
 from .api.limits import InboundLimits
 from .api.openapi import ERROR_RESPONSES
 from .config import Settings
@@ -158,6 +171,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if compression.enabled:
         app.add_middleware(Compression, min_bytes=compression.min_bytes,
                            gzip_level=compression.gzip_level, zstd_level=compression.zstd_level)
+    if settings.ratelimit.max_in_flight:
+        # Inside RequestMetrics, so refused requests are counted as 503s.
+        app.add_middleware(AdmissionLimit, max_in_flight=settings.ratelimit.max_in_flight)
     # Added last, so outermost: its latency covers compression and every other middleware.
     app.add_middleware(RequestMetrics, metrics=metrics,
                        access_log=settings.observability.access_log)
@@ -170,6 +186,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        trusted_proxies=settings.auth.trusted_proxies)
     app.include_router(documents.router)
     app.include_router(chat.router)
+    app.include_router(queries.router)
+    app.include_router(conversations.router)
+    app.include_router(collections.router)
     app.include_router(health.router)
     app.include_router(cache.router)
     app.include_router(monitoring.router)

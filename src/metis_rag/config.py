@@ -220,12 +220,18 @@ class ConversationSettings(BaseModel):
 
 class CacheSettings(BaseModel):
     enabled: bool = Field(True, description="Master switch of every cache level.")
-    backend: Literal["disk", "redis", "memory"] = Field(
+    backend: Literal["disk", "redis", "postgres", "memory"] = Field(
         "disk",
         description="Shared tier behind the in-process memory tier: disk (SQLite under the data "
-        "dir, survives restarts), redis (shared by every server), or memory only.",
+        "dir, survives restarts), redis (shared by every server), postgres (tables in the "
+        "PostgreSQL database of METIS_DATABASE_URL, shared by every server), or memory only.",
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Used when backend=redis.")
+    redis_key_prefix: str = Field(
+        "metis:cache:", min_length=1, description="Prefix of every key and of the invalidation "
+        "channel in Redis: servers that share a cache use the same one; deployments that share "
+        "one Redis use different ones.",
+    )
     redis_timeout_ms: float = Field(
         50, gt=0, description="A slower Redis call is abandoned and served without that tier."
     )
@@ -245,6 +251,9 @@ class CacheSettings(BaseModel):
     )
     llm_ttl_s: float = Field(7 * 86_400, gt=0, description="LLM completions by full prompt.")
     document_ttl_s: float = Field(7 * 86_400, gt=0, description="Parsed documents by hash.")
+    tool_ttl_s: float = Field(
+        3600, gt=0, description="Agent tool results whose tool declares no TTL of its own."
+    )
     semantic_max_error: float = Field(
         0.01, ge=0, lt=1, description="Semantic level: the highest share of lookups you accept "
         "being answered with another question's answer. The decision's threshold is the lowest "
@@ -361,6 +370,11 @@ class RateLimitSettings(BaseModel):
     inbound_burst: float = Field(
         60, ge=1, description="Requests a client may send at once before the per-minute rate "
         "applies.",
+    )
+    max_in_flight: int = Field(
+        0, ge=0, description="Most requests one server process handles at once; beyond it, "
+        "503 overloaded with Retry-After at once (health checks and /metrics excepted), so "
+        "admitted requests keep their latency under overload. 0 = no limit.",
     )
 
 
@@ -498,6 +512,63 @@ class AuthSettings(BaseModel):
         return value
 
 
+class ToolSettings(BaseModel):
+    """The agent's tools (agent.registry and its built-ins)."""
+
+    timeout_s: float = Field(20, gt=0, description="One tool call is abandoned after this.")
+    sql_url: str = Field(
+        "", description="SQLAlchemy async URL of the database `sql_query` reads; empty: the "
+        "tool answers that no database is configured."
+    )
+    sql_tables: list[str] = Field(
+        default=[], description="Tables `sql_query` may read (JSON list). Empty: every table of "
+        "`sql_url` except Metis's own, unless sql_allow_metis_tables."
+    )
+    sql_allow_metis_tables: bool = Field(
+        False, description="Let `sql_query` read Metis's own tables (collections, documents...)."
+    )
+    sql_max_rows: int = Field(200, ge=1, le=10_000, description="Rows `sql_query` returns at most.")
+    sql_timeout_s: float = Field(5, gt=0, description="One `sql_query` statement's time limit.")
+
+
+class AnalysisSettings(BaseModel):
+    """Document analysis at ingestion: type, language, keywords, summary."""
+
+    enabled: bool = Field(True, description="Analyse every ingested document.")
+    use_llm: bool = Field(
+        True, description="Ask the configured LLM (structured JSON); without one, or when it "
+        "fails, the offline methods answer."
+    )
+    max_keywords: int = Field(8, ge=1, le=50, description="Keywords kept per document.")
+    summary_sentences: int = Field(3, ge=1, le=20, description="Sentences of a summary.")
+
+
+class AgentSettings(BaseModel):
+    """Agent mode: query analysis, plans run as graphs, synthesis, evaluation, the audit log."""
+
+    engine: Literal["langgraph", "asyncio"] = Field(
+        "langgraph", description="What runs a plan: LangGraph (pip install 'metis-rag[agent]') "
+        "or plain asyncio tasks."
+    )
+    planner: Literal["auto", "rules", "llm"] = Field(
+        "auto", description="auto = the LLM plans when one is configured (rules when its plan "
+        "is invalid); rules = the offline planner only."
+    )
+    judge: Literal["auto", "offline", "llm"] = Field(
+        "auto", description="Who scores answers: auto = the LLM as judge when one is "
+        "configured, else the offline evaluator."
+    )
+    step_timeout_s: float = Field(20, gt=0, description="A plan step is abandoned after this.")
+    plan_timeout_s: float = Field(
+        60, gt=0, description="Steps still running this long after the plan started are cancelled."
+    )
+    max_steps: int = Field(12, ge=1, le=16, description="Longest plan that runs.")
+    refine_below: float = Field(
+        0.6, ge=0, le=1, description="An answer whose lowest score is below this is refined."
+    )
+    max_refinements: int = Field(1, ge=0, le=5, description="Refinement rounds at most.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="METIS_",
@@ -545,6 +616,9 @@ class Settings(BaseSettings):
     )
     auth: AuthSettings = AuthSettings()
     tasks: TaskSettings = TaskSettings()
+    tools: ToolSettings = ToolSettings()
+    analysis: AnalysisSettings = AnalysisSettings()
+    agent: AgentSettings = AgentSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -2,6 +2,7 @@
 
 MetisError
 ├── NotFound                      404  not_found (collection, document, conversation, task)
+│   └── ToolNotFound              404  tool_not_found (no agent tool of that name)
 ├── InvalidInput                  422  invalid_input
 │   └── InvalidDocument           422  empty_document | corrupt_document | encrypted_document |
 │       │                              parser_crashed (the file killed its parser process)
@@ -21,6 +22,7 @@ MetisError
 ├── ProviderError                 502  provider_error (LLM or embedding backend failed)
 │   └── ProviderTimeout           504  provider_timeout
 ├── ServiceUnavailable            503  service_unavailable
+│   └── Overloaded                503  overloaded (METIS_RATELIMIT__MAX_IN_FLIGHT requests at once)
 ├── CorruptEntry                  500  cache_corrupt_entry (never reaches a client: dropped)
 ├── MissingDependency             500  missing_dependency (an optional extra is not installed)
 ├── PermanentError                422  task_failed (a task that retrying cannot fix fails at once)
@@ -64,6 +66,10 @@ class PermanentError(MetisError):
 class NotFound(MetisError):
     status = 404
     code = "not_found"
+
+
+class ToolNotFound(NotFound):
+    code = "tool_not_found"
 
 
 class InvalidInput(MetisError):
@@ -154,6 +160,12 @@ class ProviderTimeout(ProviderError):
 class ServiceUnavailable(MetisError):
     status = 503
     code = "service_unavailable"
+
+
+class Overloaded(ServiceUnavailable):
+    """More requests at once than the admission limit: refused at once, with Retry-After."""
+
+    code = "overloaded"
 
 
 class CorruptEntry(MetisError):

@@ -35,6 +35,15 @@ class DocumentOut(BaseModel):
     chunk_count: int
     created_at: datetime
     updated_at: datetime
+    doc_type: str | None = Field(None, description="From the document analysis: invoice, "
+                                 "contract, policy, manual, report, paper, email, faq, code, "
+                                 "data or article (null until analysed).")
+    language: str | None = Field(None, description="ISO 639-1 code, `und` when undetermined.")
+    topics: list[str] = Field(default_factory=list, description="Keywords, most important "
+                              "first.")
+    summary: str | None = None
+    analysis: dict[str, Any] | None = Field(None, description="How it was analysed: method "
+                                            "(llm | offline), model, ms.")
 
 
 class UploadResult(BaseModel):
@@ -92,6 +101,12 @@ class ChatQuery(BaseModel):
     stream: bool = False
     tags: list[str] = Field(default_factory=list, description="Only chunks carrying every tag.")
     folder: str | None = Field(None, description="Only documents in this folder (or below).")
+    doc_type: str | None = Field(None, max_length=40, description="Only documents of this "
+                                 "analysed type (invoice, contract, report...).")
+    language: str | None = Field(None, max_length=16, description="Only documents in this "
+                                 "language (ISO 639-1, from the analysis).")
+    topic: str | None = Field(None, max_length=100, description="Only documents with this "
+                              "topic (from the analysis).")
     hybrid: bool | None = Field(None, description="Override METIS_RETRIEVAL__HYBRID.")
     group_by: Literal["chunk", "document"] = Field(
         "chunk", description="document: the top_k distinct documents, each with its best "
@@ -102,6 +117,11 @@ class ChatQuery(BaseModel):
     namespace: str | None = Field(
         None, pattern=r"^[A-Za-z0-9_.\-]{1,100}$",
         description="Tenant namespace for the cache (else X-Metis-Namespace, else the default).",
+    )
+    mode: Literal["fast", "agent", "auto"] = Field(
+        "fast", description="fast: one retrieval and one answer; agent: the question is "
+        "planned into steps that call tools (METIS_AGENT__*); auto: the query analyser picks "
+        "agent for compound, comparison and arithmetic questions, fast otherwise.",
     )
 
 
@@ -158,8 +178,22 @@ class CacheInfo(BaseModel):
     )
     checks: list[str] | None = Field(
         None, description="Semantic hits: the checks the two questions passed (similarity, "
-        "identifiers, question_type, negation, order_direction, content_words)."
+        "identifiers, question_type, negation, order_direction, score)."
     )
+    probability: float | None = Field(
+        None, description="Semantic hits: calibrated probability that the two questions ask the "
+        "same thing (share of held-out calibration pairs scored at least as high that did)."
+    )
+
+
+class AgentInfo(BaseModel):
+    query_id: str = Field(description="GET /api/queries/{query_id}/audit shows every step.")
+    analysis: str = Field(description="simple, compound, comparison, arithmetic or multi_hop.")
+    planner: str
+    steps: list[dict[str, Any]] = Field(description="Each step: id, op, name, status, ms.")
+    scores: dict[str, Any] = Field(description="groundedness, relevance, completeness (0-1), "
+                                   "the judge, and each sentence's support.")
+    rounds: int = Field(0, description="Refinement rounds run.")
 
 
 class ChatAnswer(BaseModel):
@@ -172,6 +206,7 @@ class ChatAnswer(BaseModel):
     usage: dict[str, int] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
     cache: CacheInfo = Field(default_factory=CacheInfo)
+    agent: AgentInfo | None = Field(None, description="Agent mode: the plan and its scores.")
 
 
 class MessageOut(BaseModel):

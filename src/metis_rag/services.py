@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from .agent.analysis import DocumentAnalyzer
+from .agent.service import AgentService
 from .batching import BatchingEmbedder
 from .cache.levels import Caches, open_caches
 from .config import Settings
@@ -80,6 +82,10 @@ class Services:
     # limited) LLM chain that `llm` wraps in the LLM cache.
     query_batcher: BatchingEmbedder | None = None
     llm_chain: LLM | None = None
+    # Agent mode (POST /api/chat/query with mode agent or auto): plans over the tool registry.
+    agent: AgentService | None = None
+    # Document analysis at ingestion (METIS_ANALYSIS__ENABLED); None when off.
+    analyzer: DocumentAnalyzer | None = None
 
 
 @asynccontextmanager
@@ -116,7 +122,8 @@ async def open_services(
         caches: Caches | None = None
         uncached_embedder = embedder
         if settings.cache.enabled:
-            caches = await open_caches(settings.cache, settings.data_dir, embedder.dim, stack)
+            caches = await open_caches(settings.cache, settings.data_dir, embedder.dim, stack,
+                                     engine=engine)
             embedder = CachedEmbedder(embedder, caches.embedding)
 
         vectors = await _vector_store(settings, engine, embedder.dim, role)
@@ -194,10 +201,24 @@ async def open_services(
             cache_invalidations=SlidingWindow(settings.cache.invalidations_per_min),
             uncached_embedder=uncached_embedder,
             uncached_llm=uncached_llm,
+            analyzer=DocumentAnalyzer(settings.analysis, llm) if settings.analysis.enabled
+            else None,
         )
+        services.agent = _agent_service(services)
         await tasks.start(services)
         stack.push_async_callback(tasks.close)
         yield services
+
+
+def _agent_service(services: Services) -> AgentService:
+    from .agent.metrics import AgentMetrics
+    from .agent.registry import build_registry
+
+    registry = build_registry(services)
+    return AgentService(services.settings, registry, registry.specs(),
+                        sessions=services.sessions, lookup=services.lookup,
+                        conversations=services.conversations, llm=services.llm,
+                        metrics=AgentMetrics(services.metrics.registry))
 
 
 async def _vector_store(settings: Settings, engine: AsyncEngine, dim: int,

@@ -18,6 +18,9 @@ from tests.uploads import ingest, replace
 
 pytestmark = pytest.mark.slow
 Q = {"message": FACTS[0][1], "collection": "hb"}
+# The shipped calibration meets no bound under 0.1 (README, Caching): at the default the
+# semantic level serves nothing, so the tests of its hits set a bound it can meet.
+SERVING = CacheSettings(semantic_max_error=0.2)
 
 
 async def seed(client: httpx.AsyncClient) -> None:
@@ -51,7 +54,8 @@ async def app_client(make_settings) -> AsyncIterator:  # type: ignore[no-untyped
 
 
 @pytest.mark.databases
-async def test_exact_then_semantic_then_bypass(client: httpx.AsyncClient) -> None:
+async def test_exact_then_semantic_then_bypass(app_client) -> None:  # type: ignore[no-untyped-def]
+    client = await app_client(cache=SERVING)
     await seed(client)
     first = await ask(client)
     assert first["cache"]["level"] is None
@@ -63,6 +67,7 @@ async def test_exact_then_semantic_then_bypass(client: httpx.AsyncClient) -> Non
     assert para["cache"]["level"] == "semantic"
     assert para["cache"]["original_question"] == FACTS[0][1]
     assert para["cache"]["similarity"] >= 0.9
+    assert 0.8 <= para["cache"]["probability"] <= 1.0
     unrelated = await ask(client, message="When do database backups run?")
     assert unrelated["cache"]["level"] is None and "02:00" in unrelated["answer"]
     bypass = await ask(client, cache=False)
@@ -72,7 +77,7 @@ async def test_exact_then_semantic_then_bypass(client: httpx.AsyncClient) -> Non
 async def test_another_question_about_the_same_passage_is_not_a_semantic_hit(
     app_client,  # type: ignore[no-untyped-def]
 ) -> None:
-    client = await app_client()
+    client = await app_client(cache=SERVING)
     await seed(client)
     first = await ask(client, message="How do I rotate the API keys?")
     sibling = await ask(client, message="When do old API keys stop working?")
@@ -83,17 +88,32 @@ async def test_another_question_about_the_same_passage_is_not_a_semantic_hit(
     assert cache["level"] == "semantic" and para["citations"] == first["citations"]
     assert cache["original_question"] == "How do I rotate the API keys?"
     assert cache["score"] >= cache["threshold"] and cache["similarity"] > 0.9
-    assert {"identifiers", "question_type", "negation", "order_direction"} <= set(cache["checks"])
+    assert cache["checks"] == ["similarity", "identifiers", "question_type", "negation",
+                               "order_direction", "score"]
+    assert cache["probability"] >= 0.8
     stats = (await client.get("/api/cache/stats")).json()["levels"]["semantic"]
     assert (stats["hits"], stats["misses"]) == (1, 2)
     assert stats["rejected"] == {"question_type": 1}  # the first question had no candidate
-    assert stats["max_error"] == 0.01 and stats["shared"] is True
+    assert stats["max_error"] == 0.2 and stats["shared"] is True
+
+
+async def test_at_the_default_bound_a_paraphrase_is_answered_afresh(
+    app_client,  # type: ignore[no-untyped-def]
+) -> None:
+    client = await app_client()
+    await seed(client)
+    await ask(client, message="How do I rotate the API keys?")
+    para = await ask(client, message="How can I rotate the API keys?")
+    assert para["cache"]["level"] is None
+    stats = (await client.get("/api/cache/stats")).json()["levels"]["semantic"]
+    assert stats["max_error"] == 0.01 and stats["score_threshold"] > 1
+    assert stats["rejected"] == {"score": 1}
 
 
 async def test_a_question_naming_another_identifier_or_figure_is_never_a_semantic_hit(
     app_client,  # type: ignore[no-untyped-def]
 ) -> None:
-    client = await app_client()
+    client = await app_client(cache=SERVING)
     await seed(client)
     await ask(client, message="How do I rotate the API keys of release 2.3?")
     same = await ask(client, message="How can I rotate the API keys of release 2.3?")
@@ -241,30 +261,50 @@ async def test_two_servers_share_semantic_hits_and_serve_no_stale_answer(
     redis = RedisServer(free_port())
     redis.start()
     try:
-        cache = CacheSettings(backend="redis", redis_url=redis.url)
+        cache = SERVING.model_copy(update={"backend": "redis", "redis_url": redis.url})
         a = await app_client(cache=cache, data_dir=tmp_path / "a")
-        await seed(a)
         shared_db = f"sqlite+aiosqlite:///{tmp_path / 'a' / 'metis.db'}"
         b = await app_client(cache=cache, data_dir=tmp_path / "b", database_url=shared_db)
-        q, para = "When do database backups run?", "When do the database backups run?"
-        first = await ask(a, message=q)
-        assert first["cache"]["level"] is None and "02:00" in first["answer"]
-        assert (await ask(b, message=q))["cache"]["level"] == "exact"
-        hit = await ask(b, message=para)
-        assert hit["cache"]["level"] == "semantic" and hit["answer"] == first["answer"]
-        assert hit["cache"]["original_question"] == q
-
-        doc_id = first["citations"][0]["document_id"]
-        new = b"# Operations\n\n## Backups\n\nDatabase backups now run hourly at minute 15.\n"
-        await replace(a, doc_id, "ops.md", new)
-        # The first question after the change on each server is answered afresh (no level
-        # serves the old version); a paraphrase on the other server then reuses that new answer.
-        fresh = await ask(a, message=q)
-        assert fresh["cache"]["level"] is None and "hourly" in fresh["answer"]
-        for message in (q, para):
-            shared = await ask(b, message=message)
-            assert shared["cache"]["level"] in ("exact", "semantic"), shared["cache"]
-            assert "hourly" in shared["answer"] and "02:00" not in shared["answer"]
+        await _two_servers_then_a_document_change(a, b)
     finally:
         if redis.process is not None:
             redis.kill()
+
+
+@pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True)
+async def test_two_servers_share_the_cache_through_postgresql_without_redis(
+    app_client, tmp_path, database_url  # type: ignore[no-untyped-def]
+) -> None:
+    """METIS_CACHE__BACKEND=postgres, one PostgreSQL database, no Redis: B serves what A
+    answered (exact and semantic), and after A changes a document neither serves an old one."""
+    cache = SERVING.model_copy(update={"backend": "postgres"})
+    a = await app_client(cache=cache, data_dir=tmp_path / "a")
+    b = await app_client(cache=cache, data_dir=tmp_path / "b")
+    tiers = (await b.get("/api/cache/stats")).json()["tiers"]
+    assert [t["backend"] for t in tiers] == ["MemoryBackend", "PostgresBackend"]
+    await _two_servers_then_a_document_change(a, b)
+
+
+async def _two_servers_then_a_document_change(a: httpx.AsyncClient,
+                                              b: httpx.AsyncClient) -> None:
+    await seed(a)
+    q, para = "When do database backups run?", "When do the database backups run?"
+    first = await ask(a, message=q)
+    assert first["cache"]["level"] is None and "02:00" in first["answer"]
+    assert (await ask(b, message=q))["cache"]["level"] == "exact"
+    hit = await ask(b, message=para)
+    assert hit["cache"]["level"] == "semantic" and hit["answer"] == first["answer"]
+    assert hit["cache"]["original_question"] == q
+
+    doc_id = first["citations"][0]["document_id"]
+    new = b"# Operations\n\n## Backups\n\nDatabase backups now run hourly at minute 15.\n"
+    await replace(a, doc_id, "ops.md", new)
+    # The first question after the change on each server is answered afresh (no level
+    # serves the old version); a paraphrase on the other server then reuses that new answer.
+    fresh = await ask(a, message=q)
+    assert fresh["cache"]["level"] is None and "hourly" in fresh["answer"]
+    for message in (q, para):
+        shared = await ask(b, message=message)
+        assert shared["cache"]["level"] in ("exact", "semantic"), shared["cache"]
+        assert "hourly" in shared["answer"] and "02:00" not in shared["answer"]
+

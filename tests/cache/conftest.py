@@ -7,11 +7,15 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from metis_rag.cache import CacheBackend, DiskBackend, MemoryBackend, RedisBackend
+from metis_rag.cache.postgres import PostgresBackend
+from metis_rag.store.db import migrate
 from tests.fakeclock import FakeClock
 from tests.spawn import RedisServer, free_port
 
@@ -27,11 +31,28 @@ def unique_namespace() -> str:
     return f"metis-test:{uuid.uuid4().hex}:"
 
 
-@pytest.fixture(params=["memory", "disk", "redis"])
+@pytest.fixture(params=["memory", "disk", "redis", "postgresql"])
 async def backend(
     request: pytest.FixtureRequest, clock: FakeClock, tmp_path: Path
 ) -> AsyncIterator[CacheBackend]:
-    kind = request.param
+    if request.param != "postgresql":
+        async with _backend(request.param, clock, tmp_path) as store:
+            yield store
+        return
+    server = request.getfixturevalue("pg_server")  # a fresh database, migrated
+    name = await server.create_database()
+    engine = create_async_engine(server.url(name))
+    try:
+        await migrate(engine)
+        async with PostgresBackend(engine, clock=clock) as pg:
+            yield pg
+    finally:
+        await engine.dispose()
+        await server.drop_database(name)
+
+
+@asynccontextmanager
+async def _backend(kind: str, clock: FakeClock, tmp_path: Path) -> AsyncIterator[CacheBackend]:
     if kind == "memory":
         store: CacheBackend = MemoryBackend(clock=clock)
     elif kind == "disk":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Awaitable, Callable
 
@@ -143,13 +144,14 @@ async def test_usage_counts_the_keys_of_one_prefix(backend: CacheBackend) -> Non
 
 
 async def test_list_append_and_read_from_an_index(backend: CacheBackend) -> None:
-    assert await backend.read_list("log") == (0, [])
+    lists = backend
+    assert await lists.read_list("log") == (0, [])
     for i in range(5):
-        await backend.append("log", f"item{i}".encode(), ttl_s=60)
-    assert await backend.read_list("log") == (5, [f"item{i}".encode() for i in range(5)])
-    assert await backend.read_list("log", 3) == (5, [b"item3", b"item4"])
-    assert await backend.read_list("log", 5) == (5, [])
-    assert await backend.read_list("other") == (0, [])
+        await lists.append("log", f"item{i}".encode(), ttl_s=60)
+    assert await lists.read_list("log") == (5, [f"item{i}".encode() for i in range(5)])
+    assert await lists.read_list("log", 3) == (5, [b"item3", b"item4"])
+    assert await lists.read_list("log", 5) == (5, [])
+    assert await lists.read_list("other") == (0, [])
 
 
 async def test_list_keeps_binary_items(backend: CacheBackend) -> None:
@@ -162,15 +164,38 @@ async def test_list_keeps_binary_items(backend: CacheBackend) -> None:
 async def test_list_ttl_is_renewed_by_append_and_expires(
     backend: CacheBackend, pass_time: PassTime
 ) -> None:
-    await backend.append("log", b"a", ttl_s=2 * TTL_S)
+    lists = backend
+    await lists.append("log", b"a", ttl_s=2 * TTL_S)
     await pass_time(1.2 * TTL_S)
-    await backend.append("log", b"b", ttl_s=2 * TTL_S)
+    await lists.append("log", b"b", ttl_s=2 * TTL_S)
     await pass_time(1.2 * TTL_S)
-    assert await backend.read_list("log") == (2, [b"a", b"b"])
+    assert await lists.read_list("log") == (2, [b"a", b"b"])
     await pass_time(TTL_S + 0.3)
-    assert await backend.read_list("log") == (0, [])
-    await backend.append("log", b"c", ttl_s=2 * TTL_S)  # a new list, counted from zero
-    assert await backend.read_list("log") == (1, [b"c"])
+    assert await lists.read_list("log") == (0, [])
+    await lists.append("log", b"c", ttl_s=2 * TTL_S)  # a new list, counted from zero
+    assert await lists.read_list("log") == (1, [b"c"])
+
+
+async def test_lists_are_removed_by_clear_of_their_prefix(backend: CacheBackend) -> None:
+    lists = backend
+    await lists.append("semantic:ns1:a", b"1")
+    await lists.append("semantic:ns1_x:a", b"_ is no wildcard")
+    await lists.append("semantic:ns2:a", b"2")
+    assert await lists.clear("semantic:ns1:") != 0
+    assert await lists.read_list("semantic:ns1:a") == (0, [])
+    assert await lists.read_list("semantic:ns1_x:a") == (1, [b"_ is no wildcard"])
+    await lists.append("semantic:ns1:a", b"again")  # a new list after a clear
+    assert await lists.read_list("semantic:ns1:a") == (1, [b"again"])
+    await lists.clear()
+    assert await lists.read_list("semantic:ns2:a") == (0, [])
+
+
+async def test_concurrent_appends_all_land(backend: CacheBackend) -> None:
+    # Several servers append to one list at once: every item, each at its own position.
+    await asyncio.gather(*(backend.append("log", f"{i}".encode(), ttl_s=60)
+                           for i in range(20)))
+    length, items = await backend.read_list("log")
+    assert length == 20 and sorted(int(v) for v in items) == list(range(20))
 
 
 async def test_list_is_removed_by_delete_and_clear(backend: CacheBackend) -> None:

@@ -20,7 +20,7 @@ from metis_rag.cache.equivalence import (
 
 @pytest.fixture(scope="module")
 def eq() -> Equivalence:
-    return Equivalence(Model.load(), max_error=0.01)
+    return Equivalence(Model.load(), max_error=0.2)
 
 
 def judge(eq: Equivalence, cached: str, new: str, cosine: float) -> tuple[bool, str]:
@@ -80,10 +80,10 @@ def test_paraphrases_are_the_same_question(
 
 
 def test_a_typo_costs_similarity_so_only_a_looser_bound_accepts_it() -> None:
-    # MiniLM puts "rotaet" at 0.817 from "rotate": under the default bound that is too far.
+    # MiniLM puts "rotaet" at 0.817 from "rotate": a strict bound serves nothing that far.
     typo = (analyse("How do I rotaet the API keys?"), analyse("How do I rotate the API keys?"))
-    assert not Equivalence(Model.load(), 0.01).judge(*typo, 0.817).same
-    assert Equivalence(Model.load(), 0.05).judge(*typo, 0.817).same
+    assert not Equivalence(Model.load(), 0.05).judge(*typo, 0.817).same
+    assert Equivalence(Model.load(), 0.2).judge(*typo, 0.817).same
 
 
 def test_the_signals_of_a_question() -> None:
@@ -106,9 +106,9 @@ def test_a_terse_form_has_no_question_type_to_disagree_with() -> None:
 
 def test_threshold_follows_the_error_bound() -> None:
     model = Model.load()
-    strict, default, loose = (Equivalence(model, e).threshold for e in (0.003, 0.01, 0.05))
-    assert strict >= default >= loose
-    assert default <= 1.0  # the shipped calibration meets the default bound
+    strict, middle, loose = (Equivalence(model, e).threshold for e in (0.01, 0.1, 0.2))
+    assert strict >= middle >= loose
+    assert loose <= 1.0
     assert Equivalence(model, 1e-6).threshold > 1.0  # no calibration meets it: never a hit
 
 
@@ -120,10 +120,27 @@ def test_a_zero_error_bound_switches_the_level_off() -> None:
 
 def test_the_threshold_meets_the_bound_on_the_stored_curve() -> None:
     model = Model.load()
-    for max_error in (0.005, 0.01, 0.02, 0.05):
+    served = 0
+    for max_error in (0.01, 0.05, 0.1, 0.2):
         t = Equivalence(model, max_error).threshold
-        wrong = max(f for s, _, f in model.curve if s >= t)
-        assert wilson_upper(wrong, model.different) <= max_error
+        if t > 1.0:
+            continue
+        served += 1
+        _, accepted, wrong = next(row for row in model.curve if row[0] == t)
+        assert wilson_upper(wrong, accepted) <= max_error
+        # and it is the lowest such threshold: the one below it breaks the bound
+        below = [row for row in model.curve if row[0] < t]
+        assert not below or wilson_upper(below[-1][2], below[-1][1]) > max_error
+    assert served
+
+
+def test_a_hit_carries_its_calibrated_probability(eq: Equivalence) -> None:
+    hit = eq.judge(analyse("How do I rotate keys?"), analyse("How can I rotate keys?"), 0.99)
+    assert hit.same and hit.probability == eq.model.precision_at(hit.score)
+    # the share of calibration pairs scored at least this high that were the same question
+    assert 1 - eq.max_error <= hit.probability <= 1.0
+    assert eq.model.precision_at(eq.threshold) <= eq.model.precision_at(0.999) + 1e-9
+    assert eq.model.precision_at(-1.0) == 0.0
 
 
 def test_wilson_upper_bound() -> None:
@@ -135,7 +152,7 @@ def test_wilson_upper_bound() -> None:
 def test_a_model_fitted_on_other_features_is_refused() -> None:
     with pytest.raises(ValueError, match="fit_equivalence"):
         Model.load({"features": ["cosine"], "weights": [1.0], "bias": 0.0, "curve": [],
-                    "different": 1, "min_cosine": 0.5})
+                    "min_cosine": 0.5})
 
 
 def test_low_similarity_is_rejected_before_any_other_check(eq: Equivalence) -> None:

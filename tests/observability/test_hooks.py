@@ -114,7 +114,9 @@ def fake_llm() -> FakeLLMServer:
 async def test_llm_calls_tokens_and_cost(make_settings, fake_llm: FakeLLMServer) -> None:  # type: ignore[no-untyped-def]
     fake_llm.reset(config=True)
     llm = LLMSettings(provider="openai", url=fake_llm.url, model="fake", timeout_s=5)
-    settings = make_settings(llm=llm, cache={"price_per_1k_tokens": 0.5})
+    # Offline analysis at ingestion: only the answers' calls are counted here.
+    settings = make_settings(llm=llm, cache={"price_per_1k_tokens": 0.5},
+                             analysis={"use_llm": False})
     async with serve(settings) as s:
         await s.ingest()
         answer = await s.ask("How long is the refund window?")

@@ -134,8 +134,10 @@ async def test_sigkill_of_a_celery_worker_mid_ingestion(
     queue = f"metis-kill-{os.getpid()}-{int(time.time())}"
     env = worker_env(tmp_path / "workers", pg_url, queue, prepared_models)
     # The server's sweep re-queues what a dead worker had acknowledged but not yet recorded.
+    # A 3 s lease took the live worker for dead too at load 10 (it missed a heartbeat), and its
+    # tasks ran out of attempts; 8 s is still short enough for a quick test.
     settings = make_settings(database_url=pg_url, tasks=task_settings(
-        backend="celery", queue=queue, lease_s=3))
+        backend="celery", queue=queue, lease_s=8))
     engine = create_engine(settings)
     await migrate(engine)
     await clean(engine)

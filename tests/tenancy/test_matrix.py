@@ -41,11 +41,13 @@ class Seeded:
     task_id: str = ""
     conversation_id: str = ""
     key_id: str = ""
+    query_id: str = ""  # an agent answer's process log
     secrets: set[str] = field(default_factory=set)  # the content and names of its document
 
     def ids(self) -> dict[str, str]:
         return {"document_id": self.document_id, "task_id": self.task_id,
-                "conversation_id": self.conversation_id, "key_id": self.key_id}
+                "conversation_id": self.conversation_id, "key_id": self.key_id,
+                "query_id": self.query_id}
 
 
 @asynccontextmanager
@@ -110,6 +112,8 @@ def body_for(method: str, path: str) -> dict[str, Any]:
         return {"json": {"message": "What is the secret project codename?", "collection": "docs"}}
     if path == "/api/tasks":
         return {"json": {"type": "noop"}}
+    if path == "/api/conversations/{conversation_id}" and method == "PATCH":
+        return {"json": {"title": "renamed by the matrix"}}
     if path == "/api/keys" and method == "POST":
         return {"json": {"role": "reader", "name": "matrix"}}
     if path.startswith("/api/documents") and method in ("POST", "PUT"):
@@ -133,6 +137,11 @@ async def seed(client: Callable[..., httpx.AsyncClient], tenant: str) -> Seeded:
         assert r.status_code == 200, r.text
         assert secret in r.text
         s.conversation_id = r.json()["conversation_id"]
+        r = await writer.post("/api/chat/query", json={
+            "message": "What is the secret project codename?", "collection": "docs",
+            "mode": "agent"})
+        assert r.status_code == 200, r.text
+        s.query_id = r.json()["agent"]["query_id"]
     async with client(tenant, "admin") as admin:
         r = await admin.post("/api/keys", json={"role": "reader", "name": f"{tenant} probe"})
         assert r.status_code == 201, r.text
@@ -206,6 +215,7 @@ async def test_every_endpoint_every_role_two_tenants(make_settings: Callable[...
                 assert task["status"] == "completed" and task["tenant"] == tenant
                 conv = await admin.get(f"/api/conversations/{s.conversation_id}")
                 assert conv.status_code == 200 and len(conv.json()["messages"]) >= 2
+                assert conv.json()["title"] != "renamed by the matrix"
                 listed = {k["id"] for k in (await admin.get("/api/keys")).json()["items"]}
                 assert s.key_id in listed
                 # Its answers still cite only its own document.

@@ -1,10 +1,12 @@
-"""The question page at /: its files are served from the package, and in headless Chromium
-against a real `metis serve` it asks, shows the answer with its sources and how it was served,
-shows API errors, and uploads a file it follows to the end (a screenshot is saved; its path is
-printed)."""
+"""The page at /: its files are served from the package, and in headless Chromium against a real
+`metis serve` (answers from a fake LLM that streams) a user uploads several files and watches
+them finish, asks and sees the answer stream, opens a citation, continues, renames and deletes a
+conversation, deletes a document and sees it leave the answers, and signs in with a key.
+Screenshots are saved under pytest's tmp_path (their paths are printed)."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -14,16 +16,21 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.browser import ARTIFACTS, browser, metis_serve, needs_chromium
+from metis_rag.devtools.fake_llm import FakeLLMServer
+from tests.browser import browser, metis_serve, needs_chromium
 
 POLICY = (
     "# Refunds\n\nThe refund window is 30 days. Items must be unused and in their box.\n\n"
     "# Shipping\n\nShipping is free for orders over 50 euros. Parcels leave within 2 days.\n"
 )
 FAQ = "# Office\n\nThe office cat is called Pixel. It sleeps on the warm printer all afternoon.\n"
-FINISHED = ("completed", "failed", "cancelled", "error")
+GARDEN = "# Garden\n\nThe garden gnome is named Gustav and guards the tomato beds.\n"
+FINISHED = ("completed", "failed", "cancelled", "error", "rejected", "duplicate")
 
 # -- the files, over ASGI ----------------------------------------------------------------------
+
+SHIPPED = ["/web/app.js", "/web/chat.css", "/web/chat.js", "/web/docs.js"]
+
 
 async def test_page_and_the_files_it_loads_are_served(client: httpx.AsyncClient) -> None:
     page = await client.get("/")
@@ -31,12 +38,13 @@ async def test_page_and_the_files_it_loads_are_served(client: httpx.AsyncClient)
     assert page.headers["content-type"] == "text/html; charset=utf-8"
     assert 'href="/dashboard"' in page.text and 'href="/docs"' in page.text
     loaded = re.findall(r'(?:src|href)="(/web/[^"]+)"', page.text)
-    assert sorted(loaded) == ["/web/chat.css", "/web/chat.js"]
-    for path, media_type in [("/web/chat.js", "text/javascript"), ("/web/chat.css", "text/css"),
-                             ("/web/index.html", "text/html")]:
+    assert sorted(loaded) == SHIPPED
+    assert "http://" not in page.text and "https://" not in page.text  # nothing from a CDN
+    for path in [*SHIPPED, "/web/index.html"]:
         r = await client.get(path)
         assert r.status_code == 200, path
-        assert r.headers["content-type"] == f"{media_type}; charset=utf-8"
+        kind = {"js": "text/javascript", "css": "text/css", "html": "text/html"}[path.rsplit(".", 1)[1]]
+        assert r.headers["content-type"] == f"{kind}; charset=utf-8"
         assert len(r.content) > 500
 
 
@@ -52,7 +60,7 @@ async def test_only_shipped_page_files_are_served(client: httpx.AsyncClient) -> 
 async def test_pages_stay_out_of_the_schema_and_the_dashboard_figures(
     client: httpx.AsyncClient,
 ) -> None:
-    for path in ["/", "/web/chat.js", "/web/chat.css", "/dashboard"]:
+    for path in ["/", *SHIPPED, "/dashboard"]:
         assert (await client.get(path)).status_code == 200
     await client.get("/api/documents")
     summary = (await client.get("/api/metrics/summary")).json()
@@ -63,34 +71,34 @@ async def test_pages_stay_out_of_the_schema_and_the_dashboard_figures(
 
 # -- the page, in a browser --------------------------------------------------------------------
 
-def _wait_tasks(c: httpx.Client, task_ids: list[str]) -> None:
-    deadline = time.monotonic() + 120
-    for task_id in task_ids:
-        while (status := c.get(f"/api/tasks/{task_id}").json()["status"]) != "completed":
-            assert status not in FINISHED and time.monotonic() < deadline, status
-            time.sleep(0.1)
+@pytest.fixture(scope="module")
+def fake_llm() -> Iterator[FakeLLMServer]:
+    with FakeLLMServer(tokens_per_s=40) as server:  # slow enough to watch the answer grow
+        yield server
 
 
 @pytest.fixture(scope="module")
-def metis_url(prepared_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `metis serve` whose "handbook" collection holds policy.md."""
-    with metis_serve(prepared_models, tmp_path_factory.mktemp("serve")) as server:
-        with httpx.Client(base_url=server.url, timeout=30) as c:
-            r = c.post("/api/documents", data={"collection": "handbook"},
-                       files={"files": ("policy.md", POLICY.encode())})
-            assert r.status_code == 202, r.text
-            _wait_tasks(c, r.json()["task_ids"])
+def metis_url(prepared_models: Path, tmp_path_factory: pytest.TempPathFactory,
+              fake_llm: FakeLLMServer) -> Iterator[str]:
+    with metis_serve(prepared_models, tmp_path_factory.mktemp("serve"),
+                     METIS_LLM__PROVIDER="openai", METIS_LLM__URL=fake_llm.url,
+                     METIS_LLM__MODEL="fake") as server:
         yield server.url
 
 
 class Page:
-    """The question page as a user drives it."""
+    """The page as a user drives it."""
 
-    def __init__(self, driver: Any) -> None:
+    def __init__(self, driver: Any, shots: Path) -> None:
         from selenium.webdriver.support.wait import WebDriverWait
 
         self.driver = driver
-        self.wait = WebDriverWait(driver, 60)
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        # The page re-renders lists as data arrives: an element read mid-render is read again.
+        self.wait = WebDriverWait(driver, 60, poll_frequency=0.05,
+                                  ignored_exceptions=[StaleElementReferenceException])
+        self.shots = shots
 
     def find(self, css: str) -> Any:
         return self.driver.find_element("css selector", css)
@@ -103,124 +111,366 @@ class Page:
         field.clear()
         field.send_keys(text)
 
-    def submit_question(self, question: str, collection: str) -> None:
+    def click(self, css: str) -> None:
+        """Clicks, again if the element was re-rendered between finding and clicking."""
+        self.wait.until(lambda _: self.find(css).click() or True)
+
+    def shot(self, name: str) -> None:
+        path = self.shots / f"{name}.png"
+        assert self.driver.save_screenshot(str(path))
+        print(f"screenshot: {path}")
+
+    def tab(self, name: str) -> None:
+        self.find(f"#tab-{name}").click()
+
+    def ask(self, question: str, collection: str = "handbook") -> Any:
+        """Asks and returns the answer's turn once it is done; an error fails the test."""
+        before = len(self.find_all(".turn"))
         self.fill("collection", collection)
         self.fill("question", question)
         self.find("#ask-button").click()
-
-    def ask(self, question: str, collection: str = "handbook") -> Any:
-        """Asks and returns the answer's turn; an error shown instead fails the test."""
-        before = len(self.find_all(".turn"))
-        self.submit_question(question, collection)
-        self.wait.until(lambda _: len(self.find_all(".turn")) > before
-                        or self.find("#ask-error").is_displayed())
+        self.wait.until(lambda _: (len(self.find_all(".turn")) > before and self.find_all(
+            ".turn")[-1].get_attribute("data-state") != "streaming")
+            or self.find("#ask-error").is_displayed())
         assert not self.find("#ask-error").is_displayed(), self.find("#ask-error").text
         return self.find_all(".turn")[-1]
-
-    def upload(self, path: Path, collection: str = "handbook") -> None:
-        self.fill("upload-collection", collection)
-        self.find("#files").send_keys(str(path))
-        self.find("#upload-button").click()
 
     def upload_row(self, filename: str) -> Any:
         return next((row for row in self.find_all("#uploads li")
                      if row.find_element("css selector", ".filename").text == filename), None)
 
+    def doc_names(self) -> list[str]:
+        return list(self.driver.execute_script(
+            "return [...document.querySelectorAll('#documents tbody .doc-name')]"
+            ".map((e) => e.textContent)"))
 
-@pytest.mark.slow
-@needs_chromium
-def test_ask_follow_up_cache_hit_errors_and_upload(metis_url: str, tmp_path: Path) -> None:
+    def doc_row_text(self, name: str) -> str:
+        return str(self.driver.execute_script(
+            "const r = [...document.querySelectorAll('#documents tbody tr')]"
+            ".find((r) => r.querySelector('.doc-name').textContent === arguments[0]);"
+            "return r ? r.innerText : '';", name))
+
+    def doc_action(self, name: str, action: str) -> None:
+        self.driver.execute_script(
+            "[...document.querySelectorAll('#documents tbody tr')]"
+            ".find((r) => r.querySelector('.doc-name').textContent === arguments[0])"
+            ".querySelector(arguments[1]).click();", name, f".{action}")
+
+    def answer_dialog(self, accept: bool = True, text: str | None = None) -> None:
+        self.wait.until(lambda d: _alert(d) is not None)
+        alert = self.driver.switch_to.alert
+        if text is not None:
+            alert.send_keys(text)
+        alert.accept() if accept else alert.dismiss()
+
+
+def _wait_tasks(c: httpx.Client, task_ids: list[str]) -> None:
+    deadline = time.monotonic() + 120
+    for task_id in task_ids:
+        while (status := c.get(f"/api/tasks/{task_id}").json()["status"]) != "completed":
+            assert status not in FINISHED and time.monotonic() < deadline, status
+            time.sleep(0.1)
+
+
+def _alert(driver: Any) -> Any:
+    from selenium.common.exceptions import NoAlertPresentException
+
+    try:
+        return driver.switch_to.alert
+    except NoAlertPresentException:
+        return None
+
+
+def _drop_files(driver: Any, files: dict[str, str]) -> None:
+    """A drag and drop of files onto the drop zone, as the browser delivers it."""
+    driver.execute_script("""
+        const dt = new DataTransfer();
+        for (const [name, text] of Object.entries(arguments[0]))
+          dt.items.add(new File([text], name, { type: "text/markdown" }));
+        const zone = document.getElementById("dropzone");
+        zone.dispatchEvent(new DragEvent("dragover", { dataTransfer: dt, bubbles: true, cancelable: true }));
+        zone.dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
+    """, files)
+
+
+@pytest.fixture
+def page(metis_url: str, tmp_path: Path) -> Iterator[Page]:
     driver = browser(tmp_path / "chromium-profile")
     try:
         driver.get(metis_url + "/")
-        page = Page(driver)
-        # the collection field suggests the collections that hold documents
-        page.wait.until(lambda d: "handbook" in d.execute_script("return window.metisChat.collections"))
-        assert [o.get_attribute("value") for o in page.find_all("#collections option")] == ["handbook"]
+        p = Page(driver, tmp_path)
+        p.wait.until(lambda _: p.find("#whoami").text)
+        yield p
+        assert driver.execute_script("return window.metisChat.errors") == 0
+    finally:
+        driver.quit()
 
-        first = page.ask("How long is the refund window?")
-        assert "30 days" in first.find_element("css selector", ".answer").text
-        sources = first.find_elements("css selector", ".citations li")
-        assert sources, first.text
-        assert sources[0].find_element("css selector", ".filename").text == "policy.md"
-        assert re.fullmatch(r"score \d\.\d{3}", sources[0].find_element("css selector", ".score").text)
-        assert sources[0].find_element("css selector", ".snippet").text
-        served = first.find_element("css selector", ".served")
-        assert served.get_attribute("data-level") == "none" and "Full run" in served.text
-        assert re.search(r"total \d+\.\d ms", first.find_element("css selector", ".timings").text)
-        conversation = page.find("#conversation").text
-        assert conversation.startswith("conversation ") and conversation.endswith(" in handbook")
 
-        # a follow-up stays in the conversation
-        page.ask("Is shipping free?")
-        assert page.find("#conversation").text == conversation
-
-        # a new conversation asking the same question again: the exact cache answers
-        page.find("#new-conversation").click()
-        assert page.find_all(".turn") == [] and page.find("#conversation").text == "new conversation"
-        again = page.ask("How long is the refund window?")
-        served = again.find_element("css selector", ".served")
-        assert served.get_attribute("data-level") == "exact", served.text
-        assert served.text.startswith("Served from the exact cache")
-        assert again.find_element("css selector", ".citations .filename").text == "policy.md"
-        assert page.find("#conversation").text not in (conversation, "new conversation")
-
-        # bypassing the cache runs the whole pipeline again
-        page.find("#new-conversation").click()
-        page.find("#bypass-cache").click()
-        bypassed = page.ask("How long is the refund window?")
-        assert bypassed.find_element("css selector", ".served").get_attribute("data-level") == "none"
-        page.find("#bypass-cache").click()
-
-        # markup in data is shown as text, never run
-        markup = '<img src=x onerror="window.injected=1"><b>bold</b> refund window?'
-        shown = page.ask(markup).find_element("css selector", ".question")
-        assert shown.text == markup and shown.find_elements("css selector", "*") == []
-        assert driver.execute_script("return window.injected") is None
-
-        # an API error is shown as its message and code; the page keeps working
-        page.submit_question("How long is the refund window?", "no-such-collection")
-        page.wait.until(lambda _: page.find("#ask-error").is_displayed())
-        error = page.find("#ask-error").text
-        assert "'no-such-collection' does not exist" in error and "collection_not_found" in error
-        assert "HTTP 404" in error
-
-        # an upload is followed until its task completes, and then answers questions
-        faq = tmp_path / "faq.md"
-        faq.write_text(FAQ)
-        page.upload(faq)
-        page.wait.until(lambda _: (row := page.upload_row("faq.md")) is not None
-                        and row.get_attribute("data-status") in FINISHED)
-        row = page.upload_row("faq.md")
+@pytest.mark.slow
+@needs_chromium
+def test_documents_upload_browse_view_and_delete(page: Page, tmp_path: Path) -> None:
+    page.tab("docs")
+    page.fill("upload-collection", "handbook")
+    page.fill("upload-tags", "policy")
+    # several files chosen at once: each has its own row, progress and outcome
+    paths = []
+    for name, text in [("policy.md", POLICY), ("faq.md", FAQ)]:
+        (tmp_path / name).write_text(text)
+        paths.append(str(tmp_path / name))
+    tool = tmp_path / "tool.exe"
+    tool.write_bytes(b"MZ" + bytes(200))
+    paths.append(str(tool))
+    page.find("#files").send_keys("\n".join(paths))
+    page.wait.until(lambda _: all((row := page.upload_row(n)) is not None
+                                  and row.get_attribute("data-status") in FINISHED
+                                  for n in ("policy.md", "faq.md", "tool.exe")))
+    for name in ("policy.md", "faq.md"):
+        row = page.upload_row(name)
         assert row.get_attribute("data-status") == "completed", row.text
         assert re.search(r"created: [1-9]\d* chunks? in handbook", row.text), row.text
         assert row.find_element("css selector", "progress").get_attribute("value") == "100"
-        cat = page.ask("What is the office cat called?")
-        assert "Pixel" in cat.find_element("css selector", ".answer").text
-        assert "faq.md" in [e.text for e in cat.find_elements("css selector", ".citations .filename")]
+    bad = page.upload_row("tool.exe")  # refused alone, with the API's message and code
+    assert bad.get_attribute("data-status") == "rejected"
+    assert "Cannot ingest files of type .exe" in bad.text and "unsupported_media_type" in bad.text
 
-        # the same bytes again: stored already, no task to follow
-        page.upload(faq)
-        page.wait.until(lambda _: len(page.find_all("#uploads li")) == 2)
-        row = page.upload_row("faq.md")  # the newest row comes first
-        assert row.get_attribute("data-status") == "duplicate"
-        assert re.fullmatch(r"already stored in handbook \([1-9]\d* chunks?\)",
-                            row.find_element("css selector", ".status").text)
+    # dropped files upload the same way
+    page.fill("upload-folder", "outdoors")
+    _drop_files(page.driver, {"garden.md": GARDEN})
+    page.wait.until(lambda _: (row := page.upload_row("garden.md")) is not None
+                    and row.get_attribute("data-status") == "completed")
 
-        # a rejected upload shows the API's code and message
-        tool = tmp_path / "tool.exe"
-        tool.write_bytes(b"MZ" + bytes(200))
-        page.upload(tool)
-        page.wait.until(lambda _: page.find("#upload-error").is_displayed())
-        error = page.find("#upload-error").text
-        assert "Cannot ingest files of type .exe" in error and "unsupported_media_type" in error
-        assert "HTTP 415" in error
-        assert page.upload_row("tool.exe") is None
+    # the collection's counts, and its table, filtered and searched on the server
+    page.wait.until(lambda _: "3 docs" in page.find("#collection-list").text)
+    page.click('#collection-list button[data-name="handbook"]')
+    page.wait.until(lambda _: sorted(page.doc_names()) == ["faq.md", "outdoors/garden.md", "policy.md"])
+    row = page.doc_row_text("policy.md")
+    assert "ready" in row and "text/markdown" in row and "policy" in row
+    page.fill("doc-search", "gard")
+    page.wait.until(lambda _: page.doc_names() == ["outdoors/garden.md"])
+    assert page.find("#page-info").text == "1–1 of 1"
+    page.find("#doc-search").clear()
+    page.find("#doc-search").send_keys(" ")
+    page.wait.until(lambda _: len(page.doc_names()) == 3)
+    from selenium.webdriver.support.ui import Select
+    Select(page.find("#doc-folder")).select_by_value("outdoors")
+    page.wait.until(lambda _: page.doc_names() == ["outdoors/garden.md"])
+    Select(page.find("#doc-folder")).select_by_value("")
+    page.wait.until(lambda _: len(page.doc_names()) == 3)
 
-        assert driver.execute_script("return window.metisChat.errors") == 1
-        ARTIFACTS.mkdir(exist_ok=True)
-        shot = ARTIFACTS / "chat.png"
-        assert driver.save_screenshot(str(shot))
-        print(f"chat page screenshot: {shot}")
+    # a document's view shows its chunks
+    page.driver.execute_script(
+        "[...document.querySelectorAll('.doc-name')].find((e) => e.textContent === 'policy.md').click()")
+    page.wait.until(lambda _: page.find("#doc-view").is_displayed()
+                    and page.find_all("#doc-view-chunks li"))
+    assert "refund window is 30 days" in page.find("#doc-view-chunks").text
+    assert "handbook" in page.find("#doc-view-meta").text
+    page.shot("document-view")
+    page.find("#doc-view-close").click()
+
+    # delete asks first; cancelled, nothing goes
+    page.doc_action("outdoors/garden.md", "delete")
+    page.answer_dialog(accept=False)
+    assert len(page.doc_names()) == 3
+    page.doc_action("outdoors/garden.md", "delete")
+    page.answer_dialog(accept=True)
+    page.wait.until(lambda _: sorted(page.doc_names()) == ["faq.md", "policy.md"])
+    page.shot("documents")
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_chat_streams_cites_and_keeps_conversations(page: Page, metis_url: str) -> None:
+    with httpx.Client(base_url=metis_url, timeout=30) as c:  # stored already, or now
+        for name, text in [("policy.md", POLICY), ("faq.md", FAQ)]:
+            r = c.post("/api/documents", data={"collection": "handbook"},
+                       files={"files": (name, text.encode())})
+            assert r.status_code in (200, 202), r.text
+            _wait_tasks(c, r.json()["task_ids"])
+    # the answer grows on screen, token by token
+    page.fill("collection", "handbook")
+    page.fill("question", "How long is the refund window?")
+    page.find("#ask-button").click()
+    seen: list[str] = []
+    page.wait.until(lambda _: (turns := page.find_all(".turn")) and (
+        seen.append(turns[-1].find_element("css selector", ".answer").text) or
+        turns[-1].get_attribute("data-state") == "done"))
+    partial = [t for t in seen if t and t != seen[-1]]
+    assert partial, seen  # seen part-way through
+    first = page.find_all(".turn")[-1]
+    answer = first.find_element("css selector", ".answer").text
+    assert "30 days" in answer and answer.startswith("According to")
+    assert page.driver.execute_script("return window.metisChat.firstToken") is not None
+
+    # how it was served
+    served = first.find_element("css selector", ".served")
+    assert served.get_attribute("data-level") == "none" and "LLM answer (openai:fake)" in served.text
+    timings = first.find_element("css selector", ".timings").text
+    assert re.search(r"total \d+\.\d ms", timings) and "tokens: " in timings
+
+    # a citation chip opens its passage with its document, section and score
+    chip = first.find_element("css selector", ".answer .chip")
+    chip.click()
+    page.wait.until(lambda _: page.find("#passage").is_displayed())
+    page.wait.until(lambda _: "Items must be unused" in page.find("#passage-text").text)
+    assert page.find("#passage-title").text == "[1] policy.md"
+    assert re.search(r"section “Refunds” · score \d\.\d{3}", page.find("#passage-where").text)
+    page.shot("passage")
+    page.find("#passage-document").click()  # ...and on to its document
+    page.wait.until(lambda _: page.find("#doc-view").is_displayed())
+    assert page.find("#doc-view-title").text == "policy.md"
+    page.find("#doc-view-close").click()
+    page.tab("chat")
+
+    # the conversation is listed; a follow-up continues it
+    conv_id = page.driver.execute_script("return window.metisChat.conversationId")
+    page.wait.until(lambda _: page.find_all(f'#conversations li.current[data-id="{conv_id}"]'))
+    page.ask("Is shipping free?")
+    assert page.find("#conversation").text == f"conversation {conv_id} in handbook"
+
+    # the exact cache answers the same question in a new conversation; bypass skips it
+    page.find("#new-conversation").click()
+    again = page.ask("How long is the refund window?")
+    assert again.find_element("css selector", ".served").get_attribute("data-level") == "exact"
+    page.find("#bypass-cache").click()
+    page.find("#new-conversation").click()
+    bypassed = page.ask("How long is the refund window?")
+    assert bypassed.find_element("css selector", ".served").get_attribute("data-level") == "none"
+    page.find("#bypass-cache").click()
+
+    # continue the first conversation from the list
+    page.click(f'#conversations li[data-id="{conv_id}"] .open')
+    page.wait.until(lambda _: page.find("#conversation").text.startswith(f"conversation {conv_id}"))
+    questions = [e.text for e in page.find_all(".turn .question")]
+    assert questions == ["How long is the refund window?", "Is shipping free?"]
+    page.ask("And what about the box?")
+    assert page.find("#conversation").text == f"conversation {conv_id} in handbook"
+    page.wait.until(lambda _: "6 messages" in page.find(f'#conversations li[data-id="{conv_id}"]').text)
+
+    # rename, then delete
+    page.click(f'#conversations li[data-id="{conv_id}"] .rename')
+    page.answer_dialog(text="Refund questions")
+    page.wait.until(lambda _: page.find(f'#conversations li[data-id="{conv_id}"] .open').text
+                    == "Refund questions")
+    page.shot("chat")
+    page.click(f'#conversations li[data-id="{conv_id}"] .delete')
+    page.answer_dialog()
+    page.wait.until(lambda _: not page.find_all(f'#conversations li[data-id="{conv_id}"]'))
+    assert page.find("#conversation").text == "new conversation"
+
+    # stop generation: the answer stops where it was
+    page.find("#bypass-cache").click()
+    page.fill("question", "What is the office cat called?")
+    page.find("#ask-button").click()
+    page.wait.until(lambda _: (t := page.find_all(".turn")) and
+                    t[-1].find_element("css selector", ".answer").text)
+    page.find("#stop-button").click()
+    page.wait.until(lambda _: page.find_all(".turn")[-1].get_attribute("data-state") == "stopped")
+    assert page.find("#ask-status").text == "stopped"
+    assert not page.find("#stop-button").is_displayed()
+
+    # a deleted document leaves the answers
+    cat = page.ask("What is the office cat called?")
+    assert "faq.md" in [e.text for e in cat.find_elements("css selector", ".citations .filename")]
+    page.tab("docs")
+    page.wait.until(lambda _: "faq.md" in page.doc_names())
+    page.doc_action("faq.md", "delete")
+    page.answer_dialog()
+    page.wait.until(lambda _: "faq.md" not in page.doc_names())
+    page.tab("chat")
+    page.find("#bypass-cache").click()  # the cache, too, forgets the document
+    after = page.ask("What is the office cat called?")
+    assert "faq.md" not in [e.text for e in after.find_elements("css selector", ".citations .filename")]
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_agent_mode_is_offered_only_when_the_server_has_it(page: Page) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    with httpx.Client(base_url=page.driver.current_url.rstrip("/")) as c:
+        spec = c.get("/openapi.json").json()
+    schema = spec["paths"]["/api/chat/query"]["post"]["requestBody"]["content"][
+        "application/json"]["schema"]
+    if "$ref" in schema:
+        schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    has_agent = "agent" in json.dumps(schema.get("properties", {}).get("mode", {}))
+    assert "properties" in schema and "message" in schema["properties"]
+    Select(page.find("#mode")).select_by_value("agent")
+    if has_agent:
+        page.wait.until(lambda _: page.find("#steps-panel").is_displayed())
+    else:
+        page.wait.until(lambda _: page.find("#mode-note").is_displayed())
+        assert page.find("#mode-note").text == "Agent mode is not available on this server."
+        assert page.find("#mode").get_attribute("value") == "rag"
+        assert page.find("#mode option[value=agent]").get_attribute("disabled") == "true"
+        assert not page.find("#steps-panel").is_displayed()
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_keyboard_and_phone_width(page: Page) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    page.find("#tab-chat").send_keys(Keys.ARROW_RIGHT)
+    assert page.driver.switch_to.active_element.get_attribute("id") == "tab-docs"
+    assert page.find("#view-docs").is_displayed() and not page.find("#view-chat").is_displayed()
+    unlabeled = page.driver.execute_script("""
+        return [...document.querySelectorAll("input:not([type=hidden]), select, textarea")]
+          .filter((e) => !e.labels.length && !e.getAttribute("aria-label") && !e.hidden)
+          .map((e) => e.id);""")
+    assert unlabeled == []
+    page.driver.set_window_size(390, 844)
+    width = page.driver.execute_script("return document.documentElement.scrollWidth")
+    page.shot("phone")
+    assert width <= 390  # nothing scrolls sideways at phone width
+
+
+@pytest.fixture(scope="module")
+def keyed_url(prepared_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    keys = {"acme-admin-key-123": {"tenant": "acme", "role": "admin"},
+            "acme-reader-key-456": {"tenant": "acme", "role": "reader"}}
+    with metis_serve(prepared_models, tmp_path_factory.mktemp("keyed"),
+                     METIS_API_KEYS=json.dumps(keys)) as server:
+        yield server.url
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_sign_in_with_a_key_shows_tenant_role_and_admin_views(keyed_url: str,
+                                                              tmp_path: Path) -> None:
+    driver = browser(tmp_path / "chromium-profile")
+    try:
+        driver.get(keyed_url + "/")
+        page = Page(driver, tmp_path)
+        page.wait.until(lambda _: page.find("#whoami").text == "not signed in")
+        assert page.find("#auth-error").is_displayed()
+        assert not page.find("#tab-admin").is_displayed()
+
+        page.fill("api-key", "acme-reader-key-456")
+        page.find("#signin-button").click()
+        page.wait.until(lambda _: page.find("#whoami").text == "acme · reader")
+        assert not page.find("#auth-error").is_displayed()
+        assert not page.find("#tab-admin").is_displayed()
+
+        page.fill("api-key", "acme-admin-key-123")
+        page.find("#signin-button").click()
+        page.wait.until(lambda _: page.find("#whoami").text == "acme · admin")
+        assert driver.execute_script("return sessionStorage.getItem('metis.apiKey')") == \
+            "acme-admin-key-123"
+        page.tab("admin")
+        page.fill("key-name", "ci robot")
+        page.find("#key-form button").click()
+        page.wait.until(lambda _: page.find("#new-key").is_displayed())
+        assert "shown once" in page.find("#new-key").text
+        page.wait.until(lambda _: "ci robot" in page.find("#keys").text)
+        page.wait.until(lambda _: "key.create" in page.find("#audit").text)
+        page.shot("admin")
+
+        # the key lasts the browser session: a reload keeps it
+        driver.refresh()
+        page.wait.until(lambda _: page.find("#whoami").text == "acme · admin")
+        page.find("#signout-button").click()
+        page.wait.until(lambda _: page.find("#whoami").text == "not signed in")
+        assert driver.execute_script("return sessionStorage.getItem('metis.apiKey')") is None
     finally:
         driver.quit()

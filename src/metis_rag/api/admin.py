@@ -1,4 +1,5 @@
-"""/api/keys and /api/audit: a tenant's admins manage its keys and read its audit log."""
+"""/api/keys and /api/audit: a tenant's admins manage its keys and read its audit log;
+/api/me: who the caller's key is."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pydantic import BaseModel, Field
 from ..tenancy import keys
 from ..tenancy.audit import query_audit
 from ..tenancy.keys import KeyInfo
-from .deps import AdminDep, ServicesDep
+from .deps import AdminDep, ReaderDep, ServicesDep
 
 router = APIRouter(prefix="/api", tags=["admin"])
 
@@ -56,6 +57,18 @@ class AuditPage(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class MeOut(BaseModel):
+    tenant: str
+    role: Literal["reader", "writer", "admin"]
+    key_id: str = Field(description="The key's public id; empty when the server uses no keys.")
+    keys_in_use: bool = Field(description="false: the server asks no key (one tenant).")
+
+
+@router.get("/me", response_model=MeOut, summary="The caller's tenant and role")
+async def me(who: ReaderDep) -> MeOut:
+    return MeOut(tenant=who.tenant, role=who.role, key_id=who.key_id, keys_in_use=who.scoped)
 
 
 def _out(info: KeyInfo) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""/api/chat/query and /api/conversations: questions, answers with citations, history."""
+"""/api/chat/query: questions, answers with citations (streamed or whole)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
+from ..agent.stream import agent_events
 from ..errors import InvalidInput, MetisError
-from ..schemas import ChatAnswer, ChatQuery, ConversationOut, MessageOut
+from ..schemas import ChatAnswer, ChatQuery
 from ..services import Services
-from ..store import repo
-from ..store.models import Collection
 from ..tenancy.principal import principal_of
-from .deps import READER, ReaderDep, ServicesDep
+from .deps import READER
 
 router = APIRouter(prefix="/api", tags=["chat"])
 log_name = "metis.chat"
@@ -57,7 +56,8 @@ def _parse_query(body: bytes) -> ChatQuery:
     response_model=ChatAnswer,
     responses={200: {"content": {"text/event-stream": {}},
                      "description": "JSON, or server-sent events when stream is true: "
-                                    "token events, then citations, then done."}},
+                                    "token events, then citations, then done (agent mode: "
+                                    "step, tool_call and tool_result events first)."}},
     openapi_extra={**_query_openapi(), "x-metis-role": READER.role},
 )
 async def query(request: Request) -> Response:
@@ -74,12 +74,15 @@ async def query(request: Request) -> Response:
     if who.scoped:
         request.state.audit_detail = {"collection": body.collection or body.collections or
                                       services.settings.default_collection}
+    agent = services.agent if _wants_agent(services, body) else None
     if not body.stream:
-        answer = await services.chat.answer(body, x_metis_namespace, who)
+        answer = await (agent.run(body, x_metis_namespace, who) if agent else
+                        services.chat.answer(body, x_metis_namespace, who))
         services.metrics.observe_answer(answer)
         _spend(services, who.tenant, answer)
         return Response(answer.model_dump_json(), media_type="application/json")
-    events = services.chat.stream(body, x_metis_namespace, who)
+    events = (agent_events(agent, body, x_metis_namespace, who) if agent else
+              services.chat.stream(body, x_metis_namespace, who))
     # Fail before the stream starts (404, 422...) so clients get a real status code.
     first = await anext(events)
 
@@ -102,22 +105,15 @@ async def query(request: Request) -> Response:
                              headers={"Cache-Control": "no-cache"})
 
 
+def _wants_agent(services: Services, body: ChatQuery) -> bool:
+    """mode=agent, or mode=auto on a question the analyser finds complex (a few microseconds
+    of regular expressions; a simple question stays on the fast path)."""
+    if body.mode == "fast" or services.agent is None:
+        return False
+    return body.mode == "agent" or not services.agent.analyse(body.message).simple
+
+
 def _spend(services: Services, tenant: str, answer: ChatAnswer) -> None:
     """LLM tokens count against the tenant's day only when a model call was made."""
     if answer.mode == "llm" and answer.cache.level in (None, "retrieval"):
         services.quotas.spend_tokens(tenant, sum(answer.usage.values()))
-
-
-@router.get("/conversations/{conversation_id}", response_model=ConversationOut)
-async def get_conversation(
-    conversation_id: str, services: ServicesDep, who: ReaderDep
-) -> ConversationOut:
-    await services.conversations.flush()
-    async with services.sessions() as session:
-        conv = await repo.get_conversation(session, who.tenant, conversation_id)
-        coll = await session.get_one(Collection, conv.collection_id)
-        messages = await repo.recent_messages(session, conv.id, 10_000)
-    return ConversationOut(
-        id=conv.id, collection=coll.name, title=conv.title, created_at=conv.created_at,
-        messages=[MessageOut.model_validate(m) for m in messages],
-    )

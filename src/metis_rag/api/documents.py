@@ -16,7 +16,7 @@ from ..errors import ClientDisconnected, InvalidInput, MetisError
 from ..ingest.parsers import sanitize_filename
 from ..ingest.pipeline import Upload, clean_folder, clean_tags
 from ..schemas import ChunkOut, DocumentDetail, DocumentOut, Page, UploadResponse, UploadResult
-from ..store import repo
+from ..store import browse, repo
 from ..store.models import Document
 from ..tasks import ids as task_ids
 from ..tasks.types import Priority, TaskOut, TaskSpec
@@ -210,24 +210,33 @@ async def _collection_names(services: ServicesDep, tenant: str) -> dict[int, str
         return {c.id: c.name for c in await repo.list_collections(session, tenant)}
 
 
-@router.get("/documents", response_model=Page[DocumentOut])
+@router.get("/documents", response_model=Page[DocumentOut],
+            summary="A page of documents, newest first, filtered and searched on the server")
 async def list_documents(
     services: ServicesDep,
     who: ReaderDep,
     collection: str | None = None,
     tag: str | None = None,
-    folder: str | None = None,
+    folder: Annotated[str | None, Query(description="This folder and the ones below it.")] = None,
     status: str | None = None,
+    doc_type: Annotated[str | None, Query(max_length=40)] = None,
+    language: Annotated[str | None, Query(max_length=16)] = None,
+    topic: Annotated[str | None, Query(max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+    q: Annotated[str | None, Query(max_length=200,
+                                   description="Words of the filename or title.")] = None,
+    type: Annotated[str | None, Query(max_length=120, description="A media type.")] = None,
 ) -> Page[DocumentOut]:
     async with services.sessions() as session:
         collection_id = ((await repo.get_collection(session, who.tenant, collection)).id
                          if collection else None)
-        items, total = await repo.list_documents(
-            session, who.tenant, collection_id=collection_id, tag=tag, folder=folder, status=status,
-            limit=limit, offset=offset,
-        )
+        query = browse.DocumentQuery(collection_id=collection_id, search=(q or "").strip() or None,
+                                     tag=tag, folder=folder, status=status, mime=type,
+                                     analysis=repo.AnalysisFilter(
+                                         doc_type=doc_type, language=language, topic=topic))
+        items, total = await browse.search_documents(session, who.tenant, query,
+                                                     limit=limit, offset=offset)
     names = await _collection_names(services, who.tenant)
     return Page[DocumentOut](
         items=[_out(d, names.get(d.collection_id, "")) for d in items],

@@ -45,7 +45,9 @@ _AUDITED: dict[str, list[tuple[re.Pattern[str], str]]] = {
              (re.compile(r"^/api/keys$"), "key.create"),
              (re.compile(r"^/api/keys/([^/]+)/rotate$"), "key.rotate")],
     "PUT": [(re.compile(r"^/api/documents/([^/]+)$"), "document.replace")],
+    "PATCH": [(re.compile(r"^/api/conversations/([^/]+)$"), "conversation.rename")],
     "DELETE": [(re.compile(r"^/api/documents/([^/]+)$"), "document.delete"),
+               (re.compile(r"^/api/conversations/([^/]+)$"), "conversation.delete"),
                (re.compile(r"^/api/cache$"), "cache.clear"),
                (re.compile(r"^/api/keys/([^/]+)$"), "key.revoke")],
 }

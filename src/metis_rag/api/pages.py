@@ -18,7 +18,8 @@ _CSS = "text/css; charset=utf-8"
 # Package folder -> the files it ships and their media types. Only these names are served, so
 # no part of a request path ever reaches the filesystem.
 _FILES = {
-    "web": {"index.html": _HTML, "chat.js": _JS, "chat.css": _CSS},
+    "web": {"index.html": _HTML, "app.js": _JS, "chat.js": _JS, "docs.js": _JS,
+            "chat.css": _CSS},
     "dashboard": {"index.html": _HTML, "dashboard.js": _JS, "dashboard.css": _CSS},
 }
 

@@ -6,13 +6,13 @@ approved?" embed at 0.97. So the decision combines cheap signals measured on the
 content words one question has and the other lacks) with the cosine, in one logistic model
 whose coefficients were fitted on the calibration split of our labelled pairs
 (`benchmarks/fit_equivalence.py` writes `equivalence.json`; nothing is trained at run time).
-The threshold on its score is read off the calibration curve stored beside the coefficients:
-the lowest one whose upper confidence bound on the error rate stays under the user's
-`max_error`. The error rate is the share of lookups for a *different* question that are
-answered with the cached question's answer, measured on the calibration pairs whose new
-question is a hard near miss of the cached one (same passage, another ask). It is the worst
-case of the share of all lookups served a wrong answer (as vCache bounds it): traffic that
-also repeats questions only lowers it.
+The threshold on its score is read off the calibration curve stored beside the coefficients,
+built from out-of-fold scores (k folds by passage: no pair is scored by a model fitted on it):
+the lowest threshold whose one-sided 95 % upper confidence bound on the share of wrong hits
+(1 - precision) among the calibration pairs it accepts stays under the user's `max_error`.
+That is the error a user sees: of the answers the semantic level serves, the share that
+answered another question. It is measured at the labelled pairs' mix (a quarter paraphrases,
+every near miss about the same passage), harder than most traffic.
 """
 
 from __future__ import annotations
@@ -242,17 +242,17 @@ class Verdict:
     score: float
     reason: str
     checks: tuple[str, ...]  # the checks passed
+    probability: float = 0.0  # calibrated: Model.precision_at(score)
 
 
 @dataclass(frozen=True, slots=True)
 class Model:
-    """Logistic regression over `FEATURES`, and its calibration curve: score thresholds with
-    the pairs accepted and wrongly accepted above each; `different` pairs were near misses."""
+    """Logistic regression over `FEATURES`, and its calibration curve: out-of-fold score
+    thresholds with the calibration pairs accepted and wrongly accepted at or above each."""
 
     weights: tuple[float, ...]
     bias: float
     curve: tuple[tuple[float, int, int], ...]
-    different: int
     min_cosine: float
 
     @classmethod
@@ -264,8 +264,8 @@ class Model:
             raise ValueError("equivalence.json was fitted on other features; re-run "
                              "benchmarks/fit_equivalence.py")
         return cls(tuple(data["weights"]), float(data["bias"]),
-                   tuple((float(t), int(n), int(f)) for t, n, f in data["curve"]),
-                   int(data["different"]), float(data["min_cosine"]))
+                   tuple(sorted((float(t), int(n), int(f)) for t, n, f in data["curve"])),
+                   float(data["min_cosine"]))
 
     def score(self, x: Sequence[float]) -> float:
         z = self.bias + sum(w * v for w, v in zip(self.weights, x, strict=True))
@@ -273,13 +273,16 @@ class Model:
 
     def threshold(self, max_error: float, confidence_z: float = 1.645) -> float:
         """The lowest score threshold whose one-sided upper confidence bound (Wilson, 95 %)
-        on the calibration error rate is at most `max_error`; above 1 (never) if none is."""
-        best = 1.01
-        for t, _, f in sorted(self.curve, reverse=True):
-            if wilson_upper(f, self.different, confidence_z) > max_error:
-                break
-            best = t
-        return best
+        on 1 - precision of the calibration hits is at most `max_error`; above 1 (never a hit)
+        if none is."""
+        return next((t for t, n, f in self.curve
+                     if n and wilson_upper(f, n, confidence_z) <= max_error), 1.01)
+
+    def precision_at(self, score: float) -> float:
+        """Calibrated probability that a pair scored `score` asks the same thing: the share
+        of calibration pairs scored at least this high (out of fold) that did."""
+        n, f = next(((n, f) for t, n, f in reversed(self.curve) if t <= score), (0, 0))
+        return 1.0 - f / n if n else 0.0
 
 
 def wilson_upper(failures: int, n: int, z: float = 1.645) -> float:
@@ -316,7 +319,8 @@ class Equivalence:
         if score < self.threshold:
             return Verdict(False, score, "content_words" if x[7] + x[8] > 0 else "score",
                            tuple(checks))
-        return Verdict(True, score, "accepted", (*checks, "score"))
+        return Verdict(True, score, "accepted", (*checks, "score"),
+                       self.model.precision_at(score))
 
 
 def passes_hard_checks(a: QuestionText, b: QuestionText, x: Sequence[float]) -> bool:

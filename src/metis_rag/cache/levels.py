@@ -17,12 +17,15 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from ..config import CacheSettings
 from .base import CacheBackend
 from .codec import Codec
 from .disk import DiskBackend
 from .equivalence import Equivalence, Model, entities
 from .memory import MemoryBackend
+from .postgres import PostgresBackend
 from .semantic import SemanticIndex
 from .tiered import TieredCache
 
@@ -30,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Caches", "Savings", "digest", "entities", "normalize_question", "open_caches"]
 
-LEVELS = ("exact", "semantic", "retrieval", "llm", "embedding", "document")
+LEVELS = ("exact", "semantic", "retrieval", "llm", "embedding", "document", "tool")
 
 
 def digest(*parts: object) -> str:
@@ -72,11 +75,15 @@ class Caches:
     embedding: TieredCache
     document: TieredCache
     semantic: SemanticIndex
+    # Agent tool results (agent.registry): keyed ``<tenant>:<collection>:<version>:...`` when
+    # the tool reads documents, so a collection's new version makes them unreachable.
+    tool: TieredCache
     savings: Savings = field(default_factory=Savings)
 
     def level(self, name: str) -> TieredCache:
         return {"exact": self.exact, "retrieval": self.retrieval, "llm": self.llm,
-                "embedding": self.embedding, "document": self.document}[name]
+                "embedding": self.embedding, "document": self.document,
+                "tool": self.tool}[name]
 
     async def clear(self, *, namespace: str | None = None, level: str | None = None,
                     tenant_prefix: str | None = None) -> None:
@@ -86,8 +93,8 @@ class Caches:
         (the others are keyed by content and shared by every tenant)."""
         if tenant_prefix is not None:
             scope = f"{namespace}:" if namespace is not None else tenant_prefix
-            for name in [level] if level else ["exact", "retrieval"]:
-                if name in ("exact", "retrieval"):
+            for name in [level] if level else ["exact", "retrieval", "tool"]:
+                if name in ("exact", "retrieval", "tool"):
                     await self.level(name).clear(scope)
             if level in (None, "semantic", "exact"):
                 await self.semantic.clear(namespace, prefix=tenant_prefix)
@@ -96,7 +103,7 @@ class Caches:
         for name in names:
             if name == "semantic":
                 continue
-            scoped = name in ("exact", "retrieval") and namespace is not None
+            scoped = name in ("exact", "retrieval", "tool") and namespace is not None
             await self.level(name).clear(f"{namespace}:" if scoped else None)
         if level in (None, "semantic", "exact"):
             await self.semantic.clear(namespace)
@@ -133,21 +140,36 @@ class Caches:
 
 
 async def open_caches(settings: CacheSettings, data_dir: Any, dim: int,
-                      stack: AsyncExitStack) -> Caches:
+                      stack: AsyncExitStack, engine: AsyncEngine | None = None) -> Caches:
+    """`engine`: the database, which `backend=postgres` stores the shared tier in."""
     memory = MemoryBackend(max_entries=settings.memory_max_entries,
                            max_bytes=int(settings.memory_max_mb * 1024 * 1024))
     backends: list[CacheBackend] = [memory]
+    # Pub/sub channels are not per database: the channel carries the URL's database and prefix.
+    channel = f"{settings.redis_key_prefix}invalidations:{settings.redis_url.rsplit('/', 1)[-1]}"
     if settings.backend == "disk":
         backends.append(DiskBackend(data_dir / "cache",
                                     max_bytes=int(settings.disk_max_mb * 1024 * 1024)))
     elif settings.backend == "redis":
         from .redis import RedisBackend
 
-        backends.append(RedisBackend(settings.redis_url,
+        backends.append(RedisBackend(settings.redis_url, namespace=settings.redis_key_prefix,
+                                     invalidation_channel=channel,
                                      timeout_s=settings.redis_timeout_ms / 1000))
+    elif settings.backend == "postgres":
+        if engine is None:
+            raise ValueError("METIS_CACHE__BACKEND=postgres needs the database engine")
+        backends.append(PostgresBackend(engine))
     for backend in backends:
         await backend.start()
         stack.push_async_callback(backend.close)
+    if settings.backend == "redis":
+        from .broadcast import InvalidationListener
+
+        # Other servers' clears and deletes reach this server's memory tier too.
+        listener = InvalidationListener(settings.redis_url, channel, [memory])
+        await listener.start()
+        stack.push_async_callback(listener.close)
     codec = Codec(compress_min_bytes=settings.compress_min_bytes)
 
     def level(name: str, ttl_s: float) -> TieredCache:
@@ -171,6 +193,7 @@ async def open_caches(settings: CacheSettings, data_dir: Any, dim: int,
         llm=level("llm", settings.llm_ttl_s),
         embedding=level("embedding", settings.embedding_ttl_s),
         document=level("document", settings.document_ttl_s),
+        tool=level("tool", settings.tool_ttl_s),
         semantic=SemanticIndex(dim, settings.semantic_max_entries, equivalence, log=log,
                                ttl_s=settings.query_ttl_s),
     )

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import MissingDependency
 from .base import BackendStats, CacheBackend, check_ttl
+from .broadcast import encode_invalidation
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -22,6 +23,9 @@ logger = logging.getLogger(__name__)
 
 class RedisBackend(CacheBackend):
     """Keys are stored as ``namespace + key``; `clear` walks them with SCAN and UNLINK.
+
+    With `invalidation_channel`, each `clear` and `delete` is published there once Redis has
+    applied it, for the other servers' in-process tiers (`broadcast.py`).
 
     Every round trip gets `timeout_s`. A failed or late call counts an error and returns a miss
     (or does nothing); after `failure_threshold` failures in a row the backend turns unhealthy,
@@ -40,6 +44,7 @@ class RedisBackend(CacheBackend):
         failure_threshold: int = 3,
         max_connections: int = 64,
         scan_count: int = 1000,
+        invalidation_channel: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         try:
@@ -54,6 +59,7 @@ class RedisBackend(CacheBackend):
         self.cooldown_s = cooldown_s
         self.failure_threshold = failure_threshold
         self.scan_count = scan_count
+        self.invalidation_channel = invalidation_channel
         self._clock = clock
         # A blocking pool makes a burst of calls queue for a connection (within the timeout)
         # instead of failing at once with "Too many connections". No retries inside redis-py:
@@ -120,6 +126,7 @@ class RedisBackend(CacheBackend):
 
     async def delete(self, key: str) -> None:
         await self._call(lambda r: r.unlink(self.namespace + key))
+        await self._publish("delete", key)
 
     async def clear(self, prefix: str | None = None) -> int:
         """Remove matching keys one SCAN page at a time; -1 if Redis failed part way."""
@@ -143,7 +150,15 @@ class RedisBackend(CacheBackend):
                     return -1
                 removed += int(unlinked)
             if cursor == 0:
+                await self._publish("clear", prefix)
                 return removed
+
+    async def _publish(self, op: str, key: str | None) -> None:
+        """Tell every server's in-process tier (`broadcast.InvalidationListener`)."""
+        if self.invalidation_channel is not None:
+            message = encode_invalidation(op, key)
+            channel = self.invalidation_channel
+            await self._call(lambda r: r.publish(channel, message))
 
     async def append(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
         check_ttl(ttl_s)

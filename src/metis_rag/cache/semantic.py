@@ -2,10 +2,11 @@
 
 Each partition is one (namespace, collection, version, answer shape), so a lookup never crosses
 tenants, collections, versions or answer-shaping settings. The questions of a partition live in
-an append-only list in the configured cache backend (Redis or the disk cache: shared by every
-server, durable across restarts; none for `memory`), which each server mirrors in memory and
-catches up on with one `read_list` round trip per lookup. A new collection version is a new
-partition, so invalidation reaches every server at once; old lists age out by TTL.
+an append-only list in the configured cache backend (Redis, PostgreSQL or the disk cache: shared
+by every server that uses it, durable across restarts; none for `memory`), which each server
+mirrors in memory and catches up on with one `read_list` round trip per lookup. A new collection
+version is a new partition, so invalidation reaches every server at once; old lists age out by
+TTL.
 """
 
 from __future__ import annotations

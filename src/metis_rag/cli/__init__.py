@@ -154,6 +154,12 @@ def _print_answer(answer: ChatAnswer) -> None:
             where.append(f"§ {c.section}")
         console.print(f"[{c.index}] {', '.join(where)}  (score {c.score:.3f})", highlight=False)
     t = answer.timings_ms
+    if answer.agent:
+        a = answer.agent
+        scores = ", ".join(f"{k} {a.scores[k]}" for k in
+                           ("groundedness", "relevance", "completeness"))
+        err_console.print(f"[dim]agent: {a.analysis} plan, {len(a.steps)} steps; {scores}; "
+                          f"audit: GET /api/queries/{a.query_id}/audit[/dim]")
     err_console.print(
         f"[dim]{answer.mode}; embed {t.embed:.1f} ms, retrieve {t.retrieve:.1f} ms, "
         f"generate {t.generate:.1f} ms, total {t.total:.1f} ms; "
@@ -170,15 +176,20 @@ def ask(
     data_dir: DataDir = None,
     as_json: JsonOpt = False,
     tenant: TenantOpt = DEFAULT_TENANT,
+    agent: Annotated[bool, typer.Option(
+        "--agent", help="Agent mode: plan the question into tool steps (METIS_AGENT__*).")] = False,
 ) -> None:
     """Ask a question; prints the answer and numbered citations."""
     settings = _settings(data_dir)
     query = ChatQuery(message=question, collection=collection, top_k=top_k,
-                      conversation_id=conversation)
+                      conversation_id=conversation, mode="agent" if agent else "fast")
 
     async def main() -> ChatAnswer:
         async with open_services(settings, role="client") as services:
-            return await services.chat.answer(query, None, _operator(services, tenant))
+            who = _operator(services, tenant)
+            if agent and services.agent is not None:
+                return await services.agent.run(query, None, who)
+            return await services.chat.answer(query, None, who)
 
     answer = _run(main())
     if as_json:

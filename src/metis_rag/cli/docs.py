@@ -41,8 +41,11 @@ def docs_list(
     settings = _settings(data_dir)
 
     async def fn(services: Services) -> Any:
-        return await list_documents(services, _operator(services, tenant), collection, tag,
-                                    folder, None, limit, offset)
+        # By keyword: the route grows filters, and positions would shift under them.
+        return await list_documents(services, _operator(services, tenant), collection=collection,
+                                    tag=tag, folder=folder, status=None, doc_type=None,
+                                    language=None, topic=None, limit=limit, offset=offset,
+                                    q=None, type=None)
 
     page = _run(_with_services(settings, fn))
     if as_json:

@@ -5,7 +5,8 @@ Answers are deterministic: given numbered sources (a line starting ``[1]``) the 
 so texts sharing words get similar vectors. Latency, token rate, injected failures, hangs and a
 requests-per-second cap are set at start or at run time (``POST /_config`` with `FakeConfig`
 fields); ``GET /_stats`` shows what clients did and ``POST /_reset`` clears it (``{"config":
-true}`` also restores the start-up config). Failures, hangs and the cap apply to chat and
+true}`` also restores the start-up config). ``POST /_tools {"script": [...]}`` scripts tool calls
+for requests that declare `tools` (see `fake_tools`). Failures, hangs and the cap apply to chat and
 embedding requests; ``/api/tags`` and ``/v1/models`` always answer.
 
     python -m metis_rag.devtools.fake_llm --port 11434 --latency-ms 1000 --fail-rate 0.5
@@ -42,6 +43,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from . import fake_tools
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,7 @@ class FakeState:
         self.closing = False
         self.in_flight = 0
         self._clock = clock
+        self.tools = fake_tools.ToolScript()  # scripted tool calls (fake_tools)
         self.reset()
 
     def configure(self, changes: Mapping[str, Any]) -> FakeConfig:
@@ -217,10 +221,23 @@ class FakeState:
             retry = cfg.retry_after_s if cfg.fail_status == 429 else None
             return _error(openai, cfg.fail_status, "injected failure", retry)
         if cfg.hang:
-            while not self.closing and not await request.is_disconnected():
-                await asyncio.sleep(0.05)
-            return Response(status_code=503)
+            return await self.hang(request)
         return None
+
+    async def hang(self, request: Request) -> Response:
+        while not self.closing and not await request.is_disconnected():
+            await asyncio.sleep(0.05)
+        return Response(status_code=503)
+
+    async def scripted(self, request: Request, body: Mapping[str, Any],
+                       reply: Callable[[dict[str, Any]], dict[str, Any]]) -> Response | None:
+        """The next scripted tool turn for a request that declares tools, if any."""
+        if not body.get("tools"):
+            return None
+        turn = self.tools.next_turn(body)
+        if turn is None:
+            return None
+        return await self.hang(request) if turn.get("hang") else _json(reply(turn))
 
 
 class _CountRequests:
@@ -277,6 +294,9 @@ class _Endpoints:
         if denied := await self.state.admit(request):
             return denied
         cfg, model = self.state.config, body.get("model", "fake")
+        if scripted := await self.state.scripted(
+                request, body, lambda turn: fake_tools.ollama_body(turn, model)):
+            return scripted
         tokens, cut, prompt_tokens = self._chat(
             body, (body.get("options") or {}).get("num_predict")
         )
@@ -317,6 +337,9 @@ class _Endpoints:
         limit = body.get("max_completion_tokens", body.get("max_tokens"))
         tokens, cut, prompt_tokens = self._chat(body, limit)
         self._ids += 1
+        if scripted := await self.state.scripted(
+                request, body, lambda turn: fake_tools.openai_body(turn, model, self._ids)):
+            return scripted
         head = {"id": f"chatcmpl-fake{self._ids}", "created": int(time.time()), "model": model}
         finish = "length" if cut else "stop"
         usage = {
@@ -424,6 +447,17 @@ class _Endpoints:
     async def stats(self, request: Request) -> Response:
         return _json(self.state.stats())
 
+    async def tool_script(self, request: Request) -> Response:
+        if request.method == "POST":
+            body = await self._body(request)
+            if isinstance(body, Response):
+                return body
+            try:
+                self.state.tools.load(body.get("script") or [])
+            except ValueError as exc:
+                return _json({"error": str(exc)}, 400)
+        return _json(self.state.tools.state())
+
     async def reset(self, request: Request) -> Response:
         body = await self._body(request) if await request.body() else {}
         if isinstance(body, Response):
@@ -444,6 +478,7 @@ def create_app(state: FakeState) -> Starlette:
         Route("/_config", e.config, methods=["GET", "POST"]),
         Route("/_stats", e.stats, methods=["GET"]),
         Route("/_reset", e.reset, methods=["POST"]),
+        Route("/_tools", e.tool_script, methods=["GET", "POST"]),
     ]
     return Starlette(routes=routes, middleware=[Middleware(_CountRequests, state=state)])
 
@@ -523,6 +558,14 @@ class FakeLLMServer:
 
     def reset(self, config: bool = False) -> None:
         self._call(self._state.reset, config)
+
+    def script_tools(self, turns: Sequence[Mapping[str, Any]]) -> None:
+        """Answer the next requests that declare tools with `turns` (see `fake_tools`)."""
+        self._call(self._state.tools.load, turns)
+
+    def tool_requests(self) -> list[dict[str, Any]]:
+        """Messages and tool names of every request with tools since the script was loaded."""
+        return self._call(lambda: list(self._state.tools.requests))
 
     def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Runs `fn` on the server's loop, where the state lives, and returns its result."""

@@ -8,23 +8,44 @@ from typing import Any
 
 from ..cache.levels import digest
 from ..cache.tiered import TieredCache
-from .base import LLM, ChatMessage, Completion, CompletionStream, WrappedLLM
+from .base import (
+    LLM,
+    ChatMessage,
+    Completion,
+    CompletionStream,
+    FunctionCall,
+    ToolDeclaration,
+    WrappedLLM,
+)
 
 
-def _key(name: str, messages: Sequence[ChatMessage], temperature: float, max_tokens: int) -> str:
-    return digest(name, [(m.role, m.content) for m in messages], temperature, max_tokens)
+def _key(name: str, messages: Sequence[ChatMessage], temperature: float, max_tokens: int,
+         tools: Sequence[ToolDeclaration] = ()) -> str:
+    turns: list[Any] = [(m.role, m.content) for m in messages]
+    if tools or any(m.tool_calls or m.tool_call_id for m in messages):
+        # Tool turns and declarations change the answer; plain prompts keep their old keys.
+        turns = [(m.role, m.content, [(c.name, sorted(c.arguments.items()), c.malformed)
+                                      for c in m.tool_calls], m.tool_call_id, m.name)
+                 for m in messages]
+        return digest(name, turns, temperature, max_tokens, [dict(t) for t in tools])
+    return digest(name, turns, temperature, max_tokens)
 
 
 def _completion(data: dict[str, Any], hit: bool) -> Completion:
     return Completion(text=data["text"], model=data["model"],
                       prompt_tokens=data["prompt_tokens"],
                       completion_tokens=data["completion_tokens"],
-                      extra={"cache_hit": hit, "saved_ms": data.get("ms", 0.0)})
+                      extra={"cache_hit": hit, "saved_ms": data.get("ms", 0.0)},
+                      tool_calls=[FunctionCall(**c) for c in data.get("tool_calls", ())])
 
 
 def _record(c: Completion, ms: float) -> dict[str, Any]:
-    return {"text": c.text, "model": c.model, "prompt_tokens": c.prompt_tokens,
-            "completion_tokens": c.completion_tokens, "ms": ms}
+    record = {"text": c.text, "model": c.model, "prompt_tokens": c.prompt_tokens,
+              "completion_tokens": c.completion_tokens, "ms": ms}
+    if c.tool_calls:
+        record["tool_calls"] = [{"id": t.id, "name": t.name, "arguments": dict(t.arguments),
+                                 "malformed": t.malformed} for t in c.tool_calls]
+    return record
 
 
 class _CachedStream:
@@ -70,14 +91,16 @@ class CachedLLM(WrappedLLM):
         self._cache = cache
 
     async def complete(
-        self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int
+        self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int,
+        tools: Sequence[ToolDeclaration] = (),
     ) -> Completion:
-        key = _key(self.name, messages, temperature, max_tokens)
+        key = _key(self.name, messages, temperature, max_tokens, tools)
         data = await self._cache.get(key)
         if data is not None:
             return _completion(data, hit=True)
         t = time.perf_counter()
-        done = await self.inner.complete(messages, temperature=temperature, max_tokens=max_tokens)
+        done = await self.inner.complete(messages, temperature=temperature, max_tokens=max_tokens,
+                                         tools=tools)
         await self._cache.set(key, _record(done, (time.perf_counter() - t) * 1000))
         done.extra["cache_hit"] = False
         return done

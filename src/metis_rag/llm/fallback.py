@@ -19,7 +19,7 @@ from ..config import LLMSettings, RateLimitSettings
 from ..errors import ProviderError
 from ..ratelimit import Clock, Sleep
 from . import build_llm
-from .base import LLM, ChatMessage, Completion, CompletionStream
+from .base import LLM, ChatMessage, Completion, CompletionStream, ToolDeclaration
 from .limited import FirstDeltaStream, RateLimitedLLM
 
 log = logging.getLogger("metis.llm")
@@ -98,14 +98,15 @@ class FallbackLLM:
         log.warning("LLM provider %s failed (%s); trying the next one", provider.name, exc.code)
 
     async def complete(
-        self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int
+        self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int,
+        tools: Sequence[ToolDeclaration] = (),
     ) -> Completion:
         skipped: list[str] = []
         order = self._order()
         for i, provider in enumerate(order):
             try:
                 done = await provider.complete(
-                    messages, temperature=temperature, max_tokens=max_tokens
+                    messages, temperature=temperature, max_tokens=max_tokens, tools=tools
                 )
             except ProviderError as exc:
                 self._next(provider, exc, skipped, last=i == len(order) - 1)

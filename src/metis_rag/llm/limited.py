@@ -18,7 +18,7 @@ from tenacity import RetryCallState
 from ..config import RateLimitSettings
 from ..errors import ProviderError
 from ..ratelimit import AdaptiveLimiter, Clock, Sleep, retry_policy
-from .base import LLM, ChatMessage, Completion, CompletionStream, WrappedLLM
+from .base import LLM, ChatMessage, Completion, CompletionStream, ToolDeclaration, WrappedLLM
 
 T = TypeVar("T")
 
@@ -70,7 +70,8 @@ class RateLimitedLLM(WrappedLLM):
                 "limiter": self.limiter.stats}
 
     async def complete(
-        self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int
+        self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int,
+        tools: Sequence[ToolDeclaration] = (),
     ) -> Completion:
         estimate = estimate_tokens(messages, max_tokens)
 
@@ -78,7 +79,7 @@ class RateLimitedLLM(WrappedLLM):
             await self.limiter.acquire(estimate)
             try:
                 done = await self.inner.complete(
-                    messages, temperature=temperature, max_tokens=max_tokens
+                    messages, temperature=temperature, max_tokens=max_tokens, tools=tools
                 )
             except ProviderError as exc:
                 self._refused(exc, estimate)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import MetisError
 from ..observability import tracing
-from .base import LLM, ChatMessage, Completion, CompletionStream, WrappedLLM
+from .base import LLM, ChatMessage, Completion, CompletionStream, ToolDeclaration, WrappedLLM
 
 if TYPE_CHECKING:
     from ..observability.metrics import Metrics
@@ -31,13 +31,14 @@ class MeteredLLM(WrappedLLM):
         self._metrics = metrics
 
     async def complete(
-        self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int
+        self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int,
+        tools: Sequence[ToolDeclaration] = (),
     ) -> Completion:
         started = time.perf_counter()
         with tracing.span("generate", {"gen_ai.system": self.name}) as current:
             try:
                 done = await self.inner.complete(messages, temperature=temperature,
-                                                   max_tokens=max_tokens)
+                                                   max_tokens=max_tokens, tools=tools)
             except Exception as exc:
                 self._metrics.observe_llm_call(self.name, time.perf_counter() - started,
                                                outcome=_outcome(exc))

@@ -10,7 +10,8 @@ import httpx
 
 from ..config import LLMSettings
 from ..errors import ProviderError
-from .base import ChatMessage, Completion
+from . import toolcalls
+from .base import ChatMessage, Completion, ToolDeclaration
 from .http import (
     ChatStream,
     decode_json,
@@ -45,10 +46,13 @@ class OllamaLLM:
             self._client = None
 
     async def complete(
-        self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int
+        self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int,
+        tools: Sequence[ToolDeclaration] = (),
     ) -> Completion:
         client = require_client(self._client, self.name)
         payload = self._payload(messages, temperature, max_tokens, stream=False)
+        if tools:
+            payload["tools"] = [dict(t) for t in tools]
         timeout_s = self._settings.timeout_s
         with provider_errors(self.name, timeout_s):
             async with asyncio.timeout(timeout_s):
@@ -62,7 +66,10 @@ class OllamaLLM:
             raise malformed(self.name, "no message.content") from exc
         if not isinstance(text, str):
             raise malformed(self.name, "message.content is not text")
-        return self._completion(text, body)
+        done = self._completion(text, body)
+        if tools:
+            done.tool_calls = toolcalls.from_ollama(body["message"].get("tool_calls"))
+        return done
 
     def stream(
         self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int
@@ -104,7 +111,7 @@ class OllamaLLM:
     ) -> dict[str, Any]:
         return {
             "model": self._settings.model,
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "messages": [toolcalls.ollama_message(m) for m in messages],
             "stream": stream,
             "options": {"temperature": temperature, "num_predict": max_tokens},
         }

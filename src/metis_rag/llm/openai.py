@@ -10,7 +10,8 @@ import httpx
 
 from ..config import LLMSettings
 from ..errors import ProviderError
-from .base import ChatMessage, Completion
+from . import toolcalls
+from .base import ChatMessage, Completion, ToolDeclaration
 from .http import (
     ChatStream,
     decode_json,
@@ -51,10 +52,13 @@ class OpenAILLM:
             self._client = None
 
     async def complete(
-        self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int
+        self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int,
+        tools: Sequence[ToolDeclaration] = (),
     ) -> Completion:
         client = require_client(self._client, self.name)
         payload = self._payload(messages, temperature, max_tokens, stream=False)
+        if tools:
+            payload["tools"] = [dict(t) for t in tools]
         timeout_s = self._settings.timeout_s
         with provider_errors(self.name, timeout_s):
             async with asyncio.timeout(timeout_s):
@@ -70,7 +74,10 @@ class OpenAILLM:
             raise malformed(self.name, "no choices[0].message") from exc
         if not isinstance(text, str):
             raise malformed(self.name, "message.content is not text")
-        return self._completion(text, body, choice.get("finish_reason"), body.get("usage"))
+        done = self._completion(text, body, choice.get("finish_reason"), body.get("usage"))
+        if tools:
+            done.tool_calls = toolcalls.from_openai(choice["message"].get("tool_calls"))
+        return done
 
     def stream(
         self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int
@@ -138,7 +145,7 @@ class OpenAILLM:
     ) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "model": self._settings.model,
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "messages": [toolcalls.openai_message(m) for m in messages],
             "temperature": temperature,
             "max_tokens": max_tokens,
             "stream": stream,

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ..cache.levels import Caches
     from .metrics import Metrics, TaskSnapshot
 
-TIERED_LEVELS = ("exact", "retrieval", "llm", "embedding", "document")
+TIERED_LEVELS = ("exact", "retrieval", "llm", "embedding", "document", "tool")
 
 
 def tier_name(backend: object) -> str:

@@ -142,6 +142,12 @@ class Metrics:
             "metis_event_loop_lag_seconds", "Worst lateness of the sampler's timer over the last "
             "15 s: grows when the event loop that serves HTTP is saturated.",
             registry=r)
+        self.tool_calls = Counter(
+            "metis_tool_calls", "Agent tool calls, by tool, outcome and the cache level that "
+            "served them (none: the tool ran).", ["tool", "outcome", "cache_level"], registry=r)
+        self.tool_duration = Histogram(
+            "metis_tool_call_duration_seconds", "Time of one agent tool call, cache hits "
+            "included.", ["tool"], buckets=_LATENCY_BUCKETS, registry=r)
         self.log_events = Counter(
             "metis_log_events", "Warnings and errors logged.", ["level"], registry=r)
         Info("metis_build", "Metis version.", registry=r).info({"version": __version__})
@@ -219,6 +225,11 @@ class Metrics:
         tokens = prompt_tokens + completion_tokens
         if tokens and self.price_per_1k_tokens:
             self.llm_cost.labels(provider).inc(tokens / 1000 * self.price_per_1k_tokens)
+
+    def observe_tool_call(self, tool: str, outcome: str, seconds: float,
+                          cache_level: str | None) -> None:
+        self.tool_calls.labels(tool, outcome, cache_level or "none").inc()
+        self.tool_duration.labels(tool).observe(seconds)
 
     def observe_embed(self, model: str, texts: int, seconds: float) -> None:
         self.embed_batch.labels(model).observe(texts)

@@ -111,6 +111,13 @@ class ChatService:
         # The default collection always exists, even before anything is ingested.
         return await self._lookup.get_or_create(tenant, name)
 
+    @staticmethod
+    def _analysis_shape(query: ChatQuery) -> tuple[str, ...]:
+        """The analysis filters, when any: unfiltered questions keep their old keys."""
+        if query.doc_type is None and query.language is None and query.topic is None:
+            return ()
+        return ("analysis", repr((query.doc_type, query.language, query.topic)))
+
     def _shape(self, query: ChatQuery, history: list[ChatMessage]) -> str:
         """Everything besides the question that shapes an answer: part of every answer key."""
         r, llm = self._settings.retrieval, self._settings.llm
@@ -118,7 +125,7 @@ class ChatService:
             query.use_rag, query.top_k or r.top_k, sorted(query.tags), query.folder,
             r.hybrid if query.hybrid is None else query.hybrid, r.candidates, r.rrf_k,
             query.group_by, r.fusion, r.term_weight, r.name_weight, r.phrase_weight, r.dense_weight,
-            r.chunks_per_document,
+            r.chunks_per_document, *self._analysis_shape(query),
             self._llm.name if self._llm else "extractive", PROMPT_VERSION,
             llm.temperature, llm.max_tokens, [(m.role, m.content) for m in history],
         )
@@ -153,7 +160,8 @@ class ChatService:
                                 original_question=found.candidate.question,
                                 score=round(verdict.score, 4),
                                 threshold=round(caches.semantic.equivalence.threshold, 4),
-                                checks=list(verdict.checks))
+                                checks=list(verdict.checks),
+                                probability=round(verdict.probability, 4))
 
     async def _retrieve(self, turn: Turn) -> None:
         if not turn.query.use_rag or turn.retrieved:
@@ -170,6 +178,7 @@ class ChatService:
             [(cid, scope if cached else None) for cid, scope in scopes], turn.retrieval_text,
             vector, top_k=q.top_k or self._settings.retrieval.top_k, tags=q.tags,
             folder=q.folder, hybrid=q.hybrid, group_by=q.group_by, warnings=turn.warnings,
+            analysis=repo.AnalysisFilter(doc_type=q.doc_type, language=q.language, topic=q.topic),
         )
         turn.timings.retrieve = elapsed_ms(t)
 

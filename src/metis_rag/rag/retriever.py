@@ -79,6 +79,7 @@ class Retriever:
         group_by: GroupBy = "chunk",
         cache_scope: str | None = None,
         warnings: list[str] | None = None,
+        analysis: repo.AnalysisFilter | None = None,
     ) -> tuple[list[Retrieved], float | None]:
         """The top chunks, and the search time a retrieval-cache hit saved (None on a miss).
 
@@ -97,6 +98,8 @@ class Retriever:
                                              group_by, s.candidates, s.fusion, s.term_weight,
                                              s.name_weight, s.phrase_weight, s.dense_weight, s.rrf_k,
                                              s.ef_search, s.chunks_per_document)
+            if analysis is not None and analysis.active:
+                key += ":" + digest(analysis.doc_type, analysis.language, analysis.topic)
             cached = await self._cache.get(key)
             if cached is not None:
                 return await self._rows(cached["hits"]), float(cached["ms"])
@@ -106,7 +109,7 @@ class Retriever:
         if group_by == "document":  # enough ranked chunks to find top_k distinct documents
             n = max(self._settings.candidates, top_k * self._settings.chunks_per_document)
         results = await self._search(
-            collection_id, query_text, query_vector, n, tags, folder, hybrid, degraded
+            collection_id, query_text, query_vector, n, tags, folder, hybrid, degraded, analysis
         )
         if group_by == "document":
             results = group_by_document(results, top_k, self._settings.chunks_per_document)
@@ -206,11 +209,14 @@ class Retriever:
         folder: str | None,
         hybrid: bool,
         degraded: list[str],
+        analysis: repo.AnalysisFilter | None = None,
     ) -> list[Retrieved]:
         allowed: set[int] | None = None
-        if tags or folder is not None:
+        narrowed = analysis is not None and analysis.active
+        if tags or folder is not None or narrowed:
             async with self._sessions() as session:
-                allowed = set(await repo.allowed_chunk_ids(session, collection_id, tags, folder))
+                allowed = set(await repo.allowed_chunk_ids(session, collection_id, tags, folder,
+                                                           analysis if narrowed else None))
             if not allowed:
                 return []
         n = max(self._settings.candidates, top_k)

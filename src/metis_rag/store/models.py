@@ -92,6 +92,8 @@ class Document(Base):
         Index("ix_documents_collection_path", "collection_id", "folder", "filename"),
         Index("ix_documents_collection_created", "collection_id", "created_at", "id"),
         Index("ix_documents_status", "status"),
+        Index("ix_documents_collection_type", "collection_id", "doc_type"),
+        Index("ix_documents_collection_language", "collection_id", "language"),
         {"sqlite_autoincrement": True},
     )
 
@@ -113,6 +115,24 @@ class Document(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         UTCDateTime, default=utcnow, onupdate=utcnow
+    )
+    # Document analysis (agent.analysis, migration 0010); None until the document is analysed.
+    doc_type: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    language: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    topics: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    summary: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # How it was analysed: method (llm | offline), the model, time taken.
+    analysis: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class DocumentTopic(Base):
+    """One row per (topic, document), as DocumentTag: the topic filter is an index lookup."""
+
+    __tablename__ = "document_topics"
+
+    topic: Mapped[str] = mapped_column(String(100), primary_key=True)
+    document_id: Mapped[int] = mapped_column(
+        ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True, index=True
     )
 
 

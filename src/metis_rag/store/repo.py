@@ -12,7 +12,15 @@ from sqlalchemy import Select, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..errors import InvalidInput, NotFound
-from .models import Chunk, Collection, Conversation, Document, DocumentTag, Message
+from .models import (
+    Chunk,
+    Collection,
+    Conversation,
+    Document,
+    DocumentTag,
+    DocumentTopic,
+    Message,
+)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
 
@@ -141,11 +149,36 @@ async def chunks_of_document(session: AsyncSession, document_id: int) -> Sequenc
         Chunk.document_id == document_id).order_by(Chunk.position))).scalars().all()
 
 
+@dataclass(frozen=True, slots=True)
+class AnalysisFilter:
+    """Filters on a document's analysis (agent.analysis): None matches anything."""
+
+    doc_type: str | None = None
+    language: str | None = None
+    topic: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.doc_type, self.language, self.topic))
+
+    def apply(self, stmt: Select[Any]) -> Select[Any]:
+        if self.doc_type is not None:
+            stmt = stmt.where(Document.doc_type == self.doc_type)
+        if self.language is not None:
+            stmt = stmt.where(Document.language == self.language)
+        if self.topic is not None:
+            stmt = stmt.where(Document.id.in_(select(DocumentTopic.document_id).where(
+                DocumentTopic.topic == self.topic.lower())))
+        return stmt
+
+
 def _document_filter(
     stmt: Select[Any], tenant: str, collection_id: int | None, tag: str | None,
-    folder: str | None, status: str | None,
+    folder: str | None, status: str | None, analysis: AnalysisFilter | None = None,
 ) -> Select[Any]:
     stmt = stmt.where(Document.collection_id.in_(tenant_collections(tenant)))
+    if analysis is not None:
+        stmt = analysis.apply(stmt)
     if collection_id is not None:
         stmt = stmt.where(Document.collection_id == collection_id)
     if folder is not None:
@@ -169,15 +202,17 @@ async def list_documents(
     status: str | None = None,
     limit: int = 50,
     offset: int = 0,
+    analysis: AnalysisFilter | None = None,
 ) -> tuple[Sequence[Document], int]:
-    stmt = _document_filter(select(Document), tenant, collection_id, tag, folder, status)
+    stmt = _document_filter(select(Document), tenant, collection_id, tag, folder, status,
+                            analysis)
     items = (
         await session.execute(
             stmt.order_by(Document.created_at.desc(), Document.id.desc()).limit(limit).offset(offset)
         )
     ).scalars().all()
     count_stmt = _document_filter(select(func.count(Document.id)), tenant, collection_id, tag,
-                                  folder, status)
+                                  folder, status, analysis)
     total = (await session.execute(count_stmt)).scalar_one()
     return items, int(total)
 
@@ -208,10 +243,14 @@ async def embeddings_of(session: AsyncSession, chunk_ids: Sequence[int]) -> list
 
 
 async def allowed_chunk_ids(
-    session: AsyncSession, collection_id: int, tags: Sequence[str], folder: str | None
+    session: AsyncSession, collection_id: int, tags: Sequence[str], folder: str | None,
+    analysis: AnalysisFilter | None = None,
 ) -> list[int]:
-    """Chunk ids of the collection's documents that carry every tag and sit in the folder."""
+    """Chunk ids of the collection's documents that carry every tag and sit in the folder
+    (and match the analysis filter)."""
     docs = select(Document.id).where(Document.collection_id == collection_id)
+    if analysis is not None:
+        docs = analysis.apply(docs)
     if folder is not None:
         docs = docs.where((Document.folder == folder) | Document.folder.like(f"{folder}/%"))
     for tag in tags:

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from ..agent.analysis_step import analyse_document
 from ..batching import MicroBatcher
 from ..config import TaskSettings
 from ..errors import InvalidInput, PermanentError
@@ -63,6 +64,10 @@ async def ingest_document(ctx: TaskContext) -> dict[str, Any]:
     report = await past_commit_point(ingestor.commit(p["collection"], staged, _tenant(ctx)))
     ctx.services.index_flusher.touch()
     r = report.results[0]
+    analyzer = getattr(ctx.services, "analyzer", None)
+    if analyzer is not None and r.status in ("created", "replaced") and r.document_id:
+        ctx.progress(96, "analysing")
+        await analyse_document(ctx.services.sessions, analyzer, r.document_id)
     ctx.progress(100, r.status)
     return {"collection": p["collection"], "filename": r.filename, "status": r.status,
             "document_id": r.document_id, "chunks": r.chunks}

@@ -1,80 +1,22 @@
-// The Metis question page: asks /api/chat/query and shows the answer with its sources, uploads
-// documents and follows their ingest tasks. No library and no build step. Data only ever reaches
-// the page as text (textContent, Text nodes), never as HTML. window.metisChat exposes what
-// happened (tests read it).
+// Chat: conversations (new, continue, rename, delete), answers streamed token by token from
+// /api/chat/query's server-sent events, citations that open their passage, how each answer was
+// served, and the agent mode's live steps when the server has it.
 "use strict";
+(() => {
+const { state, $, el, api, headers, readJson, problem, errorText, showError, fmtMs, onShow } = window.Metis;
+let controller = null;  // the answer being streamed, to stop it
+let agentSupported = null;  // null: not asked yet
 
-const POLL_MS = 400;
-const POLL_FAILURES_TOLERATED = 5;
-const FINISHED = new Set(["completed", "failed", "cancelled"]);
-const state = {
-  conversationId: null, conversationCollection: null, answers: 0, errors: 0,
-  collections: [], uploads: [],
-};
-window.metisChat = state;
-
-const $ = (id) => document.getElementById(id);
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-// el("li", {class: "x", text: data}, child, "more text"): strings become Text nodes.
-function el(tag, props, ...children) {
-  const node = document.createElement(tag);
-  for (const [name, value] of Object.entries(props || {})) {
-    if (name === "text") node.textContent = value;
-    else if (name === "class") node.className = value;
-    else node.setAttribute(name, value);
-  }
-  node.append(...children.filter((c) => c !== null && c !== undefined));
-  return node;
-}
-
-// One API call, resolved as {ok, status, body}. An unreachable server, or an answer that is not
-// the JSON we expect, becomes a body of the API's own {code, message} shape: one way to show it.
-async function api(method, path, body) {
-  const headers = { Accept: "application/json" };
-  const key = $("api-key").value.trim();
-  if (key) headers["X-API-Key"] = key;
-  let payload = body;
-  if (body !== undefined && !(body instanceof FormData)) {
-    headers["Content-Type"] = "application/json";
-    payload = JSON.stringify(body);
-  }
-  let response;
-  try {
-    response = await fetch(path, { method, headers, body: payload });
-  } catch (err) {
-    return { ok: false, status: 0,
-             body: { code: "network_error", message: `The server could not be reached: ${err.message}` } };
-  }
-  let data = null;
-  try { data = await response.json(); } catch (_) { data = null; }
-  if (response.ok && data !== null) return { ok: true, status: response.status, body: data };
-  if (data === null || typeof data.message !== "string") {
-    data = { code: `http_${response.status}`,
-             message: `The server answered ${response.status} ${response.statusText}.`.replace(" .", ".") };
-  }
-  return { ok: false, status: response.status, body: data };
-}
-
-function errorText(r) {
-  const where = r.status ? `, HTTP ${r.status}` : "";
-  return `${r.body.message} (${r.body.code || "error"}${where})`;
-}
-
-function showError(id, r) {
-  const box = $(id);
-  if (!r) { box.hidden = true; box.textContent = ""; return; }
-  box.textContent = errorText(r);
-  box.dataset.code = r.body.code || "";
-  box.hidden = false;
-}
-
-// -- asking ------------------------------------------------------------------------------------
+// -- conversations -----------------------------------------------------------------------------
 
 function setConversation(id, collection) {
   state.conversationId = id;
   state.conversationCollection = collection;
   $("conversation").textContent = id ? `conversation ${id} in ${collection}` : "new conversation";
+  for (const li of $("conversations").children) {
+    li.classList.toggle("current", li.dataset.id === id);
+    li.querySelector(".open").setAttribute("aria-current", String(li.dataset.id === id));
+  }
 }
 
 function newConversation() {
@@ -85,39 +27,72 @@ function newConversation() {
   $("question").focus();
 }
 
-async function ask(event) {
-  event.preventDefault();
-  const message = $("question").value.trim();
-  const collection = $("collection").value.trim() || "default";
-  if (!message || $("ask-button").disabled) return;
-  // A conversation belongs to one collection: asking another one starts a new conversation.
-  if (state.conversationId && state.conversationCollection !== collection) setConversation(null, null);
-  const body = { message, collection, cache: !$("bypass-cache").checked };
-  if (state.conversationId) body.conversation_id = state.conversationId;
-  showError("ask-error", null);
-  $("ask-button").disabled = true;
-  $("ask-status").textContent = "thinking…";
-  try {
-    const r = await api("POST", "/api/chat/query", body);
-    if (!r.ok) {
-      state.errors += 1;
-      showError("ask-error", r);
-      return;
-    }
-    state.answers += 1;
-    setConversation(r.body.conversation_id, collection);
-    renderTurn(message, r.body);
-    $("question").value = "";
-  } catch (err) {  // a bug of ours, or an answer of an unexpected shape: say so, keep the page
-    state.errors += 1;
-    showError("ask-error", { status: 0, body: { code: "page_error", message: String(err) } });
-  } finally {
-    $("ask-button").disabled = false;
-    $("ask-status").textContent = "";
-  }
+async function loadConversations() {
+  const r = await api("GET", "/api/conversations?limit=100");
+  if (!r.ok) return;
+  $("conversations").replaceChildren(...r.body.items.map(conversationItem));
+  $("conversations-empty").hidden = r.body.items.length > 0;
+  setConversation(state.conversationId, state.conversationCollection);
 }
 
-function fmtMs(v) { return `${Number(v || 0).toFixed(1)} ms`; }
+function conversationItem(c) {
+  const title = c.title || "(untitled)";
+  return el("li", { "data-id": c.id },
+    el("button", { type: "button", class: "open", text: title, title: `${title} · ${c.collection}`,
+                   onclick: () => openConversation(c.id) }),
+    el("span", { class: "meta muted small", text: `${c.collection} · ${c.messages} messages` }),
+    el("span", { class: "actions" },
+      el("button", { type: "button", class: "link small rename", text: "Rename",
+                     "aria-label": `Rename ${title}`, onclick: () => renameConversation(c) }),
+      el("button", { type: "button", class: "link small delete", text: "Delete",
+                     "aria-label": `Delete ${title}`, onclick: () => deleteConversation(c) })));
+}
+
+async function openConversation(id) {
+  const r = await api("GET", `/api/conversations/${encodeURIComponent(id)}`);
+  if (!r.ok) { showError("ask-error", r); return; }
+  showError("ask-error", null);
+  $("transcript").replaceChildren($("empty"));
+  $("empty").hidden = true;
+  let question = null;
+  for (const m of r.body.messages) {
+    if (m.role === "user") { question = m.content; continue; }
+    const turn = newTurn(question || "");
+    turn.answer.textContent = m.content;
+    finishTurn(turn, { answer: m.content, citations: m.citations || [] }, { stored: true });
+    question = null;
+  }
+  $("collection").value = r.body.collection;
+  setConversation(r.body.id, r.body.collection);
+  $("question").focus();
+}
+
+async function renameConversation(c) {
+  const title = prompt("New name of the conversation", c.title);
+  if (title === null || !title.trim()) return;
+  const r = await api("PATCH", `/api/conversations/${encodeURIComponent(c.id)}`, { title: title.trim() });
+  if (!r.ok) showError("ask-error", r);
+  await loadConversations();
+}
+
+async function deleteConversation(c) {
+  if (!confirm(`Delete the conversation “${c.title || c.id}” and its messages?`)) return;
+  const r = await api("DELETE", `/api/conversations/${encodeURIComponent(c.id)}`);
+  if (!r.ok) { showError("ask-error", r); return; }
+  if (state.conversationId === c.id) newConversation();
+  await loadConversations();
+}
+
+// -- one turn: question, streamed answer, citations, how it was served ---------------------------
+
+function newTurn(question) {
+  const answer = el("div", { class: "answer" });
+  const node = el("article", { class: "turn card", "data-state": "streaming" },
+    el("p", { class: "question", text: question }), answer);
+  $("empty").hidden = true;
+  $("transcript").append(node);
+  return { node, answer };
+}
 
 function servedText(answer) {
   const c = answer.cache || {};
@@ -137,125 +112,251 @@ function servedText(answer) {
   }
 }
 
+function whyText(c) {
+  const parts = [];
+  if (typeof c.score === "number") parts.push(`score ${c.score.toFixed(3)}`);
+  if (typeof c.threshold === "number") parts.push(`threshold ${c.threshold.toFixed(3)}`);
+  if (Array.isArray(c.checks) && c.checks.length) parts.push(`checks: ${c.checks.join(", ")}`);
+  return parts.length ? `Why: ${parts.join(" · ")}` : "";
+}
+
+function where(c) {
+  const w = [];
+  if (c.page !== null && c.page !== undefined) w.push(`page ${c.page}`);
+  if (c.section) w.push(`section “${c.section}”`);
+  return w.join(" · ");
+}
+
 function citationItem(c) {
-  const where = [];
-  if (c.page !== null && c.page !== undefined) where.push(`page ${c.page}`);
-  if (c.section) where.push(`section “${c.section}”`);
+  const at = where(c);
   return el("li", { value: String(c.index) },
     el("span", { class: "filename", text: c.folder ? `${c.folder}/${c.filename}` : c.filename }),
-    where.length ? el("span", { class: "where", text: where.join(" · ") }) : null,
+    at ? el("span", { class: "where", text: at }) : null,
     el("span", { class: "score", text: `score ${Number(c.score).toFixed(3)}` }),
     el("blockquote", { class: "snippet", text: c.snippet }));
 }
 
-function renderTurn(question, answer) {
-  const t = answer.timings_ms || {};
+function chip(c) {
+  return el("button", { type: "button", class: "chip", "data-index": String(c.index),
+                        "aria-label": `Source ${c.index}: ${c.filename}`, text: String(c.index),
+                        onclick: () => openPassage(c) });
+}
+
+// The answer's "[n]" marks become chips that open their passage.
+function linkCitations(node, text, citations) {
+  const byIndex = new Map(citations.map((c) => [c.index, c]));
+  const parts = [];
+  let last = 0;
+  for (const m of text.matchAll(/\[(\d+)\]/g)) {
+    const c = byIndex.get(Number(m[1]));
+    if (!c) continue;
+    parts.push(text.slice(last, m.index), chip(c));
+    last = m.index + m[0].length;
+  }
+  parts.push(text.slice(last));
+  node.replaceChildren(...parts);
+}
+
+function finishTurn(turn, answer, opts) {
   const citations = answer.citations || [];
+  const t = answer.timings_ms || {};
   const warnings = answer.warnings || [];
-  const turn = el("article", { class: "turn card" },
-    el("p", { class: "question", text: question }),
-    el("div", { class: "answer", text: answer.answer }),
+  linkCitations(turn.answer, answer.answer, citations);
+  const copy = el("button", { type: "button", class: "link small copy", text: "Copy answer",
+    onclick: async () => {
+      try { await navigator.clipboard.writeText(answer.answer); copy.textContent = "Copied"; }
+      catch (_) { copy.textContent = "Copy failed: select the text"; }
+    } });
+  const add = (...nodes) => turn.node.append(...nodes.filter(Boolean));
+  add(
     warnings.length ? el("ul", { class: "warnings" }, ...warnings.map((w) => el("li", { text: w }))) : null,
+    citations.length ? el("div", { class: "chips", "aria-label": "Sources" }, ...citations.map(chip)) : null,
     el("h3", { text: citations.length ? "Sources" : "No sources cited" }),
-    citations.length ? el("ol", { class: "citations" }, ...citations.map(citationItem)) : null,
-    el("p", { class: "served", "data-level": (answer.cache && answer.cache.level) || "none",
-              text: servedText(answer) }),
-    el("p", { class: "timings",
-              text: `embed ${fmtMs(t.embed)} · retrieve ${fmtMs(t.retrieve)} · ` +
-                    `generate ${fmtMs(t.generate)} · total ${fmtMs(t.total)}` }));
-  $("empty").hidden = true;
-  $("transcript").append(turn);
-  turn.scrollIntoView({ block: "nearest" });
-}
-
-// -- collections -------------------------------------------------------------------------------
-
-// Suggestions only: without them (an empty server, a missing API key) the fields still work.
-async function loadCollections() {
-  const r = await api("GET", "/api/documents?limit=500");
-  if (!r.ok || !Array.isArray(r.body.items)) return;
-  const names = [...new Set(r.body.items.map((d) => d.collection).filter(Boolean))].sort();
-  state.collections = names;
-  $("collections").replaceChildren(...names.map((name) => el("option", { value: name })));
-}
-
-// -- uploading ---------------------------------------------------------------------------------
-
-function chunks(n) { return n === 1 ? "1 chunk" : `${n ?? "?"} chunks`; }
-
-function finalText(task, collection) {
-  if (task.status === "completed") {
-    const res = task.result || {};
-    return `${res.status || "done"}: ${chunks(res.chunks)} in ${collection}`;
+    citations.length ? el("ol", { class: "citations" }, ...citations.map(citationItem)) : null);
+  if (!opts.stored) {
+    const usage = answer.usage || {};
+    const tokens = Object.entries(usage).map(([k, v]) => `${k} ${v}`).join(", ");
+    const cost = typeof answer.cost === "number" ? ` · cost ${answer.cost}` : "";
+    add(
+      el("p", { class: "served", "data-level": (answer.cache && answer.cache.level) || "none",
+                text: servedText(answer) }),
+      whyText(answer.cache || {}) ? el("p", { class: "why", text: whyText(answer.cache) }) : null,
+      el("p", { class: "timings",
+                text: `embed ${fmtMs(t.embed)} · retrieve ${fmtMs(t.retrieve)} · ` +
+                      `generate ${fmtMs(t.generate)} · total ${fmtMs(t.total)}` +
+                      (tokens ? ` · tokens: ${tokens}` : " · no LLM tokens") + cost }));
   }
-  if (task.status === "failed" && task.error) return `failed: ${task.error.message} (${task.error.code})`;
-  return task.status;
+  turn.node.append(el("p", { class: "tools" }, copy));
+  turn.node.dataset.state = opts.stopped ? "stopped" : "done";
 }
 
-async function followTask(taskId, row, collection) {
-  const [bar, status] = [row.querySelector("progress"), row.querySelector(".status")];
-  let failures = 0;
+// -- passages ----------------------------------------------------------------------------------
+
+async function openPassage(c) {
+  $("passage-title").textContent = `[${c.index}] ${c.folder ? `${c.folder}/` : ""}${c.filename}`;
+  $("passage-where").textContent = [where(c), `score ${Number(c.score).toFixed(3)}`,
+    typeof c.similarity === "number" ? `similarity ${c.similarity.toFixed(3)}` : ""].filter(Boolean).join(" · ");
+  $("passage-text").textContent = c.snippet || "";
+  $("passage-document").onclick = () => { $("passage").close(); window.Metis.openDocument(c.document_id); };
+  $("passage").showModal();
+  const r = await api("GET", `/api/documents/${encodeURIComponent(c.document_id)}?chunks=true`);
+  if (!r.ok) { $("passage-where").textContent += ` · ${errorText(r)}`; return; }
+  const chunk = (r.body.chunks || []).find((x) => x.id === c.chunk_id);
+  if (chunk) $("passage-text").textContent = chunk.text;
+}
+
+// -- asking ------------------------------------------------------------------------------------
+
+function queryBody(message, collection) {
+  const body = { message, collection, cache: !$("bypass-cache").checked, stream: true };
+  const tags = $("filter-tags").value.split(",").map((t) => t.trim()).filter(Boolean);
+  if (tags.length) body.tags = tags;
+  if ($("filter-folder").value.trim()) body.folder = $("filter-folder").value.trim();
+  if ($("mode").value === "agent") body.mode = "agent";
+  if (state.conversationId) body.conversation_id = state.conversationId;
+  return body;
+}
+
+// Server-sent events from a fetch body: calls onEvent(name, data) for each one as it arrives.
+async function readEvents(response, onEvent) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
   for (;;) {
-    const r = await api("GET", `/api/tasks/${encodeURIComponent(taskId)}`);
-    if (r.ok) {
-      failures = 0;
-      const task = r.body;
-      bar.value = Number(task.progress) || 0;
-      if (FINISHED.has(task.status)) {
-        row.dataset.status = task.status;
-        status.textContent = finalText(task, collection);
-        return;
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      let name = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) name = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).trimStart());
       }
-      status.textContent = `${task.status}${task.message ? `: ${task.message}` : ""} ` +
-                           `(${Math.round(bar.value)}%)`;
-    } else if (r.status === 404 || ++failures >= POLL_FAILURES_TOLERATED) {
-      row.dataset.status = "error";
-      status.textContent = errorText(r);
-      return;
+      onEvent(name, data.length ? JSON.parse(data.join("\n")) : null);
     }
-    await sleep(POLL_MS);
   }
 }
 
-function trackResult(result, collection) {
-  const row = el("li", { "data-status": result.status },
-    el("span", { class: "filename", text: result.filename }),
-    el("progress", { max: "100", value: "0" }),
-    el("span", { class: "status", text: result.status }));
-  $("uploads").prepend(row);
-  state.uploads.push({ filename: result.filename, row });
-  if (result.task_id) return followTask(result.task_id, row, collection);
-  row.querySelector("progress").value = 100;
-  const status = row.querySelector(".status");
-  if (result.status === "duplicate") status.textContent = `already stored in ${collection} (${chunks(result.chunks)})`;
-  else if (result.error) status.textContent = `${result.status}: ${result.error.message} (${result.error.code})`;
-  return Promise.resolve();
+function stepItem(kind, data) {
+  const label = { step: "Step", tool_call: "Tool call", tool_result: "Tool result" }[kind] || kind;
+  const text = typeof data === "string" ? data : (data && (data.text || data.message || data.name)) || "";
+  const detail = data && typeof data === "object" ? JSON.stringify(data.arguments || data.args || data.result || data.output || "") : "";
+  return el("li", { class: `step ${kind}`, "data-kind": kind },
+    el("strong", { text: label }), " ", el("span", { text }),
+    detail && detail !== '""' ? el("code", { text: detail.slice(0, 400) }) : null);
 }
 
-async function upload(event) {
+async function showAuditLink(queryId) {
+  const link = $("audit-link");
+  link.hidden = false;
+  link.onclick = async (e) => {
+    e.preventDefault();
+    const r = await fetch(`/api/queries/${encodeURIComponent(queryId)}/audit?format=html`, { headers: headers() });
+    if (!r.ok) { showError("ask-error", await readJson(r)); return; }
+    const url = URL.createObjectURL(new Blob([await r.text()], { type: "text/html" }));
+    window.open(url, "_blank", "noopener");
+  };
+}
+
+async function ask(event) {
   event.preventDefault();
-  const files = $("files").files;
-  if (!files.length || $("upload-button").disabled) return;
-  const form = new FormData();
-  for (const file of files) form.append("files", file, file.name);
-  form.append("collection", $("upload-collection").value.trim() || "default");
-  showError("upload-error", null);
-  $("upload-button").disabled = true;
+  const message = $("question").value.trim();
+  const collection = $("collection").value.trim() || "default";
+  if (!message || $("ask-button").disabled) return;
+  // A conversation belongs to one collection: asking another one starts a new conversation.
+  if (state.conversationId && state.conversationCollection !== collection) setConversation(null, null);
+  const body = queryBody(message, collection);
+  const agent = body.mode === "agent";
+  showError("ask-error", null);
+  $("ask-button").disabled = true;
+  $("stop-button").hidden = false;
+  $("ask-status").textContent = "thinking…";
+  if (agent) { $("steps").replaceChildren(); $("audit-link").hidden = true; }
+  controller = new AbortController();
+  let turn = null;
+  let text = "";
+  let final = null;
+  let failure = null;
   try {
-    const r = await api("POST", "/api/documents", form);
-    if (!r.ok) {
-      showError("upload-error", r);
-      return;
-    }
-    $("files").value = "";
-    $("upload-button").disabled = false;  // the next upload need not wait for these tasks
-    await Promise.all((r.body.results || []).map((res) => trackResult(res, r.body.collection)));
-    await loadCollections();
+    const h = headers({ "Content-Type": "application/json", Accept: "text/event-stream" });
+    const response = await fetch("/api/chat/query", { method: "POST", headers: h, body: JSON.stringify(body),
+                                                      signal: controller.signal });
+    if (!response.ok) { failure = await readJson(response); return; }
+    turn = newTurn(message);
+    const textNode = document.createTextNode("");
+    turn.answer.append(textNode);
+    $("question").value = "";
+    await readEvents(response, (name, data) => {
+      if (name === "token") {
+        text += data.text;
+        textNode.data = text;
+        if (state.firstToken === null) {
+          const received = performance.now();
+          requestAnimationFrame(() => { state.firstToken = { received, painted: performance.now() }; });
+        }
+      } else if (name === "done") final = data;
+      else if (name === "error") failure = { ok: false, status: 200, body: data };
+      else if (["step", "tool_call", "tool_result"].includes(name)) $("steps").append(stepItem(name, data));
+    });
   } catch (err) {
-    showError("upload-error", { status: 0, body: { code: "page_error", message: String(err) } });
+    if (err.name !== "AbortError") failure = problem("page_error", String(err));
   } finally {
-    $("upload-button").disabled = false;
+    const stopped = controller.signal.aborted;
+    controller = null;
+    $("ask-button").disabled = false;
+    $("stop-button").hidden = true;
+    $("ask-status").textContent = stopped ? "stopped" : "";
+    if (failure) {
+      state.errors += 1;
+      if (agent && failure.status === 422 && /mode/.test(failure.body.message)) disableAgent();
+      showError("ask-error", failure);
+    }
+    if (turn && final) {
+      state.answers += 1;
+      setConversation(final.conversation_id, collection);
+      finishTurn(turn, final, {});
+      if (agent && (final.query_id || final.id)) showAuditLink(final.query_id || final.id);
+      loadConversations();
+    } else if (turn) {
+      finishTurn(turn, { answer: text, citations: [] }, { stored: true, stopped });
+    }
   }
+}
+
+// -- agent mode: offered only when the server's schema has it ------------------------------------
+
+function disableAgent() {
+  agentSupported = false;
+  $("mode").value = "rag";
+  $("mode").querySelector("option[value=agent]").disabled = true;
+  $("mode-note").textContent = "Agent mode is not available on this server.";
+  $("mode-note").hidden = false;
+  $("steps-panel").hidden = true;
+}
+
+async function agentAvailable() {
+  if (agentSupported !== null) return agentSupported;
+  const r = await api("GET", "/openapi.json");
+  const op = r.ok && r.body.paths && r.body.paths["/api/chat/query"] && r.body.paths["/api/chat/query"].post;
+  let schema = op && op.requestBody ? op.requestBody.content["application/json"].schema : null;
+  if (schema && schema.$ref) schema = r.body.components.schemas[schema.$ref.split("/").pop()];
+  const props = (schema && schema.properties) || {};
+  const mode = props.mode || {};
+  const values = mode.enum || (mode.anyOf || []).flatMap((x) => x.enum || (x.const ? [x.const] : []))
+    .concat(mode.const ? [mode.const] : []);
+  agentSupported = values.includes("agent");
+  return agentSupported;
+}
+
+async function modeChanged() {
+  if ($("mode").value !== "agent") { $("steps-panel").hidden = true; $("mode-note").hidden = true; return; }
+  if (!(await agentAvailable())) { disableAgent(); return; }
+  $("steps-panel").hidden = false;
+  $("mode-note").hidden = true;
 }
 
 // -- wiring ------------------------------------------------------------------------------------
@@ -264,12 +365,11 @@ $("ask").addEventListener("submit", ask);
 $("question").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && !e.shiftKey && !e.isComposing) ask(e);  // Shift+Enter: a new line
 });
+$("stop-button").addEventListener("click", () => { if (controller) controller.abort(); });
 $("new-conversation").addEventListener("click", newConversation);
-$("upload").addEventListener("submit", upload);
-// The key lasts the browser session, shared with the dashboard (which needs an admin one).
-try { $("api-key").value = sessionStorage.getItem("metis.apiKey") || ""; } catch (_) { /* none */ }
-$("api-key").addEventListener("change", () => {
-  try { sessionStorage.setItem("metis.apiKey", $("api-key").value.trim()); } catch (_) { /* none */ }
-  loadCollections();
-});
-loadCollections();
+$("mode").addEventListener("change", modeChanged);
+$("passage-close").addEventListener("click", () => $("passage").close());
+onShow.chat = loadConversations;
+document.addEventListener("metis:signed-in", loadConversations);
+window.Metis.openConversation = openConversation;
+})();

@@ -1,0 +1,69 @@
+"""`rag_search`: Metis's hybrid retrieval over the caller's collection, with citations."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..embed.base import Embedder
+from ..rag.retriever import Retriever
+from ..store.lookup import CollectionLookup
+from .tools import ToolCitation, ToolContext, ToolResult, ToolSpec
+
+MAX_TOP_K = 20
+SNIPPET_CHARS = 600
+
+
+class RagSearch:
+    spec = ToolSpec(
+        name="rag_search",
+        description="Search the documents of the current collection; returns the most relevant "
+        "passages, numbered, each with its document and page.",
+        parameters={
+            "type": "object",
+            "properties": {
+                "query": {"type": "string", "minLength": 1, "maxLength": 2000,
+                          "description": "What to look for, in words."},
+                "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K},
+                "tags": {"type": "array", "items": {"type": "string", "maxLength": 100},
+                         "maxItems": 20},
+                "folder": {"type": "string", "maxLength": 500},
+            },
+            "required": ["query"],
+            "additionalProperties": False,
+        },
+        cache_ttl_s=3600.0,
+        reads_documents=True,
+    )
+
+    def __init__(self, lookup: CollectionLookup, embedder: Embedder, retriever: Retriever,
+                 default_top_k: int = 5) -> None:
+        self._lookup = lookup
+        self._embedder = embedder
+        self._retriever = retriever
+        self._default_top_k = default_top_k
+
+    async def run(self, arguments: Mapping[str, Any], context: ToolContext) -> ToolResult:
+        query = str(arguments["query"])
+        ref = await self._lookup.find(context.tenant, context.collection)
+        if ref is None:
+            return ToolResult(f"The collection {context.collection!r} has no documents.",
+                              data={"hits": 0})
+        vector = (await self._embedder.embed([query]))[0]
+        tags = list(arguments.get("tags") or context.tags)
+        found, _ = await self._retriever.retrieve(
+            ref.id, query, vector, top_k=int(arguments.get("top_k") or self._default_top_k),
+            tags=tags, folder=arguments.get("folder", context.folder),
+        )
+        citations = [
+            ToolCitation(document_id=r.chunk.document_id, title=r.chunk.filename,
+                         chunk_id=str(r.chunk.id), text=r.chunk.text[:SNIPPET_CHARS],
+                         score=round(r.score, 6), page=r.chunk.page, section=r.chunk.section)
+            for r in found
+        ]
+        if not citations:
+            return ToolResult(f"Nothing in {context.collection!r} matches {query[:200]!r}.",
+                              data={"hits": 0})
+        lines = [f"[{i}] {c.title}" + (f" p.{c.page}" if c.page else "") + f": {c.text}"
+                 for i, c in enumerate(citations, 1)]
+        return ToolResult("\n".join(lines), data={"hits": len(citations)}, citations=citations)
