@@ -1,20 +1,17 @@
-"""Processes the tests start: a free local port, and a throwaway redis-server they may kill,
-pause and restart."""
+"""Processes the tests start: a throwaway redis-server they may kill, pause and restart, and
+the free local port it listens on (the one `free_port`, shared with devtools.cluster)."""
 
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import time
 
 import redis
 
+from metis_rag.devtools.cluster import free_port
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["RedisServer", "free_port"]
 
 
 class RedisServer:
