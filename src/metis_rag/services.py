@@ -21,6 +21,7 @@ from .config import Settings
 from .embed import build_embedder
 from .embed.base import Embedder
 from .embed.cached import CachedEmbedder
+from .embed.metered import MeteredEmbedder
 from .errors import ServiceUnavailable
 from .ingest.chunker import Chunker
 from .ingest.pipeline import Ingestor
@@ -28,7 +29,7 @@ from .ingest.sandbox import ParseSandbox
 from .llm.base import LLM
 from .llm.cached import CachedLLM
 from .llm.fallback import build_chain
-from .observability.metered import MeteredEmbedder, MeteredLLM
+from .llm.metered import MeteredLLM
 from .observability.metrics import Metrics
 from .observability.tracing import Tracing
 from .rag.chat import ChatService
@@ -57,9 +58,9 @@ class Services:
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
-    embedder: Embedder
+    embedder: Embedder  # behind the embedding cache, when there is one
     vectors: VectorStore
-    llm: LLM | None
+    llm: LLM | None  # behind the LLM cache, when there is one
     ingestor: Ingestor
     retriever: Retriever
     chat: ChatService
@@ -74,6 +75,10 @@ class Services:
     audit: AuditLog
     quotas: Quotas
     cache_invalidations: SlidingWindow  # DELETE /api/cache, per client
+    # The same embedder and LLM without their caches (batching, metering and rate limits kept):
+    # for `cache: false` and for health probes that must reach the model.
+    uncached_embedder: Embedder
+    uncached_llm: LLM | None
     # The throughput layer, for metrics (`stats` on each): query micro-batching and the (rate
     # limited) LLM chain that `llm` wraps in the LLM cache.
     query_batcher: BatchingEmbedder | None = None
@@ -116,6 +121,7 @@ async def open_services(
             stack.push_async_callback(query_batcher.close)
             embedder = query_batcher
         caches: Caches | None = None
+        uncached_embedder = embedder
         if settings.cache.enabled:
             caches = await open_caches(settings.cache, settings.data_dir, embedder.dim, stack,
                                      engine=engine)
@@ -129,11 +135,11 @@ async def open_services(
             if fixed["added"] or fixed["removed"]:
                 log.warning("vector index reconciled with the database: %s", fixed)
 
-        llm = llm_chain = build_chain(settings.llm, settings.ratelimit)
+        llm = llm_chain = uncached_llm = build_chain(settings.llm, settings.ratelimit)
         if llm is not None:
             await llm.start()
             stack.push_async_callback(llm.close)
-            llm = MeteredLLM(llm, metrics)
+            llm = uncached_llm = MeteredLLM(llm, metrics)
             if caches is not None:
                 llm = CachedLLM(llm, caches.llm)
 
@@ -158,7 +164,8 @@ async def open_services(
         await conversations.start()
         stack.push_async_callback(conversations.close)
         chat = ChatService(settings, sessions, embedder, retriever, llm, caches, lookup,
-                           conversations)
+                           conversations, uncached_embedder=uncached_embedder,
+                           uncached_llm=uncached_llm)
         index_flusher = IndexFlusher(vectors)
         stack.push_async_callback(index_flusher.close)
         ingest_embedder = IngestEmbedder(embedder)
@@ -196,6 +203,8 @@ async def open_services(
             audit=audit,
             quotas=Quotas(settings.auth, counters, sessions),
             cache_invalidations=SlidingWindow(settings.cache.invalidations_per_min),
+            uncached_embedder=uncached_embedder,
+            uncached_llm=uncached_llm,
             analyzer=DocumentAnalyzer(settings.analysis, llm) if settings.analysis.enabled
             else None,
         )

@@ -9,18 +9,11 @@ from metis_rag.errors import QuotaExceeded
 from metis_rag.tenancy.keys import KeyRing, hash_key, new_key, static_keys
 from metis_rag.tenancy.principal import SINGLE_TENANT, Principal
 from metis_rag.tenancy.quotas import Quotas
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakeclock import FakeClock
 
 
 async def test_questions_per_minute_count_in_a_minute_window_and_say_when() -> None:
-    clock = Clock(1_000_060.0)  # 40 s into a UTC minute
+    clock = FakeClock(1_000_060.0)  # 40 s into a UTC minute
     quotas = Quotas(AuthSettings(tenant_quotas={"acme": QuotaSettings(questions_per_minute=2)}),
                     clock=clock)
     await quotas.admit_question("acme")
@@ -36,7 +29,7 @@ async def test_questions_per_minute_count_in_a_minute_window_and_say_when() -> N
 
 
 async def test_under_one_question_a_minute_widens_the_window() -> None:
-    clock = Clock(1_200_000.0)  # the start of a 120 s window
+    clock = FakeClock(1_200_000.0)  # the start of a 120 s window
     quotas = Quotas(AuthSettings(quotas=QuotaSettings(questions_per_minute=0.5)), clock=clock)
     await quotas.admit_question("acme")
     clock.now += 100
@@ -49,7 +42,7 @@ async def test_under_one_question_a_minute_widens_the_window() -> None:
 
 async def test_llm_tokens_per_day_reset_at_utc_midnight() -> None:
     day = 86_400.0
-    clock = Clock(day * 20_000 + day - 3600)  # 23:00 UTC
+    clock = FakeClock(day * 20_000 + day - 3600)  # 23:00 UTC
     quotas = Quotas(AuthSettings(quotas=QuotaSettings(llm_tokens_per_day=100)), clock=clock)
     await quotas.spend_tokens("acme", 60)
     await quotas.admit_question("acme")

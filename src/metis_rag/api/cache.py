@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 
+from ..cache.levels import Caches
 from ..errors import Forbidden, ServiceUnavailable
 from ..store import repo
 from .deps import AdminDep, OperatorDep, ServicesDep, tenant_scope
@@ -15,7 +16,7 @@ router = APIRouter(prefix="/api/cache", tags=["cache"])
 Level = Literal["exact", "semantic", "retrieval", "llm", "embedding", "document", "tool"]
 
 
-def _caches(services: ServicesDep) -> Any:
+def _caches(services: ServicesDep) -> Caches:
     if services.caches is None:
         raise ServiceUnavailable("The cache is disabled (METIS_CACHE__ENABLED=false).",
                                  code="cache_disabled")

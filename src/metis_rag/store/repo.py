@@ -338,7 +338,7 @@ async def fulltext_search(
     terms = fulltext_terms(query)
     if not terms:
         return []
-    if session.bind.dialect.name != "sqlite":
+    if session.get_bind().dialect.name != "sqlite":
         return await _fulltext_postgres(session, collection_id, terms, limit)
     terms = await _selective_terms(session, terms)
     if not terms:
