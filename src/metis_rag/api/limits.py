@@ -28,7 +28,7 @@ from ..observability.logs import current_request_id
 from ..observability.tracing import current_trace_id
 from ..ratelimit import ClientLimiter, Clock, key_id
 from ..tenancy.keys import KeyRing
-from ..tenancy.principal import Principal
+from ..tenancy.principal import Principal, Role
 from .proxies import ClientAddress
 
 EXEMPT = frozenset({"/api/health"})
@@ -199,7 +199,7 @@ class InboundLimits:
             raise Unauthorized("The API key is not valid.")
         # /metrics is the whole server's (every tenant's traffic): an operator's. The API's
         # documentation pages are the same for everyone: any tenant's admin may read them.
-        need = "operator" if path == "/metrics" else "admin"
+        need: Role = "operator" if path == "/metrics" else "admin"
         if not principal.allows(need):
             raise Forbidden(f"{path} needs an {need} key; this key is {principal.described}.")
 

@@ -33,11 +33,11 @@ class DatabaseCounters(CounterStore):
     def __init__(self, engine: AsyncEngine, clock: Callable[[], float] = time.time) -> None:
         self._engine = engine
         self._clock = clock
-        if engine.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        self._insert = insert
+        # Both dialects' insert() build the same ON CONFLICT ... DO UPDATE used below.
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        self._insert: Callable[..., Any] = (
+            postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert)
         self._get = select(C.value).where(C.key == bindparam("key"),
                                           C.expires_at > bindparam("now"))
         self._pending: list[_Add] = []
