@@ -305,17 +305,14 @@ class Equivalence:
         self.max_error = max_error
         self.threshold = model.threshold(max_error)
         self._rarity = rarity
-
-    @property
-    def off_reason(self) -> str | None:
-        """Why no question can be judged the same (every lookup would miss), or None."""
-        if self.max_error <= 0:
-            return "METIS_CACHE__SEMANTIC_MAX_ERROR=0 switches the semantic level off"
-        if self.threshold > 1:
-            return (f"no calibrated threshold meets METIS_CACHE__SEMANTIC_MAX_ERROR="
-                    f"{self.max_error:g}: the lowest bound the calibration supports is "
-                    f"{self.model.lowest_bound():.3f}")
-        return None
+        # Why no question can be judged the same (every lookup would miss), or None.
+        self.off_reason: str | None = None
+        if max_error <= 0:
+            self.off_reason = "METIS_CACHE__SEMANTIC_MAX_ERROR=0 switches the semantic level off"
+        elif self.threshold > 1:
+            self.off_reason = (f"no calibrated threshold meets METIS_CACHE__SEMANTIC_MAX_ERROR="
+                               f"{max_error:g}: the lowest bound the calibration supports is "
+                               f"{model.lowest_bound():.3f}")
 
     def judge(self, new: QuestionText, cached: QuestionText, cosine: float) -> Verdict:
         checks: list[str] = []
