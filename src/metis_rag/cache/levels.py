@@ -186,7 +186,7 @@ async def open_caches(settings: CacheSettings, data_dir: Any, dim: int,
         # Logged once: each lookup it skips is counted in /api/cache/stats instead.
         (logger.info if settings.semantic_max_error == 0 else logger.warning)(
             "%s: the semantic level serves nothing and skips its lookups (questions are still "
-            "appended to the shared list, for servers with a looser bound)",
+            "appended to a shared list, if any, for servers with a looser bound)",
             equivalence.off_reason)
     # The shared, durable tier holds the semantic lists; with `memory` they stay in-process.
     log = backends[-1] if settings.backend != "memory" else None
