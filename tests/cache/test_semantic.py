@@ -147,6 +147,26 @@ async def test_a_clear_on_one_server_empties_the_others(backend: CacheBackend) -
     assert server_b.entries == 1
 
 
+async def test_a_list_cleared_and_refilled_past_what_a_server_saw_is_read_again(
+    backend: CacheBackend,
+) -> None:
+    """A clear (or a Redis restarted without its data) followed by more appends than B had
+    seen, before B reads again: B must not take the new list for the old one grown."""
+    server_a, server_b = index(backend), index(backend)
+    v = unit(1)
+    await server_a.add(PART, v, "key-a", Q)
+    await server_a.add(PART, unit(9), "key-x", "How do I delete a user?")
+    assert await server_b.match(PART, v, Q) is not None
+    await server_a.clear("ns-a")
+    await server_a.add(PART, unit(8), "key-c", "How do I add a user?")
+    await server_a.add(PART, unit(10), "key-d", "How do I rename a user?")
+    await server_a.add(PART, unit(11), "key-e", "How do I disable a user?")
+    found = await server_b.match(PART, unit(8), "How do I add a user?")
+    assert found is not None and found.candidate.key == "key-c"
+    assert await server_b.match(PART, v, Q) is None
+    assert server_b.entries == 3
+
+
 async def test_a_new_collection_version_is_a_new_partition_everywhere(
     backend: CacheBackend,
 ) -> None:

@@ -49,13 +49,46 @@ async def test_redis_stopped_mid_test_keeps_the_mirror_and_catches_up_after(
             assert time.monotonic() < deadline, "Redis did not come back"
             await asyncio.sleep(0.05)
             assert await server_b.match(PART, v, Q) is not None
-        while not a_log.healthy:
-            assert time.monotonic() < deadline, "Redis did not come back"
-            await asyncio.sleep(0.05)
-            await a_log.get("probe")
+        await until_healthy(a_log)
         await server_a.add(PART, unit(7), "key-b", OTHER)
         found = await server_b.match(PART, unit(7), OTHER_PARA)
         assert found is not None and found.candidate.key == "key-b"
+        assert server_b.entries == 2
+        await a_log.clear()
+
+
+async def until_healthy(backend: RedisBackend) -> None:
+    deadline = time.monotonic() + 5
+    while not backend.healthy:  # a call after the cool-down probes Redis
+        assert time.monotonic() < deadline, "Redis did not come back"
+        await asyncio.sleep(0.05)
+        await backend.get("probe")
+
+
+async def test_redis_restarted_without_its_data_is_read_again_from_the_start(
+    redis_server: RedisServer,
+) -> None:
+    a_log = RedisBackend(redis_server.url, namespace="s:", timeout_s=0.05, cooldown_s=0.2)
+    b_log = RedisBackend(redis_server.url, namespace="s:", timeout_s=0.05, cooldown_s=0.2)
+    async with a_log, b_log:
+        server_a, server_b = index(a_log), index(b_log)
+        v = unit(1)
+        await server_a.add(PART, v, "key-a", Q)
+        assert await server_b.match(PART, v, Q) is not None
+
+        await asyncio.to_thread(redis_server.kill)  # a crash: the lists are gone
+        found = await server_b.match(PART, unit(2, near=v), PARA)
+        assert found is not None and found.candidate.key == "key-a"  # the mirror serves
+
+        await asyncio.to_thread(redis_server.start)
+        await until_healthy(a_log)
+        await until_healthy(b_log)
+        # A refills the list past what B had read before B reads it again.
+        await server_a.add(PART, unit(7), "key-b", OTHER)
+        await server_a.add(PART, unit(8), "key-c", "How do I add a user?")
+        found = await server_b.match(PART, unit(7), OTHER_PARA)
+        assert found is not None and found.candidate.key == "key-b"
+        # The restart took the list: B drops its mirror, as for a clear.
         assert server_b.entries == 2
         await a_log.clear()
 

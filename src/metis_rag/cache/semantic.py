@@ -69,6 +69,7 @@ class _Partition:
         self.questions: list[str] = []
         self.texts: list[QuestionText] = []
         self.synced = 0  # items of the shared list mirrored so far
+        self.last = b""  # the shared list's item at `synced - 1`, as read
 
     @property
     def vectors(self) -> np.ndarray:
@@ -223,12 +224,17 @@ class SemanticIndex:
         key = self.log_key(partition)
         with self._lock:
             part = self._parts.get(partition)
-            start = part.synced if part is not None else 0
-        found = await self._read(key, start)
+            start, last = (part.synced, part.last) if part is not None else (0, b"")
+        # One item read back: a list cleared (or lost by a Redis restart) and refilled past
+        # `start` passes a length check, but no longer holds the item the mirror read there.
+        overlap = 1 if start > 0 else 0
+        found = await self._read(key, start - overlap)
         if found is None:  # unreadable, not empty: keep serving from the mirror
             return
         length, items = found
-        if length < start:  # cleared or expired meanwhile: start the mirror over
+        if not overlap or (length >= start and items and items[0] == last):
+            items = items[overlap:]
+        else:  # cleared or expired meanwhile: start the mirror over
             with self._lock:
                 self._drop(partition)
             start = 0
@@ -247,8 +253,9 @@ class SemanticIndex:
                     continue
                 self._add(partition, v, k, q)
             part = self._parts.get(partition)
-            if part is not None:
-                part.synced = max(part.synced, length)
+            if part is not None and length >= part.synced:
+                part.synced = length
+                part.last = items[-1] if items else part.last
 
     async def _read(self, key: str, start: int) -> tuple[int, list[bytes]] | None:
         assert self._log is not None
