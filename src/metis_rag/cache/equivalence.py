@@ -47,7 +47,7 @@ def entities(text: str) -> frozenset[str]:
     """The identifiers and figures a question names; two questions whose sets differ never
     share a semantic-cache answer. A word with digits counts by its numbers only, without
     leading zeros: "GPLv3", "GPL-3" and "gpl3" name the same figure, as "umask 0022" and "022"."""
-    found = set()
+    found: set[str] = set()
     for m in _ENTITY.finditer(text):
         token = m.group(0).strip("`\"").lower()
         if _PLAIN_WORD.fullmatch(token):
