@@ -95,6 +95,7 @@ async def test_another_question_about_the_same_passage_is_not_a_semantic_hit(
     assert (stats["hits"], stats["misses"]) == (1, 2)
     assert stats["rejected"] == {"question_type": 1}  # the first question had no candidate
     assert stats["max_error"] == 0.2 and stats["shared"] is True
+    assert (stats["serving"], stats["off_reason"], stats["skipped"]) == (True, None, 0)
 
 
 async def test_at_the_default_bound_a_paraphrase_is_answered_afresh(
