@@ -95,19 +95,31 @@ async def test_another_question_about_the_same_passage_is_not_a_semantic_hit(
     assert (stats["hits"], stats["misses"]) == (1, 2)
     assert stats["rejected"] == {"question_type": 1}  # the first question had no candidate
     assert stats["max_error"] == 0.2 and stats["shared"] is True
+    assert (stats["serving"], stats["off_reason"], stats["skipped"]) == (True, None, 0)
 
 
 async def test_at_the_default_bound_a_paraphrase_is_answered_afresh(
     app_client,  # type: ignore[no-untyped-def]
 ) -> None:
-    client = await app_client()
-    await seed(client)
-    await ask(client, message="How do I rotate the API keys?")
-    para = await ask(client, message="How can I rotate the API keys?")
-    assert para["cache"]["level"] is None
+    from metis_rag.devtools.fake_llm import FakeLLMServer
+
+    with FakeLLMServer() as server:
+        client = await app_client(llm=LLMSettings(provider="openai", url=server.url, model="f"))
+        await seed(client)
+        await ask(client, message="How do I rotate the API keys?")
+        para = await ask(client, message="How can I rotate the API keys?")
+        assert para["cache"]["level"] is None
+        # Without retrieval the question was embedded only for the semantic lookup: no more.
+        plain = await ask(client, message="Is the sky blue on Mondays?", use_rag=False)
+        assert plain["mode"] == "llm" and plain["cache"]["level"] is None
+        assert plain["timings_ms"]["embed"] == 0.0
     stats = (await client.get("/api/cache/stats")).json()["levels"]["semantic"]
     assert stats["max_error"] == 0.01 and stats["score_threshold"] > 1
-    assert stats["rejected"] == {"score": 1}
+    # The level cannot serve, so it skipped its lookups (no round trip), and says why.
+    assert (stats["serving"], stats["skipped"], stats["misses"]) == (False, 3, 0)
+    assert stats["rejected"] == {}
+    assert "no calibrated threshold meets METIS_CACHE__SEMANTIC_MAX_ERROR=0.01" in (
+        stats["off_reason"])
 
 
 async def test_a_question_naming_another_identifier_or_figure_is_never_a_semantic_hit(

@@ -78,9 +78,11 @@ async def test_slow_redis_is_a_fast_miss(redis_server: RedisServer, clock: FakeC
     backend = RedisBackend(redis_server.url, timeout_s=0.05, cooldown_s=5, clock=clock)
     async with backend:
         await backend.set("k", b"v")
+        await backend.append("log", b"x")
         redis_server.pause()  # accepts bytes, never answers
         try:
-            for _ in range(3):
+            assert await backend.read_list("log") is None  # unreadable: not (0, []), "empty"
+            for _ in range(2):
                 started = time.perf_counter()
                 assert await backend.get("k") is None
                 assert time.perf_counter() - started < 0.5
@@ -88,11 +90,14 @@ async def test_slow_redis_is_a_fast_miss(redis_server: RedisServer, clock: FakeC
             started = time.perf_counter()
             assert await backend.get("k") is None
             assert time.perf_counter() - started < 0.005  # open breaker: no round trip at all
+            assert await backend.read_list("log") is None
         finally:
             redis_server.resume()
         clock.step(5)
         assert await backend.get("k") == b"v"
         assert backend.healthy
+        assert await backend.read_list("log") == (1, [b"x"])
+        await backend.clear()
 
 
 async def test_a_cancelled_probe_does_not_wedge_the_breaker(

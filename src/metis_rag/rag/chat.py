@@ -145,6 +145,11 @@ class ChatService:
         entry = await caches.exact.get(turn.exact_key)
         if entry is not None:
             return entry, CacheInfo(level="exact")
+        if not caches.semantic.serving:
+            # Every lookup would miss: spare its round trip, and the embedding when retrieval
+            # does not need it either (`_retrieve` embeds on demand).
+            caches.semantic.skip()
+            return None
         vector = await self._embed(turn)
         # No retrieval here: "the same top source" proves nothing (different questions about
         # one passage share it); the equivalence decision compares the questions themselves.
