@@ -36,7 +36,7 @@ class Backend:
         if self.kind == "redis":  # Redis expires keys on its own clock
             await asyncio.sleep(seconds)
         else:
-            self.clock.advance(seconds)
+            self.clock.step(seconds)
 
 
 @pytest.fixture(params=STORES)
@@ -128,7 +128,7 @@ async def test_quotas_on_two_servers_share_one_limit(backend: Backend) -> None:
     await a.admit_question("globex")  # another tenant has its own (here: no) limit
     await a.spend_tokens("acme", 60)
     await b.spend_tokens("acme", 60)
-    backend.clock.advance(60)  # a new minute: questions again, but the day's tokens are spent
+    backend.clock.step(60)  # a new minute: questions again, but the day's tokens are spent
     with pytest.raises(QuotaExceeded) as spent:
         await b.admit_question("acme")
     assert spent.value.details["quota"] == "llm_tokens_per_day"

@@ -32,7 +32,7 @@ async def test_a_hung_redis_loses_no_count(
         assert not store.healthy and store.unsynced == 1
         assert ["counting in this process" in r.message for r in caplog.records] == [True]
         redis_server.resume()
-        clock.advance(6)
+        clock.step(6)
         # The outage's counts went to Redis first. The add that timed out had reached the
         # paused Redis, which ran it on waking: a count can be counted twice, never lost.
         assert await store.add("k", 1, 60) in (6, 7)
@@ -50,7 +50,7 @@ async def test_a_restarted_redis_gets_the_counts_made_while_it_was_gone(
         redis_server.kill()  # nothing persisted: its 3 are gone with it
         assert await store.add("k", 2, 60) == 5
         redis_server.start()
-        clock.advance(6)
+        clock.step(6)
         assert await store.get("k") == 2  # the outage's 2 are not lost
         assert store.healthy
 
@@ -80,7 +80,7 @@ async def test_a_server_starts_while_redis_is_down(
         assert not store.healthy
         assert await store.add("k", 1, 60) == 1
         redis_server.start()
-        clock.advance(6)
+        clock.step(6)
         assert await store.add("k", 1, 60) == 2
     with redis_server.client() as direct:
         assert int(direct.get("k")) == 2

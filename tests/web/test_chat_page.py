@@ -83,7 +83,10 @@ def metis_url(prepared_models: Path, tmp_path_factory: pytest.TempPathFactory,
     with metis_serve(prepared_models, tmp_path_factory.mktemp("serve"),
                      METIS_LLM__PROVIDER="openai", METIS_LLM__URL=fake_llm.url,
                      METIS_LLM__MODEL="fake",
-                     METIS_CHUNK__MAX_CHUNKS_PER_DOCUMENT="20") as server:
+                     METIS_CHUNK__MAX_CHUNKS_PER_DOCUMENT="20",
+                     # Pinned: derived from 20 chunks, the text limit would refuse the file
+                     # that must fail in its task (and be retried) at upload instead.
+                     METIS_PARSE__MAX_TEXT_CHARS="1000000") as server:
         yield server.url
 
 

@@ -189,8 +189,11 @@ function replaceDocument(d) {
     if (d.tags.length) form.append("tags", d.tags.join(","));
     const r = await api("PUT", `/api/documents/${encodeURIComponent(d.id)}`, form);
     if (!r.ok) { showError("docs-error", r); return; }
-    if (r.body.error) showError("docs-error", { ok: false, status: 0, body: r.body.error });
-    refresh();
+    // 202 with the ingest_document task that swaps the content in: followed like an upload
+    // (the old content is served until it completes; the table refreshes when it does).
+    const row = uploadRow({ name: `${d.filename} (replace)` });
+    setRow(row, "queued", "queued", 0);
+    await followTask(r.body.id, row, d.collection);
   };
   input.click();
 }
