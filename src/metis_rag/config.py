@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -42,6 +42,10 @@ class EmbedSettings(BaseModel):
         description="Texts per model call (local: length-sorted batches; 16 measured fastest).",
     )
     threads: int = Field(0, ge=0, description="Intra-op threads for the local model; 0 = cores.")
+    query_threads: int = Field(
+        0, ge=0, description="Intra-op threads of a second session of the local model for calls "
+        "of at most 4 texts (questions); 0 = no second session (measured no faster: README).",
+    )
     timeout_s: float = Field(60.0, gt=0, description="Timeout of a remote embedding call.")
 
 
@@ -51,6 +55,9 @@ class EmbedSettings(BaseModel):
         if v and not (Path(v) / "config.json").is_file():
             raise ValueError(f"model_path {v!r} is not a model directory (no config.json)")
         return v
+
+
+CHARS_PER_TOKEN = 8  # the ceiling METIS_PARSE__MAX_TEXT_CHARS=0 derives the text limit with
 
 
 class ChunkSettings(BaseModel):
@@ -94,8 +101,10 @@ class ParseSettings(BaseModel):
     )
     max_pages: int = Field(2000, ge=1, description="Most pages of a PDF.")
     max_text_chars: int = Field(
-        5_000_000, ge=1000, description="Most characters of text extracted from one file (a "
-        "1,500-page book): all of it is chunked and embedded, so this bounds ingestion work.",
+        0, ge=0, description="Most characters of text extracted from one file; 0 = derived from "
+        "the chunk limit: METIS_CHUNK__MAX_CHUNKS_PER_DOCUMENT x METIS_CHUNK__MAX_TOKENS x 8 "
+        "characters a token (5,120,000 by default), so prose the chunk limit takes is not "
+        "refused at parse time.",
     )
     max_unzipped_mb: float = Field(
         200, gt=0, description="Most bytes a DOCX may expand to when unzipped, all parts together "
@@ -255,10 +264,11 @@ class CacheSettings(BaseModel):
         3600, gt=0, description="Agent tool results whose tool declares no TTL of its own."
     )
     semantic_max_error: float = Field(
-        0.01, ge=0, lt=1, description="Semantic level: the highest share of lookups you accept "
-        "being answered with another question's answer. The decision's threshold is the lowest "
-        "whose 95% upper confidence bound on the error measured on labelled calibration pairs "
-        "stays below it (README, Caching). Lower: fewer, safer hits; 0 switches the level off."
+        0.01, ge=0, lt=1, description="Semantic level: the highest share of semantic hits you "
+        "accept answering another question (1 - precision). The decision's threshold is the "
+        "lowest whose 95% upper confidence bound on that share, measured out of fold on labelled "
+        "calibration pairs, stays below it (README, Caching); the shipped calibration meets none "
+        "under 0.1, so at the default the level serves nothing. 0 switches the level off."
     )
     semantic_threshold: float | None = Field(
         None, gt=0, le=1, description="Deprecated and ignored (the cosine threshold before "
@@ -485,13 +495,13 @@ class KeyGrant(BaseModel):
     """What a key of METIS_API_KEYS's object form grants."""
 
     tenant: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
-    role: Literal["reader", "writer", "admin"] = "reader"
+    role: Literal["reader", "writer", "admin", "operator"] = "reader"
 
 
 class AuthSettings(BaseModel):
     protect_ops: bool | None = Field(
-        None, description="Require an admin key for /metrics, /docs, /redoc, /openapi.json and "
-        "the dashboard's data; unset = yes whenever API keys are in use.",
+        None, description="Require a key for /metrics and the dashboard's data (an operator's) "
+        "and /docs, /redoc, /openapi.json (an admin's); unset = yes whenever API keys are in use.",
     )
     scrape_token: str = Field(
         "", description="A token that also opens /metrics (Authorization: Bearer), for Prometheus.",
@@ -510,6 +520,22 @@ class AuthSettings(BaseModel):
     quotas: QuotaSettings = Field(QuotaSettings(), description="Every tenant's default quotas.")
     tenant_quotas: dict[str, QuotaSettings] = Field(
         default={}, description='Per-tenant overrides (JSON): {"acme": {"max_documents": 1000}}.',
+    )
+    quota_store: Literal["auto", "redis", "database", "memory"] = Field(
+        "auto", description="Where quota counters live: redis or database (shared by every "
+        "server), memory (this process); auto = redis when METIS_AUTH__QUOTA_REDIS_URL is set or "
+        "the cache is on Redis, else the database.",
+    )
+    quota_redis_url: str = Field(
+        "", description="Redis of the quota counters; empty = METIS_CACHE__REDIS_URL.",
+    )
+    quota_key_prefix: str = Field(
+        "metis:quota:", max_length=60,
+        description="Prefix of every quota counter's key (deployments sharing one Redis).",
+    )
+    quota_timeout_ms: float = Field(
+        250, gt=0, description="A slower Redis call counts as an outage: the server counts "
+        "locally until Redis answers again.",
     )
 
     @field_validator("trusted_proxies")
@@ -611,6 +637,17 @@ class Settings(BaseSettings):
     embed: EmbedSettings = EmbedSettings()
     chunk: ChunkSettings = ChunkSettings()
     parse: ParseSettings = ParseSettings()
+
+    @model_validator(mode="after")
+    def _derive_text_limit(self) -> Settings:
+        # English prose is about 4 characters a token of the embedding model's tokenizer. Text
+        # past twice that makes more chunks than the chunk limit allows (the task would refuse
+        # it with too_many_chunks after parsing it whole) unless its tokens average over 8
+        # characters, which only long identifiers or encoded data do.
+        if not self.parse.max_text_chars:
+            self.parse = self.parse.model_copy(update={"max_text_chars": (
+                self.chunk.max_chunks_per_document * self.chunk.max_tokens * CHARS_PER_TOKEN)})
+        return self
     retrieval: RetrievalSettings = RetrievalSettings()
     llm: LLMSettings = LLMSettings()
     cache: CacheSettings = CacheSettings()
@@ -643,6 +680,12 @@ class Settings(BaseSettings):
         toml_path = os.environ.get("METIS_CONFIG", "metis.toml")
         toml = TomlConfigSettingsSource(settings_cls, toml_file=toml_path)
         return (init_settings, env_settings, toml)
+
+    @model_validator(mode="after")
+    def _postgres_cache_needs_postgres(self) -> Settings:
+        if self.cache.backend == "postgres" and self.is_sqlite:
+            raise ValueError("METIS_CACHE__BACKEND=postgres needs a PostgreSQL METIS_DATABASE_URL")
+        return self
 
     @property
     def max_upload_bytes(self) -> int:

@@ -21,6 +21,7 @@ from .config import Settings
 from .embed import build_embedder
 from .embed.base import Embedder
 from .embed.cached import CachedEmbedder
+from .embed.metered import MeteredEmbedder
 from .errors import ServiceUnavailable
 from .ingest.chunker import Chunker
 from .ingest.pipeline import Ingestor
@@ -28,7 +29,7 @@ from .ingest.sandbox import ParseSandbox
 from .llm.base import LLM
 from .llm.cached import CachedLLM
 from .llm.fallback import build_chain
-from .observability.metered import MeteredEmbedder, MeteredLLM
+from .llm.metered import MeteredLLM
 from .observability.metrics import Metrics
 from .observability.tracing import Tracing
 from .rag.chat import ChatService
@@ -45,6 +46,7 @@ from .tasks import Role, build_backend
 from .tasks.base import TaskBackend
 from .tasks.handlers import IngestEmbedder, build_registry
 from .tenancy.audit import AuditLog
+from .tenancy.counters import build_counters
 from .tenancy.keys import KeyRing, static_keys
 from .tenancy.quotas import Quotas
 
@@ -56,9 +58,9 @@ class Services:
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
-    embedder: Embedder
+    embedder: Embedder  # behind the embedding cache, when there is one
     vectors: VectorStore
-    llm: LLM | None
+    llm: LLM | None  # behind the LLM cache, when there is one
     ingestor: Ingestor
     retriever: Retriever
     chat: ChatService
@@ -73,6 +75,10 @@ class Services:
     audit: AuditLog
     quotas: Quotas
     cache_invalidations: SlidingWindow  # DELETE /api/cache, per client
+    # The same embedder and LLM without their caches (batching, metering and rate limits kept):
+    # for `cache: false` and for health probes that must reach the model.
+    uncached_embedder: Embedder
+    uncached_llm: LLM | None
     # The throughput layer, for metrics (`stats` on each): query micro-batching and the (rate
     # limited) LLM chain that `llm` wraps in the LLM cache.
     query_batcher: BatchingEmbedder | None = None
@@ -115,6 +121,7 @@ async def open_services(
             stack.push_async_callback(query_batcher.close)
             embedder = query_batcher
         caches: Caches | None = None
+        uncached_embedder = embedder
         if settings.cache.enabled:
             caches = await open_caches(settings.cache, settings.data_dir, embedder.dim, stack,
                                      engine=engine)
@@ -128,11 +135,11 @@ async def open_services(
             if fixed["added"] or fixed["removed"]:
                 log.warning("vector index reconciled with the database: %s", fixed)
 
-        llm = llm_chain = build_chain(settings.llm, settings.ratelimit)
+        llm = llm_chain = uncached_llm = build_chain(settings.llm, settings.ratelimit)
         if llm is not None:
             await llm.start()
             stack.push_async_callback(llm.close)
-            llm = MeteredLLM(llm, metrics)
+            llm = uncached_llm = MeteredLLM(llm, metrics)
             if caches is not None:
                 llm = CachedLLM(llm, caches.llm)
 
@@ -157,7 +164,8 @@ async def open_services(
         await conversations.start()
         stack.push_async_callback(conversations.close)
         chat = ChatService(settings, sessions, embedder, retriever, llm, caches, lookup,
-                           conversations)
+                           conversations, uncached_embedder=uncached_embedder,
+                           uncached_llm=uncached_llm)
         index_flusher = IndexFlusher(vectors)
         stack.push_async_callback(index_flusher.close)
         ingest_embedder = IngestEmbedder(embedder)
@@ -166,6 +174,9 @@ async def open_services(
         keyring = KeyRing(static_keys(settings.api_keys), settings.auth.reload_s)
         await keyring.start(sessions)
         stack.push_async_callback(keyring.close)
+        counters = build_counters(settings, engine)
+        await counters.start()
+        stack.push_async_callback(counters.close)
         audit = AuditLog(sessions, window_ms=settings.auth.audit_window_ms)
         await audit.start()
         stack.push_async_callback(audit.close)
@@ -190,8 +201,10 @@ async def open_services(
             ingest_embedder=ingest_embedder,
             keyring=keyring,
             audit=audit,
-            quotas=Quotas(settings.auth),
+            quotas=Quotas(settings.auth, counters, sessions),
             cache_invalidations=SlidingWindow(settings.cache.invalidations_per_min),
+            uncached_embedder=uncached_embedder,
+            uncached_llm=uncached_llm,
             analyzer=DocumentAnalyzer(settings.analysis, llm) if settings.analysis.enabled
             else None,
         )

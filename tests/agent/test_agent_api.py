@@ -133,3 +133,24 @@ async def test_audits_are_tenant_scoped(make_settings: Callable[..., Settings]) 
             other = await a.get(url, headers={"X-API-Key": "key-b"})
             assert other.status_code == 404 and other.json()["code"] == "agent_query_not_found"
             assert (await a.get("/api/queries/nope/audit")).status_code == 404
+
+
+async def test_a_low_score_is_refined_and_the_scores_reach_metrics(
+    client: httpx.AsyncClient,
+) -> None:
+    await seed(client)
+    body = (await client.post("/api/chat/query", json={
+        "message": "What is the sum of the ports of ssh and gopherx?", "collection": "net",
+        "mode": "agent"})).json()
+    agent = body["agent"]
+    assert agent["rounds"] == 1 and agent["scores"]["completeness"] < 1
+    assert "The port of ssh is 22" in body["answer"] and "could not establish" in body["answer"]
+    audit = (await client.get(f"/api/queries/{agent['query_id']}/audit")).json()
+    refinement = next(e for e in audit["events"] if e["kind"] == "refinement")
+    assert refinement["output"]["retried"] == ["s3"]
+    searches = [e["input"] for e in audit["events"] if e["kind"] == "tool_call"]
+    assert {"query": "gopherx port", "top_k": 20} in searches  # the widened retry
+    metrics = (await client.get("/metrics")).text
+    assert 'metis_agent_score_count{score="groundedness"} 1.0' in metrics
+    assert "metis_agent_refinements_total 1.0" in metrics
+    assert 'metis_agent_steps_total{op="figure",status="error"}' in metrics

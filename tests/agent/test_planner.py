@@ -152,3 +152,18 @@ def test_invalid_plans_are_refused_before_they_run(bad: Any) -> None:
     with pytest.raises(InvalidInput) as exc:
         check_plan(plan_from_json(bad, "q", "llm"), ["rag_search", "calculator"], 12)
     assert exc.value.code == "invalid_plan"
+
+
+@pytest.mark.parametrize(("sentence", "supported"), [
+    ("The port of ssh is 22 [1].", True),
+    ("ssh uses port 22 [1].", True),
+    ("The port of ssh is 23 [1].", False),  # telnet's number, two rows down
+    ("The port of telnet is 22 [1].", False),  # ssh's number with a neighbour's name
+    ("The port of ssh is 2222 [1].", False),
+])
+def test_groundedness_needs_the_name_and_its_number_on_one_row(sentence: str,
+                                                                supported: bool) -> None:
+    from tests.agent.passages import SERVICES
+
+    scores = evaluate("What is the port?", sentence, {1: SERVICES})
+    assert scores.sentences[0]["supported"] is supported, scores.sentences

@@ -4,9 +4,14 @@ PostgreSQL)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 
+from metis_rag.app import create_app
+from metis_rag.config import Settings
 from tests.uploads import ingest
 
 pytestmark = pytest.mark.databases
@@ -104,8 +109,36 @@ async def test_conversations_are_listed_renamed_and_deleted(client: httpx.AsyncC
     assert (await client.get("/api/conversations")).json()["total"] == 1
 
 
-async def test_me_without_keys_is_the_single_tenant_admin(client: httpx.AsyncClient) -> None:
+async def test_me_without_keys_is_the_single_tenant_operator(client: httpx.AsyncClient) -> None:
+    # Without keys the one tenant may do everything, server-wide views included.
     r = await client.get("/api/me")
     assert r.status_code == 200
-    assert r.json() == {"tenant": "default", "role": "admin", "key_id": "",
+    assert r.json() == {"tenant": "default", "role": "operator", "key_id": "",
                         "keys_in_use": False}
+
+
+async def test_renames_and_deletes_of_conversations_are_audited(
+    make_settings: Callable[..., Settings],
+) -> None:
+    keys = {"browse-writer-key-1": {"tenant": "acme", "role": "writer"},
+            "browse-admin-key-1": {"tenant": "acme", "role": "admin"}}
+    app = create_app(make_settings(api_keys=keys))
+    async with LifespanManager(app, startup_timeout=120) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://metis",
+                                     headers={"X-API-Key": "browse-writer-key-1"}) as writer:
+            await ingest(writer, {"alpha.txt": ALPHA}, collection="handbook")
+            conv = (await writer.post("/api/chat/query", json={
+                "message": "How long is the refund window?", "collection": "handbook"})
+            ).json()["conversation_id"]
+            assert (await writer.get("/api/me")).json()["role"] == "writer"
+            assert (await writer.patch(f"/api/conversations/{conv}",
+                                       json={"title": "Refunds"})).status_code == 200
+            assert (await writer.delete(f"/api/conversations/{conv}")).status_code == 204
+        async with httpx.AsyncClient(transport=transport, base_url="http://metis",
+                                     headers={"X-API-Key": "browse-admin-key-1"}) as admin:
+            items = (await admin.get("/api/audit")).json()["items"]
+    done = [(a["action"], a["target"], a["status"]) for a in items
+            if a["action"].startswith("conversation.")]
+    assert sorted(done) == [("conversation.delete", conv, 204),
+                            ("conversation.rename", conv, 200)]

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator
 
@@ -18,6 +13,7 @@ from asgi_lifespan import LifespanManager
 from metis_rag.app import create_app
 from metis_rag.config import CacheSettings, LLMSettings
 from tests.files import FACTS, MAKERS, md_bytes
+from tests.spawn import RedisServer, free_port
 from tests.uploads import ingest, replace
 
 pytestmark = pytest.mark.slow
@@ -99,19 +95,31 @@ async def test_another_question_about_the_same_passage_is_not_a_semantic_hit(
     assert (stats["hits"], stats["misses"]) == (1, 2)
     assert stats["rejected"] == {"question_type": 1}  # the first question had no candidate
     assert stats["max_error"] == 0.2 and stats["shared"] is True
+    assert (stats["serving"], stats["off_reason"], stats["skipped"]) == (True, None, 0)
 
 
 async def test_at_the_default_bound_a_paraphrase_is_answered_afresh(
     app_client,  # type: ignore[no-untyped-def]
 ) -> None:
-    client = await app_client()
-    await seed(client)
-    await ask(client, message="How do I rotate the API keys?")
-    para = await ask(client, message="How can I rotate the API keys?")
-    assert para["cache"]["level"] is None
+    from metis_rag.devtools.fake_llm import FakeLLMServer
+
+    with FakeLLMServer() as server:
+        client = await app_client(llm=LLMSettings(provider="openai", url=server.url, model="f"))
+        await seed(client)
+        await ask(client, message="How do I rotate the API keys?")
+        para = await ask(client, message="How can I rotate the API keys?")
+        assert para["cache"]["level"] is None
+        # Without retrieval the question was embedded only for the semantic lookup: no more.
+        plain = await ask(client, message="Is the sky blue on Mondays?", use_rag=False)
+        assert plain["mode"] == "llm" and plain["cache"]["level"] is None
+        assert plain["timings_ms"]["embed"] == 0.0
     stats = (await client.get("/api/cache/stats")).json()["levels"]["semantic"]
     assert stats["max_error"] == 0.01 and stats["score_threshold"] > 1
-    assert stats["rejected"] == {"score": 1}
+    # The level cannot serve, so it skipped its lookups (no round trip), and says why.
+    assert (stats["serving"], stats["skipped"], stats["misses"]) == (False, 3, 0)
+    assert stats["rejected"] == {}
+    assert "no calibrated threshold meets METIS_CACHE__SEMANTIC_MAX_ERROR=0.01" in (
+        stats["off_reason"])
 
 
 async def test_a_question_naming_another_identifier_or_figure_is_never_a_semantic_hit(
@@ -222,38 +230,17 @@ async def test_invalidation_is_rate_limited(app_client) -> None:  # type: ignore
     assert int(r.headers["Retry-After"]) >= 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _redis(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--save", "",
-         "--appendonly", "no", "--bind", "127.0.0.1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("redis-server did not start")
-
-
 async def test_redis_killed_mid_run_fails_no_request(app_client) -> None:  # type: ignore[no-untyped-def]
-    port = _free_port()
-    redis = _redis(port)
+    redis = RedisServer(free_port())
+    redis.start()
     try:
         client = await app_client(cache=CacheSettings(
-            backend="redis", redis_url=f"redis://127.0.0.1:{port}/0"))
+            backend="redis", redis_url=redis.url))
         await seed(client)
         statuses: list[int] = []
         for i, (_, question, *_rest) in enumerate(FACTS * 4):
             if i == 6:
-                os.kill(redis.pid, signal.SIGKILL)
-                redis.wait()
+                redis.kill()
             # Repeats are served by the memory tier; fresh questions must go through Redis.
             message = question if i % 2 else f"fresh question number {i}"
             r = await client.post("/api/chat/query", json={"message": message, "collection": "hb"})
@@ -262,7 +249,7 @@ async def test_redis_killed_mid_run_fails_no_request(app_client) -> None:  # typ
         stats = (await client.get("/api/cache/stats")).json()
         tier = stats["tiers"][1]
         assert tier["backend"] == "RedisBackend" and tier["errors"] > 0
-        redis = _redis(port)  # back on the same port: the tier recovers by itself
+        redis.start()  # back on the same port: the tier recovers by itself
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             r = await client.post("/api/chat/query",
@@ -274,8 +261,8 @@ async def test_redis_killed_mid_run_fails_no_request(app_client) -> None:  # typ
             await asyncio.sleep(0.5)
         assert (await client.get("/api/cache/stats")).json()["tiers"][1]["healthy"]
     finally:
-        redis.kill()
-        redis.wait()
+        if redis.process is not None:
+            redis.kill()
 
 
 async def test_two_servers_share_semantic_hits_and_serve_no_stale_answer(
@@ -283,18 +270,17 @@ async def test_two_servers_share_semantic_hits_and_serve_no_stale_answer(
 ) -> None:
     """Two app instances on one database and one Redis: B serves what A answered (exact and
     semantic, from Redis), and after A changes a document neither serves an old answer."""
-    port = _free_port()
-    redis = _redis(port)
+    redis = RedisServer(free_port())
+    redis.start()
     try:
-        cache = SERVING.model_copy(update={"backend": "redis",
-                                           "redis_url": f"redis://127.0.0.1:{port}/0"})
+        cache = SERVING.model_copy(update={"backend": "redis", "redis_url": redis.url})
         a = await app_client(cache=cache, data_dir=tmp_path / "a")
         shared_db = f"sqlite+aiosqlite:///{tmp_path / 'a' / 'metis.db'}"
         b = await app_client(cache=cache, data_dir=tmp_path / "b", database_url=shared_db)
         await _two_servers_then_a_document_change(a, b)
     finally:
-        redis.kill()
-        redis.wait()
+        if redis.process is not None:
+            redis.kill()
 
 
 @pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True)

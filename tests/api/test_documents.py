@@ -97,7 +97,10 @@ async def test_put_answers_202_and_its_task_swaps_the_chunks(client: httpx.Async
 async def test_a_failed_replace_leaves_the_old_version_intact(
     make_settings: Callable[..., Settings],
 ) -> None:
-    app = create_app(make_settings(chunk={"max_chunks_per_document": 4}))
+    # The text limit pinned high: derived from a 4-chunk limit, it would refuse the file at
+    # upload, and this test is about the task failing.
+    app = create_app(make_settings(chunk={"max_chunks_per_document": 4},
+                                   parse={"max_text_chars": 1_000_000}))
     async with LifespanManager(app, startup_timeout=120) as manager, httpx.AsyncClient(
             transport=httpx.ASGITransport(app=manager.app), base_url="http://metis") as client:
         doc_id = (await ingest(client, {"ops.md": md_bytes()}))["results"][0]["document_id"]

@@ -144,7 +144,9 @@ async def test_a_file_past_the_chunk_limit_fails_its_task_clearly(make_settings)
     from metis_rag.config import ChunkSettings
     from tests.uploads import wait_tasks
 
-    app = create_app(make_settings(chunk=ChunkSettings(max_chunks_per_document=3)))
+    # The text limit pinned: derived from this chunk limit it would refuse the file at upload.
+    app = create_app(make_settings(chunk=ChunkSettings(max_chunks_per_document=3),
+                                   parse={"max_text_chars": 1_000_000}))
     async with LifespanManager(app, startup_timeout=120) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://metis") as client:

@@ -5,42 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-import redis
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from metis_rag.cache import CacheBackend, DiskBackend, MemoryBackend, RedisBackend
 from metis_rag.cache.postgres import PostgresBackend
 from metis_rag.store.db import migrate
+from tests.fakeclock import FakeClock
+from tests.spawn import RedisServer, free_port
 
 REDIS_URL = os.environ.get("METIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
-class FakeClock:
-    """A clock tests move by hand, like cachetools' test `Timer`."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(1_700_000_000.0)
 
 
 def unique_namespace() -> str:
@@ -95,70 +79,9 @@ def pass_time(backend: CacheBackend, clock: FakeClock) -> Callable[[float], Awai
         if isinstance(backend, RedisBackend):
             await asyncio.sleep(seconds)
         else:
-            clock.advance(seconds)
+            clock.step(seconds)
 
     return wait
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RedisServer:
-    """A throwaway redis-server on its own port, nothing persisted."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--loglevel",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        with redis.Redis(port=self.port, socket_timeout=0.5) as client:
-            while True:
-                try:
-                    client.ping()
-                    return
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline or self.process.poll() is not None:
-                        raise RuntimeError(f"redis-server did not start on {self.port}") from None
-                    time.sleep(0.02)
-
-    def kill(self) -> None:
-        """SIGKILL: no goodbye to clients, as in a crash."""
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait()
-        self.process = None
-
-    def pause(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=1)
 
 
 @pytest.fixture

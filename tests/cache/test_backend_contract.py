@@ -194,7 +194,9 @@ async def test_concurrent_appends_all_land(backend: CacheBackend) -> None:
     # Several servers append to one list at once: every item, each at its own position.
     await asyncio.gather(*(backend.append("log", f"{i}".encode(), ttl_s=60)
                            for i in range(20)))
-    length, items = await backend.read_list("log")
+    found = await backend.read_list("log")
+    assert found is not None
+    length, items = found
     assert length == 20 and sorted(int(v) for v in items) == list(range(20))
 
 

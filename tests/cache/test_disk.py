@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from metis_rag.cache import DiskBackend
-
-from .conftest import FakeClock
+from tests.fakeclock import FakeClock
 
 
 async def test_survives_close_and_reopen(tmp_path: Path, clock: FakeClock) -> None:
@@ -22,7 +21,7 @@ async def test_survives_close_and_reopen(tmp_path: Path, clock: FakeClock) -> No
     async with DiskBackend(tmp_path, clock=clock) as cache:
         assert await cache.get_many(["kept", "short"]) == {"kept": b"v1", "short": b"v2"}
         assert (await cache.stats()).entries == 2
-    clock.advance(61)  # expiry is wall-clock time, so it still holds after a restart
+    clock.step(61)  # expiry is wall-clock time, so it still holds after a restart
     async with DiskBackend(tmp_path, clock=clock) as cache:
         assert await cache.get_many(["kept", "short"]) == {"kept": b"v1"}
 
@@ -31,9 +30,9 @@ async def test_evicts_least_recently_used_by_entries(tmp_path: Path, clock: Fake
     async with DiskBackend(tmp_path, max_entries=3, clock=clock) as cache:
         for key in "abc":
             await cache.set(key, key.encode())
-            clock.advance(2)
+            clock.step(2)
         assert await cache.get("a") == b"a"  # a is recent again, b is now the oldest
-        clock.advance(2)
+        clock.step(2)
         await cache.set("d", b"d")
         assert await cache.get_many(list("abcd")) == {"a": b"a", "c": b"c", "d": b"d"}
         stats = await cache.stats()
@@ -43,14 +42,14 @@ async def test_evicts_least_recently_used_by_entries(tmp_path: Path, clock: Fake
 async def test_evicts_by_bytes_and_prefers_expired(tmp_path: Path, clock: FakeClock) -> None:
     async with DiskBackend(tmp_path, max_bytes=1000, clock=clock) as cache:
         await cache.set("old", bytes(300))
-        clock.advance(1)
+        clock.step(1)
         await cache.set("expiring", bytes(300), ttl_s=5)
-        clock.advance(10)
+        clock.step(10)
         await cache.set("new", bytes(300))
         await cache.set("newer", bytes(300))  # 1200 bytes: the expired entry goes first
         stats = await cache.stats()
         assert (stats.entries, stats.bytes, stats.evictions) == (3, 900, 0)
-        clock.advance(1)
+        clock.step(1)
         await cache.set("newest", bytes(300))  # now the least recently used goes
         assert set(await cache.get_many(["old", "new", "newer", "newest"])) == {
             "new",

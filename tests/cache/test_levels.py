@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
 
 import numpy as np
+import pytest
+from pydantic import ValidationError
 
-from metis_rag.cache.levels import digest, entities, normalize_question
+from metis_rag.cache.levels import digest, entities, normalize_question, open_caches
 from metis_rag.cache.memory import MemoryBackend
 from metis_rag.cache.tiered import TieredCache
+from metis_rag.config import CacheSettings, Settings
 from metis_rag.embed.cached import CachedEmbedder
 
 
@@ -65,3 +71,36 @@ def test_entities_are_the_identifiers_and_figures_a_question_names() -> None:
     assert entities("What does $? mean?") != entities("What does $$ mean?")
     assert entities("git reset --soft") == {"--soft"} != entities("git reset --hard")
     assert entities("How much paid holiday do I get each year?") == frozenset()
+
+
+def test_the_postgres_cache_backend_is_refused_without_a_postgresql_database(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ValidationError, match="needs a PostgreSQL METIS_DATABASE_URL"):
+        Settings(data_dir=tmp_path, cache=CacheSettings(backend="postgres"))
+    ok = Settings(data_dir=tmp_path, cache=CacheSettings(backend="postgres"),
+                  database_url="postgresql+asyncpg://metis@127.0.0.1/metis")
+    assert ok.cache.backend == "postgres"
+
+
+@pytest.mark.parametrize(("max_error", "level", "says"), [
+    (0.01, "WARNING", "no calibrated threshold meets METIS_CACHE__SEMANTIC_MAX_ERROR=0.01"),
+    (0.0, "INFO", "METIS_CACHE__SEMANTIC_MAX_ERROR=0 switches the semantic level off"),
+    (0.2, None, None),
+])
+async def test_a_level_that_cannot_serve_says_so_once_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, max_error: float, level: str | None,
+    says: str | None,
+) -> None:
+    settings = CacheSettings(backend="memory", semantic_max_error=max_error)
+    with caplog.at_level(logging.INFO, logger="metis_rag.cache.levels"):
+        async with AsyncExitStack() as stack:
+            caches = await open_caches(settings, tmp_path, 16, stack)
+            for _ in range(3):
+                await caches.semantic.match(("ns", "1", "1", "s"), np.ones(16, np.float32), "q?")
+    lines = [r for r in caplog.records if r.name == "metis_rag.cache.levels"]
+    if says is None:
+        assert lines == [] and caches.semantic.serving
+        return
+    assert len(lines) == 1 and lines[0].levelname == level and says in lines[0].getMessage()
+    assert caches.semantic.stats()["skipped"] == 3

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from metis_rag.cache import MemoryBackend
-
-from .conftest import FakeClock
+from tests.fakeclock import FakeClock
 
 
 async def test_least_recently_used_goes_first() -> None:
@@ -69,8 +68,8 @@ async def test_value_larger_than_the_bound_is_not_stored() -> None:
 async def test_expiry_follows_the_injected_clock(clock: FakeClock) -> None:
     cache = MemoryBackend(clock=clock)
     await cache.set("k", b"v", ttl_s=10)
-    clock.advance(9.9)
+    clock.step(9.9)
     assert await cache.get("k") == b"v"
-    clock.advance(0.1)
+    clock.step(0.1)
     assert await cache.get("k") is None
     assert (await cache.stats()).entries == 0

@@ -9,8 +9,9 @@ import time
 import pytest
 
 from metis_rag.cache import RedisBackend
+from tests.fakeclock import FakeClock
 
-from .conftest import REDIS_URL, FakeClock, RedisServer, unique_namespace
+from .conftest import REDIS_URL, RedisServer, unique_namespace
 
 
 async def test_namespaces_are_isolated() -> None:
@@ -54,7 +55,7 @@ async def test_breaker_opens_skips_and_recovers(
             assert await backend.clear() == -1
             assert (backend.errors, backend.skipped) == (3, 2)  # Redis was not even asked
 
-            clock.advance(5)
+            clock.step(5)
             assert await backend.get("k") is None  # the probe, still refused
             assert (backend.errors, backend.healthy) == (4, False)
 
@@ -62,7 +63,7 @@ async def test_breaker_opens_skips_and_recovers(
             await backend.set("k", b"v")  # a new cool-down is running: skipped
             with redis_server.client() as raw:
                 assert raw.get("t:k") is None
-            clock.advance(5)
+            clock.step(5)
             await backend.set("k", b"v")  # the probe goes through and closes the breaker
             assert backend.healthy
             assert await backend.get("k") == b"v"
@@ -77,9 +78,11 @@ async def test_slow_redis_is_a_fast_miss(redis_server: RedisServer, clock: FakeC
     backend = RedisBackend(redis_server.url, timeout_s=0.05, cooldown_s=5, clock=clock)
     async with backend:
         await backend.set("k", b"v")
+        await backend.append("log", b"x")
         redis_server.pause()  # accepts bytes, never answers
         try:
-            for _ in range(3):
+            assert await backend.read_list("log") is None  # unreadable: not (0, []), "empty"
+            for _ in range(2):
                 started = time.perf_counter()
                 assert await backend.get("k") is None
                 assert time.perf_counter() - started < 0.5
@@ -87,11 +90,14 @@ async def test_slow_redis_is_a_fast_miss(redis_server: RedisServer, clock: FakeC
             started = time.perf_counter()
             assert await backend.get("k") is None
             assert time.perf_counter() - started < 0.005  # open breaker: no round trip at all
+            assert await backend.read_list("log") is None
         finally:
             redis_server.resume()
-        clock.advance(5)
+        clock.step(5)
         assert await backend.get("k") == b"v"
         assert backend.healthy
+        assert await backend.read_list("log") == (1, [b"x"])
+        await backend.clear()
 
 
 async def test_a_cancelled_probe_does_not_wedge_the_breaker(
@@ -104,7 +110,7 @@ async def test_a_cancelled_probe_does_not_wedge_the_breaker(
             for _ in range(3):
                 await backend.get("k")
             assert not backend.healthy
-            clock.advance(5)
+            clock.step(5)
             probe = asyncio.create_task(backend.get("k"))
             await asyncio.sleep(0.01)  # the probe is now waiting on the frozen server
             probe.cancel()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from metis_rag.cache import CacheBackend, RedisBackend
+from metis_rag.cache import CacheBackend, MemoryBackend, RedisBackend
 from metis_rag.cache.equivalence import Equivalence, Model
 from metis_rag.cache.semantic import SemanticIndex, decode_record, encode_record
 
@@ -147,6 +147,26 @@ async def test_a_clear_on_one_server_empties_the_others(backend: CacheBackend) -
     assert server_b.entries == 1
 
 
+async def test_a_list_cleared_and_refilled_past_what_a_server_saw_is_read_again(
+    backend: CacheBackend,
+) -> None:
+    """A clear (or a Redis restarted without its data) followed by more appends than B had
+    seen, before B reads again: B must not take the new list for the old one grown."""
+    server_a, server_b = index(backend), index(backend)
+    v = unit(1)
+    await server_a.add(PART, v, "key-a", Q)
+    await server_a.add(PART, unit(9), "key-x", "How do I delete a user?")
+    assert await server_b.match(PART, v, Q) is not None
+    await server_a.clear("ns-a")
+    await server_a.add(PART, unit(8), "key-c", "How do I add a user?")
+    await server_a.add(PART, unit(10), "key-d", "How do I rename a user?")
+    await server_a.add(PART, unit(11), "key-e", "How do I disable a user?")
+    found = await server_b.match(PART, unit(8), "How do I add a user?")
+    assert found is not None and found.candidate.key == "key-c"
+    assert await server_b.match(PART, v, Q) is None
+    assert server_b.entries == 3
+
+
 async def test_a_new_collection_version_is_a_new_partition_everywhere(
     backend: CacheBackend,
 ) -> None:
@@ -180,3 +200,45 @@ async def test_an_unreadable_record_is_skipped(garbage: bytes) -> None:
     await log.append(SemanticIndex.log_key(PART), encode_record("key-a", Q, v))
     found = await index(log).match(PART, v, Q)
     assert found is not None and found.candidate.key == "key-a"
+
+
+# -- a bound no threshold meets: the level is off, and says so ------------------------------
+
+
+class CountingLog(MemoryBackend):
+    """A real in-memory backend that counts the list round trips a lookup would make."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def read_list(self, key: str, start: int = 0) -> tuple[int, list[bytes]] | None:
+        self.reads += 1
+        return await super().read_list(key, start)
+
+
+@pytest.mark.parametrize("max_error", [0.01, 0.0])
+async def test_a_level_that_cannot_serve_skips_its_lookups(max_error: float) -> None:
+    log = CountingLog()
+    off = SemanticIndex(DIM, max_entries=1000, log=log, ttl_s=60,
+                        equivalence=Equivalence(Model.load(), max_error=max_error))
+    v = unit(1)
+    await off.add(PART, v, "key-a", Q)
+    assert await off.match(PART, unit(2, near=v), PARA) is None
+    assert log.reads == 0  # no round trip to the shared list
+    assert not off.serving
+    stats = off.stats()
+    assert (stats["serving"], stats["skipped"], stats["misses"]) == (False, 1, 0)
+    assert stats["rejected"] == {} and stats["entries"] == 0  # no mirror kept for nothing
+    assert "METIS_CACHE__SEMANTIC_MAX_ERROR" in stats["off_reason"]
+    # The question still reached the shared list: a server with a looser bound serves it.
+    found = await index(log).match(PART, unit(2, near=v), PARA)
+    assert found is not None and found.candidate.key == "key-a"
+    assert index(log).stats()["off_reason"] is None and index(log).serving
+
+
+async def test_a_level_that_cannot_serve_and_shares_nothing_keeps_nothing() -> None:
+    off = SemanticIndex(DIM, max_entries=1000, equivalence=Equivalence(Model.load(), 0.01))
+    await off.add(PART, unit(1), "key-a", Q)
+    assert off.entries == 0 and await off.match(PART, unit(1), Q) is None
+    assert off.skipped == 1

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from metis_rag.cache import Codec, DiskBackend, MemoryBackend, TieredCache
-
-from .conftest import FakeClock
+from tests.fakeclock import FakeClock
 
 
 @pytest.fixture
@@ -53,11 +52,11 @@ async def test_backfill_keeps_the_remaining_ttl(
     cache: TieredCache, memory: MemoryBackend, clock: FakeClock
 ) -> None:
     await cache.set("q", "v", ttl_s=10)
-    clock.advance(8)
+    clock.step(8)
     await memory.clear()
     assert await cache.get("q") == "v"
     assert await memory.get("t:q") is not None
-    clock.advance(2.5)  # past the original deadline, not 10 s after the back-fill
+    clock.step(2.5)  # past the original deadline, not 10 s after the back-fill
     assert await memory.get("t:q") is None
     assert await cache.get("q") is None
 
@@ -66,7 +65,7 @@ async def test_default_ttl_applies(memory: MemoryBackend, clock: FakeClock) -> N
     cache = TieredCache([memory], default_ttl_s=5, clock=clock)
     await cache.set("a", 1)
     await cache.set("b", 2, ttl_s=50)
-    clock.advance(6)
+    clock.step(6)
     assert await cache.get_many(["a", "b"]) == {"b": 2}
 
 
@@ -123,7 +122,7 @@ async def test_get_many_backfill_never_outlives_an_entry(
     await cache.set("long", 2, ttl_s=100)
     await memory.clear()
     assert await cache.get_many(["short", "long"]) == {"short": 1, "long": 2}
-    clock.advance(5)
+    clock.step(5)
     assert await memory.get("t:short") is None
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 import time
@@ -15,16 +14,10 @@ import orjson
 import pytest
 
 from metis_rag.devtools.fake_llm import FakeLLMServer, fake_answer, hashed_embeddings
+from tests.fakeclock import FakeClock
+from tests.spawn import free_port
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "[1] The sky is blue. Yes."}]}
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +36,6 @@ def fake(fake_server: FakeLLMServer) -> FakeLLMServer:
 def http(fake: FakeLLMServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=fake.url, timeout=10) as client:
         yield client
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_answer_cites_the_text_under_the_first_source_label() -> None:
@@ -144,7 +131,7 @@ def test_429_failures_send_retry_after(http: httpx.Client, fake: FakeLLMServer) 
 
 
 def test_rate_cap_answers_429_beyond_max_rps_in_any_second() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     with FakeLLMServer(clock=clock, max_rps=5) as fake, httpx.Client(base_url=fake.url) as http:
         statuses = [http.post("/api/chat", json=CHAT).status_code for _ in range(8)]
         assert statuses == [200] * 5 + [429] * 3

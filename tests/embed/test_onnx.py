@@ -56,3 +56,22 @@ def test_int8_embeddings_stay_close_to_torch(prepared_models: Path) -> None:
     assert short.mean() >= 0.97
     # Not a degenerate model that maps everything to one point: texts stay apart.
     assert float((got @ got.T)[0, 1]) < 0.9
+
+
+def test_questions_through_the_query_session_embed_as_in_a_batch(prepared_models: Path) -> None:
+    async def run() -> tuple[np.ndarray, np.ndarray]:
+        embedder = OnnxEmbedder(EmbedSettings(query_threads=1), prepared_models)
+        await embedder.start()
+        try:
+            assert embedder._query_session is not None
+            alone = np.vstack([await embedder.embed([t]) for t in SHORT])  # query session
+            batched = np.vstack([embedder.embed_sync([t] * 5)[:1] for t in SHORT])  # main one
+            return alone, batched
+        finally:
+            await embedder.close()
+
+    alone, batched = asyncio.run(run())
+    np.testing.assert_allclose(alone, batched, atol=1e-5)
+    no_second = OnnxEmbedder(EmbedSettings(query_threads=0), prepared_models)
+    asyncio.run(no_second.start())
+    assert no_second._query_session is None

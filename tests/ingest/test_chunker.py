@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Sequence
 
 import pytest
@@ -322,20 +321,3 @@ def test_parsed_pdf_chunks_cite_pages_and_headings(count_tokens, make_pdf) -> No
         (4, "Operation"),
     }
     assert [c.page for c in chunks] == sorted(c.page for c in chunks)
-
-
-def test_throughput_of_a_200_page_text(count_tokens) -> None:
-    """Printed, not asserted: speed targets belong in benchmarks/."""
-    doc = synthetic_document(200, seed=1)
-    data = "\n\n".join(s.text for s in doc.sections).encode()
-    count_tokens(["warm up"])
-    for counts_add_up in (False, True):
-        chunker = Chunker(count_tokens, 128, 24, counts_add_up=counts_add_up)
-        started = time.perf_counter()
-        chunks = chunker.chunk(parse(data, "big.txt"))
-        elapsed = time.perf_counter() - started
-        print(
-            f"\nparse+chunk 200 pages ({len(data) // 1024} KiB, counts_add_up={counts_add_up}): "
-            f"{len(chunks)} chunks in {elapsed:.2f}s = {len(chunks) / elapsed:.0f} chunks/s"
-        )
-    assert chunks

@@ -100,3 +100,13 @@ async def test_close_stops_every_parser_process() -> None:
     alive = [pid for pid in started if psutil.pid_exists(pid)
              and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
     assert not alive and os.getpid()
+
+
+def test_the_text_limit_follows_the_chunk_limit_unless_set() -> None:
+    from metis_rag.config import Settings
+
+    assert Settings().parse.max_text_chars == 5000 * 128 * 8
+    smaller = Settings(chunk={"max_chunks_per_document": 100, "max_tokens": 64})
+    assert smaller.parse.max_text_chars == 100 * 64 * 8
+    assert ParseSandbox(smaller.parse).limits.max_text_chars == 51_200
+    assert Settings(parse={"max_text_chars": 2000}).parse.max_text_chars == 2000

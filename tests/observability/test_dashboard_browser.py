@@ -117,13 +117,13 @@ def test_dashboard_draws_live_data(metis_server: Server, tmp_path: Path) -> None
 
 
 @needs_chromium
-def test_dashboard_signs_in_when_its_data_needs_an_admin_key(
+def test_dashboard_signs_in_when_its_data_needs_an_operator_key(
     prepared_models: Path, tmp_path: Path,
 ) -> None:
     from selenium.webdriver.support.wait import WebDriverWait
 
-    keys = {"dash-admin-key": {"tenant": "acme", "role": "admin"},
-            "dash-reader-key": {"tenant": "acme", "role": "reader"}}
+    keys = {"dash-operator-key": {"tenant": "acme", "role": "operator"},
+            "dash-admin-key": {"tenant": "acme", "role": "admin"}}
     (tmp_path / "serve").mkdir()
     with metis_serve(prepared_models, tmp_path / "serve",
                      METIS_API_KEYS=orjson.dumps(keys).decode()) as server:
@@ -135,7 +135,7 @@ def test_dashboard_signs_in_when_its_data_needs_an_admin_key(
             form = driver.find_element("id", "sign-in")
             assert form.is_displayed() and driver.execute_script(state)["updates"] == 0
             assert "needs an API key" in driver.find_element("id", "sign-in-message").text
-            assert "admin API key" in driver.find_element("id", "status").text
+            assert "operator API key" in driver.find_element("id", "status").text
 
             def sign_in(key: str) -> None:
                 field = driver.find_element("id", "api-key")
@@ -143,11 +143,11 @@ def test_dashboard_signs_in_when_its_data_needs_an_admin_key(
                 field.send_keys(key)
                 driver.find_element("css selector", "#sign-in button").click()
 
-            sign_in("dash-reader-key")  # a reader is refused, with the server's own sentence
-            WebDriverWait(driver, 30).until(lambda d: "this key is a reader" in d.find_element(
+            sign_in("dash-admin-key")  # a tenant's admin is refused, with the server's sentence
+            WebDriverWait(driver, 30).until(lambda d: "this key is an admin" in d.find_element(
                 "id", "sign-in-message").text)
             assert driver.execute_script(state)["updates"] == 0
-            sign_in("dash-admin-key")
+            sign_in("dash-operator-key")
             WebDriverWait(driver, 30).until(
                 lambda d: (d.execute_script(state) or {}).get("updates", 0) >= 2)
             assert not form.is_displayed() and driver.execute_script(state)["errors"] == 0
@@ -158,6 +158,6 @@ def test_dashboard_signs_in_when_its_data_needs_an_admin_key(
                 lambda d: (d.execute_script(state) or {}).get("updates", 0) >= 1)
             assert not driver.find_element("id", "sign-in").is_displayed()
             driver.get(server.url + "/")
-            assert driver.find_element("id", "api-key").get_attribute("value") == "dash-admin-key"
+            assert driver.find_element("id", "api-key").get_attribute("value") == "dash-operator-key"
         finally:
             driver.quit()

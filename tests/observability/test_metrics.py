@@ -3,7 +3,6 @@ embedding batches, the DB pool, the process, and one registry per app."""
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
 from .conftest import Served, serve
@@ -120,10 +119,6 @@ async def test_scrapes_do_not_touch_the_dashboards_request_figures(served: Serve
     assert summary["requests"]["requests"] == 1
     m = scrape((await served.client.get("/metrics")).text)
     assert value(m, HTTP, method="GET", route="/metrics", status="200") == 3
-
-
-def test_transport_is_real() -> None:
-    assert httpx.ASGITransport  # the fixtures drive the real ASGI app, lifespan included
 
 
 async def test_made_up_methods_share_one_label(served: Served) -> None:

@@ -96,7 +96,9 @@ async def test_a_question_and_a_task_are_traced_over_otlp(make_settings, fake_ll
     assert {"cache.lookup", "embed", "retrieve", "generate"} <= names
     levels = {s.attributes["metis.cache.level"]: s.attributes.get("metis.cache.hit")
               for s in _by_name(question, "cache.lookup")}
-    assert levels["exact"] is False and levels["semantic"] is False and "llm" in levels
+    # At the default error bound the semantic level cannot serve, so it is not looked up.
+    assert levels["exact"] is False and levels.get("semantic") in (None, False)
+    assert "llm" in levels
     generate = _by_name(question, "generate")[0]
     assert generate.attributes["gen_ai.usage.output_tokens"] > 0
     by_id = {s.span_id: s for s in question}

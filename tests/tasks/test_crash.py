@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from metis_rag.store.models import Chunk, Document
 from metis_rag.tasks import build_backend, repo
 from metis_rag.tasks.handlers import build_registry
 from metis_rag.tasks.types import TaskSpec
+from tests.spawn import free_port
 from tests.tasks.conftest import REPO, Workers, task_settings, worker_env
 
 pytestmark = pytest.mark.slow
@@ -49,12 +49,6 @@ async def check_exactly_once(settings: Settings, collection: str) -> None:
                 assert declared == actual > 0  # never half written
             in_db = await store_repo.chunk_ids_of_collection(session, coll.id)
         assert await services.vectors.ids(coll.id) == in_db
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def serve(settings: Settings, port: int, log: Path) -> subprocess.Popen[bytes]:

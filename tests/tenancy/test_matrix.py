@@ -1,5 +1,5 @@
 """The cross-tenant matrix: every /api endpoint (read from the app's routes, so a new one cannot
-escape) x two tenants x three roles. Zero reads or writes across tenants, zero existence leaks
+escape) x two tenants x four roles. Zero reads or writes across tenants, zero existence leaks
 (a foreign id answers exactly like a missing one), role refusals are 403 `forbidden`."""
 
 from __future__ import annotations
@@ -76,11 +76,15 @@ def required_role(route: APIRoute) -> str | None:
     return None
 
 
-ADMIN_ONLY = ("/api/keys", "/api/audit", "/api/cache", "/api/metrics", "/api/tasks/stats")
+OPERATOR_ONLY = ("/api/metrics", "/api/tasks/stats", "/api/cache/stats")
+ADMIN_ONLY = ("/api/keys", "/api/audit", "/api/cache")
 
 
 def policy(method: str, path: str) -> str:
-    """The roles as documented: readers ask and read, writers change, admins run the place."""
+    """The roles as documented: readers ask and read, writers change, admins run their tenant,
+    operators see the whole server."""
+    if path.startswith(OPERATOR_ONLY):
+        return "operator"
     if path.startswith(ADMIN_ONLY):
         return "admin"
     return "reader" if method == "GET" or path == "/api/chat/query" else "writer"
@@ -317,17 +321,23 @@ async def test_a_task_id_tells_nothing_about_other_tenants(
             assert (await globex.get(f"/api/tasks/{fresh}")).status_code == 404
 
 
-async def test_operator_pages_need_an_admin_key(make_settings: Callable[..., Settings]) -> None:
+async def test_operator_pages_need_an_operator_or_admin_key(
+    make_settings: Callable[..., Settings],
+) -> None:
     settings = make_settings(api_keys=KEYS, auth={"scrape_token": "prom-token"})
     async with serving(settings) as (_, client):
-        for path in ("/metrics", "/docs", "/redoc", "/openapi.json", "/api/metrics/summary"):
+        for path, need in (("/metrics", "operator"), ("/api/metrics/summary", "operator"),
+                           ("/docs", "admin"), ("/redoc", "admin"), ("/openapi.json", "admin")):
             async with client() as anonymous:
                 assert (await anonymous.get(path)).status_code == 401, path
-            async with client("acme", "writer") as writer:
-                r = await writer.get(path)
-                assert r.status_code == 403 and r.json()["code"] == "forbidden", path
-            async with client("acme", "admin") as admin:
-                assert (await admin.get(path)).status_code == 200, path
+            for role in ROLES:
+                async with client("acme", role) as c:
+                    r = await c.get(path)
+                if ROLES.index(role) < ROLES.index(need):
+                    assert r.status_code == 403 and r.json()["code"] == "forbidden", path
+                    assert need in r.json()["message"], path
+                else:
+                    assert r.status_code == 200, (path, role)
         async with client() as prometheus:
             r = await prometheus.get("/metrics", headers={"Authorization": "Bearer prom-token"})
             assert r.status_code == 200
@@ -336,3 +346,69 @@ async def test_operator_pages_need_an_admin_key(make_settings: Callable[..., Set
         async with client() as anonymous:  # pages with no data in them stay public; they sign in
             for path in ("/", "/dashboard", "/dashboard/dashboard.js"):
                 assert (await anonymous.get(path)).status_code == 200, path
+
+
+# Requests that see or change more than one tenant: an operator's, refused to every other role.
+SERVER_WIDE = [
+    ("GET", "/api/tasks", {"all_tenants": "true"}),
+    ("GET", "/api/audit", {"all_tenants": "true"}),
+    ("GET", "/api/audit", {"tenant": "globex"}),
+    ("DELETE", "/api/cache", {"all_tenants": "true"}),
+    ("DELETE", "/api/cache", {"level": "llm"}),
+    ("GET", "/api/tasks/stats", {}),
+    ("GET", "/api/cache/stats", {}),
+    ("GET", "/api/metrics/summary", {}),
+    ("GET", "/metrics", {}),
+]
+
+
+@pytest.mark.databases
+async def test_server_wide_views_are_an_operators_and_no_admin_sees_another_tenant(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with serving(make_settings(api_keys=KEYS)) as (_, client):
+        seeded = {t: await seed(client, t) for t in TENANTS}
+        globex = seeded["globex"]
+        for role in ROLES:
+            async with client("acme", role) as c:
+                me = (await c.get("/api/me")).json()
+                assert me["tenant"] == "acme" and me["role"] == role and me["keys_in_use"]
+                for method, path, params in SERVER_WIDE:
+                    r = await c.request(method, path, params=params)
+                    where = f"acme/{role} {method} {path} {params}"
+                    if role != "operator":
+                        assert r.status_code == 403 and r.json()["code"] == "forbidden", where
+                        assert all(m not in r.text for m in globex.secrets), where
+                    else:
+                        assert r.status_code == 200, f"{where}: {r.text}"
+        async with client("acme", "operator") as op:
+            tasks = (await op.get("/api/tasks", params={"all_tenants": "true"})).json()["items"]
+            assert {t["tenant"] for t in tasks} == {"acme", "globex"}
+            records = (await op.get("/api/audit", params={"tenant": "globex"})).json()["items"]
+            assert records and {r["tenant"] for r in records} == {"globex"}
+            every = (await op.get("/api/audit", params={"all_tenants": "true"})).json()["items"]
+            assert {r["tenant"] for r in every} == {"acme", "globex"}
+            # Without asking for every tenant, an operator's listings are its own tenant's.
+            own = (await op.get("/api/tasks")).json()["items"]
+            assert {t["tenant"] for t in own} == {"acme"}
+            made = await op.post("/api/keys", json={"role": "operator", "name": "second op"})
+            assert made.status_code == 201, made.text
+            op_key_id = made.json()["id"]
+        async with client("acme", "admin") as admin:
+            # No key is made, revoked or rotated above its maker's role.
+            r = await admin.post("/api/keys", json={"role": "operator"})
+            assert r.status_code == 403 and r.json()["code"] == "forbidden"
+            for method, path in (("DELETE", f"/api/keys/{op_key_id}"),
+                                 ("POST", f"/api/keys/{op_key_id}/rotate")):
+                r = await admin.request(method, path)
+                assert r.status_code == 403 and r.json()["code"] == "forbidden", path
+            assert (await admin.post("/api/keys", json={"role": "admin"})).status_code == 201
+
+
+async def test_without_keys_the_single_tenant_is_an_operator(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with serving(make_settings()) as (_, client), client() as anonymous:
+        me = (await anonymous.get("/api/me")).json()
+        assert me == {"tenant": "default", "role": "operator", "key_id": "", "keys_in_use": False}
+        assert (await anonymous.get("/api/tasks", params={"all_tenants": "true"})).status_code == 200

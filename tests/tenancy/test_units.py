@@ -9,51 +9,56 @@ from metis_rag.errors import QuotaExceeded
 from metis_rag.tenancy.keys import KeyRing, hash_key, new_key, static_keys
 from metis_rag.tenancy.principal import SINGLE_TENANT, Principal
 from metis_rag.tenancy.quotas import Quotas
+from tests.fakeclock import FakeClock
 
 
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_questions_per_minute_refill_and_say_when() -> None:
-    clock = Clock(1_000_000.0)
+async def test_questions_per_minute_count_in_a_minute_window_and_say_when() -> None:
+    clock = FakeClock(1_000_060.0)  # 40 s into a UTC minute
     quotas = Quotas(AuthSettings(tenant_quotas={"acme": QuotaSettings(questions_per_minute=2)}),
                     clock=clock)
-    quotas.admit_question("acme")
-    quotas.admit_question("acme")
+    await quotas.admit_question("acme")
+    await quotas.admit_question("acme")
     with pytest.raises(QuotaExceeded) as refused:
-        quotas.admit_question("acme")
+        await quotas.admit_question("acme")
     assert refused.value.status == 429 and refused.value.details["quota"] == "questions_per_minute"
-    assert refused.value.retry_after_s == pytest.approx(30.0)
+    assert refused.value.retry_after_s == pytest.approx(20.0)  # the minute's end
     for _ in range(10):
-        quotas.admit_question("globex")  # the default: no limit
-    clock.now += 30
-    quotas.admit_question("acme")
+        await quotas.admit_question("globex")  # the default: no limit
+    clock.now += 20
+    await quotas.admit_question("acme")
 
 
-def test_llm_tokens_per_day_reset_at_utc_midnight() -> None:
-    day = 86_400.0
-    clock = Clock(day * 20_000 + day - 3600)  # 23:00 UTC
-    quotas = Quotas(AuthSettings(quotas=QuotaSettings(llm_tokens_per_day=100)), clock=clock)
-    quotas.spend_tokens("acme", 60)
-    quotas.admit_question("acme")
-    quotas.spend_tokens("acme", 60)
+async def test_under_one_question_a_minute_widens_the_window() -> None:
+    clock = FakeClock(1_200_000.0)  # the start of a 120 s window
+    quotas = Quotas(AuthSettings(quotas=QuotaSettings(questions_per_minute=0.5)), clock=clock)
+    await quotas.admit_question("acme")
+    clock.now += 100
     with pytest.raises(QuotaExceeded) as refused:
-        quotas.admit_question("acme")
+        await quotas.admit_question("acme")
+    assert refused.value.retry_after_s == pytest.approx(20.0)
+    clock.now += 20
+    await quotas.admit_question("acme")
+
+
+async def test_llm_tokens_per_day_reset_at_utc_midnight() -> None:
+    day = 86_400.0
+    clock = FakeClock(day * 20_000 + day - 3600)  # 23:00 UTC
+    quotas = Quotas(AuthSettings(quotas=QuotaSettings(llm_tokens_per_day=100)), clock=clock)
+    await quotas.spend_tokens("acme", 60)
+    await quotas.admit_question("acme")
+    await quotas.spend_tokens("acme", 60)
+    with pytest.raises(QuotaExceeded) as refused:
+        await quotas.admit_question("acme")
     assert refused.value.retry_after_s == pytest.approx(3600)
     assert "llm_tokens_per_day (100)" in refused.value.message
-    quotas.admit_question("globex")  # its own day
+    await quotas.admit_question("globex")  # its own day
     clock.now += 3600
-    quotas.admit_question("acme")  # a new UTC day
+    await quotas.admit_question("acme")  # a new UTC day
 
 
-def test_plain_list_keys_are_admins_of_default_and_objects_name_tenant_and_role() -> None:
+def test_plain_list_keys_are_operators_of_default_and_objects_name_tenant_and_role() -> None:
     listed = static_keys(["k1"])
-    assert [(p.tenant, p.role) for p in listed.values()] == [("default", "admin")]
+    assert [(p.tenant, p.role) for p in listed.values()] == [("default", "operator")]
     assert hash_key("k1") in listed and "k1" not in str(listed)
     named = static_keys({"k2": KeyGrant(tenant="acme", role="reader")})
     ring = KeyRing(named)

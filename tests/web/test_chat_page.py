@@ -82,7 +82,11 @@ def metis_url(prepared_models: Path, tmp_path_factory: pytest.TempPathFactory,
               fake_llm: FakeLLMServer) -> Iterator[str]:
     with metis_serve(prepared_models, tmp_path_factory.mktemp("serve"),
                      METIS_LLM__PROVIDER="openai", METIS_LLM__URL=fake_llm.url,
-                     METIS_LLM__MODEL="fake") as server:
+                     METIS_LLM__MODEL="fake",
+                     METIS_CHUNK__MAX_CHUNKS_PER_DOCUMENT="20",
+                     # Pinned: derived from 20 chunks, the text limit would refuse the file
+                     # that must fail in its task (and be retried) at upload instead.
+                     METIS_PARSE__MAX_TEXT_CHARS="1000000") as server:
         yield server.url
 
 
@@ -233,6 +237,27 @@ def test_documents_upload_browse_view_and_delete(page: Page, tmp_path: Path) -> 
     assert bad.get_attribute("data-status") == "rejected"
     assert "Cannot ingest files of type .exe" in bad.text and "unsupported_media_type" in bad.text
 
+    # an ingestion that fails says why, and can be retried (it fails the same way again)
+    (tmp_path / "huge.md").write_text("\n\n".join(
+        f"# Part {i}\n\n" + " ".join(f"word{i}x{j}" for j in range(150)) for i in range(60)))
+    page.find("#files").send_keys(str(tmp_path / "huge.md"))
+    page.wait.until(lambda _: (row := page.upload_row("huge.md")) is not None
+                    and row.get_attribute("data-status") == "failed")
+    row = page.upload_row("huge.md")
+    assert "too_many_chunks" in row.text, row.text
+    row.find_element("css selector", ".retry").click()
+    page.wait.until(lambda _: page.upload_row("huge.md").get_attribute("data-finishes") == "2")
+    row = page.upload_row("huge.md")
+    assert row.get_attribute("data-status") == "failed" and "too_many_chunks" in row.text
+    assert row.find_element("css selector", ".retry").is_displayed()
+    page.driver.refresh()  # after a reload the failure is still listed, with its Retry
+    page.tab("docs")
+    page.wait.until(lambda _: "huge.md" in page.find("#failed-tasks").text)
+    failed = page.find("#failed-tasks li")
+    assert "too_many_chunks" in failed.text and failed.find_element("css selector", ".retry")
+    page.fill("upload-collection", "handbook")
+    page.fill("upload-tags", "policy")
+
     # dropped files upload the same way
     page.fill("upload-folder", "outdoors")
     _drop_files(page.driver, {"garden.md": GARDEN})
@@ -265,6 +290,18 @@ def test_documents_upload_browse_view_and_delete(page: Page, tmp_path: Path) -> 
     assert "refund window is 30 days" in page.find("#doc-view-chunks").text
     assert "handbook" in page.find("#doc-view-meta").text
     page.shot("document-view")
+    page.find("#doc-view-close").click()
+
+    # replace a document's content: its row shows the new size, its view the new text
+    size_before = page.doc_row_text("faq.md")
+    page.doc_action("faq.md", "replace")
+    new_faq = tmp_path / "faq-v2.md"
+    new_faq.write_text(FAQ + "\nThe office dog is called Byte and naps under the desk.\n")
+    page.find("#replace-file").send_keys(str(new_faq))
+    page.wait.until(lambda _: page.doc_row_text("faq.md") not in ("", size_before))
+    page.driver.execute_script(
+        "[...document.querySelectorAll('.doc-name')].find((e) => e.textContent === 'faq.md').click()")
+    page.wait.until(lambda _: "Byte" in page.find("#doc-view-chunks").text)
     page.find("#doc-view-close").click()
 
     # delete asks first; cancelled, nothing goes
@@ -420,9 +457,11 @@ def test_keyboard_and_phone_width(page: Page) -> None:
           .map((e) => e.id);""")
     assert unlabeled == []
     page.driver.set_window_size(390, 844)
-    width = page.driver.execute_script("return document.documentElement.scrollWidth")
-    page.shot("phone")
-    assert width <= 390  # nothing scrolls sideways at phone width
+    for tab in ("docs", "chat"):
+        page.tab(tab)
+        width = page.driver.execute_script("return document.documentElement.scrollWidth")
+        page.shot(f"phone-{tab}")
+        assert width <= 390, tab  # nothing scrolls sideways at phone width
 
 
 @pytest.fixture(scope="module")

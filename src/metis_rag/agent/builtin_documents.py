@@ -64,7 +64,7 @@ class ListDocuments:
                 analysis=repo.AnalysisFilter(doc_type=arguments.get("doc_type"),
                                              language=arguments.get("language"),
                                              topic=arguments.get("topic")))
-        rows = [{"id": d.public_id, "filename": d.filename, "folder": d.folder,
+        rows: list[dict[str, Any]] = [{"id": d.public_id, "filename": d.filename, "folder": d.folder,
                  "doc_type": d.doc_type, "language": d.language, "topics": list(d.topics or []),
                  "summary": (d.summary or "")[:300]} for d in docs]
         if not rows:

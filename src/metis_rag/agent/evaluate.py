@@ -192,9 +192,9 @@ class LLMJudge:
         tokens = done.prompt_tokens + done.completion_tokens
         try:
             raw = orjson.loads(json_part(done.text))
-            scores = Scores(*(min(1.0, max(0.0, float(raw[k])))
-                              for k in ("groundedness", "relevance", "completeness")),
-                            sentences=offline.sentences, judge=self._llm.name)
+            g, r, c = (min(1.0, max(0.0, float(raw[k])))
+                       for k in ("groundedness", "relevance", "completeness"))
+            scores = Scores(g, r, c, sentences=offline.sentences, judge=self._llm.name)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             offline.judge = "offline (the judge's reply was not valid JSON)"
             return offline, tokens

@@ -60,7 +60,7 @@ class AgentService:
 
     async def run(self, query: ChatQuery, namespace: str | None = None,
                   who: Principal = SINGLE_TENANT, events: EventSink = _ignore) -> ChatAnswer:
-        name = query.collection or (query.collections or [None])[0] \
+        name = query.collection or (query.collections or [""])[0] \
             or self._settings.default_collection
         ref = await self._lookup.get_or_create(who.tenant, name) if not query.collection \
             else await self._lookup.get(who.tenant, name)
@@ -219,7 +219,7 @@ class AgentService:
                   "ms": round(records[s.id].elapsed_ms, 3)} for s in plan.steps]
         return ChatAnswer(
             answer=text, citations=citations, conversation_id=conv_id,
-            mode=mode,  # type: ignore[arg-type]
+            mode=mode,
             model=model, timings_ms=Timings(total=round(total, 3)),
             usage={"total_tokens": tokens} if tokens else {}, warnings=warnings,
             agent=AgentInfo(query_id=log.id, analysis=analysis.kind, planner=plan.planner,

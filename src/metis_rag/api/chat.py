@@ -66,7 +66,7 @@ async def query(request: Request) -> Response:
     # pydantic-core straight from its bytes and the answer serialized once, by its own model.
     services: Services = request.state.services
     who = principal_of(request)  # every key may ask: reader is the least role
-    services.quotas.admit_question(who.tenant)
+    await services.quotas.admit_question(who.tenant)
     body = _parse_query(await request.body())
     x_metis_namespace = request.headers.get(_NAMESPACE_HEADER)
     if x_metis_namespace is not None and len(x_metis_namespace) > 100:
@@ -79,7 +79,7 @@ async def query(request: Request) -> Response:
         answer = await (agent.run(body, x_metis_namespace, who) if agent else
                         services.chat.answer(body, x_metis_namespace, who))
         services.metrics.observe_answer(answer)
-        _spend(services, who.tenant, answer)
+        await _spend(services, who.tenant, answer)
         return Response(answer.model_dump_json(), media_type="application/json")
     events = (agent_events(agent, body, x_metis_namespace, who) if agent else
               services.chat.stream(body, x_metis_namespace, who))
@@ -93,7 +93,7 @@ async def query(request: Request) -> Response:
                 kind, data = item
                 if kind == "done":
                     services.metrics.observe_answer(data)
-                    _spend(services, who.tenant, data)
+                    await _spend(services, who.tenant, data)
                     yield _sse("done", orjson.loads(data.model_dump_json()))
                 else:
                     yield _sse(kind, {"text": data} if kind == "token" else data)
@@ -113,7 +113,7 @@ def _wants_agent(services: Services, body: ChatQuery) -> bool:
     return body.mode == "agent" or not services.agent.analyse(body.message).simple
 
 
-def _spend(services: Services, tenant: str, answer: ChatAnswer) -> None:
+async def _spend(services: Services, tenant: str, answer: ChatAnswer) -> None:
     """LLM tokens count against the tenant's day only when a model call was made."""
     if answer.mode == "llm" and answer.cache.level in (None, "retrieval"):
-        services.quotas.spend_tokens(tenant, sum(answer.usage.values()))
+        await services.quotas.spend_tokens(tenant, sum(answer.usage.values()))

@@ -31,6 +31,16 @@ class Access:
 
 
 READER, WRITER, ADMIN = Access("reader"), Access("writer"), Access("admin")
+OPERATOR = Access("operator")
 ReaderDep = Annotated[Principal, Depends(READER)]
 WriterDep = Annotated[Principal, Depends(WRITER)]
 AdminDep = Annotated[Principal, Depends(ADMIN)]
+OperatorDep = Annotated[Principal, Depends(OPERATOR)]
+
+
+def tenant_scope(who: Principal, all_tenants: bool) -> str | None:
+    """The tenant a listing is limited to; None (every tenant) only for an operator who asks."""
+    if all_tenants:
+        who.require("operator")
+        return None
+    return who.tenant

@@ -153,17 +153,36 @@ async def upload_documents(request: Request, services: ServicesDep, who: WriterD
     priority = _priority(fields.get("priority", "normal"))
     uploads = [Upload(name, data, folder=folder, tags=tags, content_type=ctype)
                for name, data, ctype in files]
-    async with cancelled_on_disconnect(request):
-        for upload in uploads:  # parsed to validate; chunking and embedding are the task's
-            await services.ingestor.parse(upload)
     hashes = [hashlib.sha256(u.data).hexdigest() for u in uploads]
     async with services.sessions() as session:
         stored = await repo.documents_by_hash(session, who.tenant, collection, hashes)
     new = [u for u, h in zip(uploads, hashes, strict=True) if h not in stored]
-    if new:
-        async with services.sessions() as session:
-            await services.quotas.admit_documents(
-                session, who.tenant, len(new), sum(len(u.data) for u in new))
+    # The storage quota first (a tenant over it spends no parser time), held until the tasks
+    # are queued, when their sizes count as the tenant's queued ingestions.
+    async with services.quotas.storage(who.tenant, len(new), sum(len(u.data) for u in new)):
+        async with cancelled_on_disconnect(request):
+            for upload in uploads:  # parsed to validate; chunking and embedding are the task's
+                await services.ingestor.parse(upload)
+        results, specs = _queue(uploads, hashes, stored, collection, folder, tags, priority,
+                                who.tenant)
+        created = iter(await services.tasks.submit(specs) if specs else [])
+    for r in results:
+        if r.status == "queued":
+            r.task_id = task_ids.public(next(created).id)
+    request.state.audit_detail = {"collection": collection, "files": len(results)}
+    body = UploadResponse(
+        collection=collection, results=results, task_ids=[r.task_id for r in results if r.task_id],
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    return Response(body.model_dump_json(), status_code=202 if specs else 200,
+                    media_type="application/json")
+
+
+def _queue(
+    uploads: list[Upload], hashes: list[str], stored: dict[str, tuple[str, int]],
+    collection: str, folder: str, tags: tuple[str, ...], priority: Priority, tenant: str,
+) -> tuple[list[UploadResult], list[TaskSpec]]:
+    """One result per file, and the ingestion tasks of the new ones."""
     results: list[UploadResult] = []
     specs: list[TaskSpec] = []
     for upload, content_hash in zip(uploads, hashes, strict=True):
@@ -178,20 +197,11 @@ async def upload_documents(request: Request, services: ServicesDep, who: WriterD
             "ingest_document", name=f"ingest {filename}"[:200], priority=priority,
             params={"collection": collection, "filename": filename, "folder": folder,
                     "tags": list(tags), "size_bytes": len(upload.data),
-                    "content_type": upload.content_type, "tenant": who.tenant},
-            blob=upload.data, tenant=who.tenant,
+                    "content_type": upload.content_type, "tenant": tenant,
+                    "content_hash": content_hash},
+            blob=upload.data, tenant=tenant,
         ))
-    created = iter(await services.tasks.submit(specs) if specs else [])
-    for r in results:
-        if r.status == "queued":
-            r.task_id = task_ids.public(next(created).id)
-    request.state.audit_detail = {"collection": collection, "files": len(results)}
-    body = UploadResponse(
-        collection=collection, results=results, task_ids=[r.task_id for r in results if r.task_id],
-        seconds=round(time.perf_counter() - started, 3),
-    )
-    return Response(body.model_dump_json(), status_code=202 if specs else 200,
-                    media_type="application/json")
+    return results, specs
 
 
 def _priority(raw: str) -> Priority:
@@ -279,22 +289,26 @@ async def replace_document(
     if len(files) != 1:
         raise InvalidInput("Replace takes exactly one file.", code="one_file_expected")
     name, data, ctype = files[0]
-    async with services.sessions() as session:  # the bytes it adds over the old content
+    async with services.sessions() as session:
         old, collection = await repo.document_and_collection(session, who.tenant, document_id)
-        await services.quotas.admit_documents(session, who.tenant, 0, len(data) - old.size_bytes)
     tags = clean_tags(_tags(fields.get("tags", ""))) or tuple(old.tags)
     upload = Upload(old.filename, data, folder=old.folder, tags=tags, content_type=ctype)
-    async with cancelled_on_disconnect(request):
-        await services.ingestor.parse(upload)  # to validate; the task chunks and embeds
-    spec = TaskSpec(
-        "ingest_document", name=f"replace {old.filename}"[:200],
-        priority=_priority(fields.get("priority", "normal")),
-        params={"collection": collection, "filename": old.filename, "folder": old.folder,
-                "tags": list(tags), "size_bytes": len(data), "content_type": ctype,
-                "tenant": who.tenant, "replace": document_id},
-        blob=data, tenant=who.tenant,
-    )
-    return shown((await services.tasks.submit([spec]))[0])
+    added = len(data) - old.size_bytes
+    # Only the bytes it adds over the old content count: held from this check until the task is
+    # queued, then counted as that task's `added_bytes` until it stores the new content.
+    async with services.quotas.storage(who.tenant, 0, added):
+        async with cancelled_on_disconnect(request):
+            await services.ingestor.parse(upload)  # to validate; the task chunks and embeds
+        spec = TaskSpec(
+            "ingest_document", name=f"replace {old.filename}"[:200],
+            priority=_priority(fields.get("priority", "normal")),
+            params={"collection": collection, "filename": old.filename, "folder": old.folder,
+                    "tags": list(tags), "size_bytes": len(data), "content_type": ctype,
+                    "tenant": who.tenant, "replace": document_id, "added_bytes": max(0, added)},
+            blob=data, tenant=who.tenant,
+        )
+        task = (await services.tasks.submit([spec]))[0]
+    return shown(task)
 
 
 @router.delete("/documents/{document_id}", status_code=204)

@@ -5,8 +5,8 @@ A client is its API key (``X-API-Key``, or ``Authorization: Bearer``) when it se
 its IP address. With keys in use (METIS_API_KEYS or keys in the database), a request without a
 valid key gets 401 ``unauthorized``; a valid one is resolved to its tenant and role (a
 `Principal` in the request state, read by the routes). Over its rate, 429 ``rate_limited`` with
-``Retry-After``. ``/api/health`` is exempt (load balancers probe it). The operator pages
-(/metrics, /docs, /redoc, /openapi.json) need an admin key when keys are in use,
+``Retry-After``. ``/api/health`` is exempt (load balancers probe it). The operator pages need
+a key when keys are in use (/metrics an operator's; /docs, /redoc, /openapi.json an admin's),
 unless METIS_AUTH__PROTECT_OPS=false; /metrics also opens to METIS_AUTH__SCRAPE_TOKEN. Pure
 ASGI, so a refused request costs no routing and an upload is refused before its body is read.
 """
@@ -24,9 +24,11 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import Forbidden, MetisError, RateLimited, Unauthorized
+from ..observability.logs import current_request_id
+from ..observability.tracing import current_trace_id
 from ..ratelimit import ClientLimiter, Clock, key_id
 from ..tenancy.keys import KeyRing
-from ..tenancy.principal import Principal
+from ..tenancy.principal import Principal, Role
 from .proxies import ClientAddress
 
 EXEMPT = frozenset({"/api/health"})
@@ -133,11 +135,15 @@ class InboundLimits:
     async def _audited(self, scope: Scope, receive: Receive, send: Send, principal: Principal,
                        audited: tuple[str, str], services: Any) -> None:
         status = 500
+        trace_id = ""
 
         async def watch(message: Message) -> None:
-            nonlocal status
+            nonlocal status, trace_id
             if message["type"] == "http.response.start":
                 status = message["status"]
+                # Sent from inside the request's span and request id (RequestMetrics runs
+                # within this middleware, and has unbound both by the time the app returns).
+                trace_id = current_trace_id() or current_request_id() or ""
             await send(message)
 
         try:
@@ -149,7 +155,7 @@ class InboundLimits:
             services.audit.record(
                 tenant=principal.tenant, actor=principal.key_id, action=action, target=target,
                 status=status, client=self.client_address.of(scope),
-                detail=scope["state"].get("audit_detail"),
+                detail=scope["state"].get("audit_detail"), trace_id=trace_id,
             )
 
     def _admit(self, scope: Scope, keyring: KeyRing | None) -> Principal | None:
@@ -191,8 +197,11 @@ class InboundLimits:
         principal = keyring.lookup(key)
         if principal is None:
             raise Unauthorized("The API key is not valid.")
-        if not principal.allows("admin"):
-            raise Forbidden(f"{path} needs an admin key; this key is a {principal.role}.")
+        # /metrics is the whole server's (every tenant's traffic): an operator's. The API's
+        # documentation pages are the same for everyone: any tenant's admin may read them.
+        need: Role = "operator" if path == "/metrics" else "admin"
+        if not principal.allows(need):
+            raise Forbidden(f"{path} needs an {need} key; this key is {principal.described}.")
 
 
 async def _refuse(exc: MetisError, send: Send) -> None:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..observability.monitor import summary
-from .deps import AdminDep, ServicesDep
+from .deps import OperatorDep, ServicesDep
 
 router = APIRouter(tags=["monitoring"])
 
@@ -21,7 +21,7 @@ async def metrics(services: ServicesDep) -> Response:
 
 
 @router.get("/api/metrics/summary")
-async def metrics_summary(services: ServicesDep, who: AdminDep) -> dict[str, Any]:
+async def metrics_summary(services: ServicesDep, who: OperatorDep) -> dict[str, Any]:
     """Latency percentiles, requests/s, cache hit ratios, tasks, CPU and memory over the rolling
     window, the DB pool, LLM usage and recent alerts: what /dashboard draws."""
     await services.metrics.refresh()

@@ -8,7 +8,7 @@ of that is unverifiable). With no trusted proxies the header is ignored: anyone 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from typing import Any
 
 
@@ -26,7 +26,7 @@ class ClientAddress:
             return False
         return any(ip in net for net in self._trusted)
 
-    def of(self, scope: dict[str, Any]) -> str:
+    def of(self, scope: MutableMapping[str, Any]) -> str:
         client = scope.get("client")
         peer = client[0] if client else ""
         if not self._trusted or not self._is_trusted(peer):

@@ -14,7 +14,7 @@ from ..errors import Forbidden
 from ..tasks import ids
 from ..tasks.types import STATUSES, StatusName, TaskCreate, TaskOut, TaskPage, TaskSpec, TaskStats
 from ..tenancy.principal import Principal
-from .deps import AdminDep, ReaderDep, ServicesDep, WriterDep
+from .deps import OperatorDep, ReaderDep, ServicesDep, WriterDep, tenant_scope
 
 router = APIRouter(prefix="/api", tags=["tasks"])
 
@@ -27,9 +27,10 @@ async def list_tasks(
     type: Annotated[str | None, Query(max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+    all_tenants: Annotated[bool, Query(description="Every tenant's tasks (operators).")] = False,
 ) -> TaskPage:
     items, total = await services.tasks.list(status=status, type=type, limit=limit, offset=offset,
-                                             tenant=who.tenant)
+                                             tenant=tenant_scope(who, all_tenants))
     return TaskPage(items=[shown(t) for t in items], total=total, limit=limit, offset=offset)
 
 
@@ -63,8 +64,8 @@ async def submit_tasks(
 
 @router.get("/tasks/stats", response_model=TaskStats,
             summary="Counts per status, queue depth, throughput, wait/run times, load, alerts "
-                    "(the whole engine: admins)")
-async def task_stats(services: ServicesDep, who: AdminDep) -> TaskStats:
+                    "(the whole engine: operators)")
+async def task_stats(services: ServicesDep, who: OperatorDep) -> TaskStats:
     return await services.tasks.stats()
 
 

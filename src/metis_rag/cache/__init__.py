@@ -4,8 +4,9 @@ The cache levels (query, semantic, embedding, retrieval, LLM response, document)
 `TieredCache` with its own key prefix over shared backends.
 """
 
+from ..errors import CorruptEntry
 from .base import BackendStats, CacheBackend
-from .codec import Codec, CorruptEntry
+from .codec import Codec
 from .disk import DiskBackend
 from .memory import MemoryBackend
 from .redis import RedisBackend

@@ -85,9 +85,10 @@ class CacheBackend(ABC):
         old = await self.get(key)
         await self.set(key, (old or b"") + len(value).to_bytes(4, "big") + value, ttl_s)
 
-    async def read_list(self, key: str, start: int = 0) -> tuple[int, list[bytes]]:
+    async def read_list(self, key: str, start: int = 0) -> tuple[int, list[bytes]] | None:
         """The list's length and its items from index `start` on; (0, []) when there is none.
-        A length below what a reader saw before means the list was cleared or expired."""
+        A length below what a reader saw before means the list was cleared or expired. A read
+        that fails raises, or returns None (`RedisBackend`): never (0, []), which means empty."""
         data = await self.get(key) or b""
         items, i = [], 0
         while i < len(data):

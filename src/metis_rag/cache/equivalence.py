@@ -47,7 +47,7 @@ def entities(text: str) -> frozenset[str]:
     """The identifiers and figures a question names; two questions whose sets differ never
     share a semantic-cache answer. A word with digits counts by its numbers only, without
     leading zeros: "GPLv3", "GPL-3" and "gpl3" name the same figure, as "umask 0022" and "022"."""
-    found = set()
+    found: set[str] = set()
     for m in _ENTITY.finditer(text):
         token = m.group(0).strip("`\"").lower()
         if _PLAIN_WORD.fullmatch(token):
@@ -278,6 +278,11 @@ class Model:
         return next((t for t, n, f in self.curve
                      if n and wilson_upper(f, n, confidence_z) <= max_error), 1.01)
 
+    def lowest_bound(self, confidence_z: float = 1.645) -> float:
+        """The smallest `max_error` any threshold meets: below it the semantic level is off."""
+        return min((wilson_upper(f, n, confidence_z) for _, n, f in self.curve if n),
+                   default=1.0)
+
     def precision_at(self, score: float) -> float:
         """Calibrated probability that a pair scored `score` asks the same thing: the share
         of calibration pairs scored at least this high (out of fold) that did."""
@@ -300,6 +305,14 @@ class Equivalence:
         self.max_error = max_error
         self.threshold = model.threshold(max_error)
         self._rarity = rarity
+        # Why no question can be judged the same (every lookup would miss), or None.
+        self.off_reason: str | None = None
+        if max_error <= 0:
+            self.off_reason = "METIS_CACHE__SEMANTIC_MAX_ERROR=0 switches the semantic level off"
+        elif self.threshold > 1:
+            self.off_reason = (f"no calibrated threshold meets METIS_CACHE__SEMANTIC_MAX_ERROR="
+                               f"{max_error:g}: the lowest bound the calibration supports is "
+                               f"{model.lowest_bound():.3f}")
 
     def judge(self, new: QuestionText, cached: QuestionText, cosine: float) -> Verdict:
         checks: list[str] = []

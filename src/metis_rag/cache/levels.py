@@ -182,9 +182,12 @@ async def open_caches(settings: CacheSettings, data_dir: Any, dim: int,
             logger.warning("METIS_CACHE__%s is deprecated and ignored: semantic hits are decided "
                            "by METIS_CACHE__SEMANTIC_MAX_ERROR", old.upper())
     equivalence = Equivalence(Model.load(), settings.semantic_max_error)
-    if equivalence.threshold > 1 and settings.semantic_max_error > 0:
-        logger.warning("no calibrated threshold meets METIS_CACHE__SEMANTIC_MAX_ERROR=%s: the "
-                       "semantic level serves nothing", settings.semantic_max_error)
+    if equivalence.off_reason is not None:
+        # Logged once: each lookup it skips is counted in /api/cache/stats instead.
+        (logger.info if settings.semantic_max_error == 0 else logger.warning)(
+            "%s: the semantic level serves nothing and skips its lookups (questions are still "
+            "appended to a shared list, if any, for servers with a looser bound)",
+            equivalence.off_reason)
     # The shared, durable tier holds the semantic lists; with `memory` they stay in-process.
     log = backends[-1] if settings.backend != "memory" else None
     return Caches(

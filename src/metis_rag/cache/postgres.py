@@ -94,7 +94,7 @@ class PostgresBackend(CacheBackend):
             for table in ("cache_entries", "cache_lists"):
                 result = await conn.execute(text(f"DELETE FROM {table} WHERE key LIKE :p"),
                                             {"p": pattern + "%"})
-                removed += int(result.rowcount or 0)  # type: ignore[attr-defined]
+                removed += int(result.rowcount or 0)
         return removed
 
     async def append(self, key: str, value: bytes, ttl_s: float | None = None) -> None:

@@ -175,8 +175,9 @@ class RedisBackend(CacheBackend):
 
         await self._call(push)
 
-    async def read_list(self, key: str, start: int = 0) -> tuple[int, list[bytes]]:
-        """One round trip (LLEN and LRANGE in a transaction); (0, []) when Redis fails."""
+    async def read_list(self, key: str, start: int = 0) -> tuple[int, list[bytes]] | None:
+        """One round trip (LLEN and LRANGE in a transaction); None when Redis fails (not
+        (0, []): that would tell a reader the list was cleared, and it would drop its mirror)."""
         name = self.namespace + key
 
         async def read(r: Redis) -> Any:
@@ -187,7 +188,7 @@ class RedisBackend(CacheBackend):
 
         found = await self._call(read)
         if found is None:
-            return 0, []
+            return None
         return int(found[0]), list(found[1])
 
     async def stats(self) -> BackendStats:

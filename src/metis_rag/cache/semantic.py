@@ -6,7 +6,8 @@ an append-only list in the configured cache backend (Redis, PostgreSQL or the di
 by every server that uses it, durable across restarts; none for `memory`), which each server
 mirrors in memory and catches up on with one `read_list` round trip per lookup. A new collection
 version is a new partition, so invalidation reaches every server at once; old lists age out by
-TTL.
+TTL. A list that cannot be read (backend down) leaves the mirror as it is: it keeps serving, and
+the next read that succeeds catches up from where the mirror stopped.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class _Partition:
         self.questions: list[str] = []
         self.texts: list[QuestionText] = []
         self.synced = 0  # items of the shared list mirrored so far
+        self.last = b""  # the shared list's item at `synced - 1`, as read
 
     @property
     def vectors(self) -> np.ndarray:
@@ -137,6 +139,8 @@ class SemanticIndex:
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        self.skipped = 0  # lookups not run: the level cannot serve (`serving`)
+        self.log_errors = 0  # shared-list reads and appends that failed
         self.rejected: Counter[str] = Counter()  # lookups with candidates but no hit, by reason
 
     @staticmethod
@@ -144,10 +148,24 @@ class SemanticIndex:
         rest = hashlib.blake2b("\x1f".join(partition[1:]).encode(), digest_size=16).hexdigest()
         return f"semantic:{partition[0]}:{rest}"
 
+    @property
+    def serving(self) -> bool:
+        """False when the error bound admits no hit: callers skip the lookup and the work done
+        only for it (embedding the question)."""
+        return self.equivalence.off_reason is None
+
+    def skip(self) -> None:
+        """Count a lookup the caller did not run because the level is not `serving`."""
+        with self._lock:
+            self.skipped += 1
+
     @traced("cache.lookup", lambda *_, **__: {"metis.cache.level": "semantic"},
             lambda hit: {"metis.cache.hit": hit is not None})
     async def match(self, partition: tuple[str, ...], vector: np.ndarray,
                     question: str) -> Match | None:
+        if not self.serving:
+            self.skip()
+            return None
         await self._catch_up(partition)
         with self._lock:
             part = self._parts.get(partition)
@@ -179,11 +197,25 @@ class SemanticIndex:
 
     async def add(self, partition: tuple[str, ...], vector: np.ndarray, key: str,
                   question: str) -> None:
+        if not self.serving:
+            # This server never reads its mirror, but a server sharing the list with a looser
+            # bound (or this one restarted with it) can serve what is appended now.
+            if self._log is not None:
+                await self._append(partition, key, question, vector)
+            return
         with self._lock:
             added = self._add(partition, vector, key, question)
         if added and self._log is not None:
+            await self._append(partition, key, question, vector)
+
+    async def _append(self, partition: tuple[str, ...], key: str, question: str,
+                      vector: np.ndarray) -> None:
+        assert self._log is not None
+        try:
             await self._log.append(self.log_key(partition), encode_record(key, question, vector),
                                    self._ttl_s)
+        except Exception:  # the answer was served; a lost record is only a missed hit later
+            self._log_failed("append to")
 
     async def _catch_up(self, partition: tuple[str, ...]) -> None:
         """Mirror what other servers (or this one before a restart) added to the shared list."""
@@ -192,13 +224,24 @@ class SemanticIndex:
         key = self.log_key(partition)
         with self._lock:
             part = self._parts.get(partition)
-            start = part.synced if part is not None else 0
-        length, items = await self._log.read_list(key, start)
-        if length < start:  # cleared or expired meanwhile: start the mirror over
+            start, last = (part.synced, part.last) if part is not None else (0, b"")
+        # One item read back: a list cleared (or lost by a Redis restart) and refilled past
+        # `start` passes a length check, but no longer holds the item the mirror read there.
+        overlap = 1 if start > 0 else 0
+        found = await self._read(key, start - overlap)
+        if found is None:  # unreadable, not empty: keep serving from the mirror
+            return
+        length, items = found
+        if not overlap or (length >= start and items and items[0] == last):
+            items = items[overlap:]
+        else:  # cleared or expired meanwhile: start the mirror over
             with self._lock:
                 self._drop(partition)
             start = 0
-            length, items = await self._log.read_list(key, 0)
+            found = await self._read(key, 0)
+            if found is None:
+                return
+            length, items = found
         if not items and length == start:
             return
         with self._lock:
@@ -210,8 +253,27 @@ class SemanticIndex:
                     continue
                 self._add(partition, v, k, q)
             part = self._parts.get(partition)
-            if part is not None:
-                part.synced = max(part.synced, length)
+            if part is not None and length >= part.synced:
+                part.synced = length
+                part.last = items[-1] if items else part.last
+
+    async def _read(self, key: str, start: int) -> tuple[int, list[bytes]] | None:
+        assert self._log is not None
+        try:
+            found = await self._log.read_list(key, start)
+        except Exception:  # e.g. the database is unreachable
+            found = None
+        if found is None:
+            self._log_failed("read")
+        return found
+
+    def _log_failed(self, what: str) -> None:
+        with self._lock:
+            self.log_errors += 1
+            first = self.log_errors == 1
+        # The backend logs its own health changes; this says what the level does about it.
+        (logger.warning if first else logger.debug)(
+            "could not %s a semantic-cache list; serving from this server's mirror", what)
 
     def _add(self, partition: tuple[str, ...], vector: np.ndarray, key: str,
              question: str) -> bool:
@@ -250,4 +312,6 @@ class SemanticIndex:
                 "hit_ratio": self.hits / lookups if lookups else 0.0, "entries": self._size,
                 "rejected": dict(self.rejected), "max_error": self.equivalence.max_error,
                 "score_threshold": round(self.equivalence.threshold, 4),
-                "shared": self._log is not None}
+                "shared": self._log is not None, "serving": self.serving,
+                "off_reason": self.equivalence.off_reason, "skipped": self.skipped,
+                "log_errors": self.log_errors}

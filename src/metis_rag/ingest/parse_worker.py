@@ -104,7 +104,7 @@ def _serve_one(inp: BinaryIO, out: BinaryIO, limits: Any) -> bool:
     reply["max_rss_mb"] = _peak_rss_mb()
     _write(out, reply)
     # A process that ran out of memory may be fragmented: it exits and is replaced.
-    return reply.get("error", {}).get("code") != "parse_memory"
+    return bool(reply.get("error", {}).get("code") != "parse_memory")
 
 if __name__ == "__main__":
     main()

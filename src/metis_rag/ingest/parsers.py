@@ -13,9 +13,9 @@ import io
 import logging
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidDocument, MetisError
 from .limits import ParseLimits, check_docx_archive
@@ -274,7 +274,7 @@ def _walk_html(root: LexborNode, out: _SectionBuilder) -> None:
             parts = out.parts
         elif tag == "br":
             parts.append("\n")
-        elif tag not in _HTML_DROP and not tag.startswith("-"):
+        elif tag is not None and tag not in _HTML_DROP and not tag.startswith("-"):
             if tag in ("td", "th"):
                 parts.append(_CELL)
             elif tag in _HTML_LINE_BLOCKS:
@@ -328,7 +328,8 @@ def _parse_pdf(data: bytes, name: str, limits: ParseLimits) -> tuple[str | None,
         heading = _split_pdf_page(text, page_no, heading, starts.get(page_no - 1, []), sections)
     title = None
     try:
-        title = _one_line((reader.metadata or {}).get("/Title") or "") or None
+        meta = reader.metadata
+        title = _one_line(str(meta.get("/Title") or "") if meta is not None else "") or None
     except Exception:
         logger.debug("%s: unreadable PDF metadata", name)
     return title, sections
@@ -337,7 +338,8 @@ def _parse_pdf(data: bytes, name: str, limits: ParseLimits) -> tuple[str | None,
 def _declared_pages(reader: PdfReader) -> int:
     """The page count the document claims (its root /Count); 0 when it claims none."""
     try:
-        count = reader.trailer["/Root"]["/Pages"].get("/Count", 0)
+        trailer: Any = reader.trailer  # a PDF's own dictionaries: any shape, checked below
+        count = trailer["/Root"]["/Pages"].get("/Count", 0)
         return int(count) if isinstance(count, int) else 0
     except Exception:
         return 0
@@ -347,7 +349,7 @@ def _outline_starts(reader: PdfReader) -> dict[int, list[str]]:
     """Outline (bookmark) titles by the 0-based page they point to, in outline order."""
     starts: dict[int, list[str]] = {}
     try:
-        stack = [iter(reader.outline)]
+        stack: list[Iterator[Any]] = [iter(reader.outline)]
         while stack:
             for item in stack[-1]:
                 if isinstance(item, list):

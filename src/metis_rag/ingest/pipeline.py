@@ -121,7 +121,7 @@ class Ingestor:
         self._chunker = chunker
         self._max_bytes = max_bytes
         # Vectors that live in `chunks` are written by the chunk INSERT, in its transaction.
-        self._chunk_table: Table = Chunk.__table__  # type: ignore[assignment]
+        self._chunk_table: Table = Chunk.__table__
         self._vector_column = ""
         if isinstance(vectors, ChunkColumnVectors):
             self._chunk_table, self._vector_column = vectors.chunk_table, vectors.vector_column

@@ -80,7 +80,7 @@ class _Worker:
         await self.proc.wait()
         # asyncio closes a subprocess transport only once its pipes report EOF; close it now
         # the process is gone so no transport outlives its process (a ResourceWarning).
-        self.proc._transport.close()  # type: ignore[attr-defined]
+        self.proc._transport.close()  # type: ignore[attr-defined]  # asyncio has no public way
 
 
 class ParseSandbox:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from tenacity import RetryCallState
 
@@ -19,6 +19,8 @@ from ..config import RateLimitSettings
 from ..errors import ProviderError
 from ..ratelimit import AdaptiveLimiter, Clock, Sleep, retry_policy
 from .base import LLM, ChatMessage, Completion, CompletionStream, ToolDeclaration, WrappedLLM
+
+T = TypeVar("T")
 
 
 def estimate_tokens(messages: Sequence[ChatMessage], max_tokens: int) -> int:
@@ -110,7 +112,7 @@ class RateLimitedLLM(WrappedLLM):
 
         return FirstDeltaStream(open_stream, lambda done: self._settle(done, estimate))
 
-    async def _with_retries(self, attempt: Callable[[], Awaitable[Any]]) -> Any:
+    async def _with_retries(self, attempt: Callable[[], Awaitable[T]]) -> T:
         s = self._settings
         kw: dict[str, Any] = {"sleep": self._sleep} if self._sleep is not None else {}
         policy = retry_policy(

@@ -104,7 +104,7 @@ class Compression:
 
     def choose(self, accept_encoding: bytes) -> str | None:
         chosen = self._chosen.get(accept_encoding, _UNKNOWN)
-        if chosen is not _UNKNOWN:
+        if chosen is not _UNKNOWN:  # a sentinel, not None: None is a remembered answer
             return chosen  # type: ignore[return-value]
         accepted = accepted_encodings(accept_encoding.decode("latin-1"))
         chosen = next((c for c in self._preference if c in accepted), None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import secrets
 import sys
+from collections.abc import MutableMapping
 from contextvars import ContextVar
 from typing import Any, Literal, TextIO
 
@@ -47,7 +48,7 @@ def _add_trace_ids(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
-def _add_extra(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _add_extra(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Fields a stdlib call passed as `extra=` (structlog's ExtraAdder would also pick up the
     `message` another formatter may have cached on the record)."""
     record = event.get("_record")

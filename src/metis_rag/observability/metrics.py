@@ -5,7 +5,7 @@ Each app gets its own `CollectorRegistry` (never the global default), so several
 process (tests) never clash. Hooks for other parts of Metis:
 
 - `observe_request`, `observe_answer`: the HTTP middleware and the chat route.
-- `observe_llm_call`, `observe_embed`: `MeteredLLM` and `MeteredEmbedder` (observability.metered).
+- `observe_llm_call`, `observe_embed`: `MeteredLLM` and `MeteredEmbedder` (llm.metered, embed.metered).
 - `observe_microbatch(size, seconds)`: a `batching.BatchObserver`; pass it as ``on_batch``.
 - `observe_task(kind, outcome, seconds, waited_s=None)`: the task system, when a task ends.
 - `set_task_provider(provider)`: `monitor_services` wires `TaskBackend.snapshot`;

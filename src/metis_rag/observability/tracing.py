@@ -62,7 +62,7 @@ def traced(name: str, attributes: Callable[..., Attributes] | None = None,
                     return fn(*args, **kwargs)  # the coroutine itself: no extra frame when off
                 return traced_call(tracer, args, kwargs)
 
-            return async_wrapper  # type: ignore[return-value]
+            return async_wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature F
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -76,7 +76,7 @@ def traced(name: str, attributes: Callable[..., Attributes] | None = None,
                     current.set_attributes(result(value))
                 return value
 
-        return wrapper  # type: ignore[return-value]
+        return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature F
 
     return decorate
 
@@ -94,9 +94,9 @@ def span(name: str, attributes: Attributes | None = None, *,
     if root:
         from opentelemetry.context import Context
 
-        return tracer.start_as_current_span(  # type: ignore[no-any-return]
+        return tracer.start_as_current_span(  # type: ignore[no-any-return]  # opentelemetry is optional: typed Any here
             name, context=Context(), attributes=attributes)
-    return tracer.start_as_current_span(name, attributes=attributes)  # type: ignore[no-any-return]
+    return tracer.start_as_current_span(name, attributes=attributes)  # type: ignore[no-any-return]  # opentelemetry is optional: typed Any here
 
 
 def start_span(name: str, attributes: Attributes | None = None, **options: Any) -> Any:

@@ -12,99 +12,26 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ..cache.levels import Caches, digest, normalize_question
+from ..cache.levels import Caches, digest
 from ..config import Settings
 from ..embed.base import Embedder
-from ..embed.cached import CachedEmbedder
 from ..errors import InvalidInput, ProviderError
 from ..llm.base import LLM, ChatMessage, Completion
-from ..llm.cached import CachedLLM
-from ..schemas import CacheInfo, ChatAnswer, ChatQuery, Citation, Timings
+from ..schemas import CacheInfo, ChatAnswer, ChatQuery, Citation
 from ..store import repo
 from ..store.lookup import CollectionLookup, CollectionRef
 from ..tenancy.principal import SINGLE_TENANT, Principal
 from .answer import PROMPT_VERSION, build_messages, extractive_answer
 from .conversations import ConversationLog
-from .retriever import Retrieved, Retriever
+from .retriever import Retriever
+from .turn import Turn, citations_of, elapsed_ms
 
 _CITED_SENTENCE_END = re.compile(r"(?<=\])\s+")
-
-
-def _ms(start: float) -> float:
-    return round((time.perf_counter() - start) * 1000, 3)
-
-
-def citations_of(sources: list[Retrieved]) -> list[Citation]:
-    return [
-        Citation(
-            index=i,
-            document_id=r.chunk.document_id,
-            filename=r.chunk.filename,
-            folder=r.chunk.folder,
-            page=r.chunk.page,
-            section=r.chunk.section,
-            chunk_id=r.chunk.id,
-            position=r.chunk.position,
-            score=round(r.score, 4),
-            similarity=round(r.similarity, 4),
-            snippet=r.chunk.text[:300],
-        )
-        for i, r in enumerate(sources, start=1)
-    ]
-
-
-@dataclass(slots=True)
-class _Turn:
-    """Everything known about one question while it is being answered."""
-
-    query: ChatQuery
-    tenant: str
-    namespace: str
-    collection_id: int
-    version: int
-    conversation_id: str
-    new_conversation: bool
-    history: list[ChatMessage]
-    shape: str
-    started: float
-    others: list[CollectionRef] = field(default_factory=list)  # more collections searched
-    timings: Timings = field(default_factory=Timings)
-    vector: np.ndarray | None = None
-    sources: list[Retrieved] = field(default_factory=list)
-    retrieval_saved_ms: float | None = None
-    retrieved: bool = False
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def use_cache(self) -> bool:
-        return self.query.cache
-
-    @property
-    def retrieval_text(self) -> str:
-        # A follow-up ("and the second one?") is retrieved together with the last question.
-        last_user = next((m.content for m in reversed(self.history) if m.role == "user"), "")
-        return f"{last_user}\n{self.query.message}" if last_user else self.query.message
-
-    @property
-    def scope(self) -> str:
-        return f"{self.namespace}:{self.collection_id}:{self.version}" + "".join(
-            f"+{o.id}:{o.version}" for o in self.others
-        )
-
-    @property
-    def exact_key(self) -> str:
-        return f"{self.scope}:{digest(normalize_question(self.query.message), self.shape)}"
-
-    @property
-    def partition(self) -> tuple[str, ...]:
-        return (self.namespace, str(self.collection_id), str(self.version), self.shape,
-                *(f"{o.id}:{o.version}" for o in self.others))
 
 
 class ChatService:
@@ -118,6 +45,9 @@ class ChatService:
         caches: Caches | None,
         lookup: CollectionLookup,
         conversations: ConversationLog,
+        *,
+        uncached_embedder: Embedder | None = None,
+        uncached_llm: LLM | None = None,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
@@ -125,18 +55,16 @@ class ChatService:
         self._conversations = conversations
         self._embedder = embedder
         # `cache: false` bypasses every level, the embedding and LLM caches included (but not
-        # the batching and rate limiting those caches wrap).
-        self._uncached_embedder: Embedder = (
-            embedder.inner if isinstance(embedder, CachedEmbedder) else embedder
-        )
+        # the batching and rate limiting those caches wrap): `Services` hands both layers in.
+        self._uncached_embedder = uncached_embedder or embedder
         self._retriever = retriever
         self._llm = llm
-        self._uncached_llm: LLM | None = llm.inner if isinstance(llm, CachedLLM) else llm
+        self._uncached_llm = uncached_llm or llm
         self._caches = caches
 
     # -- the steps -------------------------------------------------------------------------
 
-    async def _resolve(self, query: ChatQuery, namespace: str | None, who: Principal) -> _Turn:
+    async def _resolve(self, query: ChatQuery, namespace: str | None, who: Principal) -> Turn:
         started = time.perf_counter()
         if not query.use_rag and self._llm is None:
             raise InvalidInput(
@@ -162,7 +90,7 @@ class ChatService:
             history = await self._conversations.history(
                 conversation_id, self._settings.retrieval.history_turns
             )
-        return _Turn(
+        return Turn(
             query=query,
             tenant=tenant,
             # Inside the tenant whatever the request names: a namespace narrows, never leaves.
@@ -202,21 +130,26 @@ class ChatService:
             llm.temperature, llm.max_tokens, [(m.role, m.content) for m in history],
         )
 
-    async def _embed(self, turn: _Turn) -> np.ndarray:
+    async def _embed(self, turn: Turn) -> np.ndarray:
         if turn.vector is None:
             t = time.perf_counter()
             embedder = self._embedder if turn.use_cache else self._uncached_embedder
             turn.vector = (await embedder.embed([turn.retrieval_text]))[0]
-            turn.timings.embed = _ms(t)
+            turn.timings.embed = elapsed_ms(t)
         return turn.vector
 
-    async def _cached_answer(self, turn: _Turn) -> tuple[dict[str, Any], CacheInfo] | None:
+    async def _cached_answer(self, turn: Turn) -> tuple[dict[str, Any], CacheInfo] | None:
         caches = self._caches
         if caches is None or not turn.use_cache:
             return None
         entry = await caches.exact.get(turn.exact_key)
         if entry is not None:
             return entry, CacheInfo(level="exact")
+        if not caches.semantic.serving:
+            # Every lookup would miss: spare its round trip, and the embedding when retrieval
+            # does not need it either (`_retrieve` embeds on demand).
+            caches.semantic.skip()
+            return None
         vector = await self._embed(turn)
         # No retrieval here: "the same top source" proves nothing (different questions about
         # one passage share it); the equivalence decision compares the questions themselves.
@@ -235,7 +168,7 @@ class ChatService:
                                 checks=list(verdict.checks),
                                 probability=round(verdict.probability, 4))
 
-    async def _retrieve(self, turn: _Turn) -> None:
+    async def _retrieve(self, turn: Turn) -> None:
         if not turn.query.use_rag or turn.retrieved:
             return
         turn.retrieved = True
@@ -252,12 +185,12 @@ class ChatService:
             folder=q.folder, hybrid=q.hybrid, group_by=q.group_by, warnings=turn.warnings,
             analysis=repo.AnalysisFilter(doc_type=q.doc_type, language=q.language, topic=q.topic),
         )
-        turn.timings.retrieve = _ms(t)
+        turn.timings.retrieve = elapsed_ms(t)
 
-    def _messages(self, turn: _Turn) -> list[ChatMessage]:
+    def _messages(self, turn: Turn) -> list[ChatMessage]:
         return build_messages(turn.query.message, turn.sources, turn.history, turn.query.use_rag)
 
-    async def _generate(self, turn: _Turn) -> tuple[str, str, Completion | None]:
+    async def _generate(self, turn: Turn) -> tuple[str, str, Completion | None]:
         llm = self._llm if turn.use_cache else self._uncached_llm
         if llm is not None:
             s = self._settings.llm
@@ -274,7 +207,7 @@ class ChatService:
         return extractive_answer(turn.query.message, turn.sources), "extractive", None
 
     async def _finish(
-        self, turn: _Turn, text: str, mode: str, done: Completion | None, citations: list[Citation],
+        self, turn: Turn, text: str, mode: str, done: Completion | None, citations: list[Citation],
         cache: CacheInfo, cited: list[dict[str, Any]] | None = None, *, from_entry: bool = False,
     ) -> ChatAnswer:
         """`cited`: the citations as plain dicts when the caller has them (a cache entry).
@@ -302,12 +235,12 @@ class ChatService:
         skipped = done.extra.get("fallbacks") if done is not None else None
         if isinstance(skipped, list) and skipped:
             turn.warnings.append(f"provider_fallback: {'; '.join(skipped)}; served by {served}")
-        turn.timings.total = _ms(turn.started)
+        turn.timings.total = elapsed_ms(turn.started)
         usage = ({"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens}
                  if done is not None else {})
         return ChatAnswer(
             answer=text, citations=citations, conversation_id=turn.conversation_id,
-            mode=mode,  # type: ignore[arg-type]
+            mode=mode,
             model=(served or self._llm.name) if mode == "llm" and self._llm else None,
             timings_ms=turn.timings, usage=usage, warnings=turn.warnings, cache=cache,
         )
@@ -317,7 +250,7 @@ class ChatService:
             rows = await repo.chunks_by_ids(session, [c.chunk_id for c in citations])
         return [c for c in citations if c.chunk_id in rows]
 
-    async def _remember(self, turn: _Turn, answer: ChatAnswer) -> None:
+    async def _remember(self, turn: Turn, answer: ChatAnswer) -> None:
         caches = self._caches
         if caches is None or not turn.use_cache or answer.warnings:
             return  # never cache a degraded answer
@@ -331,10 +264,11 @@ class ChatService:
             await caches.semantic.add(turn.partition, turn.vector, turn.exact_key,
                                       turn.query.message)
 
-    def _cache_level(self, turn: _Turn, done: Completion | None) -> CacheInfo:
+    def _cache_level(self, turn: Turn, done: Completion | None) -> CacheInfo:
         caches = self._caches
         if done is not None and done.extra.get("cache_hit"):
-            saved = float(done.extra.get("saved_ms") or 0.0)
+            saved_ms = done.extra.get("saved_ms")
+            saved = float(saved_ms) if isinstance(saved_ms, int | float) else 0.0
             tokens = done.prompt_tokens + done.completion_tokens
             if caches:
                 caches.savings.add("llm", saved, tokens, llm_call=True)
@@ -345,7 +279,7 @@ class ChatService:
             return CacheInfo(level="retrieval", saved_ms=round(turn.retrieval_saved_ms, 1))
         return CacheInfo()
 
-    def _from_cache(self, turn: _Turn, entry: dict[str, Any], info: CacheInfo) -> tuple[
+    def _from_cache(self, turn: Turn, entry: dict[str, Any], info: CacheInfo) -> tuple[
         str, str, Completion | None, list[Citation]
     ]:
         usage = entry.get("usage") or {}
@@ -354,7 +288,7 @@ class ChatService:
             done = Completion(entry["answer"], entry.get("model") or "",
                               usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0),
                               extra={"provider": entry.get("model")})
-        saved = max(0.0, float(entry.get("total_ms", 0.0)) - _ms(turn.started))
+        saved = max(0.0, float(entry.get("total_ms", 0.0)) - elapsed_ms(turn.started))
         info.saved_ms = round(saved, 1)
         if self._caches:
             self._caches.savings.add(info.level or "exact", saved, sum(usage.values()),
@@ -368,59 +302,63 @@ class ChatService:
 
     async def answer(self, query: ChatQuery, namespace: str | None = None,
                      who: Principal = SINGLE_TENANT) -> ChatAnswer:
-        turn = await self._resolve(query, namespace, who)
-        cached = await self._cached_answer(turn)
-        if cached is not None:
-            text, mode, done, citations = self._from_cache(turn, *cached)
-            return await self._finish(turn, text, mode, done, citations, cached[1],
-                                      cached[0]["citations"], from_entry=True)
-        await self._retrieve(turn)
-        t = time.perf_counter()
-        text, mode, done = await self._generate(turn)
-        turn.timings.generate = _ms(t)
-        answer = await self._finish(turn, text, mode, done, citations_of(turn.sources),
-                                    self._cache_level(turn, done))
-        await self._remember(turn, answer)
+        answer: ChatAnswer | None = None
+        async for kind, value in self._events(query, namespace, who, streaming=False):
+            if kind == "done":
+                answer = value
+        assert answer is not None  # _events always ends with "done"
         return answer
 
-    async def stream(
+    def stream(
         self, query: ChatQuery, namespace: str | None = None, who: Principal = SINGLE_TENANT
     ) -> AsyncIterator[tuple[str, Any]]:
         """Events: ("token", text) ..., then ("citations", [...]), then ("done", ChatAnswer)."""
+        return self._events(query, namespace, who, streaming=True)
+
+    async def _events(
+        self, query: ChatQuery, namespace: str | None, who: Principal, *, streaming: bool
+    ) -> AsyncIterator[tuple[str, Any]]:
+        """The one way a question is answered; without `streaming` no token events are made
+        and the LLM is asked for the whole completion at once."""
         turn = await self._resolve(query, namespace, who)
         cached = await self._cached_answer(turn)
         if cached is not None:
             text, mode, done, citations = self._from_cache(turn, *cached)
-            for piece in _pieces(text):
-                yield "token", piece
+            if streaming:
+                for piece in _pieces(text):
+                    yield "token", piece
             answer = await self._finish(turn, text, mode, done, citations, cached[1],
-                                        from_entry=True)
+                                        cached[0]["citations"], from_entry=True)
         else:
             await self._retrieve(turn)
             t = time.perf_counter()
-            parts: list[str] = []
-            mode, done = "extractive", None
-            llm = self._llm if turn.use_cache else self._uncached_llm
-            if llm is not None:
-                s = self._settings.llm
-                try:
-                    stream = llm.stream(self._messages(turn), temperature=s.temperature,
-                                              max_tokens=s.max_tokens)
-                    async for delta in stream:
-                        parts.append(delta)
-                        yield "token", delta
-                    mode, done = "llm", stream.completion
-                except ProviderError as exc:
-                    if parts or not query.use_rag:
-                        raise
-                    turn.warnings.append(f"{exc.code}: {exc.message}; answered extractively")
-            if mode == "extractive":
-                for piece in _pieces(extractive_answer(query.message, turn.sources)):
-                    parts.append(piece)
-                    yield "token", piece
-            turn.timings.generate = _ms(t)
-            answer = await self._finish(turn, "".join(parts), mode, done,
-                                        citations_of(turn.sources), self._cache_level(turn, done))
+            if not streaming:
+                text, mode, done = await self._generate(turn)
+            else:
+                parts: list[str] = []
+                mode, done = "extractive", None
+                llm = self._llm if turn.use_cache else self._uncached_llm
+                if llm is not None:
+                    s = self._settings.llm
+                    try:
+                        stream = llm.stream(self._messages(turn), temperature=s.temperature,
+                                            max_tokens=s.max_tokens)
+                        async for delta in stream:
+                            parts.append(delta)
+                            yield "token", delta
+                        mode, done = "llm", stream.completion
+                    except ProviderError as exc:
+                        if parts or not query.use_rag:
+                            raise
+                        turn.warnings.append(f"{exc.code}: {exc.message}; answered extractively")
+                if mode == "extractive":
+                    for piece in _pieces(extractive_answer(query.message, turn.sources)):
+                        parts.append(piece)
+                        yield "token", piece
+                text = "".join(parts)
+            turn.timings.generate = elapsed_ms(t)
+            answer = await self._finish(turn, text, mode, done, citations_of(turn.sources),
+                                        self._cache_level(turn, done))
             await self._remember(turn, answer)
         yield "citations", [c.model_dump() for c in answer.citations]
         yield "done", answer

@@ -143,6 +143,7 @@ class ConversationLog:
         await self.flush()
         async with self._sessions() as session:
             past = await repo.recent_messages(session, conversation_id, limit)
+        # Only append() writes messages, with the roles of ChatMessage.
         return [ChatMessage(m.role, m.content) for m in past]  # type: ignore[arg-type]
 
     async def _run(self) -> None:

@@ -283,7 +283,7 @@ def group_by_document(ranked: Sequence[Retrieved], top_k: int, per_document: int
                       ) -> list[Retrieved]:
     """The best `per_document` chunks of each of the first `top_k` distinct documents, the
     documents in the order of their best chunk, each document's chunks together."""
-    docs: dict[int, list[Retrieved]] = {}
+    docs: dict[str, list[Retrieved]] = {}  # by public document id
     for r in ranked:
         chunks = docs.get(r.chunk.document_id)
         if chunks is None:

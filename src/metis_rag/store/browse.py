@@ -115,7 +115,7 @@ async def facets(session: AsyncSession, tenant: str, collection_id: int | None,
     """The values the documents can be filtered by, with how many documents carry each."""
     base = DocumentQuery(collection_id=collection_id)
 
-    async def counted(column: Any, stmt: Select[Any] | None = None) -> list[tuple[str, int]]:
+    async def counted(column: Any, stmt: Any = None) -> list[tuple[str, int]]:
         stmt = stmt if stmt is not None else select(column, func.count(Document.id))
         stmt = _filtered(stmt, tenant, base).group_by(column)
         stmt = stmt.order_by(func.count(Document.id).desc(), column).limit(limit)

@@ -314,7 +314,8 @@ class HnswVectorStore:
                 return
             col.path.mkdir(parents=True, exist_ok=True)
             gen = col.generation + 1
-            index_name, ids_name = f"index-{gen}.bin", f"ids-{gen}.bin"
+            index_name: str | None = f"index-{gen}.bin"
+            ids_name = f"ids-{gen}.bin"
             # save_index may run beside knn_query but not beside add_items: a read lock.
             with col.lock.read():
                 live = np.fromiter(col.live, dtype="<i8", count=len(col.live))
@@ -322,7 +323,7 @@ class HnswVectorStore:
                 if col.index is not None and col.live:
                     col.index.save_index(str(col.path / f"{index_name}.tmp"))
                 else:
-                    index_name, tomb = None, tomb[:0]  # type: ignore[assignment]
+                    index_name, tomb = None, tomb[:0]
                 col.dirty = False
             ids_bytes = np.concatenate([live, tomb]).tobytes()
             manifest = {

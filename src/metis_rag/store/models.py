@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -20,6 +20,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -62,6 +63,10 @@ IdType = BigInteger().with_variant(Integer(), "sqlite")
 
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+    # Every model here maps one Table (SQLAlchemy types it as any FromClause, which has no
+    # insert/update/delete): say so once instead of casting at each Core statement.
+    if TYPE_CHECKING:
+        __table__: ClassVar[Table]
 
 
 class Collection(Base):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Sequence, Set
 from typing import Any
 
 import numpy as np
@@ -232,7 +232,8 @@ class PgVectorStore:
             await conn.execute(_SETTINGS, {"ef": self._ef_search, "c": collection_id})
             if allowed_ids is None:
                 return await self._nearest(conn, collection_id, q, k)
-            allowed = allowed_ids if isinstance(allowed_ids, set | frozenset) else set(allowed_ids)
+            allowed: Set[int] = (allowed_ids if isinstance(allowed_ids, set | frozenset)
+                                 else set(allowed_ids))
             if len(allowed) <= self._exact_scan_max:
                 return await self._exact(conn, collection_id, q, k, allowed)
             # Over-fetch from the index and keep allowed ids, growing the fetch while too few
@@ -253,7 +254,7 @@ class PgVectorStore:
         return [VectorHit(int(r[0]), 1.0 - float(r[1])) for r in rows]
 
     async def _exact(
-        self, conn: AsyncConnection, collection_id: int, q: list[float], k: int, allowed: set[int]
+        self, conn: AsyncConnection, collection_id: int, q: list[float], k: int, allowed: Set[int]
     ) -> list[VectorHit]:
         if not allowed:
             return []

@@ -338,7 +338,7 @@ async def fulltext_search(
     terms = fulltext_terms(query)
     if not terms:
         return []
-    if session.bind.dialect.name != "sqlite":
+    if session.get_bind().dialect.name != "sqlite":
         return await _fulltext_postgres(session, collection_id, terms, limit)
     terms = await _selective_terms(session, terms)
     if not terms:
@@ -360,15 +360,6 @@ async def fulltext_search(
     )
     keep = {r[0] for r in mine}
     return [h for h in hits if h[0] in keep][:limit]
-
-
-async def tenant_usage(session: AsyncSession, tenant: str) -> tuple[int, int]:
-    """The tenant's documents and their bytes, for its quotas."""
-    row = (await session.execute(
-        select(func.count(Document.id), func.coalesce(func.sum(Document.size_bytes), 0))
-        .where(Document.collection_id.in_(tenant_collections(tenant)))
-    )).one()
-    return int(row[0]), int(row[1])
 
 
 @dataclass(frozen=True, slots=True)

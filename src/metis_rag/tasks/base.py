@@ -8,6 +8,7 @@ the `tasks` table, which stays the source of truth for status, progress and resu
 from __future__ import annotations
 
 import asyncio
+import builtins
 import re
 import time
 import uuid
@@ -135,7 +136,7 @@ class TaskBackend(ABC):
 
     async def wait(
         self, ids: Sequence[str], *, timeout_s: float = 600, poll_s: float = 0.05,
-        on_finished: Callable[[list[TaskOut]], None] | None = None,
+        on_finished: Callable[[builtins.list[TaskOut]], None] | None = None,
     ) -> dict[str, TaskOut]:
         """Polls until every task has finished (for the CLI and tests); `on_finished` gets the
         tasks that finished since the previous poll. Each poll reads only unfinished statuses."""

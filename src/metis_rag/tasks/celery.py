@@ -39,13 +39,14 @@ def make_celery(settings: TaskSettings) -> Any:
     """A Celery app for Metis: late acks, one message reserved per slot, real priorities."""
     try:
         from celery import Celery
-        from kombu import Queue
+        from kombu import Queue  # type: ignore[attr-defined]  # re-exported lazily, untyped
     except ImportError as exc:
         raise MissingDependency("celery", "tasks") from exc
     app = Celery("metis", broker=settings.broker_url, set_as_current=False)
     app.conf.update(
         task_default_queue=settings.queue,
-        task_queues=[Queue(settings.queue, routing_key=settings.queue,
+        # kombu ships no types for Queue's constructor.
+        task_queues=[Queue(settings.queue, routing_key=settings.queue,  # type: ignore[no-untyped-call]
                            queue_arguments={"x-max-priority": 10})],
         task_queue_max_priority=10,
         task_default_priority=AMQP_PRIORITY[1],

@@ -15,8 +15,9 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -83,8 +84,8 @@ class EmbeddedBackend(TaskBackend):
 
     async def close(self) -> None:
         self._closing = True
-        for task in [*self._loops, *([self._timer] if self._timer else [])]:
-            task.cancel()
+        for loop in [*self._loops, *([self._timer] if self._timer else [])]:
+            loop.cancel()
         await asyncio.gather(*self._loops, *([self._timer] if self._timer else []),
                              return_exceptions=True)
         await self.monitor.close()
@@ -373,8 +374,8 @@ def _entry(row: dict[str, Any], blocked_by: set[str]) -> Entry:
     start_at = row["start_at"]
     return Entry(
         id=row["id"], type=row["type"], priority=row["priority"],
-        created=repo._aware(row["created_at"]).timestamp(),  # type: ignore[union-attr]
+        created=repo._aware(cast(datetime, row["created_at"])).timestamp(),
         params=row["params"], timeout_s=row["timeout_s"], max_retries=row["max_retries"],
         attempts=row["attempts"], blocked_by=set(blocked_by),
-        start_at=repo._aware(start_at).timestamp() if start_at else None,  # type: ignore[union-attr]
+        start_at=repo._aware(cast(datetime, start_at)).timestamp() if start_at else None,
     )

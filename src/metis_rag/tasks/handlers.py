@@ -16,13 +16,13 @@ import numpy as np
 from ..agent.analysis_step import analyse_document
 from ..batching import MicroBatcher
 from ..config import TaskSettings
-from ..errors import InvalidInput
+from ..errors import InvalidInput, PermanentError
 from ..ingest.pipeline import Upload
 from ..store import repo as store_repo
 from ..store.index import reconcile
 from ..tenancy.principal import DEFAULT_TENANT, Principal
 from . import repo
-from .runner import HandlerRegistry, PermanentError, TaskContext
+from .runner import HandlerRegistry, TaskContext
 
 T = TypeVar("T")
 REINDEX_BATCH = 2000
@@ -104,7 +104,7 @@ def _tenant(ctx: TaskContext) -> str:
 
 
 def _principal(ctx: TaskContext) -> Principal:
-    keyring = getattr(ctx.services, "keyring", None)
+    keyring = getattr(ctx.services, "keyring", None)  # engine tests run without one
     return Principal(_tenant(ctx), "admin", scoped=bool(keyring and keyring.enabled))
 
 

@@ -63,7 +63,7 @@ async def dead_workers(conn: AsyncConnection, me: str, now: datetime, lease_s: f
     for wid, whost, pid, beat in rows:
         if wid == me:
             continue
-        if _aware(beat) < stale:  # type: ignore[operator]
+        if beat is not None and _aware(beat) < stale:
             dead.append(wid)
         elif whost == host and (pid == os.getpid() or not _pid_alive(pid)):
             dead.append(wid)  # same host: a pid that is gone (or is us now) is a dead process

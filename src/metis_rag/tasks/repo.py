@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import String, and_, any_, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
 
 from ..errors import Conflict, NotFound
 from .ids import public
@@ -31,6 +32,10 @@ def to_dt(epoch_s: float) -> datetime:
     return datetime.fromtimestamp(epoch_s, UTC)
 
 
+@overload
+def _aware(value: datetime) -> datetime: ...
+@overload
+def _aware(value: datetime | None) -> datetime | None: ...
 def _aware(value: datetime | None) -> datetime | None:
     # SQLite hands back naive datetimes; everything we store is UTC.
     if value is not None and value.tzinfo is None:
@@ -138,7 +143,8 @@ async def counts(conn: AsyncConnection) -> dict[str, int]:
 
 async def oldest_created(conn: AsyncConnection, status: str) -> datetime | None:
     """Creation time of the oldest task in `status` (one probe of ix_tasks_status_created)."""
-    value = (await conn.execute(select(func.min(T.c.created_at)).where(T.c.status == status))).scalar()
+    value: datetime | None = (await conn.execute(
+        select(func.min(T.c.created_at)).where(T.c.status == status))).scalar()
     return _aware(value)
 
 
@@ -233,7 +239,7 @@ async def claim(
     messages because the process that had them died, so tasks it left running may be taken."""
     if not task_ids:
         return []
-    runnable = T.c.status.in_(("pending", "scheduled"))
+    runnable: ColumnElement[bool] = T.c.status.in_(("pending", "scheduled"))
     if takeover:  # ... but not one that this process is running itself
         runnable = or_(runnable, and_(T.c.status == "running", T.c.owner != owner))
     stmt = (

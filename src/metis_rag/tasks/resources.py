@@ -62,7 +62,7 @@ class ResourceMonitor:
         self, settings: TaskSettings, sampler: Sampler, *, maximum: int, source: str = "",
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        on_change: Callable[[int], None] | None = None,
+        on_change: Callable[[int], object] | None = None,
     ) -> None:
         self.settings = settings
         self.sampler = sampler
@@ -75,7 +75,7 @@ class ResourceMonitor:
         self._source = source
         self._clock = clock
         self._sleep = sleep
-        self._on_change = on_change
+        self._on_change: Callable[[int], object] | None = on_change
         self._task: asyncio.Task[None] | None = None
 
     def thresholds(self) -> dict[str, float]:

@@ -13,10 +13,22 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import InvalidInput, MetisError, PermanentError
 from ..observability import tracing
+
+if TYPE_CHECKING:  # the app's components, for type checking only: they import this package
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+    from ..cache.levels import Caches
+    from ..config import Settings
+    from ..ingest.pipeline import Ingestor
+    from ..store.index import IndexFlusher
+    from ..store.vectors import VectorStore
+    from ..tenancy.keys import KeyRing
+    from .base import TaskBackend
+    from .handlers import IngestEmbedder
 
 Handler = Callable[["TaskContext"], Any]
 ProgressSink = Callable[[str, float, str | None], None]
@@ -56,6 +68,31 @@ class HandlerRegistry:
         return sorted(self._handlers)
 
 
+class HandlerServices(Protocol):
+    """The part of `metis_rag.services.Services` that task handlers use."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def engine(self) -> AsyncEngine: ...
+    @property
+    def sessions(self) -> async_sessionmaker[AsyncSession]: ...
+    @property
+    def vectors(self) -> VectorStore: ...
+    @property
+    def ingestor(self) -> Ingestor: ...
+    @property
+    def ingest_embedder(self) -> IngestEmbedder: ...
+    @property
+    def index_flusher(self) -> IndexFlusher: ...
+    @property
+    def caches(self) -> Caches | None: ...
+    @property
+    def keyring(self) -> KeyRing: ...
+    @property
+    def tasks(self) -> TaskBackend: ...
+
+
 @dataclass(slots=True)
 class TaskContext:
     """What a handler sees: its task, a progress reporter, the upload bytes, and the app."""
@@ -64,7 +101,7 @@ class TaskContext:
     type: str
     params: dict[str, Any]
     attempt: int
-    services: Any
+    services: HandlerServices
     _progress: ProgressSink
     _blob: BlobLoader
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
@@ -173,4 +210,4 @@ def _jsonable(value: Any) -> Any:
 def retry_delay_s(attempt: int, base_s: float, max_s: float, rng: random.Random) -> float:
     """Exponential backoff with "equal jitter": half the step is fixed, half random."""
     step = min(max_s, base_s * 2 ** max(0, attempt - 1))
-    return step / 2 + rng.uniform(0, step / 2)
+    return float(step / 2 + rng.uniform(0, step / 2))

@@ -11,14 +11,15 @@ import threading
 import time
 import uuid
 from contextlib import AsyncExitStack
-from typing import Any
+from datetime import datetime
+from typing import Any, cast
 
 from sqlalchemy import text
 
 from ..batching import MicroBatcher
 from ..config import Settings
 from . import leases, repo
-from .celery import TASK_NAME, make_celery
+from .celery import TASK_NAME, CeleryBackend, make_celery
 from .resources import ResourceMonitor, psutil_sampler
 from .runner import Outcome, TaskContext, execute, retry_delay_s
 
@@ -66,7 +67,7 @@ class WorkerRuntime:
         self.services = await self._stack.enter_async_context(
             open_services(self.settings, role="worker"))
         self.engine = self.services.engine
-        self.backend = self.services.tasks
+        self.backend = cast(CeleryBackend, self.services.tasks)  # role="worker" builds one
         self.registry = self.backend.registry
         self._slots = asyncio.Condition()
         self._outcomes: list[tuple[Any, Outcome]] = []
@@ -169,7 +170,7 @@ class WorkerRuntime:
         """Claims every message that arrived together in one statement per kind."""
         now = repo.to_dt(self.clock())
         async with self._claim_conn as conn:
-            rows = {}
+            rows: dict[str, Any] = {}
             for takeover in (False, True):
                 ids = list({i for i, r in items if r is takeover})
                 rows.update((r.id, r) for r in await repo.claim(conn, ids, self.worker_id, now,
@@ -315,8 +316,9 @@ class HeldConnection:
 
 
 def _wait_s(row: Any) -> float:
-    ready = repo._aware(row.start_at or row.created_at)
-    return max(0.0, repo._aware(row.started_at).timestamp() - ready.timestamp())  # type: ignore[union-attr]
+    ready: datetime = repo._aware(row.start_at or row.created_at)
+    started: datetime = repo._aware(row.started_at)  # it is running: started_at is set
+    return max(0.0, started.timestamp() - ready.timestamp())
 
 
 def run_worker(settings: Settings) -> None:
@@ -324,7 +326,7 @@ def run_worker(settings: Settings) -> None:
     app = make_celery(settings.tasks)
     runtime = WorkerRuntime(settings)
 
-    @app.task(name=TASK_NAME, bind=True)
+    @app.task(name=TASK_NAME, bind=True)  # type: ignore[untyped-decorator]  # celery ships no types
     def run(self: Any, task_id: str) -> None:
         redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
         runtime.run_message(task_id, redelivered)

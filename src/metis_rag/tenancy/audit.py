@@ -51,13 +51,14 @@ class AuditLog:
             await self.flush()
 
     def record(self, *, tenant: str, actor: str, action: str, target: str = "",
-               status: int = 200, client: str = "", detail: dict[str, Any] | None = None) -> None:
+               status: int = 200, client: str = "", detail: dict[str, Any] | None = None,
+               trace_id: str = "") -> None:
         """Queue one record; never blocks, never raises."""
         if len(self._pending) >= _MAX_PENDING:
             del self._pending[: _MAX_PENDING // 10]  # rare: drop the oldest tenth at once
             self.dropped += _MAX_PENDING // 10
         self._pending.append((self._clock(), tenant, actor, action, target, status, client,
-                              detail))
+                              detail, trace_id))
         if not self._queued.is_set():
             self._queued.set()
 
@@ -69,8 +70,9 @@ class AuditLog:
             rows = [{"at": datetime.fromtimestamp(at, UTC), "tenant": tenant, "actor": actor[:64],
                      "action": action[:40], "target": target[:300],
                      "outcome": outcome_of(status), "status": status, "client": client[:64],
-                     "detail": detail or {}}
-                    for at, tenant, actor, action, target, status, client, detail in batch]
+                     "detail": detail or {}, "trace_id": trace_id[:128]}
+                    for at, tenant, actor, action, target, status, client, detail, trace_id
+                    in batch]
             try:
                 async with self._sessions() as session, session.begin():
                     await session.execute(insert(AuditRecord), rows)
@@ -92,18 +94,20 @@ class AuditLog:
 
 
 async def query_audit(
-    session: AsyncSession, tenant: str, *, action: str | None = None, actor: str | None = None,
+    session: AsyncSession, tenant: str | None, *, action: str | None = None, actor: str | None = None,
     outcome: str | None = None, since: datetime | None = None, until: datetime | None = None,
-    limit: int = 50, offset: int = 0,
+    trace_id: str | None = None, limit: int = 50, offset: int = 0,
 ) -> tuple[list[AuditRecord], int]:
-    """The tenant's records, newest first."""
-    conds = [AuditRecord.tenant == tenant]
+    """The tenant's records (every tenant's: None), newest first."""
+    conds = [] if tenant is None else [AuditRecord.tenant == tenant]
     if action is not None:
         conds.append(AuditRecord.action == action)
     if actor is not None:
         conds.append(AuditRecord.actor == actor)
     if outcome is not None:
         conds.append(AuditRecord.outcome == outcome)
+    if trace_id is not None:
+        conds.append(AuditRecord.trace_id == trace_id)
     if since is not None:
         conds.append(AuditRecord.at >= since)
     if until is not None:

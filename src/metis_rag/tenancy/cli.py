@@ -13,9 +13,9 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 
+from ..cli.common import DataDir, JsonOpt, console, err_console
 from ..config import Settings
 from ..errors import MetisError
-from ..tasks.cli import DataDir, JsonOpt, console, err_console
 from . import keys
 from .audit import query_audit
 from .principal import check_tenant

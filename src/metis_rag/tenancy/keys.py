@@ -24,7 +24,7 @@ from ..config import KeyGrant
 from ..errors import NotFound
 from ..ratelimit import key_id as static_key_id
 from .models import ApiKey
-from .principal import DEFAULT_TENANT, Principal, Role, check_role, check_tenant
+from .principal import DEFAULT_TENANT, Principal, check_role, check_tenant
 
 log = logging.getLogger("metis.auth")
 
@@ -48,12 +48,13 @@ def new_key() -> tuple[str, str]:
 
 
 def static_keys(config: list[str] | Mapping[str, KeyGrant]) -> dict[str, Principal]:
-    """METIS_API_KEYS by hash: a plain list is admin keys of tenant `default`."""
+    """METIS_API_KEYS by hash: a plain list is operator keys of tenant `default` (they may
+    do everything, as before tenants)."""
     if isinstance(config, Mapping):
         grants = {k: (g.tenant, g.role) for k, g in config.items() if k}
     else:
-        grants = {k: (DEFAULT_TENANT, "admin") for k in config if k}
-    return {hash_key(k): Principal(t, r, f"env:{static_key_id(k)}", scoped=True)  # type: ignore[arg-type]
+        grants = {k: (DEFAULT_TENANT, "operator") for k in config if k}
+    return {hash_key(k): Principal(t, check_role(r), f"env:{static_key_id(k)}", scoped=True)
             for k, (t, r) in grants.items()}
 
 
@@ -98,7 +99,7 @@ class KeyRing:
             ever = rows or (await session.execute(select(ApiKey.id).limit(1))).first()
         self._ever_stored = bool(ever)
         keys = dict(self._static)
-        keys.update({r[0]: Principal(r[1], r[2], r[3], scoped=True) for r in rows})
+        keys.update({r[0]: Principal(r[1], check_role(r[2]), r[3], scoped=True) for r in rows})
         self._keys = keys
 
     async def _run(self) -> None:
@@ -164,5 +165,5 @@ async def rotate_key(session: AsyncSession, tenant: str | None, key_id: str) -> 
     """A new key with the same tenant, role and name; the old one is revoked."""
     row = await _active(session, tenant, key_id)
     await revoke_key(session, tenant, key_id)
-    role: Role = row.role  # type: ignore[assignment]
+    role = check_role(row.role)
     return await create_key(session, row.tenant, role, row.name)

@@ -1,11 +1,11 @@
-"""Tables of the tenancy layer: API keys (hashes only) and the audit log."""
+"""Tables of the tenancy layer: API keys (hashes only), the audit log and quota counters."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Index, Integer, String
+from sqlalchemy import JSON, BigInteger, DateTime, Float, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..store.models import Base, IdType, utcnow
@@ -28,6 +28,7 @@ class AuditRecord(Base):
     __table_args__ = (
         Index("ix_audit_tenant_at", "tenant", "at"),
         Index("ix_audit_tenant_action_at", "tenant", "action", "at"),
+        Index("ix_audit_trace_id", "trace_id"),
         {"sqlite_autoincrement": True},
     )
 
@@ -41,3 +42,16 @@ class AuditRecord(Base):
     status: Mapped[int] = mapped_column(Integer)
     client: Mapped[str] = mapped_column(String(64))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The OpenTelemetry trace id when tracing is on, else the request id (X-Request-ID).
+    trace_id: Mapped[str] = mapped_column(String(128), default="")
+
+
+class QuotaCounter(Base):
+    """A quota counter of `tenancy.counters.database` (when the counters are not in Redis)."""
+
+    __tablename__ = "quota_counters"
+    __table_args__ = (Index("ix_quota_counters_expires_at", "expires_at"),)
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[float] = mapped_column(Float)  # seconds since the epoch, servers' clock

@@ -10,8 +10,11 @@ from starlette.requests import Request
 
 from ..errors import Forbidden, InvalidInput
 
-Role = Literal["reader", "writer", "admin"]
-ROLES: tuple[Role, ...] = ("reader", "writer", "admin")
+# `admin` runs one tenant (its keys, its audit log, its caches); `operator` runs the server: the
+# views and actions that span tenants (metrics, every tenant's tasks and audit log, the shared
+# cache levels). An operator key also belongs to a tenant, where it may do what an admin may.
+Role = Literal["reader", "writer", "admin", "operator"]
+ROLES: tuple[Role, ...] = ("reader", "writer", "admin", "operator")
 _RANK = {role: i for i, role in enumerate(ROLES)}
 _TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 DEFAULT_TENANT = "default"
@@ -28,9 +31,9 @@ def check_tenant(name: str) -> str:
 
 def check_role(role: str) -> Role:
     if role not in _RANK:
-        raise InvalidInput(f"Role {role[:20]!r} is not one of reader, writer, admin.",
+        raise InvalidInput(f"Role {role[:20]!r} is not one of reader, writer, admin, operator.",
                            code="invalid_role")
-    return role  # type: ignore[return-value]
+    return role  # `in _RANK` narrowed it to a Role
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +48,13 @@ class Principal:
 
     def require(self, role: Role) -> Principal:
         if not self.allows(role):
-            raise Forbidden(
-                f"This needs a key with the {role} role; this key is a {self.role} of tenant "
-                f"{self.tenant!r}."
-            )
+            raise Forbidden(f"This needs a key with the {role} role; this key is {self.described}.")
         return self
+
+    @property
+    def described(self) -> str:
+        article = "an" if self.role[0] in "aeiou" else "a"
+        return f"{article} {self.role} of tenant {self.tenant!r}"
 
     def namespace(self, name: str) -> str:
         """The cache namespace a request names, inside its tenant: it can narrow, never leave."""
@@ -64,7 +69,7 @@ class Principal:
 
 
 # Without API keys Metis is a single-tenant server: everything is allowed, as before tenants.
-SINGLE_TENANT = Principal(DEFAULT_TENANT, "admin")
+SINGLE_TENANT = Principal(DEFAULT_TENANT, "operator")
 
 
 def principal_of(request: Request) -> Principal:

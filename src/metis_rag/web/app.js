@@ -128,11 +128,12 @@ async function loadMe() {
     who.dataset.role = r.body.role;
     showError("auth-error", null);
   } else {
-    who.textContent = "not signed in";
+    who.textContent = r.status === 404 ? "" : "not signed in";  // 404: a server without /api/me
     who.dataset.role = "";
     if (r.status === 401 || r.status === 403) showError("auth-error", r);
   }
   $("signout-button").hidden = !apiKey();
+  if (state.meShownAt === undefined) state.meShownAt = performance.now();
   $("tab-admin").hidden = !(r.ok && r.body.role === "admin");
   document.dispatchEvent(new CustomEvent("metis:signed-in", { detail: state.me }));
   return r.ok;

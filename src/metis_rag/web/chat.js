@@ -120,6 +120,14 @@ function whyText(c) {
   return parts.length ? `Why: ${parts.join(" · ")}` : "";
 }
 
+function agentText(a) {
+  const scores = Object.entries(a.scores || {})
+    .filter(([, v]) => typeof v === "number").map(([k, v]) => `${k} ${v.toFixed(2)}`);
+  return `Agent: ${a.analysis || "?"} question, ${(a.steps || []).length} steps planned by ` +
+         `${a.planner || "?"}, ${a.rounds || 0} refinement rounds` +
+         (scores.length ? ` · ${scores.join(", ")}` : "");
+}
+
 function where(c) {
   const w = [];
   if (c.page !== null && c.page !== undefined) w.push(`page ${c.page}`);
@@ -181,6 +189,7 @@ function finishTurn(turn, answer, opts) {
       el("p", { class: "served", "data-level": (answer.cache && answer.cache.level) || "none",
                 text: servedText(answer) }),
       whyText(answer.cache || {}) ? el("p", { class: "why", text: whyText(answer.cache) }) : null,
+      answer.agent ? el("p", { class: "why agent-info", text: agentText(answer.agent) }) : null,
       el("p", { class: "timings",
                 text: `embed ${fmtMs(t.embed)} · retrieve ${fmtMs(t.retrieve)} · ` +
                       `generate ${fmtMs(t.generate)} · total ${fmtMs(t.total)}` +
@@ -241,13 +250,27 @@ async function readEvents(response, onEvent) {
   }
 }
 
-function stepItem(kind, data) {
-  const label = { step: "Step", tool_call: "Tool call", tool_result: "Tool result" }[kind] || kind;
-  const text = typeof data === "string" ? data : (data && (data.text || data.message || data.name)) || "";
-  const detail = data && typeof data === "object" ? JSON.stringify(data.arguments || data.args || data.result || data.output || "") : "";
-  return el("li", { class: `step ${kind}`, "data-kind": kind },
-    el("strong", { text: label }), " ", el("span", { text }),
-    detail && detail !== '""' ? el("code", { text: detail.slice(0, 400) }) : null);
+// step {id, op, name, status, purpose, error, elapsed_ms}; tool_call {step, name, arguments};
+// tool_result {step, name, error, content, cache_level, elapsed_ms}.
+function stepItem(kind, d) {
+  d = d && typeof d === "object" ? d : { text: String(d) };
+  const ms = typeof d.elapsed_ms === "number" ? ` · ${d.elapsed_ms.toFixed(1)} ms` : "";
+  let head, detail;
+  if (kind === "step") {
+    head = `${d.id || ""} ${d.name || d.op || ""} ${d.status || ""}${ms}`;
+    detail = d.error || d.purpose || "";
+  } else if (kind === "tool_call") {
+    head = `${d.step || ""} calls ${d.name || "a tool"}`;
+    detail = JSON.stringify(d.arguments || {});
+  } else {
+    head = `${d.step || ""} ${d.name || ""} ${d.error ? `failed: ${d.error}` : "answered"}` +
+           `${d.cache_level ? ` (cache ${d.cache_level})` : ""}${ms}`;
+    detail = d.content || "";
+  }
+  return el("li", { class: `step ${kind}`, "data-kind": kind, "data-status": d.status || null },
+    el("strong", { text: { step: "Step", tool_call: "Tool call", tool_result: "Result" }[kind] }),
+    " ", el("span", { text: head.replace(/\s+/g, " ").trim() }),
+    detail ? el("code", { text: String(detail).slice(0, 400) }) : null);
 }
 
 async function showAuditLink(queryId) {
@@ -319,7 +342,8 @@ async function ask(event) {
       state.answers += 1;
       setConversation(final.conversation_id, collection);
       finishTurn(turn, final, {});
-      if (agent && (final.query_id || final.id)) showAuditLink(final.query_id || final.id);
+      const queryId = final.agent && final.agent.query_id;
+      if (queryId) showAuditLink(queryId);
       loadConversations();
     } else if (turn) {
       finishTurn(turn, { answer: text, citations: [] }, { stored: true, stopped });
@@ -341,6 +365,8 @@ function disableAgent() {
 async function agentAvailable() {
   if (agentSupported !== null) return agentSupported;
   const r = await api("GET", "/openapi.json");
+  // Keys in use: the schema is for admins. Offer the mode; a 422 on `mode` takes it back.
+  if (r.status === 401 || r.status === 403) return true;
   const op = r.ok && r.body.paths && r.body.paths["/api/chat/query"] && r.body.paths["/api/chat/query"].post;
   let schema = op && op.requestBody ? op.requestBody.content["application/json"].schema : null;
   if (schema && schema.$ref) schema = r.body.components.schemas[schema.$ref.split("/").pop()];

@@ -30,7 +30,8 @@ def upgrade() -> None:
     if not pgvector.vector_available(bind):
         log.warning("PostgreSQL has no pgvector extension: vectors stay in the embedded index")
         return
-    options = op.get_context().config.attributes.get("pgvector", {})
+    config = op.get_context().config
+    options = config.attributes.get("pgvector", {}) if config is not None else {}
     for statement in pgvector.schema_statements(
         options.get("dim", 384), options.get("m", 16), options.get("ef_construction", 200)
     ):

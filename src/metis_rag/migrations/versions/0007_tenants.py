@@ -22,7 +22,7 @@ TS = sa.DateTime(timezone=True)
 Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
-def _tenant() -> sa.Column:
+def _tenant() -> sa.Column[str]:
     return sa.Column("tenant", sa.String(64), nullable=False, server_default="default")
 
 

@@ -2,7 +2,7 @@
 `agent_events` (every analysis, plan, step, tool call, synthesis, evaluation and refinement).
 
 Revision ID: 0011
-Revises: 0008
+Revises: 0010
 """
 
 import sqlalchemy as sa

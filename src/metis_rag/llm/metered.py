@@ -1,22 +1,19 @@
-"""`MeteredLLM` and `MeteredEmbedder`: wrappers that report each real model call to `Metrics`.
-
-Put them directly around the backend, under any cache, so that only calls that reach the model
-are counted. They keep no `inner` attribute on purpose: code that unwraps caches via `.inner`
-must still find the metered object.
-"""
+"""`MeteredLLM`: reports each real LLM call to `Metrics` (its twin for embedders is
+`embed.metered`). Put it directly around the backend, under any cache, so that only calls that
+reach the model are counted."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from ..embed.base import Embedder, WrappedEmbedder
 from ..errors import MetisError
-from ..llm.base import LLM, ChatMessage, Completion, CompletionStream, ToolDeclaration, WrappedLLM
-from . import tracing
-from .metrics import Metrics
+from ..observability import tracing
+from .base import LLM, ChatMessage, Completion, CompletionStream, ToolDeclaration, WrappedLLM
+
+if TYPE_CHECKING:
+    from ..observability.metrics import Metrics
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -105,19 +102,3 @@ class _MeteredStream:
         if not self._reported:
             self._report("cancelled", 0, 0)
         await self._inner.aclose()
-
-
-class MeteredEmbedder(WrappedEmbedder):
-    def __init__(self, inner: Embedder, metrics: Metrics) -> None:
-        super().__init__(inner)
-        self._metrics = metrics
-
-    async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        if not texts:
-            return await self.inner.embed(texts)
-        started = time.perf_counter()
-        with tracing.span("embed", {"metis.embed.model": self.model_id,
-                                    "metis.embed.texts": len(texts)}):
-            vectors = await self.inner.embed(texts)
-        self._metrics.observe_embed(self.model_id, len(texts), time.perf_counter() - started)
-        return vectors

@@ -10,26 +10,19 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from ..config import Settings
 from ..errors import MetisError
 from ..ingest.pipeline import IngestResult
-from .base import TaskBackend
-from .types import STATUSES, TaskOut, TaskSpec
+from ..tasks.base import TaskBackend
+from ..tasks.types import STATUSES, TaskOut, TaskSpec
+from .common import DataDir, JsonOpt, console, err_console
 
 tasks_app = typer.Typer(help="List, inspect, cancel and retry background tasks.",
                         no_args_is_help=True)
-console = Console()
-err_console = Console(stderr=True)
 R = TypeVar("R")
-
-DataDir = Annotated[
-    Path | None, typer.Option("--data-dir", help="Overrides METIS_DATA_DIR.", show_default=False)
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the API's JSON.")]
 SUBMIT_BATCH = 500
 
 
@@ -76,8 +69,8 @@ def _ingest_result(task: TaskOut, filename: str) -> IngestResult:
 async def _backend(settings: Settings) -> AsyncIterator[TaskBackend]:
     """Only the database and a backend that runs nothing: no model, no index to load."""
     from ..store.db import create_engine, migrate
-    from . import build_backend
-    from .handlers import build_registry
+    from ..tasks import build_backend
+    from ..tasks.handlers import build_registry
 
     engine = create_engine(settings)
     try:
@@ -182,7 +175,7 @@ def worker(
     data_dir: DataDir = None,
 ) -> None:
     """Run a Celery worker for METIS_TASKS__BACKEND=celery (install the `tasks` extra)."""
-    from .worker import run_worker
+    from ..tasks.worker import run_worker
 
     settings = Settings(data_dir=data_dir) if data_dir else Settings()
     if concurrency is not None:

@@ -1,0 +1,113 @@
+"""`metis cache`: statistics and invalidation, through a running server when there is one."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from ..errors import MetisError
+from ..services import Services
+from ..tenancy.principal import DEFAULT_TENANT, check_tenant
+from .common import (
+    CollectionOpt,
+    DataDir,
+    ServerOpt,
+    TenantOpt,
+    _operator,
+    _run,
+    _server,
+    _settings,
+    _with_services,
+    console,
+    err_console,
+)
+
+cache_app = typer.Typer(help="Cache statistics and invalidation.", no_args_is_help=True)
+
+
+@cache_app.command("stats")
+def cache_stats(data_dir: DataDir = None, server: ServerOpt = None) -> None:
+    """Per-level hits, misses, hit ratio, entries, bytes, evictions, errors, latency, savings.
+
+    Counters live in the server process: asks the running server; without one, shows what
+    the persistent tier holds."""
+    settings = _settings(data_dir)
+    url = _server(settings, server)
+    if url is not None:
+        import httpx
+
+        stats = httpx.get(url + "/api/cache/stats", timeout=10).json()
+    else:
+        async def fn(services: Services) -> Any:
+            if services.caches is None:
+                raise MetisError("The cache is disabled.", code="cache_disabled")
+            return await services.caches.stats()
+
+        stats = _run(_with_services(settings, fn))
+    table = Table("level", "hits", "misses", "hit ratio", "entries", "bytes", "mean hit ms",
+                  "mean miss ms", "errors", "saved ms")
+    for name, lv in stats["levels"].items():
+        table.add_row(name, str(lv["hits"]), str(lv["misses"]), f"{lv['hit_ratio']:.1%}",
+                      str(lv.get("entries", "-")), str(lv.get("bytes", "-")),
+                      f"{lv.get('mean_hit_ms', 0):.2f}", f"{lv.get('mean_miss_ms', 0):.2f}",
+                      str(lv.get("errors", 0)), f"{lv['saved_ms']:.0f}")
+    console.print(table)
+    tiers = Table("tier", "entries", "bytes", "evictions", "errors", "healthy")
+    for t in stats["tiers"]:
+        tiers.add_row(t["backend"], str(t["entries"]), str(t["bytes"]), str(t["evictions"]),
+                      str(t["errors"]), str(t["healthy"]))
+    console.print(tiers)
+    console.print(f"LLM calls saved: {stats['llm_calls_saved']}, tokens saved: "
+                  f"{stats['tokens_saved']}, estimated cost saved: "
+                  f"${stats['estimated_cost_saved']:.4f}"
+                  + ("" if url else "  (no server running: counters of this process only)"))
+
+
+@cache_app.command("clear")
+def cache_clear(
+    namespace: Annotated[str | None, typer.Option()] = None,
+    collection: CollectionOpt = None,
+    level: Annotated[str | None, typer.Option(help="exact, semantic, retrieval, llm, "
+                                                   "embedding or document")] = None,
+    data_dir: DataDir = None,
+    server: ServerOpt = None,
+    tenant: TenantOpt = DEFAULT_TENANT,
+) -> None:
+    """Invalidate a collection's answers, a namespace, a level, or everything (a server with
+    API keys needs an admin key in METIS_API_KEY)."""
+    settings = _settings(data_dir)
+    params = {k: v for k, v in {"namespace": namespace, "collection": collection,
+                                "level": level}.items() if v}
+    url = _server(settings, server)
+    if url is not None:
+        import httpx
+
+        key = os.environ.get("METIS_API_KEY")
+        r = httpx.delete(url + "/api/cache", params=params, timeout=30,
+                         headers={"X-API-Key": key} if key else None)
+        if r.status_code >= 400:
+            err_console.print(f"[red]error[/red] ({r.json().get('code')}): {r.json().get('message')}")
+            raise typer.Exit(2)
+    else:
+        async def fn(services: Services) -> None:
+            if services.caches is None:
+                raise MetisError("The cache is disabled.", code="cache_disabled")
+            if collection:
+                from ..store import repo
+
+                async with services.sessions() as session, session.begin():
+                    await repo.invalidate_collection(session, check_tenant(tenant), collection)
+                return
+            if tenant == DEFAULT_TENANT and not services.keyring.enabled:  # single tenant: all
+                await services.caches.clear(namespace=namespace, level=level)
+                return
+            who = _operator(services, tenant)
+            await services.caches.clear(
+                namespace=who.namespace(namespace) if namespace else None, level=level,
+                tenant_prefix=who.namespace_prefix)
+
+        _run(_with_services(settings, fn))
+    console.print("cache cleared: " + (", ".join(f"{k}={v}" for k, v in params.items()) or "all"))
