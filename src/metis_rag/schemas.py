@@ -207,6 +207,9 @@ class ChatAnswer(BaseModel):
     model: str | None = None
     timings_ms: Timings
     usage: dict[str, int] = Field(default_factory=dict)
+    cost: float = Field(0.0, description="Estimated LLM cost of this answer: its tokens x "
+                        "METIS_CACHE__PRICE_PER_1K_TOKENS; 0 when no model was called for it "
+                        "(a cache hit, an extractive answer).")
     warnings: list[str] = Field(default_factory=list)
     cache: CacheInfo = Field(default_factory=CacheInfo)
     agent: AgentInfo | None = Field(None, description="Agent mode: the plan and its scores.")

@@ -156,10 +156,15 @@ async def test_retrieval_and_llm_levels(app_client) -> None:  # type: ignore[no-
         await seed(client)
         first = await ask(client)
         assert first["mode"] == "llm" and first["cache"]["level"] is None
+        # The answer's cost is its tokens at the configured price; a cached one costs nothing.
+        price = CacheSettings().price_per_1k_tokens
+        assert first["cost"] == pytest.approx(sum(first["usage"].values()) / 1000 * price)
+        assert first["cost"] > 0
         calls = server.stats()["requests"]
         assert (await client.delete("/api/cache", params={"level": "exact"})).status_code == 200
         second = await ask(client)
         assert second["cache"]["level"] == "llm" and second["answer"] == first["answer"]
+        assert second["cost"] == 0.0  # the completion came from the LLM level
         assert server.stats()["requests"] == calls  # the provider was not called again
         stats = (await client.get("/api/cache/stats")).json()
         assert stats["llm_calls_saved"] >= 1 and stats["tokens_saved"] > 0
@@ -167,6 +172,8 @@ async def test_retrieval_and_llm_levels(app_client) -> None:  # type: ignore[no-
         assert stats["levels"]["retrieval"]["hits"] >= 1
         assert stats["levels"]["llm"]["entries"] >= 1 and stats["levels"]["llm"]["bytes"] > 0
         assert stats["levels"]["exact"]["hits"] == 0 and stats["levels"]["exact"]["misses"] >= 2
+        third = await ask(client)
+        assert third["cache"]["level"] == "exact" and third["cost"] == 0.0
 
 
 @pytest.mark.databases

@@ -221,7 +221,8 @@ class AgentService:
             answer=text, citations=citations, conversation_id=conv_id,
             mode=mode,
             model=model, timings_ms=Timings(total=round(total, 3)),
-            usage={"total_tokens": tokens} if tokens else {}, warnings=warnings,
+            usage={"total_tokens": tokens} if tokens else {}, cost=round(self._cost(tokens), 8),
+            warnings=warnings,
             agent=AgentInfo(query_id=log.id, analysis=analysis.kind, planner=plan.planner,
                             steps=steps, scores=scores.as_dict(), rounds=rounds))
 

@@ -238,11 +238,16 @@ class ChatService:
         turn.timings.total = elapsed_ms(turn.started)
         usage = ({"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens}
                  if done is not None else {})
+        # Only a model call costs: an answer or completion served from a cache level spent none.
+        called = mode == "llm" and cache.level in (None, "retrieval")
+        cost = (sum(usage.values()) / 1000 * self._settings.cache.price_per_1k_tokens
+                if called else 0.0)
         return ChatAnswer(
             answer=text, citations=citations, conversation_id=turn.conversation_id,
             mode=mode,
             model=(served or self._llm.name) if mode == "llm" and self._llm else None,
-            timings_ms=turn.timings, usage=usage, warnings=turn.warnings, cache=cache,
+            timings_ms=turn.timings, usage=usage, cost=round(cost, 8), warnings=turn.warnings,
+            cache=cache,
         )
 
     async def _still_present(self, citations: list[Citation]) -> list[Citation]:
