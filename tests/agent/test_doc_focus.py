@@ -94,6 +94,7 @@ def _cited(event: dict[str, Any]) -> set[str]:
             for line in event["output"]["content"].splitlines() if line.startswith("[")}
 
 
+@pytest.mark.databases
 async def test_the_search_narrowed_to_the_named_topic_cites_its_document(small_chunks) -> None:  # type: ignore[no-untyped-def]
     client = small_chunks
     question = "What is the zephyr timeout?"
@@ -117,6 +118,7 @@ async def test_the_search_narrowed_to_the_named_topic_cites_its_document(small_c
     assert picked["filters"]["s1"]["topic"] in md.text
 
 
+@pytest.mark.databases
 async def test_an_empty_narrowed_search_falls_back_to_every_document(small_chunks) -> None:  # type: ignore[no-untyped-def]
     client = small_chunks
     # Folder "b" holds only the quasar runbook: narrowed to the zephyr topic, nothing is left.
