@@ -8,6 +8,7 @@ from typing import Any
 from ..embed.base import Embedder
 from ..rag.retriever import Retriever
 from ..store.lookup import CollectionLookup
+from ..store.repo import AnalysisFilter
 from .tools import ToolCitation, ToolContext, ToolResult, ToolSpec
 
 MAX_TOP_K = 20
@@ -18,7 +19,8 @@ class RagSearch:
     spec = ToolSpec(
         name="rag_search",
         description="Search the documents of the current collection; returns the most relevant "
-        "passages, numbered, each with its document and page.",
+        "passages, numbered, each with its document and page. `topic` / `doc_type` narrow the "
+        "search to documents analysed with that topic or type (all documents when none match).",
         parameters={
             "type": "object",
             "properties": {
@@ -28,6 +30,8 @@ class RagSearch:
                 "tags": {"type": "array", "items": {"type": "string", "maxLength": 100},
                          "maxItems": 20},
                 "folder": {"type": "string", "maxLength": 500},
+                "topic": {"type": "string", "maxLength": 100},
+                "doc_type": {"type": "string", "maxLength": 40},
             },
             "required": ["query"],
             "additionalProperties": False,
@@ -51,10 +55,21 @@ class RagSearch:
                               data={"hits": 0})
         vector = (await self._embedder.embed([query]))[0]
         tags = list(arguments.get("tags") or context.tags)
+        top_k = int(arguments.get("top_k") or self._default_top_k)
+        folder = arguments.get("folder", context.folder)
+        narrow = AnalysisFilter(doc_type=arguments.get("doc_type") or None,
+                                topic=arguments.get("topic") or None)
         found, _ = await self._retriever.retrieve(
-            ref.id, query, vector, top_k=int(arguments.get("top_k") or self._default_top_k),
-            tags=tags, folder=arguments.get("folder", context.folder),
-        )
+            ref.id, query, vector, top_k=top_k, tags=tags, folder=folder,
+            analysis=narrow if narrow.active else None)
+        # Narrowing picks documents by their analysis; it may cut noise, never the answer.
+        narrowed = narrow.active and bool(found)
+        if narrow.active and not found:
+            found, _ = await self._retriever.retrieve(ref.id, query, vector, top_k=top_k,
+                                                      tags=tags, folder=folder)
+        data: dict[str, Any] = {"hits": len(found)}
+        if narrow.active:
+            data["narrowed"] = narrowed  # False: nothing matched it, all documents searched
         citations = [
             ToolCitation(document_id=r.chunk.document_id, title=r.chunk.filename,
                          chunk_id=str(r.chunk.id), text=r.chunk.text[:SNIPPET_CHARS],
@@ -63,7 +78,7 @@ class RagSearch:
         ]
         if not citations:
             return ToolResult(f"Nothing in {context.collection!r} matches {query[:200]!r}.",
-                              data={"hits": 0})
+                              data=data)
         lines = [f"[{i}] {c.title}" + (f" p.{c.page}" if c.page else "") + f": {c.text}"
                  for i, c in enumerate(citations, 1)]
-        return ToolResult("\n".join(lines), data={"hits": len(citations)}, citations=citations)
+        return ToolResult("\n".join(lines), data=data, citations=citations)

@@ -12,6 +12,7 @@ import orjson
 
 from ..errors import InvalidInput
 from ..llm.base import LLM, ChatMessage
+from .doc_focus import Profile
 from .evaluate import json_part
 from .plan import Plan, check_plan, plan_from_json
 from .tools import ToolSpec
@@ -26,16 +27,20 @@ PROMPT = """You plan how to answer a question with tools. Reply with JSON only:
 A step may use an earlier step's value in a string argument as {s2}; it must then list s2 in
 "after". Steps without dependencies between them run at the same time. Use at most %d steps.
 Tools:
+%s
+The collection's documents, by analysed topic and type (number of documents each); give
+rag_search a "topic" or "doc_type" argument to search only those documents:
 %s"""
 
 
 async def llm_plan(llm: LLM, question: str, specs: Sequence[ToolSpec], max_steps: int,
-                   ) -> tuple[Plan, int]:
+                   documents: Profile | None = None) -> tuple[Plan, int]:
     """(the plan, tokens spent); raises `InvalidInput(code="invalid_plan")` on a bad plan."""
     tools = "\n".join(f"- {s.name}: {s.description} arguments: "
                       f"{orjson.dumps(dict(s.parameters)).decode()}" for s in specs)
     # The tools are also declared the protocol's way: a model may answer by calling them.
-    done = await llm.complete([ChatMessage("system", PROMPT % (max_steps, tools)),
+    prompt = PROMPT % (max_steps, tools, (documents or Profile()).describe())
+    done = await llm.complete([ChatMessage("system", prompt),
                                ChatMessage("user", question)], temperature=0.0, max_tokens=800,
                               tools=[s.as_openai() for s in specs])
     tokens = done.prompt_tokens + done.completion_tokens

@@ -19,6 +19,7 @@ from ..schemas import AgentInfo, ChatAnswer, ChatQuery, Citation, Timings
 from ..store.lookup import CollectionLookup
 from ..tenancy.principal import SINGLE_TENANT, Principal
 from .analyzer import Analysis, analyse, rule_plan
+from .doc_focus import Profile, load_profile, narrow
 from .evaluate import LLMJudge, Scores, evaluate
 from .graph import EventSink, PlanRunner, StepRecord, ToolCaller
 from .llm_planner import llm_plan
@@ -75,7 +76,9 @@ class AgentService:
         analysis = analyse(query.message)
         log.add("analysis", output={"kind": analysis.kind, "reason": analysis.reason},
                 elapsed_ms=(self._clock() - t) * 1000)
-        plan = await self._plan(query.message, analysis, log, warnings)
+        async with self._sessions() as session:
+            profile = await load_profile(session, who.tenant, ref.id)
+        plan = await self._plan(query.message, analysis, profile, log, warnings)
         await events("step", {"id": "plan", "status": "done", "plan": plan.as_dict()})
         context = ToolContext(tenant=who.tenant, collection=name,
                               namespace=who.namespace(query.namespace or namespace or ""),
@@ -93,22 +96,29 @@ class AgentService:
 
     # -- planning and running ----------------------------------------------------------------
 
-    async def _plan(self, question: str, analysis: Analysis, log: ProcessLog,
-                    warnings: list[str]) -> Plan:
+    async def _plan(self, question: str, analysis: Analysis, profile: Profile,
+                    log: ProcessLog, warnings: list[str]) -> Plan:
         t = self._clock()
         if self._llm is not None and self._agent.planner in ("auto", "llm"):
             try:
                 plan, tokens = await llm_plan(self._llm, question, self._specs,
-                                              self._agent.max_steps)
-                log.add("plan", name=plan.planner, output=plan.as_dict(), tokens=tokens,
-                        cost=self._cost(tokens), elapsed_ms=(self._clock() - t) * 1000)
+                                              self._agent.max_steps, documents=profile)
+                chosen = {s.id: {k: str(s.arguments[k]) for k in ("topic", "doc_type")
+                                 if s.arguments.get(k)} for s in plan.steps}
+                log.add("plan", name=plan.planner, tokens=tokens, cost=self._cost(tokens),
+                        output={**plan.as_dict(), "documents": {
+                            "by": "llm", "filters": {k: v for k, v in chosen.items() if v}}},
+                        elapsed_ms=(self._clock() - t) * 1000)
                 return plan
             except (InvalidInput, ProviderError) as exc:
                 warnings.append(f"{exc.code}: {exc.message}; planned by rules")
                 log.add("plan", name=self._llm.name, status="error",
                         output={"error": exc.code, "message": exc.message})
-        plan = check_plan(rule_plan(question, analysis), self._tool_names, self._agent.max_steps)
-        log.add("plan", name="rules", output=plan.as_dict(), elapsed_ms=(self._clock() - t) * 1000)
+        plan, chosen = narrow(rule_plan(question, analysis), profile)
+        plan = check_plan(plan, self._tool_names, self._agent.max_steps)
+        # Why documents were picked: the analysed topic or type each search's query names.
+        log.add("plan", name="rules", elapsed_ms=(self._clock() - t) * 1000,
+                output={**plan.as_dict(), "documents": {"by": "rules", "filters": chosen}})
         return plan
 
     async def _execute(self, plan: Plan, context: ToolContext, log: ProcessLog,
@@ -121,6 +131,8 @@ class AgentService:
                                       "citations": [c.chunk_id for c in r.citations]}
             if r.result is not None:
                 output["content"] = r.result.content
+                if isinstance(r.result.data, dict) and "narrowed" in r.result.data:
+                    output["narrowed"] = r.result.data["narrowed"]  # False: fell back to all
             log.add("tool_call" if step.op == "tool" else "step", step_id=step.id,
                     name=step.name, status=r.status, input=dict(r.arguments or step.arguments),
                     output=output, started_ms=base + r.started_ms, elapsed_ms=r.elapsed_ms,
