@@ -19,6 +19,7 @@ from asgi_lifespan import LifespanManager
 
 from metis_rag.app import create_app
 from metis_rag.config import EmbedSettings, Settings
+from metis_rag.devtools.fake_llm import FakeLLMServer
 from metis_rag.devtools.pgvector_server import SYSTEM_URL, PgServer, start_pgvector_server
 
 REPO = Path(__file__).resolve().parent.parent
@@ -100,3 +101,10 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://metis") as c:
             yield c
+
+
+@pytest.fixture(scope="module")
+def fake_server() -> Iterator[FakeLLMServer]:
+    """Our OpenAI/Ollama-compatible LLM server, one per test module (tests reset it)."""
+    with FakeLLMServer() as server:
+        yield server

@@ -3,7 +3,7 @@ loops, timeouts, and the LLM cache over tool turns."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -38,12 +38,6 @@ class Lookup:
     async def run(self, arguments: Mapping[str, Any], context: ToolContext) -> ToolResult:
         self.runs += 1
         return ToolResult(f"[1] facts.md\nThe {arguments['topic']} is blue.")
-
-
-@pytest.fixture(scope="module")
-def fake_server() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer() as server:
-        yield server
 
 
 @pytest.fixture

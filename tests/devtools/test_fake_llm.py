@@ -20,12 +20,6 @@ from tests.spawn import free_port
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "[1] The sky is blue. Yes."}]}
 
 
-@pytest.fixture(scope="module")
-def fake_server() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer() as server:
-        yield server
-
-
 @pytest.fixture
 def fake(fake_server: FakeLLMServer) -> FakeLLMServer:
     fake_server.reset(config=True)
