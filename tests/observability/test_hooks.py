@@ -14,7 +14,8 @@ from metis_rag.config import LLMSettings, ObservabilitySettings
 from metis_rag.devtools.fake_llm import FakeLLMServer
 from metis_rag.observability.alerts import AlertLog, AlertRules
 from metis_rag.observability.metrics import Metrics, TaskSnapshot
-from metis_rag.observability.monitor import CpuMeter, Sampler, summary
+from metis_rag.observability.monitor import Sampler, summary
+from metis_rag.observability.system import CpuMeter
 from tests.fakeclock import FakeClock
 
 from .conftest import Served, serve
