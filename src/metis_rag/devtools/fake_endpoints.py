@@ -63,6 +63,13 @@ class _Endpoints:
             return body
         return error_response(request.url.path.startswith("/v1/"), 400, "body is not a JSON object", None)
 
+    async def _admitted(self, request: Request) -> dict[str, Any] | Response:
+        """The request's JSON body, once the rate cap, failures and hangs let it through."""
+        body = await self._body(request)
+        if isinstance(body, Response):
+            return body
+        return await self.state.admit(request) or body
+
     def _chat(self, body: dict[str, Any], max_tokens: Any) -> tuple[list[str], bool, int]:
         messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
         text = self.state.config.answer or fake_answer(messages)
@@ -70,11 +77,9 @@ class _Endpoints:
         return *word_tokens(text, limit), count_prompt_tokens(messages)
 
     async def ollama_chat(self, request: Request) -> Response:
-        body = await self._body(request)
+        body = await self._admitted(request)
         if isinstance(body, Response):
             return body
-        if denied := await self.state.admit(request):
-            return denied
         cfg, model = self.state.config, body.get("model", "fake")
         if scripted := await self.state.scripted(
                 request, body, lambda turn: fake_tools.ollama_body(turn, model)):
@@ -110,11 +115,9 @@ class _Endpoints:
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
     async def openai_chat(self, request: Request) -> Response:
-        body = await self._body(request)
+        body = await self._admitted(request)
         if isinstance(body, Response):
             return body
-        if denied := await self.state.admit(request):
-            return denied
         cfg, model = self.state.config, body.get("model", "fake")
         limit = body.get("max_completion_tokens", body.get("max_tokens"))
         tokens, cut, prompt_tokens = self._chat(body, limit)
@@ -160,11 +163,9 @@ class _Endpoints:
         return StreamingResponse(events(), media_type="text/event-stream")
 
     async def _embeddings(self, request: Request) -> tuple[list[str], int, Any] | Response:
-        body = await self._body(request)
+        body = await self._admitted(request)
         if isinstance(body, Response):
             return body
-        if denied := await self.state.admit(request):
-            return denied
         texts = body.get("input")
         texts = [texts] if isinstance(texts, str) else texts
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
