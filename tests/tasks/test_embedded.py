@@ -235,3 +235,23 @@ async def test_the_tasks_of_a_dead_process_are_run_again(tmp_path: Path) -> None
         assert done["was-running"].attempts == 2  # at least once: it ran again
         assert done["was-running"].owner == h.backend.worker_id
         assert sorted(h.started) == ["was-queued", "was-running"]
+
+
+async def test_two_engines_in_one_process_leave_each_other_their_tasks(tmp_path: Path) -> None:
+    """Two app instances in one process share its pid: each is alive to the other (only an
+    id with our pid that this process does not run is a dead predecessor's)."""
+    async with Harness(tmp_path) as a, Harness(tmp_path) as b:
+        task = (await a.backend.submit([TaskSpec("block", params={"gate": "g"})]))[0]
+
+        async def running() -> bool:
+            await a.backend.sync()
+            return (await a.backend.get(task.id)).status == "running"
+
+        await eventually(running)
+        await a.backend._heartbeat()  # both alive, in the same process
+        await b.backend._heartbeat()  # where it adopts the tasks of dead processes
+        assert (await b.backend.get(task.id)).owner == a.backend.worker_id
+        a.open("g")
+        done = await a.backend.wait([task.id], timeout_s=30)
+        assert done[task.id].status == "completed" and done[task.id].attempts == 1
+        assert b.started == []
