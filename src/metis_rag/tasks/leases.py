@@ -20,7 +20,6 @@ from .models import TaskWorker
 from .repo import UNFINISHED, T, _aware
 from .types import QUEUED
 
-
 # The ids that this process's running engines and workers heartbeat under: a sibling in the
 # same process (two app instances, as in tests and embedded deployments) has our pid and is
 # alive. Only the ids of running lifecycles are here (`started` ... `stopped`).
