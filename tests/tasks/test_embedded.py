@@ -4,6 +4,7 @@ the queue, load shedding, recovery of a dead process's tasks, and a free event l
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import socket
 import subprocess
@@ -212,10 +213,15 @@ async def test_cpu_heavy_handlers_do_not_block_the_event_loop(tmp_path: Path) ->
         assert len(gaps) > 10 and max(gaps) < 0.6, max(gaps)
 
 
-async def test_the_tasks_of_a_dead_process_are_run_again(tmp_path: Path) -> None:
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
-    dead_owner = f"{socket.gethostname()[:60]}:{int(gone.stdout)}:deadbeef"
+@pytest.mark.parametrize("pid", ["gone", "ours"])  # ours: a restarted container's predecessor
+async def test_the_tasks_of_a_dead_process_are_run_again(tmp_path: Path, pid: str) -> None:
+    if pid == "gone":
+        gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+        dead_pid = int(gone.stdout)
+    else:
+        dead_pid = os.getpid()
+    dead_owner = f"{socket.gethostname()[:60]}:{dead_pid}:deadbeef"
     settings = Settings(data_dir=tmp_path)
     engine = create_engine(settings)
     await migrate(engine)
