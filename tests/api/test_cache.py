@@ -194,36 +194,58 @@ async def test_changes_to_a_collection_invalidate_its_answers(client: httpx.Asyn
 
 @pytest.mark.databases
 async def test_no_stale_citations_under_concurrent_deletes(client: httpx.AsyncClient) -> None:
+    """Questions asked while a document is deleted and ingested again: none sent after the
+    delete returned cites its chunks, from any level or a retrieval in flight."""
     await seed(client)
     questions = [f[1] for f in FACTS]
     removed: set[int] = set()
     violations: list[dict] = []
     stop = asyncio.Event()
+    step = 0  # bumped after each delete and each ingest
+    asked: list[dict[int, int]] = [{} for _ in range(4)]  # per asker: step -> answers
 
     async def asker(i: int) -> None:
         n = 0
         while not stop.is_set():
-            known_removed = set(removed)  # removed before this query was sent
+            known_removed, sent_in = set(removed), step  # as this query is sent
             body = await ask(client, message=questions[(i + n) % len(questions)])
             n += 1
             if any(c["chunk_id"] in known_removed for c in body["citations"]):
                 violations.append(body)
+            asked[i][sent_in] = asked[i].get(sent_in, 0) + 1
+            # Paced: cached answers take well under a millisecond, and four unpaced loops
+            # starve the event loop the delete and the ingestion run on (a busy machine took
+            # minutes to ingest one file).
+            await asyncio.sleep(0.01)
+
+    async def each_asked_after(s: int, timeout_s: float = 120) -> None:
+        """Every asker has had answers to questions sent after step `s` (the cached ones of
+        the new version included: each asker cycles through every question)."""
+        deadline = time.monotonic() + timeout_s
+        while min(a.get(s, 0) for a in asked) < len(questions):
+            assert time.monotonic() < deadline, asked
+            await asyncio.sleep(0.01)
 
     tasks = [asyncio.create_task(asker(i)) for i in range(4)]
-    for _ in range(3):
-        docs = (await client.get("/api/documents", params={"collection": "hb"})).json()["items"]
-        target = next(d for d in docs if d["filename"] == "ops.md")
-        detail = (await client.get(f"/api/documents/{target['id']}",
-                                   params={"chunks": True})).json()
-        ids = {c["id"] for c in detail["chunks"]}
-        assert (await client.delete(f"/api/documents/{target['id']}")).status_code == 204
-        removed |= ids
-        await asyncio.sleep(0.3)
-        body = await ingest(client, {"ops.md": md_bytes()}, collection="hb")
-        assert body["results"][0]["status"] == "created"
-        await asyncio.sleep(0.3)
-    stop.set()
-    await asyncio.gather(*tasks)
+    try:
+        await each_asked_after(step)  # the answers citing ops.md are cached
+        for _ in range(3):
+            docs = (await client.get("/api/documents", params={"collection": "hb"})).json()["items"]
+            target = next(d for d in docs if d["filename"] == "ops.md")
+            detail = (await client.get(f"/api/documents/{target['id']}",
+                                       params={"chunks": True})).json()
+            ids = {c["id"] for c in detail["chunks"]}
+            assert (await client.delete(f"/api/documents/{target['id']}")).status_code == 204
+            removed |= ids
+            step += 1
+            await each_asked_after(step)
+            body = await ingest(client, {"ops.md": md_bytes()}, collection="hb")
+            assert body["results"][0]["status"] == "created"
+            step += 1
+            await each_asked_after(step)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
     assert not violations
 
 
@@ -280,11 +302,17 @@ async def test_two_servers_share_semantic_hits_and_serve_no_stale_answer(
     redis = RedisServer(free_port())
     redis.start()
     try:
-        cache = SERVING.model_copy(update={"backend": "redis", "redis_url": redis.url})
+        # The 50 ms default abandons a Redis call on a busy machine (the tier then turns
+        # unhealthy and B misses what A stored); this test is about sharing, not outages.
+        cache = SERVING.model_copy(update={"backend": "redis", "redis_url": redis.url,
+                                           "redis_timeout_ms": 5000})
         a = await app_client(cache=cache, data_dir=tmp_path / "a")
         shared_db = f"sqlite+aiosqlite:///{tmp_path / 'a' / 'metis.db'}"
         b = await app_client(cache=cache, data_dir=tmp_path / "b", database_url=shared_db)
         await _two_servers_then_a_document_change(a, b)
+        for server in (a, b):  # every hit above came through Redis, none was degraded away
+            tier = (await server.get("/api/cache/stats")).json()["tiers"][1]
+            assert tier["backend"] == "RedisBackend" and tier["errors"] == 0, tier
     finally:
         if redis.process is not None:
             redis.kill()

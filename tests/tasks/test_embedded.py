@@ -4,6 +4,7 @@ the queue, load shedding, recovery of a dead process's tasks, and a free event l
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import socket
 import subprocess
@@ -212,10 +213,15 @@ async def test_cpu_heavy_handlers_do_not_block_the_event_loop(tmp_path: Path) ->
         assert len(gaps) > 10 and max(gaps) < 0.6, max(gaps)
 
 
-async def test_the_tasks_of_a_dead_process_are_run_again(tmp_path: Path) -> None:
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
-    dead_owner = f"{socket.gethostname()[:60]}:{int(gone.stdout)}:deadbeef"
+@pytest.mark.parametrize("pid", ["gone", "ours"])  # ours: a restarted container's predecessor
+async def test_the_tasks_of_a_dead_process_are_run_again(tmp_path: Path, pid: str) -> None:
+    if pid == "gone":
+        gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+        dead_pid = int(gone.stdout)
+    else:
+        dead_pid = os.getpid()
+    dead_owner = f"{socket.gethostname()[:60]}:{dead_pid}:deadbeef"
     settings = Settings(data_dir=tmp_path)
     engine = create_engine(settings)
     await migrate(engine)
@@ -235,3 +241,23 @@ async def test_the_tasks_of_a_dead_process_are_run_again(tmp_path: Path) -> None
         assert done["was-running"].attempts == 2  # at least once: it ran again
         assert done["was-running"].owner == h.backend.worker_id
         assert sorted(h.started) == ["was-queued", "was-running"]
+
+
+async def test_two_engines_in_one_process_leave_each_other_their_tasks(tmp_path: Path) -> None:
+    """Two app instances in one process share its pid: each is alive to the other (only an
+    id with our pid that this process does not run is a dead predecessor's)."""
+    async with Harness(tmp_path) as a, Harness(tmp_path) as b:
+        task = (await a.backend.submit([TaskSpec("block", params={"gate": "g"})]))[0]
+
+        async def running() -> bool:
+            await a.backend.sync()
+            return (await a.backend.get(task.id)).status == "running"
+
+        await eventually(running)
+        await a.backend._heartbeat()  # both alive, in the same process
+        await b.backend._heartbeat()  # where it adopts the tasks of dead processes
+        assert (await b.backend.get(task.id)).owner == a.backend.worker_id
+        a.open("g")
+        done = await a.backend.wait([task.id], timeout_s=30)
+        assert done[task.id].status == "completed" and done[task.id].attempts == 1
+        assert b.started == []

@@ -78,6 +78,7 @@ class EmbeddedBackend(TaskBackend):
         await self.writer.start()
         if not self._run_tasks:
             return
+        leases.started(self.worker_id)
         await self._heartbeat()
         await self.monitor.start()
         self._loops.append(asyncio.create_task(self._heartbeats(), name="metis-task-heartbeat"))
@@ -101,6 +102,7 @@ class EmbeddedBackend(TaskBackend):
                     await leases.forget_worker(conn, self.worker_id)
             except Exception as exc:  # the next start adopts them once our lease runs out
                 log.warning("could not hand over unfinished tasks: %s", exc)
+            leases.stopped(self.worker_id)
         await self.writer.close()
 
     async def sync(self) -> None:

@@ -1,7 +1,8 @@
 """Processes that own tasks (embedded engines, Celery workers): heartbeats, death, hand-over.
 
 A process is `host:pid:token`. It is dead when its lease (last heartbeat) ran out, or at once
-when it ran on this host and its pid is gone (or is now ours: a restarted container).
+when it ran on this host and its pid is gone, or is now ours but not one of the engines this
+process runs (a restarted container; several app instances in one process are each alive).
 """
 
 from __future__ import annotations
@@ -18,6 +19,20 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .models import TaskWorker
 from .repo import UNFINISHED, T, _aware
 from .types import QUEUED
+
+# The ids that this process's running engines and workers heartbeat under: a sibling in the
+# same process (two app instances, as in tests and embedded deployments) has our pid and is
+# alive. Only the ids of running lifecycles are here (`started` ... `stopped`).
+_RUNNING_HERE: set[str] = set()
+
+
+def started(worker_id: str) -> None:
+    """Marks `worker_id` as running in this process, before its first heartbeat."""
+    _RUNNING_HERE.add(worker_id)
+
+
+def stopped(worker_id: str) -> None:
+    _RUNNING_HERE.discard(worker_id)
 
 
 def process_id(token: str) -> str:
@@ -54,7 +69,11 @@ def _pid_alive(pid: int) -> bool:
 
 
 async def dead_workers(conn: AsyncConnection, me: str, now: datetime, lease_s: float) -> list[str]:
-    """Processes whose lease ran out, or that ran on this host and no longer exist."""
+    """Processes whose lease ran out, or that ran on this host and no longer exist.
+
+    Our own pid names a live process only under the ids this process runs: any other id
+    with it is a predecessor whose pid we inherited.
+    """
     host = socket.gethostname()[:60]
     stale = now - timedelta(seconds=lease_s)
     rows = await conn.execute(select(TaskWorker.id, TaskWorker.hostname, TaskWorker.pid,
@@ -65,7 +84,8 @@ async def dead_workers(conn: AsyncConnection, me: str, now: datetime, lease_s: f
             continue
         if beat is not None and _aware(beat) < stale:
             dead.append(wid)
-        elif whost == host and (pid == os.getpid() or not _pid_alive(pid)):
+        elif whost == host and (wid not in _RUNNING_HERE if pid == os.getpid()
+                                else not _pid_alive(pid)):
             dead.append(wid)  # same host: a pid that is gone (or is us now) is a dead process
     return dead
 

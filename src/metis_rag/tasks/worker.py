@@ -81,6 +81,7 @@ class WorkerRuntime:
             self._claim_batch, max_batch=256, max_wait_ms=0)
         self.monitor._on_change = lambda _: asyncio.ensure_future(self._notify())
         await self.monitor.start()
+        leases.started(self.worker_id)
         await self._heartbeat()
         self._loops = [asyncio.create_task(self._every(self.settings.tasks.heartbeat_s,
                                                        self._heartbeat)),
@@ -98,6 +99,7 @@ class WorkerRuntime:
         await self._outcome_conn.close()
         async with self.engine.begin() as conn:
             await leases.forget_worker(conn, self.worker_id)
+        leases.stopped(self.worker_id)
         await self._stack.aclose()
 
     async def _every(self, period_s: float, fn: Any) -> None:
