@@ -82,7 +82,14 @@ class IngestReport:
         return sum(r.chunks for r in self.results)
 
 
+def _no_nul(value: str, field: str) -> None:
+    # PostgreSQL text cannot hold NUL: refused here as input, not failed in the database.
+    if "\x00" in value:
+        raise InvalidInput(f"Invalid request in '{field}': a NUL character is not allowed.")
+
+
 def clean_folder(folder: str) -> str:
+    _no_nul(folder, "folder")
     parts = [p for p in folder.replace("\\", "/").split("/") if p not in ("", ".")]
     if any(p == ".." for p in parts):
         raise InvalidInput("Folder may not contain '..'.", code="invalid_folder")
@@ -92,6 +99,7 @@ def clean_folder(folder: str) -> str:
 def clean_tags(tags: Iterable[str]) -> tuple[str, ...]:
     out = []
     for tag in tags:
+        _no_nul(tag, "tags")
         tag = tag.strip()
         if not tag:
             continue
