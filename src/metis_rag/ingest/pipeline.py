@@ -154,8 +154,12 @@ class Ingestor:
     ) -> Prepared:
         """Validate and chunk one parsed file (CPU-bound; call it from a worker thread). Setting
         `stop` makes it raise `ChunkingStopped` within a tokenizer batch."""
+        filename, _ = self.check(upload)
+        return self._prepared(upload, parsed, self._chunker.chunk(parsed, stop, filename))
+
+    def _prepared(self, upload: Upload, parsed: ParsedDocument,
+                  chunks: list[ChunkDraft]) -> Prepared:
         filename, mime = self.check(upload)
-        chunks = self._chunker.chunk(parsed, stop, filename)
         if not chunks:
             raise InvalidInput(f"{filename} has no text to index.", code="empty_document")
         return Prepared(
@@ -187,10 +191,16 @@ class Ingestor:
         return parsed
 
     async def prepare_async(self, upload: Upload) -> Prepared:
-        """`parse`, then chunk off the event loop; cancelling it stops the chunking thread too
-        (cancelling `to_thread` alone leaves the thread running, and a huge file's chunking
-        would pile up behind each retry of it)."""
+        """`parse`, then chunk in a parser process when the sandbox can (a huge text's chunking
+        holds the GIL for seconds in C calls: in a thread it stalled every request), else in a
+        worker thread. Cancelling it kills that process, or stops the chunking thread (cancelling
+        `to_thread` alone leaves the thread running, and a huge file's chunking would pile up
+        behind each retry of it)."""
         parsed = await self.parse(upload)
+        if self._parser.chunking is not None:
+            chunks = await self._parser.chunk(parsed, upload.filename)
+            # In a thread: hashing a file of many megabytes would hold up the event loop.
+            return await asyncio.to_thread(self._prepared, upload, parsed, chunks)
         big = sum(len(s.text) for s in parsed.sections) > BIG_TEXT_CHARS
         stop = threading.Event()
         async with self._big_chunking if big else contextlib.nullcontext():

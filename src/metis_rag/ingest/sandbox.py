@@ -5,6 +5,10 @@ parser process: the process has an address-space ceiling (METIS_PARSE__MEMORY_LI
 killed when a parse takes longer than METIS_PARSE__TIMEOUT_S or when the caller is cancelled
 (the client went away, the task was cancelled), and is replaced for the next file. Processes
 are reused between files, so a small file costs a pipe round trip, not a process start.
+
+With a `ChunkingConfig` the same processes also chunk parsed documents (`chunk`), so the
+server never runs the long GIL-holding scans of a large text. Parser processes run at
+METIS_PARSE__NICE, below the server, so their work waits while questions are answered.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import orjson
 from .. import errors
 from ..config import ParseSettings
 from ..errors import InvalidDocument, MetisError, ParseLimitExceeded
+from .chunker import ChunkDraft
 from .limits import ParseLimits
 from .parsers import ParsedDocument, Section, sanitize_filename
 
@@ -33,6 +38,16 @@ _ERRORS: dict[str, type[MetisError]] = {
                 errors.UnsupportedMediaType, errors.ContentMismatch, errors.PayloadTooLarge)
 }
 _MAX_REPLY_BYTES = 1 << 31
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChunkingConfig:
+    """What a parser process needs to chunk exactly as the server's `Chunker` would."""
+
+    tokenizer: str  # the embedder's `counting_tokenizer` file
+    max_tokens: int
+    overlap_tokens: int
+    max_chunks: int | None
 
 
 class _Worker:
@@ -86,11 +101,13 @@ class _Worker:
 class ParseSandbox:
     """A pool of parser processes, started on first use and stopped by `close`."""
 
-    def __init__(self, settings: ParseSettings) -> None:
+    def __init__(self, settings: ParseSettings, chunking: ChunkingConfig | None = None) -> None:
         self.settings = settings
         self.limits = ParseLimits.from_settings(settings)
-        self._config = orjson.dumps({"limits": dataclasses.asdict(self.limits),
-                                     "memory_limit_mb": settings.memory_limit_mb})
+        self.chunking = chunking
+        self._config = orjson.dumps({
+            "limits": dataclasses.asdict(self.limits), "memory_limit_mb": settings.memory_limit_mb,
+            "nice": settings.nice, "chunking": chunking and dataclasses.asdict(chunking)})
         self._idle: list[_Worker] = []
         self._slots = asyncio.Semaphore(settings.workers)
         self._reaping: set[asyncio.Task[None]] = set()
@@ -100,12 +117,31 @@ class ParseSandbox:
     async def parse(self, data: bytes, filename: str) -> ParsedDocument:
         """Parse in a parser process; raises the parse's own error, parse_timeout, or
         parser_crashed. Cancelling the caller kills the process."""
+        ok = self._ok(await self._call({"filename": filename}, data, filename))
+        return ParsedDocument(
+            title=ok["title"], mime=ok["mime"],
+            sections=[Section(text=t, page=p, heading=h) for t, p, h in ok["sections"]],
+        )
+
+    async def chunk(self, parsed: ParsedDocument, filename: str) -> list[ChunkDraft]:
+        """`Chunker.chunk` in a parser process (only with a `ChunkingConfig`): the same errors
+        (too_many_chunks), and the same time limit, process kill on cancel and crash handling
+        as `parse`."""
+        if self.chunking is None:
+            raise RuntimeError("ParseSandbox.chunk needs a ChunkingConfig")
+        doc = orjson.dumps({"title": parsed.title, "mime": parsed.mime,
+                            "sections": [[s.text, s.page, s.heading] for s in parsed.sections]})
+        ok = self._ok(await self._call({"filename": filename, "op": "chunk"}, doc, filename))
+        return [ChunkDraft(text, position, page, section, tokens)
+                for position, (text, page, section, tokens) in enumerate(ok["chunks"])]
+
+    async def _call(self, header: dict[str, Any], data: bytes, filename: str) -> dict[str, Any]:
         name = sanitize_filename(filename)
         async with self._slots:
             worker = self._idle.pop() if self._idle else await self._start()
             try:
                 async with asyncio.timeout(self.settings.timeout_s):
-                    reply = await worker.call({"filename": filename}, data)
+                    reply = await worker.call(header, data)
             except TimeoutError:
                 self._discard(worker)
                 self.stats["timeouts"] += 1
@@ -125,7 +161,7 @@ class ParseSandbox:
                 self.stats["abandoned"] += 1
                 raise
             self._release(worker, reply)
-        return self._result(reply)
+        return reply
 
     async def _start(self) -> _Worker:
         self.stats["started"] += 1
@@ -146,14 +182,11 @@ class ParseSandbox:
         else:
             self._idle.append(worker)
 
-    def _result(self, reply: dict[str, Any]) -> ParsedDocument:
+    def _ok(self, reply: dict[str, Any]) -> dict[str, Any]:
         if "ok" in reply:
             self.stats["parsed"] += 1
-            ok = reply["ok"]
-            return ParsedDocument(
-                title=ok["title"], mime=ok["mime"],
-                sections=[Section(text=t, page=p, heading=h) for t, p, h in ok["sections"]],
-            )
+            ok: dict[str, Any] = reply["ok"]
+            return ok
         self.stats["refused"] += 1
         error = reply["error"]
         cls = _ERRORS.get(error.get("type", ""), InvalidDocument)
