@@ -71,6 +71,7 @@ async def test_too_many_chunks_is_refused_by_the_process_with_its_code(
     assert caught.value.code == "too_many_chunks" and "storm.md" in caught.value.message
     ok = await sandbox.parse(b"Still chunks. After that.", "after.txt")
     assert [c.text for c in await sandbox.chunk(ok, "after.txt")] == ["Still chunks. After that."]
+    assert sandbox.stats["chunked"] == 1 and sandbox.stats["refused"] == 1, sandbox.stats
 
 
 async def test_cancelling_a_chunking_kills_its_process(sandbox: ParseSandbox) -> None:

@@ -111,13 +111,13 @@ class ParseSandbox:
         self._idle: list[_Worker] = []
         self._slots = asyncio.Semaphore(settings.workers)
         self._reaping: set[asyncio.Task[None]] = set()
-        self.stats = {"parsed": 0, "refused": 0, "timeouts": 0, "abandoned": 0, "crashed": 0,
+        self.stats = {"parsed": 0, "chunked": 0, "refused": 0, "timeouts": 0, "abandoned": 0, "crashed": 0,
                       "started": 0, "recycled": 0}
 
     async def parse(self, data: bytes, filename: str) -> ParsedDocument:
         """Parse in a parser process; raises the parse's own error, parse_timeout, or
         parser_crashed. Cancelling the caller kills the process."""
-        ok = self._ok(await self._call({"filename": filename}, data, filename))
+        ok = self._ok(await self._call({"filename": filename}, data, filename), "parsed")
         return ParsedDocument(
             title=ok["title"], mime=ok["mime"],
             sections=[Section(text=t, page=p, heading=h) for t, p, h in ok["sections"]],
@@ -131,7 +131,8 @@ class ParseSandbox:
             raise RuntimeError("ParseSandbox.chunk needs a ChunkingConfig")
         doc = orjson.dumps({"title": parsed.title, "mime": parsed.mime,
                             "sections": [[s.text, s.page, s.heading] for s in parsed.sections]})
-        ok = self._ok(await self._call({"filename": filename, "op": "chunk"}, doc, filename))
+        ok = self._ok(await self._call({"filename": filename, "op": "chunk"}, doc, filename),
+                      "chunked")
         return [ChunkDraft(text, position, page, section, tokens)
                 for position, (text, page, section, tokens) in enumerate(ok["chunks"])]
 
@@ -146,7 +147,8 @@ class ParseSandbox:
                 self._discard(worker)
                 self.stats["timeouts"] += 1
                 raise ParseLimitExceeded(
-                    f"{name} took longer than {self.settings.timeout_s:g} s to parse "
+                    f"{name} took longer than {self.settings.timeout_s:g} s to "
+                    f"{header.get('op', 'parse')} "
                     "(METIS_PARSE__TIMEOUT_S); it is refused.", code="parse_timeout",
                 ) from None
             except (asyncio.IncompleteReadError, ConnectionError, BrokenPipeError):
@@ -182,9 +184,9 @@ class ParseSandbox:
         else:
             self._idle.append(worker)
 
-    def _ok(self, reply: dict[str, Any]) -> dict[str, Any]:
+    def _ok(self, reply: dict[str, Any], done: str) -> dict[str, Any]:
         if "ok" in reply:
-            self.stats["parsed"] += 1
+            self.stats[done] += 1
             ok: dict[str, Any] = reply["ok"]
             return ok
         self.stats["refused"] += 1
