@@ -88,6 +88,14 @@ async def test_cancelling_a_chunking_kills_its_process(sandbox: ParseSandbox) ->
     await asyncio.sleep(0.2)
     assert not (before & _children())
     assert sandbox.stats["abandoned"] == 1, sandbox.stats
+    # Its replacement starts at once, in the background: the next file finds it ready.
+    for _ in range(600):
+        if sandbox._idle:
+            break
+        await asyncio.sleep(0.05)
+    assert len(sandbox._idle) == 1 and sandbox.stats["started"] == 2, sandbox.stats
+    await sandbox.parse(b"next", "next.txt")
+    assert sandbox.stats["started"] == 2, sandbox.stats
 
 
 async def test_parser_processes_run_below_the_server_priority() -> None:

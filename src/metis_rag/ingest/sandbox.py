@@ -111,6 +111,7 @@ class ParseSandbox:
         self._idle: list[_Worker] = []
         self._slots = asyncio.Semaphore(settings.workers)
         self._reaping: set[asyncio.Task[None]] = set()
+        self._spare: asyncio.Task[None] | None = None
         self.stats = {"parsed": 0, "chunked": 0, "refused": 0, "timeouts": 0, "abandoned": 0, "crashed": 0,
                       "started": 0, "recycled": 0}
 
@@ -139,12 +140,14 @@ class ParseSandbox:
     async def _call(self, header: dict[str, Any], data: bytes, filename: str) -> dict[str, Any]:
         name = sanitize_filename(filename)
         async with self._slots:
+            if not self._idle and self._spare is not None:
+                await asyncio.shield(self._spare)  # a replacement is starting: take it
             worker = self._idle.pop() if self._idle else await self._start()
             try:
                 async with asyncio.timeout(self.settings.timeout_s):
                     reply = await worker.call(header, data)
             except TimeoutError:
-                self._discard(worker)
+                self._discard(worker, replace=True)
                 self.stats["timeouts"] += 1
                 raise ParseLimitExceeded(
                     f"{name} took longer than {self.settings.timeout_s:g} s to "
@@ -152,14 +155,14 @@ class ParseSandbox:
                     "(METIS_PARSE__TIMEOUT_S); it is refused.", code="parse_timeout",
                 ) from None
             except (asyncio.IncompleteReadError, ConnectionError, BrokenPipeError):
-                self._discard(worker)
+                self._discard(worker, replace=True)
                 self.stats["crashed"] += 1
                 raise InvalidDocument(
                     f"{name} cannot be read: the parser stopped on it (the file is damaged or "
                     "built to crash parsers).", code="parser_crashed",
                 ) from None
             except BaseException:  # cancelled: nobody wants this parse any more
-                self._discard(worker)
+                self._discard(worker, replace=True)
                 self.stats["abandoned"] += 1
                 raise
             self._release(worker, reply)
@@ -180,7 +183,8 @@ class ParseSandbox:
         error = reply.get("error") or {}
         if rss > self.settings.recycle_rss_mb or error.get("code") == "parse_memory":
             self.stats["recycled"] += 1
-            self._discard(worker)  # give the memory back instead of keeping a fat process
+            # Give the memory back instead of keeping a fat process.
+            self._discard(worker, replace=True)
         else:
             self._idle.append(worker)
 
@@ -195,13 +199,35 @@ class ParseSandbox:
         raise cls(str(error.get("message", "The file cannot be parsed.")),
                   code=str(error.get("code", "corrupt_document")), **(error.get("details") or {}))
 
-    def _discard(self, worker: _Worker) -> None:
+    def _discard(self, worker: _Worker, replace: bool = False) -> None:
+        """Kill a process; with `replace`, start its replacement now, in the background: a
+        cancelled ingestion or a hostile file's kill should not make the next upload wait for
+        a process to start (0.4-1 s with its imports and tokenizer)."""
         worker.kill()
-        task = asyncio.get_running_loop().create_task(worker.wait())
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(worker.wait())
         self._reaping.add(task)
         task.add_done_callback(self._reaping.discard)
+        if replace and self._spare is None:
+            self._spare = loop.create_task(self._start_spare())
+
+    async def _start_spare(self) -> None:
+        try:
+            worker = await self._start()
+        except Exception:  # the next call starts its own and reports what goes wrong
+            log.warning("starting a spare parser process failed", exc_info=True)
+            return
+        finally:
+            self._spare = None
+        if len(self._idle) < self.settings.workers:
+            self._idle.append(worker)
+        else:
+            self._discard(worker)
 
     async def close(self) -> None:
+        if self._spare is not None:
+            self._spare.cancel()
+            await asyncio.gather(self._spare, return_exceptions=True)
         idle, self._idle = self._idle, []
         for worker in idle:
             self._discard(worker)
