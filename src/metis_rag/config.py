@@ -96,9 +96,10 @@ class ParseSettings(BaseModel):
         "file that needs more is refused (parse_memory).",
     )
     nice: int = Field(
-        10, ge=0, le=19, description="How much lower than the server's the CPU priority of "
-        "parser processes is (os.nice): parsing and chunking an upload wait while the server "
-        "answers questions; 0 runs them at the server's priority.",
+        0, ge=0, le=19, description="How much lower than the server's the CPU priority of "
+        "parser processes is (os.nice, 0-19): parsing and chunking uploads wait while the "
+        "server answers questions, but also while it embeds other ingestions; 0 runs them at "
+        "the server's priority.",
     )
     recycle_rss_mb: int = Field(
         300, ge=32, description="A parser process whose peak resident memory went past this is "
