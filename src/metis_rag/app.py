@@ -39,8 +39,8 @@ from .observability.compression import Compression
 from .observability.logs import configure_logging, current_request_id
 from .observability.metrics import Metrics
 from .observability.middleware import RequestMetrics
-from .schemas import NO_NUL
 from .observability.monitor import monitor_services
+from .schemas import NO_NUL
 from .services import open_services
 
 log = logging.getLogger("metis")

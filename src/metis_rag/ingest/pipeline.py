@@ -1,7 +1,8 @@
 """Ingestion: bytes in, parsed, chunked, embedded, and written with their vectors.
 
-Parsing and chunking run in worker threads while the embedder works on the previous group,
-so the model is the only bottleneck. A document and all its chunks (with their embeddings)
+Parsing and chunking run in parser processes (`sandbox`; chunking in a worker thread when the
+embedder's tokenizer exists only in this process) while the embedder works on the previous
+group, so the model is the only bottleneck. A document and all its chunks (with their embeddings)
 are committed in one transaction; the vector index is updated after the commit and is
 reconciled with the database at start-up, so a crash never leaves a chunk without its vector
 or a vector without its chunk.
