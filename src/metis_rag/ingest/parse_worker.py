@@ -1,11 +1,11 @@
 """A parser process: `python -m metis_rag.ingest.parse_worker '<config json>'`.
 
 It reads files from stdin and writes their sections (or the error) to stdout, one at a time,
-under an address-space ceiling and at a lower CPU priority than the server. Given a tokenizer
-file, it also chunks parsed documents (request `"op": "chunk"`, the parsed document as JSON in
-place of the file): chunking a large text is seconds of work that holds the GIL (regex scans
-and word counts over megabytes are single C calls), which in the server stalled every other
-request for as long. The server (`sandbox.ParseSandbox`) kills it when a parse runs
+under an address-space ceiling, METIS_PARSE__NICE steps below the server's CPU priority. Given
+a tokenizer file, it also chunks parsed documents (request `"op": "chunk"`, the parsed document
+as JSON in place of the file): chunking a large text holds the GIL for long stretches (regex
+scans and word counts over megabytes are single C calls), which in the server stalled every
+other request for as long. The server (`sandbox.ParseSandbox`) kills it when a parse runs
 out of time or the client goes away. Frames: a 4-byte big-endian length, then JSON; a request
 is followed by an 8-byte length and the file's bytes. Replies are JSON only, never pickle, so a
 parser subverted by a hostile file cannot run code in the server through them.
@@ -94,7 +94,7 @@ def _chunker(config: dict[str, Any] | None) -> Any:
 
 def main() -> None:
     config = orjson.loads(sys.argv[1])
-    # Below the server: a big parse or chunking waits while the server answers questions.
+    # Below the server (when set): a big parse or chunking waits while it answers questions.
     os.nice(config.get("nice", 0))
     # The protocol owns the real stdout; anything a library prints goes to stderr instead.
     out = os.fdopen(os.dup(1), "wb")

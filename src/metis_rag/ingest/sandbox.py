@@ -7,8 +7,9 @@ killed when a parse takes longer than METIS_PARSE__TIMEOUT_S or when the caller 
 are reused between files, so a small file costs a pipe round trip, not a process start.
 
 With a `ChunkingConfig` the same processes also chunk parsed documents (`chunk`), so the
-server never runs the long GIL-holding scans of a large text. Parser processes run at
-METIS_PARSE__NICE, below the server, so their work waits while questions are answered.
+server never runs the long GIL-holding scans of a large text. Parser processes run
+METIS_PARSE__NICE steps below the server's CPU priority (0 by default: a niced chunker also
+waits for the server's ingestion embedding).
 """
 
 from __future__ import annotations
@@ -112,8 +113,8 @@ class ParseSandbox:
         self._slots = asyncio.Semaphore(settings.workers)
         self._reaping: set[asyncio.Task[None]] = set()
         self._spare: asyncio.Task[None] | None = None
-        self.stats = {"parsed": 0, "chunked": 0, "refused": 0, "timeouts": 0, "abandoned": 0, "crashed": 0,
-                      "started": 0, "recycled": 0}
+        self.stats = {"parsed": 0, "chunked": 0, "refused": 0, "timeouts": 0, "abandoned": 0,
+                      "crashed": 0, "started": 0, "recycled": 0}
 
     async def parse(self, data: bytes, filename: str) -> ParsedDocument:
         """Parse in a parser process; raises the parse's own error, parse_timeout, or
