@@ -104,8 +104,8 @@ async def test_parser_processes_run_below_the_server_priority() -> None:
         sb = ParseSandbox(ParseSettings(nice=nice), CHUNKING)
         try:
             await sb.parse(b"x", "x.txt")
-            (child,) = psutil.Process().children()
-            assert child.nice() == min(19, mine + nice)
+            (worker,) = sb._idle
+            assert psutil.Process(worker.proc.pid).nice() == min(19, mine + nice)
         finally:
             await sb.close()
 
