@@ -5,7 +5,10 @@
 Each figure is the median over `--runs` runs of that run's percentile, in microseconds.
 Raw backends store 1536 random bytes (a 384-dim float32 vector); tiered caches store the
 vector itself, so their figures include the codec. A tiered get-hit is served by its memory
-tier; "tier-2 hit" is a tiered get whose memory tier was just emptied.
+tier; "tier-2 hit" is a tiered get whose memory tier was just emptied. "redis, breaker open"
+is a Redis backend whose server is unreachable and whose breaker has opened: every call is a miss
+(or a dropped write) answered without a round trip, the figure tests/cache/test_redis.py used to
+bound at 5 ms inside a unit test.
 """
 
 from __future__ import annotations
@@ -81,6 +84,10 @@ async def one_run(redis_url: str, directory: Path) -> dict[str, dict[str, list[f
         RedisBackend(redis_url, namespace=namespace) as redis,
         DiskBackend(directory / uuid.uuid4().hex) as disk2,
         RedisBackend(redis_url, namespace=namespace + "t:") as redis2,
+        # Nothing listens on port 1: start()'s ping fails and opens the breaker, and the
+        # cool-down outlasts the run so that no probe is timed.
+        RedisBackend("redis://127.0.0.1:1/0", namespace=namespace, failure_threshold=1,
+                     cooldown_s=3600) as down,
     ):
         results["memory"] = await measure(MemoryBackend(), raw, False)
         results["disk (sqlite)"] = await measure(disk, raw, False)
@@ -91,6 +98,8 @@ async def one_run(redis_url: str, directory: Path) -> dict[str, dict[str, list[f
         results["tiered(memory, disk)"] = await measure(
             TieredCache([MemoryBackend(), disk2]), vector, True
         )
+        results["redis, breaker open"] = await measure(down, raw, False)
+        assert not down.healthy and down.errors == 1, "the breaker did not stay open"
         if redis.errors or redis2.errors:
             print(f"warning: {redis.errors + redis2.errors} Redis calls failed or timed out")
         await redis.clear()

@@ -168,8 +168,10 @@ async def open_services(
                                         max_pending=c.max_pending)
         await conversations.start()
         stack.push_async_callback(conversations.close)
-        chat = ChatService(settings, sessions, embedder, retriever, llm, caches, lookup,
-                           conversations, uncached_embedder=uncached_embedder,
+        chat = ChatService(sessions, embedder, retriever, llm, caches, lookup, conversations,
+                           retrieval=settings.retrieval, generation=settings.llm,
+                           cache=settings.cache, default_collection=settings.default_collection,
+                           durable_conversations=c.durable, uncached_embedder=uncached_embedder,
                            uncached_llm=uncached_llm)
         index_flusher = IndexFlusher(vectors)
         stack.push_async_callback(index_flusher.close)

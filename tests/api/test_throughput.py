@@ -100,8 +100,9 @@ async def test_a_stalled_full_text_leg_degrades_to_dense_results_with_a_warning(
         await s.ingestor.ingest(uploads, "handbook")
         stalled = StalledFullText()
         retriever = Retriever(s.sessions, s.vectors, settings.retrieval, fulltext=stalled)
-        chat = ChatService(settings, s.sessions, s.embedder, retriever, None, None, s.lookup,
-                           s.conversations)
+        chat = ChatService(s.sessions, s.embedder, retriever, None, None, s.lookup,
+                           s.conversations, retrieval=settings.retrieval,
+                           generation=settings.llm, cache=settings.cache)
         filename, question, fact, *_ = FACTS[2]
         answer = await asyncio.wait_for(
             chat.answer(ChatQuery(message=question, collection="handbook")), timeout=30

@@ -87,9 +87,11 @@ async def test_slow_redis_is_a_fast_miss(redis_server: RedisServer, clock: FakeC
                 assert await backend.get("k") is None
                 assert time.perf_counter() - started < 0.5
             assert not backend.healthy
-            started = time.perf_counter()
+            errors, skipped = backend.errors, backend.skipped
             assert await backend.get("k") is None
-            assert time.perf_counter() - started < 0.005  # open breaker: no round trip at all
+            # Open breaker: Redis was not asked (a request to the paused server would have
+            # timed out and counted an error). Its speed is a figure of bench_cache_backends.py.
+            assert (backend.errors, backend.skipped) == (errors, skipped + 1)
             assert await backend.read_list("log") is None
         finally:
             redis_server.resume()
@@ -112,7 +114,8 @@ async def test_a_cancelled_probe_does_not_wedge_the_breaker(
             assert not backend.healthy
             clock.step(5)
             probe = asyncio.create_task(backend.get("k"))
-            await asyncio.sleep(0.01)  # the probe is now waiting on the frozen server
+            while not backend._probing:  # until the probe is sent to the frozen server
+                await asyncio.sleep(0)
             probe.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await probe

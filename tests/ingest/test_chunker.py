@@ -5,8 +5,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from metis_rag.ingest.chunker import ChunkDraft, Chunker, split_sentences
+from metis_rag.ingest.chunker import ChunkDraft, Chunker
 from metis_rag.ingest.parsers import ParsedDocument, Section, parse
+from metis_rag.ingest.sentences import split_sentences
 
 WORDS = (
     "the of and to in is was for on that with as by at from which were are this be it had "

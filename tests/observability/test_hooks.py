@@ -14,8 +14,10 @@ from metis_rag.config import LLMSettings, ObservabilitySettings
 from metis_rag.devtools.fake_llm import FakeLLMServer
 from metis_rag.observability.alerts import AlertLog, AlertRules
 from metis_rag.observability.metrics import Metrics, TaskSnapshot
-from metis_rag.observability.monitor import CpuMeter, Sampler, summary
+from metis_rag.observability.monitor import Sampler, summary
+from metis_rag.observability.system import CpuMeter
 from tests.fakeclock import FakeClock
+from tests.waiting import eventually
 
 from .conftest import Served, serve
 from .helpers import scrape, value
@@ -34,9 +36,12 @@ async def test_the_task_system_reports_from_the_start(served_with) -> None:  # t
         ids = [t["id"] for t in r.json()]
         await s.services.tasks.wait(ids, timeout_s=30)
         await s.services.tasks.sync()
-        await asyncio.sleep(0.15)
+
+        async def all_completed() -> bool:  # once the provider's 0.1 s step has passed
+            return value(await s.metrics(), "metis_tasks", status="completed") == 3
+
+        await eventually(all_completed, what="the provider never reported the tasks")
         m = await s.metrics()
-        assert value(m, "metis_tasks", status="completed") == 3
         assert value(m, "metis_task_queue_depth", queue="metis") == 0
         assert value(m, "metis_task_oldest_pending_seconds") == 0
         # observed where they ran: run time and queue wait of each finished task
@@ -246,14 +251,19 @@ async def test_loop_lag_shows_a_blocked_event_loop() -> None:
     metrics = Metrics(ObservabilitySettings(sample_interval_s=0.1))
     sampler = Sampler(metrics)
     await sampler.start()
+    async def lag() -> float | None:
+        return value(scrape((await metrics.exposition()).decode()), "metis_event_loop_lag_seconds")
+
+    async def lag_of_the_block() -> bool:
+        return (await lag() or 0.0) >= 0.3
+
     try:
-        await asyncio.sleep(0.35)  # a few samples of a free loop
-        free = value(scrape((await metrics.exposition()).decode()),
-                     "metis_event_loop_lag_seconds")
+        # The first sample has no lag yet: the second measures a free loop.
+        await eventually(lambda: len(metrics.window.samples()) >= 2, what="no second sample")
+        free = await lag()
         time.sleep(0.5)  # a handler that blocks the loop: every timer fires late
-        await asyncio.sleep(0.15)
-        blocked = value(scrape((await metrics.exposition()).decode()),
-                        "metis_event_loop_lag_seconds")
+        await eventually(lag_of_the_block, what="the blocked loop's lag never showed")
+        blocked = await lag()
     finally:
         await sampler.close()
     assert free is not None and blocked is not None

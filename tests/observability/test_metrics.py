@@ -50,6 +50,39 @@ async def test_stages_answers_and_cache_levels_match_the_live_counters(served: S
     assert total(m, "metis_cache_hits_total", level="exact") == 1
 
 
+SEM_REJECTED = "metis_cache_semantic_rejected_total"
+
+
+async def test_semantic_lookups_skipped_while_the_level_is_off(served: Served) -> None:
+    # The default bound (0.01) admits no hit: every exact miss skips the semantic lookup.
+    await served.ingest()
+    await served.ask("How long is the refund window?")
+    await served.ask("Is shipping free?")
+    await served.ask("Is shipping free?")  # an exact hit never reaches the semantic level
+    m = await served.metrics()
+    stats = (await served.client.get("/api/cache/stats")).json()["levels"]["semantic"]
+    assert stats["serving"] is False and stats["skipped"] == 2
+    assert value(m, SEM_REJECTED, reason="skipped") == 2
+    assert total(m, SEM_REJECTED) == 2  # nothing judged, nothing rejected
+
+
+async def test_semantic_rejections_are_counted_by_reason(served_with) -> None:  # type: ignore[no-untyped-def]
+    async with served_with(cache={"semantic_max_error": 0.2}) as s:
+        await s.ingest()
+        await s.ask("How long is the refund window?")
+        # Same subject, another question type: rejected by the hard check, not by the score.
+        answer = await s.ask("When does the refund window start?")
+        assert answer["cache"]["level"] is None
+        m = await s.metrics()
+        stats = (await s.client.get("/api/cache/stats")).json()["levels"]["semantic"]
+    assert stats["rejected"] == {"question_type": 1}
+    assert value(m, SEM_REJECTED, reason="question_type") == 1
+    assert value(m, SEM_REJECTED, reason="score") == 0  # every reason is exported from zero
+    assert value(m, SEM_REJECTED, reason="answer_gone") == 0
+    assert value(m, SEM_REJECTED, reason="skipped") == 0
+    assert total(m, SEM_REJECTED) == 1
+
+
 async def test_embedding_batches_and_throughput(served: Served) -> None:
     result = (await served.ingest())["results"][0]
     m = await served.metrics()

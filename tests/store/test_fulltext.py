@@ -12,6 +12,7 @@ from metis_rag.config import Settings
 from metis_rag.ingest.pipeline import Upload
 from metis_rag.services import Services, open_services
 from metis_rag.store import repo
+from metis_rag.store.fulltext import fulltext_search
 from tests.files import FACTS, MAKERS
 
 pytestmark = [pytest.mark.slow, pytest.mark.databases]
@@ -28,7 +29,7 @@ async def services(make_settings: Callable[..., Settings]) -> AsyncIterator[Serv
 async def search(services: Services, collection: str, query: str, limit: int = 10) -> list[str]:
     async with services.sessions() as session:
         coll = await repo.get_collection(session, "default", collection)
-        hits = await repo.fulltext_search(session, coll.id, query, limit)
+        hits = await fulltext_search(session, coll.id, query, limit)
         rows = await repo.chunks_by_ids(session, [h[0] for h in hits])
     assert [h[1] for h in hits] == sorted((h[1] for h in hits), reverse=True)
     return [rows[h[0]].filename for h in hits]

@@ -30,6 +30,11 @@ logger = logging.getLogger(__name__)
 
 _HEADER = struct.Struct(">HH")  # lengths of the answer key and the question, then the vector
 
+# Why a lookup served nothing: the first failed check of its best candidate (`Equivalence.judge`)
+# or its answer gone from the exact level; listed so that /metrics reports each from zero.
+REJECT_REASONS = ("similarity", "identifiers", "question_type", "negation", "order_direction",
+                  "content_words", "score", "answer_gone")
+
 
 @dataclass(frozen=True, slots=True)
 class Candidate:

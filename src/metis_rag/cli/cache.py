@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated, Any
 
 import typer
@@ -12,6 +11,7 @@ from ..errors import MetisError
 from ..services import Services
 from ..tenancy.principal import DEFAULT_TENANT, check_tenant
 from .common import (
+    ApiKeyOpt,
     CollectionOpt,
     DataDir,
     ServerOpt,
@@ -19,27 +19,26 @@ from .common import (
     _operator,
     _run,
     _server,
+    _server_json,
     _settings,
     _with_services,
     console,
-    err_console,
 )
 
 cache_app = typer.Typer(help="Cache statistics and invalidation.", no_args_is_help=True)
 
 
 @cache_app.command("stats")
-def cache_stats(data_dir: DataDir = None, server: ServerOpt = None) -> None:
+def cache_stats(data_dir: DataDir = None, server: ServerOpt = None,
+                api_key: ApiKeyOpt = None) -> None:
     """Per-level hits, misses, hit ratio, entries, bytes, evictions, errors, latency, savings.
 
-    Counters live in the server process: asks the running server; without one, shows what
-    the persistent tier holds."""
+    Counters live in the server process: asks the running server (one with API keys needs an
+    operator key); without one, shows what the persistent tier holds."""
     settings = _settings(data_dir)
     url = _server(settings, server)
     if url is not None:
-        import httpx
-
-        stats = httpx.get(url + "/api/cache/stats", timeout=10).json()
+        stats = _server_json("GET", url + "/api/cache/stats", api_key, 10)
     else:
         async def fn(services: Services) -> Any:
             if services.caches is None:
@@ -75,22 +74,16 @@ def cache_clear(
     data_dir: DataDir = None,
     server: ServerOpt = None,
     tenant: TenantOpt = DEFAULT_TENANT,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Invalidate a collection's answers, a namespace, a level, or everything (a server with
-    API keys needs an admin key in METIS_API_KEY)."""
+    API keys needs an admin key: --api-key or METIS_API_KEY)."""
     settings = _settings(data_dir)
     params = {k: v for k, v in {"namespace": namespace, "collection": collection,
                                 "level": level}.items() if v}
     url = _server(settings, server)
     if url is not None:
-        import httpx
-
-        key = os.environ.get("METIS_API_KEY")
-        r = httpx.delete(url + "/api/cache", params=params, timeout=30,
-                         headers={"X-API-Key": key} if key else None)
-        if r.status_code >= 400:
-            err_console.print(f"[red]error[/red] ({r.json().get('code')}): {r.json().get('message')}")
-            raise typer.Exit(2)
+        _server_json("DELETE", url + "/api/cache", api_key, 30, params=params)
     else:
         async def fn(services: Services) -> None:
             if services.caches is None:

@@ -58,6 +58,31 @@ ServerOpt = Annotated[
 ]
 
 
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option("--api-key", envvar="METIS_API_KEY", show_envvar=True,
+                 help="The key a server with API keys needs (sent as X-API-Key)."),
+]
+
+
+def _server_json(method: str, url: str, api_key: str | None, timeout_s: float,
+                 **kwargs: Any) -> Any:
+    """One call to a running server with the API key; its error as a sentence, exit code 2."""
+    import httpx
+
+    r = httpx.request(method, url, timeout=timeout_s, **kwargs,
+                      headers={"X-API-Key": api_key} if api_key else None)
+    if r.status_code >= 400:
+        try:
+            body = r.json()
+            code, message = body.get("code"), body.get("message")
+        except ValueError:
+            code, message = r.status_code, r.text[:200]
+        err_console.print(f"[red]error[/red] ({code}): {message}")
+        raise typer.Exit(2)
+    return r.json()
+
+
 def _server(settings: Settings, url: str | None) -> str | None:
     """The URL of a running server for this data dir, or None to work in-process."""
     import httpx

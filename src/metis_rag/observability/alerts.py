@@ -3,7 +3,8 @@
 `AlertLog` is a logging handler, so anything in Metis that logs a warning (a slow query, a
 degraded answer, an unreachable cache tier, an unhandled error) shows on the dashboard without
 knowing about it. `AlertRules` turn the rolling window's figures into such warnings, once when
-a rule starts firing and once (at info level) when it recovers.
+a rule starts firing and once (at info level) when it recovers. `Crossings` is the
+once-per-crossing bookkeeping both they and the task engine's resource monitor use.
 """
 
 from __future__ import annotations
@@ -63,16 +64,36 @@ class AlertLog(logging.Handler):
         logging.getLogger().removeHandler(self)
 
 
-class AlertRules:
+class Crossings:
+    """Which named limits are crossed, so that each crossing alerts once: `enter` is True only
+    on a name's first breach, `leave` re-arms it (True if it was crossed)."""
+
+    def __init__(self) -> None:
+        self.firing: set[str] = set()
+
+    def enter(self, name: str) -> bool:
+        if name in self.firing:
+            return False
+        self.firing.add(name)
+        return True
+
+    def leave(self, name: str) -> bool:
+        if name not in self.firing:
+            return False
+        self.firing.discard(name)
+        return True
+
+
+class AlertRules(Crossings):
     """Threshold rules over the last minute's headline figures and the task queue."""
 
     def __init__(self, p95_ms: float, error_ratio: float, queue_depth: int,
                  min_requests: int = 10) -> None:
+        super().__init__()
         self.p95_ms = p95_ms
         self.error_ratio = error_ratio
         self.queue_depth = queue_depth
         self.min_requests = min_requests
-        self.firing: set[str] = set()
 
     def check(self, headline: dict[str, Any], queued: int | None) -> None:
         enough = headline["requests"] >= self.min_requests
@@ -87,9 +108,7 @@ class AlertRules:
                    f"{queued} tasks are queued, more than {self.queue_depth}")
 
     def _rule(self, name: str, breached: bool, message: str) -> None:
-        if breached and name not in self.firing:
-            self.firing.add(name)
+        if breached and self.enter(name):
             log.warning("alert: %s", message, extra={"alert": name})
-        elif not breached and name in self.firing:
-            self.firing.discard(name)
+        elif not breached and self.leave(name):
             log.info("alert resolved: %s", name, extra={"alert": name})

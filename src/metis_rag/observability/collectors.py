@@ -95,6 +95,7 @@ def _cache_metrics(caches: Caches) -> Iterator[Metric]:
     yield from (hits, misses, errors, saved)
     yield GaugeMetricFamily("metis_cache_semantic_entries", "Questions in the semantic index.",
                             value=counts["semantic"]["entries"])
+    yield _semantic_rejected(caches)
     yield CounterMetricFamily("metis_cache_llm_calls_saved", "LLM calls the caches avoided.",
                               value=caches.savings.llm_calls)
     yield CounterMetricFamily("metis_cache_tokens_saved", "LLM tokens the caches avoided.",
@@ -102,6 +103,25 @@ def _cache_metrics(caches: Caches) -> Iterator[Metric]:
     yield CounterMetricFamily(
         "metis_cache_estimated_cost_saved", "Estimated LLM cost the caches avoided.",
         value=caches.savings.tokens / 1000 * caches.settings.price_per_1k_tokens)
+
+
+def _semantic_rejected(caches: Caches) -> Metric:
+    """Semantic lookups that served nothing, by the reason `/api/cache/stats` gives
+    (`levels.semantic.rejected`), and `skipped`: lookups not run because the error bound admits
+    no hit (`levels.semantic.skipped`)."""
+    # Imported here: the cache package imports observability (tracing), which imports this.
+    from ..cache.semantic import REJECT_REASONS
+
+    sem = caches.semantic
+    rejected = CounterMetricFamily(
+        "metis_cache_semantic_rejected", "Semantic lookups that served nothing, by reason "
+        "(the first failed check of the best candidate; skipped: the level is off).",
+        labels=["reason"])
+    counts = dict(sem.rejected)
+    for reason in dict.fromkeys((*REJECT_REASONS, *counts)):
+        rejected.add_metric([reason], counts.get(reason, 0))
+    rejected.add_metric(["skipped"], sem.skipped)
+    return rejected
 
 
 def _pool_metrics(pool: dict[str, int]) -> Iterator[Metric]:

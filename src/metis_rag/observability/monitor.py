@@ -15,11 +15,10 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import psutil
-
 from .collectors import cache_counts, pool_stats
 from .metrics import Metrics
 from .slowquery import watch_queries
+from .system import CpuMeter, cpu_cores, process_rss_bytes
 
 if TYPE_CHECKING:
     from ..services import Services
@@ -32,40 +31,6 @@ def _mb(n: int) -> float:
     return round(n / 1048576, 1)
 
 
-def _process_cpu_s() -> float:
-    times = psutil.Process().cpu_times()
-    return float(times.user + times.system)
-
-
-class CpuMeter:
-    """The process's CPU use since the previous reading, in percent of the whole machine
-    (0-100 however many cores), or None until a reading spans at least `min_interval_s`.
-
-    psutil's `Process.cpu_percent` divides CPU time counted in 10 ms clock ticks by the wall
-    time since its previous call and multiplies by the number of cores: a first sample taken a
-    fraction of a millisecond after priming read one tick as thousands of percent.
-    """
-
-    def __init__(self, clock: Callable[[], float], *, min_interval_s: float = 0.5,
-                 cpu_seconds: Callable[[], float] = _process_cpu_s,
-                 cores: int | None = None) -> None:
-        self._clock = clock
-        self._cpu_seconds = cpu_seconds
-        self.cores = cores or psutil.cpu_count() or 1
-        self.min_interval_s = min_interval_s
-        self._last = (clock(), cpu_seconds())
-
-    def read(self) -> float | None:
-        now, cpu = self._clock(), self._cpu_seconds()
-        elapsed = now - self._last[0]
-        if elapsed < self.min_interval_s:
-            return None  # too short to measure; keep the start of the interval
-        percent = (cpu - self._last[1]) / (elapsed * self.cores) * 100
-        self._last = (now, cpu)
-        # a tick counted late can push a busy interval a hair over 100
-        return round(min(100.0, max(0.0, percent)), 1)
-
-
 class Sampler:
     """Every `sample_interval_s`: process CPU and memory, cache counters, tasks and the DB pool
     go into the rolling window, and the alert rules are checked."""
@@ -74,7 +39,6 @@ class Sampler:
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.metrics = metrics
         self._sleep = sleep
-        self._process = psutil.Process()
         self.cpu = CpuMeter(metrics.window.clock,
                             min_interval_s=min(0.5, metrics.settings.sample_interval_s / 2))
         self._task: asyncio.Task[None] | None = None
@@ -90,10 +54,9 @@ class Sampler:
             m.loop_lag.set(max(self._lags))
         await m.refresh()
         tasks = m.task_snapshot
-        memory = self._process.memory_info()
         sample: dict[str, Any] = {
             "cpu_percent": self.cpu.read(),
-            "rss_mb": _mb(memory.rss),
+            "rss_mb": _mb(process_rss_bytes()),
             "cache": ({level: {"hits": c["hits"], "misses": c["misses"]}
                        for level, c in cache_counts(m.caches).items()}
                       if m.caches is not None else None),
@@ -219,7 +182,7 @@ def summary(m: Metrics, wall_clock: Callable[[], float] | None = None) -> dict[s
         },
         "process": {
             "cpu_percent": latest.get("cpu_percent"),
-            "cpu_cores": psutil.cpu_count() or 1,
+            "cpu_cores": cpu_cores(),
             "loop_lag_ms": latest.get("loop_lag_ms"),
             "rss_mb": latest.get("rss_mb"),
             "series": [{"t": t, "cpu_percent": s["cpu_percent"], "rss_mb": s["rss_mb"]}

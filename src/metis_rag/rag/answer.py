@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..llm.base import ChatMessage
-from ..store.repo import fulltext_terms
+from ..store.fulltext import fulltext_terms
 from .retriever import Retrieved
 
 PROMPT_VERSION = "1"

@@ -18,7 +18,7 @@ import numpy as np
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..cache.levels import Caches, digest
-from ..config import Settings
+from ..config import CacheSettings, LLMSettings, RetrievalSettings
 from ..embed.base import Embedder
 from ..errors import InvalidInput, ProviderError
 from ..llm.base import LLM, ChatMessage, Completion
@@ -37,7 +37,6 @@ _CITED_SENTENCE_END = re.compile(r"(?<=\])\s+")
 class ChatService:
     def __init__(
         self,
-        settings: Settings,
         sessions: async_sessionmaker[AsyncSession],
         embedder: Embedder,
         retriever: Retriever,
@@ -46,10 +45,19 @@ class ChatService:
         lookup: CollectionLookup,
         conversations: ConversationLog,
         *,
+        retrieval: RetrievalSettings,
+        generation: LLMSettings,
+        cache: CacheSettings,
+        default_collection: str = "default",
+        durable_conversations: bool = False,
         uncached_embedder: Embedder | None = None,
         uncached_llm: LLM | None = None,
     ) -> None:
-        self._settings = settings
+        self._retrieval_settings = retrieval
+        self._generation = generation  # temperature and max_tokens of every completion
+        self._cache_settings = cache
+        self._default_collection = default_collection
+        self._durable_conversations = durable_conversations
         self._sessions = sessions
         self._lookup = lookup
         self._conversations = conversations
@@ -72,7 +80,7 @@ class ChatService:
                 "come from the documents).",
                 code="llm_required",
             )
-        names = query.collections or [query.collection or self._settings.default_collection]
+        names = query.collections or [query.collection or self._default_collection]
         tenant = who.tenant
         if len(names) == 1:  # the usual case: no task for gather to schedule
             coll, others = await self._collection(tenant, names[0], query), []
@@ -88,13 +96,13 @@ class ChatService:
                     code="conversation_collection_mismatch",
                 )
             history = await self._conversations.history(
-                conversation_id, self._settings.retrieval.history_turns
+                conversation_id, self._retrieval_settings.history_turns
             )
         return Turn(
             query=query,
             tenant=tenant,
             # Inside the tenant whatever the request names: a namespace narrows, never leaves.
-            namespace=who.namespace(query.namespace or namespace or self._settings.cache.namespace),
+            namespace=who.namespace(query.namespace or namespace or self._cache_settings.namespace),
             collection_id=coll.id,
             version=coll.version,
             conversation_id=conversation_id or self._conversations.new_id(),
@@ -120,7 +128,7 @@ class ChatService:
 
     def _shape(self, query: ChatQuery, history: list[ChatMessage]) -> str:
         """Everything besides the question that shapes an answer: part of every answer key."""
-        r, llm = self._settings.retrieval, self._settings.llm
+        r, llm = self._retrieval_settings, self._generation
         return digest(
             query.use_rag, query.top_k or r.top_k, sorted(query.tags), query.folder,
             r.hybrid if query.hybrid is None else query.hybrid, r.candidates, r.rrf_k,
@@ -181,7 +189,7 @@ class ChatService:
         scopes += [(o.id, f"{turn.namespace}:{o.id}:{o.version}") for o in turn.others]
         turn.sources, turn.retrieval_saved_ms = await self._retriever.retrieve_many(
             [(cid, scope if cached else None) for cid, scope in scopes], turn.retrieval_text,
-            vector, top_k=q.top_k or self._settings.retrieval.top_k, tags=q.tags,
+            vector, top_k=q.top_k or self._retrieval_settings.top_k, tags=q.tags,
             folder=q.folder, hybrid=q.hybrid, group_by=q.group_by, warnings=turn.warnings,
             analysis=repo.AnalysisFilter(doc_type=q.doc_type, language=q.language, topic=q.topic),
         )
@@ -193,7 +201,7 @@ class ChatService:
     async def _generate(self, turn: Turn) -> tuple[str, str, Completion | None]:
         llm = self._llm if turn.use_cache else self._uncached_llm
         if llm is not None:
-            s = self._settings.llm
+            s = self._generation
             try:
                 done = await llm.complete(
                     self._messages(turn), temperature=s.temperature, max_tokens=s.max_tokens
@@ -229,7 +237,7 @@ class ChatService:
         await log.append(turn.conversation_id, "user", turn.query.message, [])
         await log.append(turn.conversation_id, "assistant", text,
                          cited if cited is not None else [c.model_dump() for c in citations])
-        if self._settings.conversations.durable:
+        if self._durable_conversations:
             await log.committed()
         served = str(done.extra.get("provider") or "") if done is not None else ""
         skipped = done.extra.get("fallbacks") if done is not None else None
@@ -240,7 +248,7 @@ class ChatService:
                  if done is not None else {})
         # Only a model call costs: an answer or completion served from a cache level spent none.
         called = mode == "llm" and cache.level in (None, "retrieval")
-        cost = (sum(usage.values()) / 1000 * self._settings.cache.price_per_1k_tokens
+        cost = (sum(usage.values()) / 1000 * self._cache_settings.price_per_1k_tokens
                 if called else 0.0)
         return ChatAnswer(
             answer=text, citations=citations, conversation_id=turn.conversation_id,
@@ -344,7 +352,7 @@ class ChatService:
                 mode, done = "extractive", None
                 llm = self._llm if turn.use_cache else self._uncached_llm
                 if llm is not None:
-                    s = self._settings.llm
+                    s = self._generation
                     try:
                         stream = llm.stream(self._messages(turn), temperature=s.temperature,
                                             max_tokens=s.max_tokens)

@@ -14,7 +14,8 @@ from typing import Literal
 
 import numpy as np
 
-from ..store.repo import ChunkRow, fulltext_terms
+from ..store.fulltext import fulltext_terms
+from ..store.repo import ChunkRow
 
 Normalisation = Literal["minmax", "zscore", "dbsf"]
 

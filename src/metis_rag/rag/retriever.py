@@ -17,6 +17,7 @@ from ..cache.tiered import TieredCache
 from ..config import RetrievalSettings
 from ..observability.tracing import traced
 from ..store import repo
+from ..store.fulltext import fulltext_search
 from ..store.vectors import VectorStore
 from . import fusion
 
@@ -259,7 +260,7 @@ class Retriever:
         self, collection_id: int, query: str, n: int, allowed: set[int] | None
     ) -> list[tuple[int, float]]:
         async with self._sessions() as session:
-            hits = await repo.fulltext_search(session, collection_id, query, n * 4 if allowed else n)
+            hits = await fulltext_search(session, collection_id, query, n * 4 if allowed else n)
         if allowed is not None:
             hits = [h for h in hits if h[0] in allowed]
         return hits[:n]

@@ -14,7 +14,6 @@ write lock in slices sized to hold it for about `max_write_hold_ms`, so searches
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
@@ -23,14 +22,16 @@ import shutil
 import threading
 import time
 import zlib
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Sequence
 from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 import hnswlib
 import numpy as np
 
-from metis_rag.store.vectors import VectorHit, unique_batch
+from .durable import check_file, crc32_of, fsync_dir, fsync_file, write_durably
+from .rwlock import RWLock
+from .vectors import VectorHit, unique_batch
 
 logger = logging.getLogger(__name__)
 
@@ -38,65 +39,12 @@ _FORMAT = 1
 _MIN_CAPACITY = 1024
 
 
-class _RWLock:
-    """Many readers or one writer; readers already waiting go before the writer's next slice."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._readers = 0
-        self._readers_waiting = 0
-        self._writer = False
-        self._writers_waiting = 0
-
-    def try_acquire_read(self) -> bool:
-        # Fails while a writer waits too, so that back-to-back searches cannot starve it.
-        with self._cond:
-            if self._writer or self._writers_waiting:
-                return False
-            self._readers += 1
-            return True
-
-    @contextlib.contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
-            self._readers_waiting += 1
-            self._cond.wait_for(lambda: not self._writer)
-            self._readers_waiting -= 1
-            self._readers += 1
-        try:
-            yield
-        finally:
-            self.release_read()
-
-    def release_read(self) -> None:
-        with self._cond:
-            self._readers -= 1
-            if not self._readers:
-                self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def write(self) -> Iterator[None]:
-        with self._cond:
-            self._writers_waiting += 1
-            self._cond.wait_for(
-                lambda: not (self._writer or self._readers or self._readers_waiting)
-            )
-            self._writers_waiting -= 1
-            self._writer = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
-
-
 class _Collection:
     """One collection's index and the ids it holds; `lock` guards all of it."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.lock = _RWLock()
+        self.lock = RWLock()
         self.index: hnswlib.Index | None = None
         self.live: set[int] = set()
         # Ids marked deleted that may still own a slot in the graph (until a new id reuses
@@ -226,13 +174,13 @@ class HnswVectorStore:
             raise ValueError(f"unsupported manifest {manifest_path}")
         col.generation = int(manifest["generation"])
         ids_path = col.path / manifest["ids_file"]
-        _check_file(ids_path, manifest["ids_bytes"], manifest["ids_crc32"])
+        check_file(ids_path, manifest["ids_bytes"], manifest["ids_crc32"])
         ids = np.frombuffer(ids_path.read_bytes(), dtype="<i8")
         n_live = int(manifest["live"])
         if manifest["index_file"] is not None:
             index_path = col.path / manifest["index_file"]
             # hnswlib trusts the offsets in the file it loads: check it is the one we wrote.
-            _check_file(index_path, manifest["index_bytes"], manifest["index_crc32"])
+            check_file(index_path, manifest["index_bytes"], manifest["index_crc32"])
             index = hnswlib.Index(space="cosine", dim=self._dim)
             index.load_index(str(index_path), allow_replace_deleted=True)
             index.set_ef(self._ef_search)
@@ -331,17 +279,17 @@ class HnswVectorStore:
                 "ids_file": ids_name, "ids_bytes": len(ids_bytes),
                 "ids_crc32": zlib.crc32(ids_bytes), "index_file": index_name,
             }
-            _write_durably(col.path / f"{ids_name}.tmp", ids_bytes)
+            write_durably(col.path / f"{ids_name}.tmp", ids_bytes)
             os.replace(col.path / f"{ids_name}.tmp", col.path / ids_name)
             if index_name is not None:
                 tmp = col.path / f"{index_name}.tmp"
-                _fsync_file(tmp)
+                fsync_file(tmp)
                 manifest["index_bytes"] = tmp.stat().st_size
-                manifest["index_crc32"] = _crc32(tmp)
+                manifest["index_crc32"] = crc32_of(tmp)
                 os.replace(tmp, col.path / index_name)
-            _write_durably(col.path / "manifest.json.tmp", json.dumps(manifest).encode())
+            write_durably(col.path / "manifest.json.tmp", json.dumps(manifest).encode())
             os.replace(col.path / "manifest.json.tmp", col.path / "manifest.json")
-            _fsync_dir(col.path)
+            fsync_dir(col.path)
             col.generation = gen
             for stale in col.path.iterdir():
                 if stale.name not in {"manifest.json", ids_name, index_name}:
@@ -399,36 +347,3 @@ class HnswVectorStore:
 def _hits(labels: np.ndarray, distances: np.ndarray) -> list[VectorHit]:
     # hnswlib's cosine space returns 1 - cosine.
     return [VectorHit(int(i), 1.0 - float(d)) for i, d in zip(labels[0], distances[0], strict=True)]
-
-
-def _check_file(path: Path, size: int, crc: int) -> None:
-    if path.stat().st_size != size or _crc32(path) != crc:
-        raise ValueError(f"{path.name} is torn or corrupt")
-
-
-def _crc32(path: Path) -> int:
-    crc = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            crc = zlib.crc32(chunk, crc)
-    return crc
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -1,5 +1,7 @@
-"""Resource monitor: samples CPU, memory, disk and I/O wait, sheds concurrency under load and
-raises an alert when a metric crosses its threshold (once per crossing, logged and kept)."""
+"""Load shedding: the task engine's concurrency follows the machine's CPU, memory and I/O wait,
+and a metric crossing its threshold raises an alert (once per crossing, logged and kept).
+
+The readings come from `observability.system`, the crossings from `observability.alerts`."""
 
 from __future__ import annotations
 
@@ -8,50 +10,16 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 from ..config import TaskSettings
+from ..observability.alerts import Crossings
+from ..observability.system import Sample, Sampler, psutil_sampler
 from .types import Alert
 
+__all__ = ["ResourceMonitor", "Sample", "Sampler", "psutil_sampler"]
+
 log = logging.getLogger("metis.tasks")
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    cpu_percent: float
-    memory_percent: float
-    disk_percent: float
-    iowait_percent: float
-    process_rss_bytes: int = 0
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
-
-
-Sampler = Callable[[], Sample]
-
-
-def psutil_sampler(path: Path) -> Sampler:
-    """System-wide CPU (since the previous call), memory, disk use of `path`, and I/O wait."""
-    import psutil
-
-    proc = psutil.Process()
-    psutil.cpu_times_percent(interval=None)  # primes the "since last call" counters
-
-    def sample() -> Sample:
-        times = psutil.cpu_times_percent(interval=None)
-        busy = 100.0 - times.idle - getattr(times, "iowait", 0.0)
-        return Sample(
-            cpu_percent=round(max(0.0, busy), 1),
-            memory_percent=psutil.virtual_memory().percent,
-            disk_percent=psutil.disk_usage(str(path)).percent,
-            iowait_percent=round(getattr(times, "iowait", 0.0), 1),
-            process_rss_bytes=proc.memory_info().rss,
-        )
-
-    return sample
 
 
 class ResourceMonitor:
@@ -71,7 +39,7 @@ class ResourceMonitor:
         self.limit = maximum
         self.latest: Sample | None = None
         self.alerts: deque[Alert] = deque(maxlen=50)
-        self._active: set[str] = set()
+        self._crossings = Crossings()
         self._source = source
         self._clock = clock
         self._sleep = sleep
@@ -111,11 +79,10 @@ class ResourceMonitor:
             value = values[metric]
             if value >= threshold:
                 over.append(metric)
-                if metric not in self._active:
-                    self._active.add(metric)
+                if self._crossings.enter(metric):
                     self._alert(metric, value, threshold)
             elif value < threshold * 0.9:
-                self._active.discard(metric)
+                self._crossings.leave(metric)
         # Disk use is alerted but does not shed work: fewer tasks would not free any disk.
         overloaded = any(m != "disk_percent" for m in over)
         calm = all(values[m] < t * 0.75 for m, t in self.thresholds().items() if m != "disk_percent")
