@@ -40,6 +40,7 @@ from .observability.logs import configure_logging, current_request_id
 from .observability.metrics import Metrics
 from .observability.middleware import RequestMetrics
 from .observability.monitor import monitor_services
+from .schemas import NO_NUL
 from .services import open_services
 
 log = logging.getLogger("metis")
@@ -68,6 +69,14 @@ def _error(status: int, code: str, message: str, **extra: Any) -> ErrorResponse:
     return ErrorResponse(body, status_code=status)
 
 
+def _problem(error: dict[str, Any]) -> str:
+    """Pydantic's message, except for the NUL guard, whose pattern would mean little to a client."""
+    if error.get("type") == "string_pattern_mismatch" and \
+            (error.get("ctx") or {}).get("pattern") == NO_NUL:
+        return "a NUL character is not allowed"
+    return str(error.get("msg", ""))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(MetisError)
     async def metis_error(_: Request, exc: MetisError) -> ErrorResponse:
@@ -80,7 +89,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def validation_error(_: Request, exc: RequestValidationError) -> ErrorResponse:
         errors = [
             {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"),
-             "problem": e.get("msg", "")}
+             "problem": _problem(e)}
             for e in exc.errors()
         ]
         first = errors[0] if errors else {"field": "", "problem": "invalid request"}

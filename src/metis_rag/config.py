@@ -95,6 +95,12 @@ class ParseSettings(BaseModel):
         1024, ge=128, description="Address-space ceiling of a parser process (RLIMIT_AS); a "
         "file that needs more is refused (parse_memory).",
     )
+    nice: int = Field(
+        0, ge=0, le=19, description="How much lower than the server's the CPU priority of "
+        "parser processes is (os.nice, 0-19): parsing and chunking uploads wait while the "
+        "server answers questions, but also while it embeds other ingestions; 0 runs them at "
+        "the server's priority.",
+    )
     recycle_rss_mb: int = Field(
         300, ge=32, description="A parser process whose peak resident memory went past this is "
         "replaced after its file, so one big file does not keep memory held.",

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
+
+# No NUL character: PostgreSQL text cannot hold one, so a filter or a question carrying it would
+# fail in the database (a 500) instead of being refused as input (422 invalid_input).
+NO_NUL = r"^[^\x00]*$"
+NoNul = Annotated[str, Field(pattern=NO_NUL)]
 
 # Characters that show nothing: a question made only of these and spaces is empty.
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
@@ -88,26 +93,28 @@ class DocumentDetail(DocumentOut):
 class ChatQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    message: str = Field(min_length=1, max_length=8000)
-    collection: str | None = Field(None, description="Defaults to METIS_DEFAULT_COLLECTION.")
-    collections: list[str] | None = Field(
+    message: str = Field(min_length=1, max_length=8000, pattern=NO_NUL)
+    collection: str | None = Field(None, pattern=NO_NUL,
+                                   description="Defaults to METIS_DEFAULT_COLLECTION.")
+    collections: list[NoNul] | None = Field(
         None, min_length=1, max_length=8,
         description="Instead of collection: search these at once and fuse the results. The "
         "conversation belongs to the first.",
     )
-    conversation_id: str | None = None
+    conversation_id: str | None = Field(None, pattern=NO_NUL)
     use_rag: bool = True
     top_k: int | None = Field(None, ge=1, le=50)
     stream: bool = False
-    tags: list[str] = Field(default_factory=list, description="Only chunks carrying every tag.")
-    folder: str | None = Field(None, description="Only documents in this folder (or below).")
-    doc_type: str | None = Field(None, max_length=40, pattern=r"^[^\x00]*$",
+    tags: list[NoNul] = Field(default_factory=list, description="Only chunks carrying every tag.")
+    folder: str | None = Field(None, pattern=NO_NUL,
+                               description="Only documents in this folder (or below).")
+    doc_type: str | None = Field(None, max_length=40, pattern=NO_NUL,
                                  description="Only documents of this "
                                  "analysed type (invoice, contract, report...).")
-    language: str | None = Field(None, max_length=16, pattern=r"^[^\x00]*$",
+    language: str | None = Field(None, max_length=16, pattern=NO_NUL,
                                  description="Only documents in this "
                                  "language (ISO 639-1, from the analysis).")
-    topic: str | None = Field(None, max_length=100, pattern=r"^[^\x00]*$",
+    topic: str | None = Field(None, max_length=100, pattern=NO_NUL,
                               description="Only documents with this "
                               "topic (from the analysis).")
     hybrid: bool | None = Field(None, description="Override METIS_RETRIEVAL__HYBRID.")

@@ -25,7 +25,7 @@ from .embed.metered import MeteredEmbedder
 from .errors import ServiceUnavailable
 from .ingest.chunker import Chunker
 from .ingest.pipeline import Ingestor
-from .ingest.sandbox import ParseSandbox
+from .ingest.sandbox import ChunkingConfig, ParseSandbox
 from .llm.base import LLM
 from .llm.cached import CachedLLM
 from .llm.fallback import build_chain
@@ -147,7 +147,12 @@ async def open_services(
             embedder.count_tokens, settings.chunk.max_tokens, settings.chunk.overlap_tokens,
             max_chunks=settings.chunk.max_chunks_per_document,
         )
-        parser = ParseSandbox(settings.parse)
+        # Chunking runs in the parser processes when they can count tokens as the embedder does.
+        tokenizer = embedder.counting_tokenizer
+        chunking = None if tokenizer is None else ChunkingConfig(
+            tokenizer, settings.chunk.max_tokens, settings.chunk.overlap_tokens,
+            settings.chunk.max_chunks_per_document)
+        parser = ParseSandbox(settings.parse, chunking)
         stack.push_async_callback(parser.close)
         ingestor = Ingestor(
             sessions, embedder, vectors, chunker, max_bytes=settings.max_upload_bytes,

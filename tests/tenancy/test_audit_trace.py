@@ -3,12 +3,15 @@ request id), and `GET /api/audit?trace_id=` finds them."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Callable
 
 import pytest
 
 from metis_rag.config import Settings
 from metis_rag.devtools.otlp_receiver import OtlpReceiver
+from tests.tenancy.test_keys_audit_quotas import cli
 from tests.tenancy.test_matrix import KEYS, serving
 
 pytestmark = pytest.mark.slow
@@ -25,7 +28,8 @@ def no_standard_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_without_tracing_the_request_id_is_the_trace_id(
     make_settings: Callable[..., Settings],
 ) -> None:
-    async with serving(make_settings(api_keys=KEYS)) as (_, client):
+    settings = make_settings(api_keys=KEYS)
+    async with serving(settings) as (_, client):
         async with client("acme", "writer") as w:
             mine = await w.post("/api/chat/query", headers={"X-Request-ID": "req-audit-123"},
                                 json={"message": "Who audits the auditors?"})
@@ -41,6 +45,14 @@ async def test_without_tracing_the_request_id_is_the_trace_id(
         async with client("globex", "admin") as other:  # another tenant's trace: not found
             r = await other.get("/api/audit", params={"trace_id": "req-audit-123"})
             assert r.json()["items"] == [] and r.json()["total"] == 0
+    # The CLI filters the same way: one request's records, only in its own tenant.
+    text = await asyncio.to_thread(cli, settings, "audit", "--tenant", "acme",
+                                   "--trace-id", "req-audit-123", "--json")
+    assert [(r["action"], r["trace_id"]) for r in json.loads(text)] == [
+        ("question", "req-audit-123")]
+    text = await asyncio.to_thread(cli, settings, "audit", "--tenant", "globex",
+                                   "--trace-id", "req-audit-123", "--json")
+    assert json.loads(text) == []
 
 
 async def test_with_tracing_the_opentelemetry_trace_id(

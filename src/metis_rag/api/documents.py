@@ -15,7 +15,7 @@ from starlette.datastructures import UploadFile
 from ..errors import ClientDisconnected, InvalidInput, MetisError
 from ..ingest.parsers import sanitize_filename
 from ..ingest.pipeline import Upload, clean_folder, clean_tags
-from ..schemas import ChunkOut, DocumentDetail, DocumentOut, Page, UploadResponse, UploadResult
+from ..schemas import NO_NUL, ChunkOut, DocumentDetail, DocumentOut, Page, UploadResponse, UploadResult
 from ..store import browse, repo
 from ..store.models import Document
 from ..tasks import ids as task_ids
@@ -60,9 +60,6 @@ _MULTIPART_PROBLEMS = [
     ("boundary", "invalid_multipart",
      "The Content-Type header of the upload has no multipart boundary."),
 ]
-
-
-_NO_NUL = r"^[^\x00]*$"
 
 
 def _multipart_error(exc: Exception) -> InvalidInput:
@@ -228,19 +225,21 @@ async def _collection_names(services: ServicesDep, tenant: str) -> dict[int, str
 async def list_documents(
     services: ServicesDep,
     who: ReaderDep,
-    collection: str | None = None,
-    tag: str | None = None,
-    folder: Annotated[str | None, Query(description="This folder and the ones below it.")] = None,
-    status: str | None = None,
-    # No NUL: PostgreSQL text cannot hold it (a 500 otherwise).
-    doc_type: Annotated[str | None, Query(max_length=40, pattern=_NO_NUL)] = None,
-    language: Annotated[str | None, Query(max_length=16, pattern=_NO_NUL)] = None,
-    topic: Annotated[str | None, Query(max_length=100, pattern=_NO_NUL)] = None,
+    # No NUL in any text filter: PostgreSQL text cannot hold it (a 500 otherwise).
+    collection: Annotated[str | None, Query(pattern=NO_NUL)] = None,
+    tag: Annotated[str | None, Query(pattern=NO_NUL)] = None,
+    folder: Annotated[str | None, Query(pattern=NO_NUL,
+                                        description="This folder and the ones below it.")] = None,
+    status: Annotated[str | None, Query(pattern=NO_NUL)] = None,
+    doc_type: Annotated[str | None, Query(max_length=40, pattern=NO_NUL)] = None,
+    language: Annotated[str | None, Query(max_length=16, pattern=NO_NUL)] = None,
+    topic: Annotated[str | None, Query(max_length=100, pattern=NO_NUL)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
-    q: Annotated[str | None, Query(max_length=200,
+    q: Annotated[str | None, Query(max_length=200, pattern=NO_NUL,
                                    description="Words of the filename or title.")] = None,
-    type: Annotated[str | None, Query(max_length=120, description="A media type.")] = None,
+    type: Annotated[str | None, Query(max_length=120, pattern=NO_NUL,
+                                      description="A media type.")] = None,
 ) -> Page[DocumentOut]:
     async with services.sessions() as session:
         collection_id = ((await repo.get_collection(session, who.tenant, collection)).id

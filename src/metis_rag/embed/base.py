@@ -15,7 +15,10 @@ class Embedder(Protocol):
     so that caches keyed by it never mix vectors of different models. `embed` takes any number
     of texts and batches them itself; it returns an array of shape ``(len(texts), dim)``.
     CPU-bound backends do their work off the event loop. `count_tokens` counts tokens of the
-    tokenizer that chunking uses. `start`/`close` load and release the model or HTTP client.
+    tokenizer that chunking uses; `counting_tokenizer` names that tokenizer's file
+    (`tokenizer.json`) when another process can count the same way from it, so chunking can run
+    in the parser process instead of the server. `start`/`close` load and release the model or
+    HTTP client.
     """
 
     model_id: str
@@ -28,6 +31,9 @@ class Embedder(Protocol):
     async def embed(self, texts: Sequence[str]) -> np.ndarray: ...
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
+
+    @property
+    def counting_tokenizer(self) -> str | None: ...
 
 
 class WrappedEmbedder:
@@ -49,3 +55,7 @@ class WrappedEmbedder:
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return self.inner.count_tokens(texts)
+
+    @property
+    def counting_tokenizer(self) -> str | None:
+        return self.inner.counting_tokenizer

@@ -181,6 +181,10 @@ class OnnxEmbedder:
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return packaged.count_tokens(list(texts))
 
+    @property
+    def counting_tokenizer(self) -> str | None:
+        return packaged.tokenizer_file()
+
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)

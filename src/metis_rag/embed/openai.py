@@ -63,6 +63,10 @@ class OpenAIEmbedder:
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return packaged.count_tokens(list(texts))
 
+    @property
+    def counting_tokenizer(self) -> str | None:
+        return packaged.tokenizer_file()
+
     async def _embed_batch(self, texts: Sequence[str]) -> np.ndarray:
         client = require_client(self._client, self.model_id)
         timeout_s = self._settings.timeout_s

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,10 +44,28 @@ def load_tokenizer() -> Tokenizer:
     return tok
 
 
+def tokenizer_file() -> str:
+    """The tokenizer `count_tokens` counts with: another process (the parser) counts the same
+    way from this file with `counter_from_file`."""
+    return str(packaged_model_dir() / "tokenizer.json")
+
+
 def count_tokens(texts: list[str] | tuple[str, ...]) -> list[int]:
     """Tokens of each text without the [CLS]/[SEP] the model adds, untruncated."""
+    return _count_with(_counting_tokenizer(), texts)
 
-    tok: Tokenizer = _counting_tokenizer()
+
+def counter_from_file(path: str) -> Callable[[Sequence[str]], list[int]]:
+    """`count_tokens` for the tokenizer in `path` (a `tokenizer.json`)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(path)
+    tok.no_padding()
+    tok.no_truncation()
+    return lambda texts: _count_with(tok, texts)
+
+
+def _count_with(tok: Tokenizer, texts: Sequence[str]) -> list[int]:
     texts = list(texts)
     counts: list[int] = []
     # In slices: an encoding costs about a kilobyte, and a text without sentence ends is

@@ -46,6 +46,11 @@ class TorchEmbedder:
     async def close(self) -> None:
         self._model = None
 
+    @property
+    def counting_tokenizer(self) -> str | None:
+        # A model of its own counts with its transformers tokenizer, in this process only.
+        return packaged.tokenizer_file() if self._path is None else None
+
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         if self._path is None:
             return packaged.count_tokens(list(texts))

@@ -1,7 +1,8 @@
 """Ingestion: bytes in, parsed, chunked, embedded, and written with their vectors.
 
-Parsing and chunking run in worker threads while the embedder works on the previous group,
-so the model is the only bottleneck. A document and all its chunks (with their embeddings)
+Parsing and chunking run in parser processes (`sandbox`; chunking in a worker thread when the
+embedder's tokenizer exists only in this process) while the embedder works on the previous
+group, so the model is the only bottleneck. A document and all its chunks (with their embeddings)
 are committed in one transaction; the vector index is updated after the commit and is
 reconciled with the database at start-up, so a crash never leaves a chunk without its vector
 or a vector without its chunk.
@@ -82,7 +83,14 @@ class IngestReport:
         return sum(r.chunks for r in self.results)
 
 
+def _no_nul(value: str, field: str) -> None:
+    # PostgreSQL text cannot hold NUL: refused here as input, not failed in the database.
+    if "\x00" in value:
+        raise InvalidInput(f"Invalid request in '{field}': a NUL character is not allowed.")
+
+
 def clean_folder(folder: str) -> str:
+    _no_nul(folder, "folder")
     parts = [p for p in folder.replace("\\", "/").split("/") if p not in ("", ".")]
     if any(p == ".." for p in parts):
         raise InvalidInput("Folder may not contain '..'.", code="invalid_folder")
@@ -92,6 +100,7 @@ def clean_folder(folder: str) -> str:
 def clean_tags(tags: Iterable[str]) -> tuple[str, ...]:
     out = []
     for tag in tags:
+        _no_nul(tag, "tags")
         tag = tag.strip()
         if not tag:
             continue
@@ -146,8 +155,12 @@ class Ingestor:
     ) -> Prepared:
         """Validate and chunk one parsed file (CPU-bound; call it from a worker thread). Setting
         `stop` makes it raise `ChunkingStopped` within a tokenizer batch."""
+        filename, _ = self.check(upload)
+        return self._prepared(upload, parsed, self._chunker.chunk(parsed, stop, filename))
+
+    def _prepared(self, upload: Upload, parsed: ParsedDocument,
+                  chunks: list[ChunkDraft]) -> Prepared:
         filename, mime = self.check(upload)
-        chunks = self._chunker.chunk(parsed, stop, filename)
         if not chunks:
             raise InvalidInput(f"{filename} has no text to index.", code="empty_document")
         return Prepared(
@@ -179,10 +192,16 @@ class Ingestor:
         return parsed
 
     async def prepare_async(self, upload: Upload) -> Prepared:
-        """`parse`, then chunk off the event loop; cancelling it stops the chunking thread too
-        (cancelling `to_thread` alone leaves the thread running, and a huge file's chunking
-        would pile up behind each retry of it)."""
+        """`parse`, then chunk in a parser process when the sandbox can (a huge text's chunking
+        holds the GIL for seconds in C calls: in a thread it stalled every request), else in a
+        worker thread. Cancelling it kills that process, or stops the chunking thread (cancelling
+        `to_thread` alone leaves the thread running, and a huge file's chunking would pile up
+        behind each retry of it)."""
         parsed = await self.parse(upload)
+        if self._parser.chunking is not None:
+            chunks = await self._parser.chunk(parsed, upload.filename)
+            # In a thread: hashing a file of many megabytes would hold up the event loop.
+            return await asyncio.to_thread(self._prepared, upload, parsed, chunks)
         big = sum(len(s.text) for s in parsed.sections) > BIG_TEXT_CHARS
         stop = threading.Event()
         async with self._big_chunking if big else contextlib.nullcontext():

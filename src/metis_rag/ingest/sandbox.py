@@ -5,6 +5,11 @@ parser process: the process has an address-space ceiling (METIS_PARSE__MEMORY_LI
 killed when a parse takes longer than METIS_PARSE__TIMEOUT_S or when the caller is cancelled
 (the client went away, the task was cancelled), and is replaced for the next file. Processes
 are reused between files, so a small file costs a pipe round trip, not a process start.
+
+With a `ChunkingConfig` the same processes also chunk parsed documents (`chunk`), so the
+server never runs the long GIL-holding scans of a large text. Parser processes run
+METIS_PARSE__NICE steps below the server's CPU priority (0 by default: a niced chunker also
+waits for the server's ingestion embedding).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import orjson
 from .. import errors
 from ..config import ParseSettings
 from ..errors import InvalidDocument, MetisError, ParseLimitExceeded
+from .chunker import ChunkDraft
 from .limits import ParseLimits
 from .parsers import ParsedDocument, Section, sanitize_filename
 
@@ -33,6 +39,16 @@ _ERRORS: dict[str, type[MetisError]] = {
                 errors.UnsupportedMediaType, errors.ContentMismatch, errors.PayloadTooLarge)
 }
 _MAX_REPLY_BYTES = 1 << 31
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChunkingConfig:
+    """What a parser process needs to chunk exactly as the server's `Chunker` would."""
+
+    tokenizer: str  # the embedder's `counting_tokenizer` file
+    max_tokens: int
+    overlap_tokens: int
+    max_chunks: int | None
 
 
 class _Worker:
@@ -86,46 +102,72 @@ class _Worker:
 class ParseSandbox:
     """A pool of parser processes, started on first use and stopped by `close`."""
 
-    def __init__(self, settings: ParseSettings) -> None:
+    def __init__(self, settings: ParseSettings, chunking: ChunkingConfig | None = None) -> None:
         self.settings = settings
         self.limits = ParseLimits.from_settings(settings)
-        self._config = orjson.dumps({"limits": dataclasses.asdict(self.limits),
-                                     "memory_limit_mb": settings.memory_limit_mb})
+        self.chunking = chunking
+        self._config = orjson.dumps({
+            "limits": dataclasses.asdict(self.limits), "memory_limit_mb": settings.memory_limit_mb,
+            "nice": settings.nice, "chunking": chunking and dataclasses.asdict(chunking)})
         self._idle: list[_Worker] = []
         self._slots = asyncio.Semaphore(settings.workers)
         self._reaping: set[asyncio.Task[None]] = set()
-        self.stats = {"parsed": 0, "refused": 0, "timeouts": 0, "abandoned": 0, "crashed": 0,
-                      "started": 0, "recycled": 0}
+        self._spare: asyncio.Task[None] | None = None
+        self.stats = {"parsed": 0, "chunked": 0, "refused": 0, "timeouts": 0, "abandoned": 0,
+                      "crashed": 0, "started": 0, "recycled": 0}
 
     async def parse(self, data: bytes, filename: str) -> ParsedDocument:
         """Parse in a parser process; raises the parse's own error, parse_timeout, or
         parser_crashed. Cancelling the caller kills the process."""
+        ok = self._ok(await self._call({"filename": filename}, data, filename), "parsed")
+        return ParsedDocument(
+            title=ok["title"], mime=ok["mime"],
+            sections=[Section(text=t, page=p, heading=h) for t, p, h in ok["sections"]],
+        )
+
+    async def chunk(self, parsed: ParsedDocument, filename: str) -> list[ChunkDraft]:
+        """`Chunker.chunk` in a parser process (only with a `ChunkingConfig`): the same errors
+        (too_many_chunks), and the same time limit, process kill on cancel and crash handling
+        as `parse`."""
+        if self.chunking is None:
+            raise RuntimeError("ParseSandbox.chunk needs a ChunkingConfig")
+        doc = orjson.dumps({"title": parsed.title, "mime": parsed.mime,
+                            "sections": [[s.text, s.page, s.heading] for s in parsed.sections]})
+        ok = self._ok(await self._call({"filename": filename, "op": "chunk"}, doc, filename),
+                      "chunked")
+        return [ChunkDraft(text, position, page, section, tokens)
+                for position, (text, page, section, tokens) in enumerate(ok["chunks"])]
+
+    async def _call(self, header: dict[str, Any], data: bytes, filename: str) -> dict[str, Any]:
         name = sanitize_filename(filename)
         async with self._slots:
+            if not self._idle and self._spare is not None:
+                await asyncio.shield(self._spare)  # a replacement is starting: take it
             worker = self._idle.pop() if self._idle else await self._start()
             try:
                 async with asyncio.timeout(self.settings.timeout_s):
-                    reply = await worker.call({"filename": filename}, data)
+                    reply = await worker.call(header, data)
             except TimeoutError:
-                self._discard(worker)
+                self._discard(worker, replace=True)
                 self.stats["timeouts"] += 1
                 raise ParseLimitExceeded(
-                    f"{name} took longer than {self.settings.timeout_s:g} s to parse "
+                    f"{name} took longer than {self.settings.timeout_s:g} s to "
+                    f"{header.get('op', 'parse')} "
                     "(METIS_PARSE__TIMEOUT_S); it is refused.", code="parse_timeout",
                 ) from None
             except (asyncio.IncompleteReadError, ConnectionError, BrokenPipeError):
-                self._discard(worker)
+                self._discard(worker, replace=True)
                 self.stats["crashed"] += 1
                 raise InvalidDocument(
                     f"{name} cannot be read: the parser stopped on it (the file is damaged or "
                     "built to crash parsers).", code="parser_crashed",
                 ) from None
             except BaseException:  # cancelled: nobody wants this parse any more
-                self._discard(worker)
+                self._discard(worker, replace=True)
                 self.stats["abandoned"] += 1
                 raise
             self._release(worker, reply)
-        return self._result(reply)
+        return reply
 
     async def _start(self) -> _Worker:
         self.stats["started"] += 1
@@ -142,31 +184,51 @@ class ParseSandbox:
         error = reply.get("error") or {}
         if rss > self.settings.recycle_rss_mb or error.get("code") == "parse_memory":
             self.stats["recycled"] += 1
-            self._discard(worker)  # give the memory back instead of keeping a fat process
+            # Give the memory back instead of keeping a fat process.
+            self._discard(worker, replace=True)
         else:
             self._idle.append(worker)
 
-    def _result(self, reply: dict[str, Any]) -> ParsedDocument:
+    def _ok(self, reply: dict[str, Any], done: str) -> dict[str, Any]:
         if "ok" in reply:
-            self.stats["parsed"] += 1
-            ok = reply["ok"]
-            return ParsedDocument(
-                title=ok["title"], mime=ok["mime"],
-                sections=[Section(text=t, page=p, heading=h) for t, p, h in ok["sections"]],
-            )
+            self.stats[done] += 1
+            ok: dict[str, Any] = reply["ok"]
+            return ok
         self.stats["refused"] += 1
         error = reply["error"]
         cls = _ERRORS.get(error.get("type", ""), InvalidDocument)
         raise cls(str(error.get("message", "The file cannot be parsed.")),
                   code=str(error.get("code", "corrupt_document")), **(error.get("details") or {}))
 
-    def _discard(self, worker: _Worker) -> None:
+    def _discard(self, worker: _Worker, replace: bool = False) -> None:
+        """Kill a process; with `replace`, start its replacement now, in the background: a
+        cancelled ingestion or a hostile file's kill should not make the next upload wait for
+        a process to start (0.4-1 s with its imports and tokenizer)."""
         worker.kill()
-        task = asyncio.get_running_loop().create_task(worker.wait())
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(worker.wait())
         self._reaping.add(task)
         task.add_done_callback(self._reaping.discard)
+        if replace and self._spare is None:
+            self._spare = loop.create_task(self._start_spare())
+
+    async def _start_spare(self) -> None:
+        try:
+            worker = await self._start()
+        except Exception:  # the next call starts its own and reports what goes wrong
+            log.warning("starting a spare parser process failed", exc_info=True)
+            return
+        finally:
+            self._spare = None
+        if len(self._idle) < self.settings.workers:
+            self._idle.append(worker)
+        else:
+            self._discard(worker)
 
     async def close(self) -> None:
+        if self._spare is not None:
+            self._spare.cancel()
+            await asyncio.gather(self._spare, return_exceptions=True)
         idle, self._idle = self._idle, []
         for worker in idle:
             self._discard(worker)

@@ -111,6 +111,9 @@ def audit(
     outcome: Annotated[str | None, typer.Option(help="ok, refused or failed.")] = None,
     since: Annotated[datetime | None, typer.Option(help="ISO 8601, UTC.")] = None,
     until: Annotated[datetime | None, typer.Option(help="ISO 8601, UTC.")] = None,
+    trace_id: Annotated[str | None, typer.Option(
+        help="The records of one request: its W3C trace id (32 hex digits, as in a log line).",
+    )] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
     data_dir: DataDir = None,
     as_json: JsonOpt = False,
@@ -118,12 +121,12 @@ def audit(
     """The audit log of a tenant, newest first: who did what, when, from where, and how it went."""
     rows, total = _run(data_dir, lambda s: query_audit(
         s, check_tenant(tenant), action=action, actor=actor, outcome=outcome, since=since,
-        until=until, limit=limit))
+        until=until, trace_id=trace_id, limit=limit))
     if as_json:
         console.print_json(json.dumps([
             {"id": r.id, "at": r.at.isoformat(), "tenant": r.tenant, "actor": r.actor,
              "action": r.action, "target": r.target, "outcome": r.outcome, "status": r.status,
-             "client": r.client, "detail": r.detail} for r in rows]))
+             "client": r.client, "trace_id": r.trace_id, "detail": r.detail} for r in rows]))
         return
     table = Table("at", "actor", "action", "target", "outcome", "status", "client")
     for r in rows:
