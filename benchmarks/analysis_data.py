@@ -111,4 +111,4 @@ def load() -> list[Doc]:
 
 if __name__ == "__main__":
     for d in load():
-        print(d.label, d.split, d.path, len(d.text), sep="\t")  # noqa: T201
+        print(d.label, d.split, d.path, len(d.text), sep="\t")

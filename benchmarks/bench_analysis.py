@@ -46,7 +46,6 @@ from metis_rag.devtools.fake_llm import FakeLLMServer  # noqa: E402
 from metis_rag.ingest.pipeline import Upload  # noqa: E402
 from metis_rag.services import open_services  # noqa: E402
 
-
 _MARKUP = {"versionadded", "versionchanged", "sectionauthor", "toctree", "func", "meth", "attr",
            "exc", "mod", "https", "http", "www", "org", "com", "rst"}
 _IDENT = re.compile(r"[a-z]{1,2}\d|.*\d{4,}.*")

@@ -316,6 +316,10 @@ def evaluate(name: str, a: argparse.Namespace, default: RetrievalSettings
         "full-text only (FTS5 BM25)": options["full-text only"],
         "rrf k=60 (old default)": options["rrf k=60 (old default)"],
         "Metis default": lambda c, q: rank_candidates(c, q, default, True),
+        # The default before table rows counted as exact evidence (same weights, pairs only).
+        "Metis default, no keyed rows": lambda c, q: fusion.terms(
+            q, c.similarity, c.rows, default.term_weight, default.name_weight,
+            default.phrase_weight, keyed_rows=False),
     }
 
     def score(fuse: Fuse) -> list[dict[str, float]]:

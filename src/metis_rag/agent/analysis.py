@@ -187,6 +187,10 @@ class DocumentAnalyzer:
         self.settings = settings
         self._llm = llm if settings.use_llm else None
 
+    @property
+    def uses_llm(self) -> bool:
+        return self._llm is not None
+
     async def analyse(self, filename: str, mime: str, text: str) -> Analysis:
         started = time.perf_counter()
         result: Analysis | None = None

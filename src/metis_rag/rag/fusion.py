@@ -99,8 +99,8 @@ def _rarity(df: int, pool: int) -> float:
 
 
 def terms(query: str, scores: Mapping[int, float], rows: Mapping[int, ChunkRow],
-          coverage_weight: float, name_weight: float, phrase_weight: float = 0.0
-          ) -> dict[int, float]:
+          coverage_weight: float, name_weight: float, phrase_weight: float = 0.0,
+          keyed_rows: bool = True) -> dict[int, float]:
     """`scores` plus coverage_weight x (share of the query's content words in the chunk),
     name_weight x (their share in the document's file name) and phrase_weight x exactness,
     over 1 + the weights. A content word matches any word starting with its first six
@@ -108,7 +108,8 @@ def terms(query: str, scores: Mapping[int, float], rows: Mapping[int, ChunkRow],
     in the chunk (a pasted line matches them all, a question hardly any), or, if higher, a
     table row keyed by a query word, as rare among the candidates as that word is: in a
     chunk of 15 rows of /etc/services the "redis" row is drowned for the cosine, and a word
-    share cannot tell "redis" from "port", which every other chunk has too."""
+    share cannot tell "redis" from "port", which every other chunk has too. `keyed_rows=False`
+    leaves rows out (bench_retrieval.py compares both)."""
     words = list(dict.fromkeys(fulltext_terms(query)))
     starts = [f" {t[:6]}" for t in words]
     if not starts:
@@ -121,7 +122,7 @@ def terms(query: str, scores: Mapping[int, float], rows: Mapping[int, ChunkRow],
     texts = {i: _normal(rows[i].text) for i in scores}
     present = {i: [t in text for t in starts] for i, text in texts.items()}
     df = [sum(hit[n] for hit in present.values()) for n in range(len(starts))]
-    keys = [_row_key(w) for w in words] if use_phrase else []
+    keys = [_row_key(w) for w in words] if use_phrase and keyed_rows else []
     out = {}
     for i, score in scores.items():
         row = rows[i]
