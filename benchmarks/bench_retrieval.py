@@ -235,6 +235,7 @@ async def metis_candidates(units: list[dict], texts: list[str], owner: list[int]
                            ) -> tuple[list[Candidates], dict[int, str], float, float]:
     """Both legs of every query through Metis's own retriever over a fresh SQLite store."""
     from metis_rag.services import open_services
+    from metis_rag.tenancy.principal import DEFAULT_TENANT
 
     work = Path(tempfile.mkdtemp(prefix="metis-bench-retrieval-"))
     settings = Settings(data_dir=harness.new_data_dir(work, "data"),
@@ -242,7 +243,7 @@ async def metis_candidates(units: list[dict], texts: list[str], owner: list[int]
                         retrieval=RetrievalSettings(candidates=DEPTH))
     await insert_units(settings, units, texts, owner, vectors)
     async with open_services(settings) as services:
-        coll_id, _ = await services.lookup.get("bench")
+        coll_id, _ = await services.lookup.get(DEFAULT_TENANT, "bench")
         found, dense_ms, hybrid_ms = [], [], []
         for q, v in zip(queries, qvecs, strict=True):
             t = time.perf_counter()
