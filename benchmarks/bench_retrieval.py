@@ -235,6 +235,7 @@ async def metis_candidates(units: list[dict], texts: list[str], owner: list[int]
                            ) -> tuple[list[Candidates], dict[int, str], float, float]:
     """Both legs of every query through Metis's own retriever over a fresh SQLite store."""
     from metis_rag.services import open_services
+    from metis_rag.tenancy.principal import DEFAULT_TENANT
 
     work = Path(tempfile.mkdtemp(prefix="metis-bench-retrieval-"))
     settings = Settings(data_dir=harness.new_data_dir(work, "data"),
@@ -242,7 +243,7 @@ async def metis_candidates(units: list[dict], texts: list[str], owner: list[int]
                         retrieval=RetrievalSettings(candidates=DEPTH))
     await insert_units(settings, units, texts, owner, vectors)
     async with open_services(settings) as services:
-        coll_id, _ = await services.lookup.get("bench")
+        coll_id, _ = await services.lookup.get(DEFAULT_TENANT, "bench")
         found, dense_ms, hybrid_ms = [], [], []
         for q, v in zip(queries, qvecs, strict=True):
             t = time.perf_counter()
@@ -316,6 +317,10 @@ def evaluate(name: str, a: argparse.Namespace, default: RetrievalSettings
         "full-text only (FTS5 BM25)": options["full-text only"],
         "rrf k=60 (old default)": options["rrf k=60 (old default)"],
         "Metis default": lambda c, q: rank_candidates(c, q, default, True),
+        # The default before table rows counted as exact evidence (same weights, pairs only).
+        "Metis default, no keyed rows": lambda c, q: fusion.terms(
+            q, c.similarity, c.rows, default.term_weight, default.name_weight,
+            default.phrase_weight, keyed_rows=False),
     }
 
     def score(fuse: Fuse) -> list[dict[str, float]]:

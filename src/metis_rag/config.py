@@ -150,7 +150,8 @@ class RetrievalSettings(BaseModel):
     )
     phrase_weight: float = Field(
         0.3, ge=0, le=1, description="fusion=terms: bonus for a chunk holding all the query's "
-        "adjacent word pairs (a pasted line, an exact title)."
+        "adjacent word pairs (a pasted line, an exact title), or a table row keyed by a query "
+        "word found in no other candidate."
     )
     dense_weight: float = Field(
         0.7, ge=0, le=1, description="fusion=convex: share of the dense leg."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -50,6 +51,101 @@ def test_types_from_cues_and_names() -> None:
     assert classify_type("main.py", "text/plain", "import os") == "code"
     assert classify_type("x.csv", "text/csv", "a,b") == "data"
     assert classify_type("notes.txt", "text/plain", "Nothing in particular here.") == "article"
+
+
+CONFIG = """# /etc/adduser.conf: `adduser' configuration.
+# The DSHELL variable specifies the default login shell on your system.
+DSHELL=/bin/bash
+# The DHOME variable specifies the directory containing users' home directories.
+DHOME=/home
+GROUPHOMES=no
+LETTERHOMES=no
+SKEL=/etc/skel
+FIRST_SYSTEM_UID=100
+LAST_SYSTEM_UID=999
+"""
+
+SCRIPT = """#!/bin/sh
+set -e
+if [ -z "$1" ]; then
+    echo "usage: $0 FILE" >&2
+    exit 1
+fi
+for f in "$@"; do
+    gzip -9 "$f"
+done
+"""
+
+TABLE = """# Internet (IP) protocols
+# Updated from http://www.iana.org/assignments/protocol-numbers and other
+# sources. New protocols will be added on request if they have been officially
+# assigned by IANA and are not historical.
+ip	0	IP		# internet protocol, pseudo protocol number
+icmp	1	ICMP		# internet control message protocol
+igmp	2	IGMP		# Internet Group Management
+ggp	3	GGP		# gateway-gateway protocol
+ipencap	4	IP-ENCAP	# IP encapsulated in IP (officially ``IP'')
+st	5	ST		# ST datagram mode
+tcp	6	TCP		# transmission control protocol
+egp	8	EGP		# exterior gateway protocol
+"""
+
+MAN = """LS(1)                      User Commands                      LS(1)
+
+NAME
+       ls - list directory contents
+
+SYNOPSIS
+       ls [OPTION]... [FILE]...
+
+DESCRIPTION
+       List information about the FILEs (the current directory by default).
+       Sort entries alphabetically if none of -cftuvSUX nor --sort is specified.
+
+OPTIONS
+       -a, --all
+              do not ignore entries starting with .
+"""
+
+LICENCE = """Permission is hereby granted, free of charge, to any person obtaining a copy of this
+software, to deal in the Software without restriction, including without limitation the rights
+to use, copy, modify, merge, publish, distribute, sublicense, and/or sell copies of the
+Software, subject to the following conditions: the above copyright notice and this permission
+notice shall be included in all copies. THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF
+ANY KIND. IN NO EVENT SHALL THE AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR
+OTHER LIABILITY ARISING FROM THE SOFTWARE. Redistribution of the license text is allowed."""
+
+
+@pytest.mark.parametrize("name,text,kind", [
+    ("adduser.conf", CONFIG, "config"), ("settings", CONFIG, "config"),
+    ("gzip-all", SCRIPT, "code"), ("protocols", TABLE, "data"), ("ls.txt", MAN, "manual"),
+    ("MIT", LICENCE, "contract")])
+def test_types_from_the_layout_of_the_lines(name: str, text: str, kind: str) -> None:
+    assert classify_type(name, "text/plain", text) == kind
+
+
+@pytest.mark.skipif(not Path("/etc/protocols").exists(), reason="needs Debian's netbase")
+def test_etc_protocols_is_a_table_not_an_invoice() -> None:
+    # Counted as substrings, "vat" (in "private") and "to:" made it an invoice.
+    assert classify_type("protocols.txt", "text/plain",
+                         Path("/etc/protocols").read_text()) == "data"
+
+
+def test_topics_leave_out_markup_addresses_broken_words_and_columns() -> None:
+    rst = ("The :func:`heapify` function turns a list into a heap. "
+           ".. versionchanged:: 3.9\n   The heapify function is faster. See "
+           "https://www.python.org/dev/peps for details. The heapify function is linear.\n"
+           "A heap is a binary tree. Every heap keeps its smallest item first. The heap "
+           "invariant holds after heapify. The priority queue sits on a heap. The docu\u2010\n"
+           "mentation of heapify is short. The docu\u2010\nmentation explains it.\n")
+    topics = analyse_offline("heapq.rst", "text/plain", rst, AnalysisSettings()).topics
+    words = {w for t in topics for w in t.split()}
+    assert "heapify" in words and "documentation" in words
+    assert not words & {"func", "versionchanged", "https", "www", "python", "org", "docu",
+                        "mentation"}
+    columns = analyse_offline("protocols", "text/plain", TABLE, AnalysisSettings()).topics
+    # "igmp" and "ggp" stand on neighbouring rows, never side by side on one line.
+    assert all(len(t.split()) == 1 or t in TABLE.lower() for t in columns), columns
 
 
 def test_keywords_prefer_rare_recurring_terms_and_phrases() -> None:
@@ -112,6 +208,8 @@ async def test_the_llm_analyses_when_configured_and_offline_answers_when_it_fail
         by_llm = await DocumentAnalyzer(AnalysisSettings(), llm).analyse("r.txt", "text/plain",
                                                                          REPORT)
         assert by_llm.method == "llm" and by_llm.topics == ["wind power"]
+        # What the analysis cost, as the provider counted it (bench_analysis.py reports it).
+        assert by_llm.details["prompt_tokens"] > 50 and by_llm.details["completion_tokens"] > 5
         fake.configure(answer="I cannot do that.")
         fallback = await DocumentAnalyzer(AnalysisSettings(), llm).analyse("r.txt", "text/plain",
                                                                            REPORT)

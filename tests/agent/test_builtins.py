@@ -3,7 +3,9 @@ cache and its invalidation by uploads, and hostile arguments."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -161,3 +163,26 @@ async def test_summarize_document_asks_the_llm_when_there_is_one(wired: Any) -> 
             assert fallback.data["method"] == "extractive" and fallback.data["summary"]
         finally:
             await llm.close()
+
+
+SERVICES = Path("/etc/services")
+
+
+@pytest.mark.skipif(not SERVICES.exists(), reason="needs Debian's netbase (/etc/services)")
+@pytest.mark.parametrize("query,row", [("redis", "redis"), ("imaps", "imaps"),
+                                       ("redis port", "redis"), ("imaps port", "imaps")])
+async def test_rag_search_finds_the_row_of_a_short_keyword_in_a_table(
+        make_settings: Callable[..., Settings], query: str, row: str) -> None:
+    # A copy of /etc/services: 15 rows a chunk, so the cosine alone ranks the "redis" row's
+    # chunk below chunks of comments that say "port"; the row keyed by the word lifts it.
+    async with open_services(make_settings()) as services:
+        await services.ingestor.ingest([Upload("services.txt", SERVICES.read_bytes())], "net")
+        registry = build_registry(services)
+        try:
+            found = await run(registry, ToolContext(tenant="default", collection="net"),
+                              "rag_search", query=query, top_k=3)
+        finally:
+            await registry.close()
+    assert found.citations, found.content
+    first = found.citations[0].text
+    assert re.search(rf"^{row}\s+\d+/tcp", first, re.M), first

@@ -10,7 +10,7 @@ from asgi_lifespan import LifespanManager
 
 from metis_rag.app import create_app
 from metis_rag.config import Settings
-from tests.uploads import ingest
+from tests.uploads import ingest, wait_tasks
 
 INVOICE = (b"Invoice 2024-117. Bill to: Acme Corp. Payment terms: 30 days. Subtotal: 1,200.00 EUR."
            b" VAT 20%: 240.00 EUR. Amount due: 1,440.00 EUR for turbine maintenance.")
@@ -98,6 +98,13 @@ async def test_with_an_llm_the_analysis_is_the_models(
         try:
             body = await ingest(client, {"q4.txt": REPORT})
             doc_id = body["results"][0]["document_id"]
+            # The ingest task ends at its commit; the LLM's analysis is a low-priority task.
+            ingested = (await client.get(f"/api/tasks/{body['task_ids'][0]}")).json()
+            analysis_id = ingested["result"]["analysis_task_id"]
+            analysed = (await wait_tasks(client, [analysis_id]))[analysis_id]
+            assert (analysed["type"], analysed["status"], analysed["result"]["method"]) == (
+                "analyse_document", "completed", "llm")
+            assert analysed["priority"] in ("low", 0), analysed
             doc = (await client.get(f"/api/documents/{doc_id}")).json()
             assert (doc["doc_type"], doc["topics"], doc["summary"]) == (
                 "report", ["wind turbines"], "Revenue grew on turbines.")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -89,3 +91,29 @@ def test_a_pasted_line_is_found_by_its_word_pairs_over_a_closer_cosine() -> None
     with_pairs = fusion.terms(line, cosine, rows, 0.1, 0.0, phrase_weight=0.3)
     assert with_pairs[1] == pytest.approx((0.60 + 0.1 + 0.3) / 1.4)
     assert with_pairs[1] > with_pairs[2]
+
+
+def test_a_table_row_keyed_by_a_rare_query_word_outranks_closer_cosines() -> None:
+    table = "gnutella-rtr\t6347/tcp\nredis\t\t6379/tcp\nsge-qmaster\t6444/tcp"
+    rows = {1: ChunkRow(1, 1, "services", "", 0, table, None, None, b""),
+            2: ChunkRow(2, 1, "services", "", 1, "# Every port listed here is a TCP port.",
+                        None, None, b""),
+            3: ChunkRow(3, 1, "services", "", 2, "A note on the port range of redis clients.",
+                        None, None, b""),
+            4: ChunkRow(4, 1, "services", "", 3, "imaps\t993/tcp", None, None, b"")}
+    cosine = {1: 0.38, 2: 0.51, 3: 0.45, 4: 0.30}  # the row is drowned among its neighbours
+    old = fusion.terms("redis port", cosine, rows, 0.1, 0.05)  # no exactness weight: as before
+    assert max(old, key=old.__getitem__) == 2
+    scored = fusion.terms("redis port", cosine, rows, 0.1, 0.05, phrase_weight=0.3)
+    assert max(scored, key=scored.__getitem__) == 1
+    # Chunk 3 holds "redis" too, but not as a row's key: 2 of 4 candidates hold the word.
+    rarity = 1 - math.log(2) / math.log(4)
+    assert scored[1] == pytest.approx((0.38 + 0.1 * 1 / 2 + 0.3 * rarity) / 1.45)
+    assert scored[3] == pytest.approx((0.45 + 0.1) / 1.45)
+    # A word in every candidate is no evidence; "imaps" keys a row only in chunk 4.
+    alone = fusion.terms("imaps", cosine, rows, 0.1, 0.05, phrase_weight=0.3)
+    assert max(alone, key=alone.__getitem__) == 4
+    # Prose that starts a line with the word is not a row.
+    prose = {1: ChunkRow(1, 1, "a.txt", "", 0, "redis is a key-value store.", None, None, b"")}
+    assert fusion.terms("redis", {1: 0.5}, prose, 0.1, 0.0, 0.3)[1] == pytest.approx(
+        (0.5 + 0.1) / 1.4)

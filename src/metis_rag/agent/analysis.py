@@ -9,7 +9,7 @@ because of analysis. The offline methods:
   text of that language (wordfreq's Zipf frequencies: a measured background corpus), over
   single words and two-word phrases;
 - summary: the sentences with the most keyword weight, in their original order;
-- type: the filename, media type and cue words (invoice, contract, report...).
+- type: the filename, the layout of the lines, then whole-word cue phrases (`doctype`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 from ..config import AnalysisSettings
 from ..errors import ProviderError
 from ..llm.base import LLM, ChatMessage
+from .doctype import classify_type
 
 log = logging.getLogger("metis.analysis")
 
@@ -33,7 +34,7 @@ MAX_ANALYSED_CHARS = 200_000
 LLM_INPUT_CHARS = 6000
 
 DOC_TYPES = ("invoice", "contract", "policy", "manual", "report", "paper", "email", "faq",
-             "code", "data", "article")
+             "code", "data", "config", "article")
 
 _FUNCTION_WORDS = {
     "en": "the of and to in is that for it with as was on be by this are from at or have an "
@@ -54,24 +55,6 @@ _FUNCTION_WORDS = {
 _FUNCTION_SETS = {lang: frozenset(words.split()) for lang, words in _FUNCTION_WORDS.items()}
 _ALL_FUNCTION = frozenset().union(*_FUNCTION_SETS.values())
 
-_TYPE_CUES: dict[str, tuple[str, ...]] = {
-    "invoice": ("invoice", "amount due", "bill to", "vat", "subtotal", "payment terms",
-                "facture", "rechnung"),
-    "contract": ("agreement", "hereby", "parties", "clause", "shall", "terminate",
-                 "governing law", "contrat", "vertrag"),
-    "policy": ("policy", "employees", "must", "compliance", "prohibited", "procedure",
-               "responsibilities"),
-    "manual": ("install", "configure", "click", "step", "settings", "troubleshooting",
-               "press the", "user guide"),
-    "report": ("quarter", "revenue", "results", "findings", "growth", "fiscal", "annual report",
-               "performance"),
-    "paper": ("abstract", "introduction", "et al", "references", "method", "experiment",
-              "we propose"),
-    "email": ("from:", "subject:", "to:", "dear", "regards", "sent:"),
-    "faq": ("faq", "frequently asked", "q:", "a:"),
-}
-_CODE_EXT = (".py", ".js", ".ts", ".java", ".go", ".rs", ".c", ".cpp", ".rb", ".sh", ".sql")
-_DATA_EXT = (".csv", ".tsv", ".json", ".xlsx", ".xls")
 _WORD = re.compile(r"[^\W\d_][\w'-]*[^\W_]|[^\W\d_]", re.UNICODE)
 _SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|\n|$)")
 _LINE_BREAK = re.compile(r"(?<!\n)\n(?!\n)")
@@ -101,21 +84,6 @@ def detect_language(text: str) -> str:
     return best if scores[best] >= 0.05 else "und"
 
 
-def classify_type(filename: str, mime: str, text: str) -> str:
-    name = filename.lower()
-    if name.endswith(_CODE_EXT):
-        return "code"
-    if name.endswith(_DATA_EXT) or mime in ("text/csv", "application/json"):
-        return "data"
-    head = text[:20_000].lower()
-    scores = {kind: sum(head.count(cue) for cue in cues) for kind, cues in _TYPE_CUES.items()}
-    for kind in scores:  # the filename is strong evidence
-        if kind in name:
-            scores[kind] += 5
-    best = max(scores, key=lambda kind: scores[kind])
-    return best if scores[best] >= 3 else "article"
-
-
 def _rarity(word: str, language: str) -> float:
     """An idf: -log10 of the word's frequency in general text (Zipf 8 = most common)."""
     from wordfreq import zipf_frequency
@@ -124,15 +92,37 @@ def _rarity(word: str, language: str) -> float:
     return max(0.5, 8.0 - zipf_frequency(word, lang))
 
 
+# Markup and addresses are not topics: a word broken at a line-end hyphen ("docu-\nmentation"
+# in a rendered man page) is joined, URLs and e-mail addresses and reStructuredText roles and
+# directives (":func:`x`", ".. versionadded::") are dropped before counting.
+_HYPHEN_BREAK = re.compile(r"(?<=[^\W\d_])[-\u2010\u00ad]\n[ \t]*(?=[^\W\d_])")
+_NOISE = re.compile(r"(?:https?://|www\.)\S+|\S+@\S+\.\w+|:[\w:-]+:(?=`)|^\s*\.\. [\w:-]+::",
+                    re.M)
+# Pairs are only read inside a run of words: not across punctuation, columns or lines.
+_PHRASE_BREAK = re.compile(r"[^\w' \-]+|\s{2,}|\t")
+_ID_LIKE = re.compile(r"[a-z]{1,2}\d|.*\d{4,}.*")  # "in8", "p1990", "rfc1701"; not "c99"
+_MARKUP = frozenset("versionadded versionchanged deprecated sectionauthor toctree func meth "
+                    "attr exc mod const envvar rst html https http www org com".split())
+
+
+def _topic_word(word: str) -> bool:
+    return len(word) > 2 and word not in _ALL_FUNCTION and word not in _MARKUP \
+        and _ID_LIKE.fullmatch(word) is None
+
+
 def keywords(text: str, language: str, n: int) -> list[tuple[str, float]]:
-    words = [w.lower() for w in _WORD.findall(text[:MAX_ANALYSED_CHARS])]
-    content = [w for w in words if len(w) > 2 and w not in _ALL_FUNCTION]
+    clean = _NOISE.sub(" ", _HYPHEN_BREAK.sub("", text[:MAX_ANALYSED_CHARS]))
+    words = [w.lower() for w in _WORD.findall(clean)]
+    content = [w for w in words if _topic_word(w)]
     if not content:
         return []
     tf = Counter(content)
     # Two-word phrases of content words that recur: "refund window", "annual report".
-    pairs = Counter(f"{a} {b}" for a, b in zip(words, words[1:], strict=False)
-                    if a in tf and b in tf and a != b)
+    pairs: Counter[str] = Counter()
+    for run in _PHRASE_BREAK.split(clean):
+        run_words = [w.lower() for w in _WORD.findall(run)]
+        pairs.update(f"{a} {b}" for a, b in zip(run_words, run_words[1:], strict=False)
+                     if a in tf and b in tf and a != b)
     scored: dict[str, float] = {}
     for word, count in tf.items():
         scored[word] = (1 + math.log(count)) * _rarity(word, language)
@@ -197,6 +187,10 @@ class DocumentAnalyzer:
         self.settings = settings
         self._llm = llm if settings.use_llm else None
 
+    @property
+    def uses_llm(self) -> bool:
+        return self._llm is not None
+
     async def analyse(self, filename: str, mime: str, text: str) -> Analysis:
         started = time.perf_counter()
         result: Analysis | None = None
@@ -225,7 +219,8 @@ class DocumentAnalyzer:
             log.warning("document analysis by %s was not usable JSON: offline instead",
                         self._llm.name)
             return None
-        parsed.details["model"] = done.model
+        parsed.details.update(model=done.model, prompt_tokens=done.prompt_tokens,
+                              completion_tokens=done.completion_tokens)
         return parsed
 
 

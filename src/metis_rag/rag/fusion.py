@@ -8,6 +8,8 @@ BM25 score gives the best full-text hit full marks even when every hit is poor.
 
 from __future__ import annotations
 
+import math
+import re
 import string
 from collections.abc import Mapping, Sequence
 from typing import Literal
@@ -85,30 +87,55 @@ def _normal(text: str) -> str:
     return " " + " ".join(text.lower().translate(_SEPARATORS).split()) + " "
 
 
+def _row_key(term: str) -> re.Pattern[str]:
+    """A line that starts with `term` as its key, then a column: "redis\t6379/tcp",
+    "SIGTERM      15", "timeout = 30", "ssh: 22", "tcp 6"."""
+    return re.compile(r"^[ \t]*" + re.escape(term) + r"(?![\w-])(?:\t|[ ]{2,}|[ ]*[:=]|[ ]+\d)",
+                      re.I | re.M)
+
+
+def _rarity(df: int, pool: int) -> float:
+    """1 for a word in one candidate, falling to 0 for a word in all of them."""
+    return 1.0 if pool <= 1 else max(0.0, 1.0 - math.log(df) / math.log(pool))
+
+
 def terms(query: str, scores: Mapping[int, float], rows: Mapping[int, ChunkRow],
-          coverage_weight: float, name_weight: float, phrase_weight: float = 0.0
-          ) -> dict[int, float]:
+          coverage_weight: float, name_weight: float, phrase_weight: float = 0.0,
+          keyed_rows: bool = True) -> dict[int, float]:
     """`scores` plus coverage_weight x (share of the query's content words in the chunk),
-    name_weight x (their share in the document's file name) and phrase_weight x (share of the
-    query's adjacent word pairs in the chunk: a pasted line matches them all, a question hardly
-    any), over 1 + the weights. A content word matches any word starting with its first six
-    letters, a poor man's stemmer."""
-    starts = [f" {t[:6]}" for t in dict.fromkeys(fulltext_terms(query))]
+    name_weight x (their share in the document's file name) and phrase_weight x exactness,
+    over 1 + the weights. A content word matches any word starting with its first six
+    letters, a poor man's stemmer. Exactness is the share of the query's adjacent word pairs
+    in the chunk (a pasted line matches them all, a question hardly any), or, if higher, a
+    table row keyed by a query word, as rare among the candidates as that word is: in a
+    chunk of 15 rows of /etc/services the "redis" row is drowned for the cosine, and a word
+    share cannot tell "redis" from "port", which every other chunk has too. `keyed_rows=False`
+    leaves rows out (bench_retrieval.py compares both)."""
+    words = list(dict.fromkeys(fulltext_terms(query)))
+    starts = [f" {t[:6]}" for t in words]
     if not starts:
         return dict(scores)
     q = _normal(query).split()
     pairs = [f" {a} {b} " for a, b in dict.fromkeys(zip(q, q[1:], strict=False))]
-    use_pairs = bool(phrase_weight and pairs)
+    use_phrase = bool(phrase_weight)
     # Divided by the largest bonus possible so that a score stays at most 1, like a cosine.
     scale = 1.0 + coverage_weight + name_weight + phrase_weight
+    texts = {i: _normal(rows[i].text) for i in scores}
+    present = {i: [t in text for t in starts] for i, text in texts.items()}
+    df = [sum(hit[n] for hit in present.values()) for n in range(len(starts))]
+    keys = [_row_key(w) for w in words] if use_phrase and keyed_rows else []
     out = {}
     for i, score in scores.items():
         row = rows[i]
-        text = _normal(row.text)
+        hits = present[i]
         name = _normal(row.filename)
-        bonus = coverage_weight * sum(t in text for t in starts) / len(starts)
+        bonus = coverage_weight * sum(hits) / len(starts)
         bonus += name_weight * sum(t in name for t in starts) / len(starts)
-        if use_pairs:
-            bonus += phrase_weight * sum(p in text for p in pairs) / len(pairs)
+        if use_phrase:
+            exact = sum(p in texts[i] for p in pairs) / len(pairs) if pairs else 0.0
+            for n, key in enumerate(keys):
+                if hits[n] and key.search(row.text):
+                    exact = max(exact, _rarity(df[n], len(scores)))
+            bonus += phrase_weight * exact
         out[i] = (score + bonus) / scale
     return out

@@ -1,5 +1,5 @@
-"""The task types Metis registers: ingest_document, reindex_collection, purge_cache,
-purge_tasks and noop. Each is idempotent: running it again after a crash changes nothing
+"""The task types Metis registers: ingest_document, analyse_document, reindex_collection,
+purge_cache, purge_tasks and noop. Each is idempotent: running it again after a crash changes nothing
 more than running it once did."""
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from ..store.index import reconcile
 from ..tenancy.principal import DEFAULT_TENANT, Principal
 from . import repo
 from .runner import HandlerRegistry, TaskContext
+from .types import Priority, TaskSpec
 
 T = TypeVar("T")
 REINDEX_BATCH = 2000
@@ -64,13 +65,33 @@ async def ingest_document(ctx: TaskContext) -> dict[str, Any]:
     report = await past_commit_point(ingestor.commit(p["collection"], staged, _tenant(ctx)))
     ctx.services.index_flusher.touch()
     r = report.results[0]
+    out = {"collection": p["collection"], "filename": r.filename, "status": r.status,
+           "document_id": r.document_id, "chunks": r.chunks}
     analyzer = getattr(ctx.services, "analyzer", None)
     if analyzer is not None and r.status in ("created", "replaced") and r.document_id:
-        ctx.progress(96, "analysing")
-        await analyse_document(ctx.services.sessions, analyzer, r.document_id)
+        if analyzer.uses_llm:
+            # An LLM takes seconds a document: the upload is searchable already, so its task
+            # ends here and the analysis waits for a free slot as a task of its own.
+            [queued] = await ctx.services.tasks.submit([TaskSpec(
+                "analyse_document", {"document_id": r.document_id, "tenant": _tenant(ctx)},
+                name=f"analyse {r.filename}"[:200], priority=Priority.low,
+                tenant=_tenant(ctx))])
+            out["analysis_task_id"] = queued.id
+        else:  # offline: a few ms, done before the task reports the document
+            ctx.progress(96, "analysing")
+            await analyse_document(ctx.services.sessions, analyzer, r.document_id)
     ctx.progress(100, r.status)
-    return {"collection": p["collection"], "filename": r.filename, "status": r.status,
-            "document_id": r.document_id, "chunks": r.chunks}
+    return out
+
+
+async def analyse_document_task(ctx: TaskContext) -> dict[str, Any]:
+    """params: document_id. The analysis of an ingested document by the LLM (see above)."""
+    analyzer = getattr(ctx.services, "analyzer", None)
+    if analyzer is None:
+        return {"document_id": ctx.params["document_id"], "method": None}
+    done = await analyse_document(ctx.services.sessions, analyzer, ctx.params["document_id"])
+    return {"document_id": ctx.params["document_id"],
+            "method": done.method if done is not None else None}
 
 
 class IngestEmbedder:
@@ -174,6 +195,7 @@ async def noop(ctx: TaskContext) -> None:
 def build_registry(settings: TaskSettings) -> HandlerRegistry:
     registry = HandlerRegistry()
     registry.register("ingest_document", ingest_document)
+    registry.register("analyse_document", analyse_document_task)
     registry.register("reindex_collection", reindex_collection)
     registry.register("purge_cache", purge_cache)
     registry.register("purge_tasks", purge_tasks)
