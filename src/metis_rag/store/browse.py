@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, case, delete, func, or_, select, update
+from sqlalchemy import Boolean, Select, case, delete, func, or_, select, update
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.functions import FunctionElement
 
 from .models import Collection, Conversation, Document, DocumentTag, Message
 from .repo import AnalysisFilter, get_conversation, tenant_collections
@@ -69,14 +71,36 @@ def _like_escaped(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+class _ContainsFolded(FunctionElement[bool]):
+    """`column` contains `pattern` (a lower-case LIKE pattern, `\\` escapes), ignoring case."""
+
+    type = Boolean()
+    inherit_cache = True
+    name = "contains_folded"
+
+
+@compiles(_ContainsFolded)
+def _contains_folded(element: _ContainsFolded, compiler: Any, **kw: Any) -> str:
+    column, pattern = element.clauses
+    return str(compiler.process(func.lower(column).like(pattern, escape="\\"), **kw))
+
+
+@compiles(_ContainsFolded, "sqlite")
+def _contains_folded_sqlite(element: _ContainsFolded, compiler: Any, **kw: Any) -> str:
+    # SQLite's LIKE already ignores case (ASCII, as its lower() does), and without lower() the
+    # column is compared as the index holds it: a search reads index entries, not rows (0020).
+    column, pattern = element.clauses
+    return str(compiler.process(column.like(pattern, escape="\\"), **kw))
+
+
 def _filtered(stmt: Select[Any], tenant: str, q: DocumentQuery) -> Select[Any]:
     stmt = stmt.where(Document.collection_id.in_(tenant_collections(tenant)))
     if q.collection_id is not None:
         stmt = stmt.where(Document.collection_id == q.collection_id)
     if q.search:
         pattern = f"%{_like_escaped(q.search.lower())}%"
-        stmt = stmt.where(or_(func.lower(Document.filename).like(pattern, escape="\\"),
-                              func.lower(Document.title).like(pattern, escape="\\")))
+        stmt = stmt.where(or_(_ContainsFolded(Document.filename, pattern),
+                              _ContainsFolded(Document.title, pattern)))
     if q.folder is not None:
         below = f"{_like_escaped(q.folder)}/%"
         stmt = stmt.where(or_(Document.folder == q.folder,
