@@ -15,7 +15,9 @@
    (Resource Timing responseStart -> requestAnimationFrame). Target: <= 50 ms.
 3. A collection of `--docs` documents (rows inserted straight into SQLite, no chunks): each
    page of 25 rows from the click to the next frame with the rows laid out (server + transfer +
-   render), for the first pages, a search, a tag filter and the last page. Target: <= 100 ms.
+   render), for the first pages, a search, a tag filter and the last page; `--runs` passes,
+   each in a fresh browser that opens the Documents tab and then the collection.
+   Target: <= 100 ms.
 
 Figures are medians (and maxima) over the runs; every run is printed.
 """
@@ -126,12 +128,13 @@ def seed_documents(data_dir: Path, n: int) -> None:
         ids = dict(conn.execute(select(Document.public_id, Document.id)
                                 .where(Document.collection_id == cid)).all())
         conn.execute(insert(DocumentTag.__table__), [
-            {"tag": t, "document_id": ids[r["public_id"]]} for r in rows for t in set(r["tags"])])
+            {"tag": t, "document_id": ids[r["public_id"]], "collection_id": cid}
+            for r in rows for t in set(r["tags"])])
     engine.dispose()
 
 
-def table_pages(url: str, tmp: Path, pages: int) -> dict[str, list[float]]:
-    driver = browser(tmp / "profile-table")
+def table_pages(url: str, tmp: Path, pages: int, run: int) -> dict[str, list[float]]:
+    driver = browser(tmp / f"profile-table-{run}")
     try:
         driver.get(url + "/")
         wait(driver, "return window.metisChat.meShownAt !== undefined")
@@ -198,9 +201,11 @@ def main() -> None:
             gaps = streamed(server.url, tmp, max(5, args.runs))
             print("first token: response's first bytes -> token on screen (ms):",
                   [round(g, 1) for g in gaps])
-            table = table_pages(server.url, tmp, args.pages)
-            for name, values in table.items():
-                print(f"table {name}: {[round(v, 1) for v in values]}")
+            table: dict[str, list[float]] = {}
+            for run in range(args.runs):  # each pass in a fresh browser, as a new visitor
+                for name, values in table_pages(server.url, tmp, args.pages, run).items():
+                    print(f"table pass {run + 1} {name}: {[round(v, 1) for v in values]}")
+                    table.setdefault(name, []).extend(values)
 
     def med(values: list[float]) -> float:
         return statistics.median(values)
@@ -216,7 +221,8 @@ def main() -> None:
     print(f"  first token on screen {med(gaps):.1f} ms after the response's first bytes "
           f"(max {max(gaps):.1f}; target <= 50 ms)")
     print(f"  document table of {args.docs:,}: a page in {med(pages):.1f} ms median, "
-          f"{max(pages):.1f} ms max over {len(pages)} pages (target <= 100 ms)")
+          f"{max(pages):.1f} ms max over {len(pages)} pages in {args.runs} passes "
+          f"(target <= 100 ms); opening the collection {table['open collection']}")
 
 
 if __name__ == "__main__":

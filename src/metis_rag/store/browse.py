@@ -145,8 +145,14 @@ async def facets(session: AsyncSession, tenant: str, collection_id: int | None,
         stmt = stmt.order_by(func.count(Document.id).desc(), column).limit(limit)
         return [(str(r[0]), int(r[1])) for r in await session.execute(stmt)]
 
-    tags = await counted(DocumentTag.tag, select(DocumentTag.tag, func.count(Document.id))
-                         .join(Document, Document.id == DocumentTag.document_id))
+    # From document_tags alone (its collection_id copy and index, 0020): no join per tag row.
+    tag_stmt = select(DocumentTag.tag, func.count()).where(
+        DocumentTag.collection_id.in_(tenant_collections(tenant)))
+    if collection_id is not None:
+        tag_stmt = tag_stmt.where(DocumentTag.collection_id == collection_id)
+    tag_rows = await session.execute(tag_stmt.group_by(DocumentTag.tag)
+                                     .order_by(func.count().desc(), DocumentTag.tag).limit(limit))
+    tags = [(str(r[0]), int(r[1])) for r in tag_rows]
     return Facets(tags=tags, folders=await counted(Document.folder),
                   statuses=await counted(Document.status), types=await counted(Document.mime))
 

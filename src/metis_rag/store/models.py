@@ -146,12 +146,15 @@ class DocumentTag(Base):
 
     __tablename__ = "document_tags"
 
-    __table_args__ = (Index("ix_document_tags_document_tag", "document_id", "tag"),)
+    __table_args__ = (Index("ix_document_tags_collection_tag", "collection_id", "tag"),)
 
     tag: Mapped[str] = mapped_column(String(100), primary_key=True)
     document_id: Mapped[int] = mapped_column(
-        ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True
+        ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True, index=True
     )
+    # The document's collection, copied (0020): the tag filter's values are counted per
+    # collection from the index alone, without joining each tag row to its document.
+    collection_id: Mapped[int | None] = mapped_column(IdType, nullable=True)
 
 
 class Chunk(Base):
