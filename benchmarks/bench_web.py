@@ -15,7 +15,9 @@
    (Resource Timing responseStart -> requestAnimationFrame). Target: <= 50 ms.
 3. A collection of `--docs` documents (rows inserted straight into SQLite, no chunks): each
    page of 25 rows from the click to the next frame with the rows laid out (server + transfer +
-   render), for the first pages, a search, a tag filter and the last page. Target: <= 100 ms.
+   render), for the first pages, a search, a tag filter and the last page; `--runs` passes,
+   each in a fresh browser that opens the Documents tab and then the collection.
+   Target: <= 100 ms.
 
 Figures are medians (and maxima) over the runs; every run is printed.
 """
@@ -126,12 +128,13 @@ def seed_documents(data_dir: Path, n: int) -> None:
         ids = dict(conn.execute(select(Document.public_id, Document.id)
                                 .where(Document.collection_id == cid)).all())
         conn.execute(insert(DocumentTag.__table__), [
-            {"tag": t, "document_id": ids[r["public_id"]]} for r in rows for t in set(r["tags"])])
+            {"tag": t, "document_id": ids[r["public_id"]], "collection_id": cid}
+            for r in rows for t in set(r["tags"])])
     engine.dispose()
 
 
-def table_pages(url: str, tmp: Path, pages: int) -> dict[str, list[float]]:
-    driver = browser(tmp / "profile-table")
+def table_pages(url: str, tmp: Path, pages: int, run: int) -> dict[str, list[float]]:
+    driver = browser(tmp / f"profile-table-{run}")
     try:
         driver.get(url + "/")
         wait(driver, "return window.metisChat.meShownAt !== undefined")
@@ -140,12 +143,20 @@ def table_pages(url: str, tmp: Path, pages: int) -> dict[str, list[float]]:
 
         def page_ms(action: str) -> float:
             before = driver.execute_script("return window.metisDocs.loaded")
-            driver.execute_script(action)
+            driver.execute_script("performance.clearResourceTimings();" + action)
             wait(driver, f"return window.metisDocs.loaded > {before}")
+            # Of that, the request itself (sent -> last byte): the rest is the browser's.
+            request = driver.execute_script("""
+                const r = performance.getEntriesByType("resource")
+                  .filter((e) => e.name.includes("/api/documents?")).pop();
+                return r ? r.responseEnd - r.startTime : null;""")
+            if request is not None:
+                out.setdefault("request part", []).append(float(request))
             return float(driver.execute_script("return window.metisDocs.lastPageMs"))
 
-        out: dict[str, list[float]] = {"open collection": [page_ms(
-            "document.querySelector('#collection-list button[data-name=big]').click()")]}
+        out: dict[str, list[float]] = {}
+        out["open collection"] = [page_ms(
+            "document.querySelector('#collection-list button[data-name=big]').click()")]
         out["next page"] = [page_ms("document.getElementById('next-page').click()")
                             for _ in range(pages)]
         search = "const s = document.getElementById('doc-search'); s.value = 'report-0999';" \
@@ -198,9 +209,11 @@ def main() -> None:
             gaps = streamed(server.url, tmp, max(5, args.runs))
             print("first token: response's first bytes -> token on screen (ms):",
                   [round(g, 1) for g in gaps])
-            table = table_pages(server.url, tmp, args.pages)
-            for name, values in table.items():
-                print(f"table {name}: {[round(v, 1) for v in values]}")
+            table: dict[str, list[float]] = {}
+            for run in range(args.runs):  # each pass in a fresh browser, as a new visitor
+                for name, values in table_pages(server.url, tmp, args.pages, run).items():
+                    print(f"table pass {run + 1} {name}: {[round(v, 1) for v in values]}")
+                    table.setdefault(name, []).extend(values)
 
     def med(values: list[float]) -> float:
         return statistics.median(values)
@@ -208,7 +221,8 @@ def main() -> None:
     kb = med([x["bytes"] for x in loads]) / 1024
     tti = med([x["interactive_ms"] for x in loads])
     shown = med([x["data_shown_ms"] for x in loads])
-    pages = [v for k, vs in table.items() if k != "rows on screen" for v in vs]
+    pages = [v for k, vs in table.items() if k not in ("rows on screen", "request part")
+             for v in vs]
     print("\nsummary (medians)")
     print(f"  first load: {kb:.1f} KB transferred in {med([x['requests'] for x in loads]):.0f} "
           f"requests (target <= 150 KB); interactive {tti:.0f} ms (target <= 300 ms); "
@@ -216,7 +230,10 @@ def main() -> None:
     print(f"  first token on screen {med(gaps):.1f} ms after the response's first bytes "
           f"(max {max(gaps):.1f}; target <= 50 ms)")
     print(f"  document table of {args.docs:,}: a page in {med(pages):.1f} ms median, "
-          f"{max(pages):.1f} ms max over {len(pages)} pages (target <= 100 ms)")
+          f"{max(pages):.1f} ms max over {len(pages)} pages in {args.runs} passes "
+          f"(target <= 100 ms); opening the collection {table['open collection']}; of each "
+          f"page, the request (sent -> last byte) {med(table['request part']):.1f} ms median, "
+          f"{max(table['request part']):.1f} max")
 
 
 if __name__ == "__main__":

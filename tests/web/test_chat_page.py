@@ -2,22 +2,21 @@
 `metis serve` (answers from a fake LLM that streams) a user uploads several files and watches
 them finish, asks and sees the answer stream, opens a citation, continues, renames and deletes a
 conversation, deletes a document and sees it leave the answers, and signs in with a key.
-Screenshots are saved under pytest's tmp_path (their paths are printed)."""
+Screenshots are saved under tests/artifacts/web/ (their paths are printed with -s)."""
 
 from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from metis_rag.devtools.fake_llm import FakeLLMServer
 from tests.browser import browser, metis_serve, needs_chromium
+from tests.web.pages import FINISHED, Page, drop_files, wait_tasks
 
 POLICY = (
     "# Refunds\n\nThe refund window is 30 days. Items must be unused and in their box.\n\n"
@@ -25,7 +24,6 @@ POLICY = (
 )
 FAQ = "# Office\n\nThe office cat is called Pixel. It sleeps on the warm printer all afternoon.\n"
 GARDEN = "# Garden\n\nThe garden gnome is named Gustav and guards the tomato beds.\n"
-FINISHED = ("completed", "failed", "cancelled", "error", "rejected", "duplicate")
 
 # -- the files, over ASGI ----------------------------------------------------------------------
 
@@ -90,119 +88,12 @@ def metis_url(prepared_models: Path, tmp_path_factory: pytest.TempPathFactory,
         yield server.url
 
 
-class Page:
-    """The page as a user drives it."""
-
-    def __init__(self, driver: Any, shots: Path) -> None:
-        from selenium.webdriver.support.wait import WebDriverWait
-
-        self.driver = driver
-        from selenium.common.exceptions import StaleElementReferenceException
-
-        # The page re-renders lists as data arrives: an element read mid-render is read again.
-        self.wait = WebDriverWait(driver, 60, poll_frequency=0.05,
-                                  ignored_exceptions=[StaleElementReferenceException])
-        self.shots = shots
-
-    def find(self, css: str) -> Any:
-        return self.driver.find_element("css selector", css)
-
-    def find_all(self, css: str) -> list[Any]:
-        return list(self.driver.find_elements("css selector", css))
-
-    def fill(self, element_id: str, text: str) -> None:
-        field = self.find(f"#{element_id}")
-        field.clear()
-        field.send_keys(text)
-
-    def click(self, css: str) -> None:
-        """Clicks, again if the element was re-rendered between finding and clicking."""
-        self.wait.until(lambda _: self.find(css).click() or True)
-
-    def shot(self, name: str) -> None:
-        path = self.shots / f"{name}.png"
-        assert self.driver.save_screenshot(str(path))
-        print(f"screenshot: {path}")
-
-    def tab(self, name: str) -> None:
-        self.find(f"#tab-{name}").click()
-
-    def ask(self, question: str, collection: str = "handbook") -> Any:
-        """Asks and returns the answer's turn once it is done; an error fails the test."""
-        before = len(self.find_all(".turn"))
-        self.fill("collection", collection)
-        self.fill("question", question)
-        self.find("#ask-button").click()
-        self.wait.until(lambda _: (len(self.find_all(".turn")) > before and self.find_all(
-            ".turn")[-1].get_attribute("data-state") != "streaming")
-            or self.find("#ask-error").is_displayed())
-        assert not self.find("#ask-error").is_displayed(), self.find("#ask-error").text
-        return self.find_all(".turn")[-1]
-
-    def upload_row(self, filename: str) -> Any:
-        return next((row for row in self.find_all("#uploads li")
-                     if row.find_element("css selector", ".filename").text == filename), None)
-
-    def doc_names(self) -> list[str]:
-        return list(self.driver.execute_script(
-            "return [...document.querySelectorAll('#documents tbody .doc-name')]"
-            ".map((e) => e.textContent)"))
-
-    def doc_row_text(self, name: str) -> str:
-        return str(self.driver.execute_script(
-            "const r = [...document.querySelectorAll('#documents tbody tr')]"
-            ".find((r) => r.querySelector('.doc-name').textContent === arguments[0]);"
-            "return r ? r.innerText : '';", name))
-
-    def doc_action(self, name: str, action: str) -> None:
-        self.driver.execute_script(
-            "[...document.querySelectorAll('#documents tbody tr')]"
-            ".find((r) => r.querySelector('.doc-name').textContent === arguments[0])"
-            ".querySelector(arguments[1]).click();", name, f".{action}")
-
-    def answer_dialog(self, accept: bool = True, text: str | None = None) -> None:
-        self.wait.until(lambda d: _alert(d) is not None)
-        alert = self.driver.switch_to.alert
-        if text is not None:
-            alert.send_keys(text)
-        alert.accept() if accept else alert.dismiss()
-
-
-def _wait_tasks(c: httpx.Client, task_ids: list[str]) -> None:
-    deadline = time.monotonic() + 120
-    for task_id in task_ids:
-        while (status := c.get(f"/api/tasks/{task_id}").json()["status"]) != "completed":
-            assert status not in FINISHED and time.monotonic() < deadline, status
-            time.sleep(0.1)
-
-
-def _alert(driver: Any) -> Any:
-    from selenium.common.exceptions import NoAlertPresentException
-
-    try:
-        return driver.switch_to.alert
-    except NoAlertPresentException:
-        return None
-
-
-def _drop_files(driver: Any, files: dict[str, str]) -> None:
-    """A drag and drop of files onto the drop zone, as the browser delivers it."""
-    driver.execute_script("""
-        const dt = new DataTransfer();
-        for (const [name, text] of Object.entries(arguments[0]))
-          dt.items.add(new File([text], name, { type: "text/markdown" }));
-        const zone = document.getElementById("dropzone");
-        zone.dispatchEvent(new DragEvent("dragover", { dataTransfer: dt, bubbles: true, cancelable: true }));
-        zone.dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
-    """, files)
-
-
 @pytest.fixture
-def page(metis_url: str, tmp_path: Path) -> Iterator[Page]:
+def page(metis_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Page]:
     driver = browser(tmp_path / "chromium-profile")
     try:
         driver.get(metis_url + "/")
-        p = Page(driver, tmp_path)
+        p = Page(driver, request.node.name)
         p.wait.until(lambda _: p.find("#whoami").text)
         yield p
         assert driver.execute_script("return window.metisChat.errors") == 0
@@ -260,7 +151,7 @@ def test_documents_upload_browse_view_and_delete(page: Page, tmp_path: Path) -> 
 
     # dropped files upload the same way
     page.fill("upload-folder", "outdoors")
-    _drop_files(page.driver, {"garden.md": GARDEN})
+    drop_files(page.driver, {"garden.md": GARDEN})
     page.wait.until(lambda _: (row := page.upload_row("garden.md")) is not None
                     and row.get_attribute("data-status") == "completed")
 
@@ -322,7 +213,7 @@ def test_chat_streams_cites_and_keeps_conversations(page: Page, metis_url: str) 
             r = c.post("/api/documents", data={"collection": "handbook"},
                        files={"files": (name, text.encode())})
             assert r.status_code in (200, 202), r.text
-            _wait_tasks(c, r.json()["task_ids"])
+            wait_tasks(c, r.json()["task_ids"])
     # the answer grows on screen, token by token
     page.fill("collection", "handbook")
     page.fill("question", "How long is the refund window?")
@@ -480,7 +371,7 @@ def test_sign_in_with_a_key_shows_tenant_role_and_admin_views(keyed_url: str,
     driver = browser(tmp_path / "chromium-profile")
     try:
         driver.get(keyed_url + "/")
-        page = Page(driver, tmp_path)
+        page = Page(driver, "test_sign_in")
         page.wait.until(lambda _: page.find("#whoami").text == "not signed in")
         assert page.find("#auth-error").is_displayed()
         assert not page.find("#tab-admin").is_displayed()

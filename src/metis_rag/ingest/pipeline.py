@@ -315,7 +315,7 @@ class Ingestor:
         doc.error = None
         doc.chunk_count = len(prep.chunks)
         await session.flush()
-        await repo.set_tags(session, doc.id, tags)
+        await repo.set_tags(session, doc.id, doc.collection_id, tags)
         rows = [
             {
                 "document_id": doc.id,

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, case, delete, func, or_, select, update
+from sqlalchemy import Boolean, Select, case, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 from .models import Collection, Conversation, Document, DocumentTag, Message
 from .repo import AnalysisFilter, get_conversation, tenant_collections
@@ -69,14 +71,36 @@ def _like_escaped(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+class _ContainsFolded(FunctionElement[bool]):
+    """`column` contains `pattern` (a lower-case LIKE pattern, `\\` escapes), ignoring case."""
+
+    type = Boolean()
+    inherit_cache = True
+    name = "contains_folded"
+
+
+@compiles(_ContainsFolded)
+def _contains_folded(element: _ContainsFolded, compiler: Any, **kw: Any) -> str:
+    column, pattern = element.clauses
+    return str(compiler.process(func.lower(column).like(pattern, escape="\\"), **kw))
+
+
+@compiles(_ContainsFolded, "sqlite")
+def _contains_folded_sqlite(element: _ContainsFolded, compiler: Any, **kw: Any) -> str:
+    # SQLite's LIKE already ignores case (ASCII, as its lower() does), and without lower() the
+    # column is compared as the index holds it: a search reads index entries, not rows (0020).
+    column, pattern = element.clauses
+    return str(compiler.process(column.like(pattern, escape="\\"), **kw))
+
+
 def _filtered(stmt: Select[Any], tenant: str, q: DocumentQuery) -> Select[Any]:
     stmt = stmt.where(Document.collection_id.in_(tenant_collections(tenant)))
     if q.collection_id is not None:
         stmt = stmt.where(Document.collection_id == q.collection_id)
     if q.search:
         pattern = f"%{_like_escaped(q.search.lower())}%"
-        stmt = stmt.where(or_(func.lower(Document.filename).like(pattern, escape="\\"),
-                              func.lower(Document.title).like(pattern, escape="\\")))
+        stmt = stmt.where(or_(_ContainsFolded(Document.filename, pattern),
+                              _ContainsFolded(Document.title, pattern)))
     if q.folder is not None:
         below = f"{_like_escaped(q.folder)}/%"
         stmt = stmt.where(or_(Document.folder == q.folder,
@@ -121,8 +145,14 @@ async def facets(session: AsyncSession, tenant: str, collection_id: int | None,
         stmt = stmt.order_by(func.count(Document.id).desc(), column).limit(limit)
         return [(str(r[0]), int(r[1])) for r in await session.execute(stmt)]
 
-    tags = await counted(DocumentTag.tag, select(DocumentTag.tag, func.count(Document.id))
-                         .join(Document, Document.id == DocumentTag.document_id))
+    # From document_tags alone (its collection_id copy and index, 0020): no join per tag row.
+    tag_stmt = select(DocumentTag.tag, func.count()).where(
+        DocumentTag.collection_id.in_(tenant_collections(tenant)))
+    if collection_id is not None:
+        tag_stmt = tag_stmt.where(DocumentTag.collection_id == collection_id)
+    tag_rows = await session.execute(tag_stmt.group_by(DocumentTag.tag)
+                                     .order_by(func.count().desc(), DocumentTag.tag).limit(limit))
+    tags = [(str(r[0]), int(r[1])) for r in tag_rows]
     return Facets(tags=tags, folders=await counted(Document.folder),
                   statuses=await counted(Document.status), types=await counted(Document.mime))
 

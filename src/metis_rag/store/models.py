@@ -90,7 +90,12 @@ class Document(Base):
     __table_args__ = (
         UniqueConstraint("collection_id", "content_hash", name="uq_documents_collection_hash"),
         Index("ix_documents_collection_path", "collection_id", "folder", "filename"),
+        # Migration 0020: on SQLite this index also holds filename and title (a search reads
+        # the index, not the rows); the counts and filter values read only index entries.
         Index("ix_documents_collection_created", "collection_id", "created_at", "id"),
+        Index("ix_documents_collection_counts", "collection_id", "status", "chunk_count",
+              "size_bytes"),
+        Index("ix_documents_collection_mime", "collection_id", "mime"),
         Index("ix_documents_status", "status"),
         Index("ix_documents_collection_type", "collection_id", "doc_type"),
         Index("ix_documents_collection_language", "collection_id", "language"),
@@ -141,10 +146,15 @@ class DocumentTag(Base):
 
     __tablename__ = "document_tags"
 
+    __table_args__ = (Index("ix_document_tags_collection_tag", "collection_id", "tag"),)
+
     tag: Mapped[str] = mapped_column(String(100), primary_key=True)
     document_id: Mapped[int] = mapped_column(
         ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True, index=True
     )
+    # The document's collection, copied (0020): the tag filter's values are counted per
+    # collection from the index alone, without joining each tag row to its document.
+    collection_id: Mapped[int | None] = mapped_column(IdType, nullable=True)
 
 
 class Chunk(Base):

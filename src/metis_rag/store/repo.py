@@ -217,10 +217,11 @@ async def list_documents(
     return items, int(total)
 
 
-async def set_tags(session: AsyncSession, document_id: int, tags: Sequence[str]) -> None:
+async def set_tags(session: AsyncSession, document_id: int, collection_id: int,
+                   tags: Sequence[str]) -> None:
     await session.execute(delete(DocumentTag).where(DocumentTag.document_id == document_id))
     for tag in dict.fromkeys(tags):
-        session.add(DocumentTag(tag=tag, document_id=document_id))
+        session.add(DocumentTag(tag=tag, document_id=document_id, collection_id=collection_id))
 
 
 async def chunk_ids_of(session: AsyncSession, document_id: int) -> list[int]:

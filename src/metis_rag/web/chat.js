@@ -216,8 +216,24 @@ async function openPassage(c) {
 
 // -- asking ------------------------------------------------------------------------------------
 
+// The collections chosen under "Also search", other than the conversation's own.
+function moreCollections(collection) {
+  return [...$("more-collections").selectedOptions].map((o) => o.value).filter((n) => n !== collection);
+}
+
+function fillMoreCollections(items) {
+  const select = $("more-collections");
+  const keep = new Set([...select.selectedOptions].map((o) => o.value));
+  select.replaceChildren(...items.map((c) => el("option", { value: c.name, text: c.name })));
+  for (const o of select.options) o.selected = keep.has(o.value);
+}
+
 function queryBody(message, collection) {
-  const body = { message, collection, cache: !$("bypass-cache").checked, stream: true };
+  const body = { message, cache: !$("bypass-cache").checked, stream: true };
+  const more = moreCollections(collection);
+  // Several collections: searched at once, the conversation belongs to the first.
+  if (more.length) body.collections = [collection, ...more];
+  else body.collection = collection;
   const tags = $("filter-tags").value.split(",").map((t) => t.trim()).filter(Boolean);
   if (tags.length) body.tags = tags;
   if ($("filter-folder").value.trim()) body.folder = $("filter-folder").value.trim();
@@ -250,39 +266,75 @@ async function readEvents(response, onEvent) {
   }
 }
 
-// step {id, op, name, status, purpose, error, elapsed_ms}; tool_call {step, name, arguments};
-// tool_result {step, name, error, content, cache_level, elapsed_ms}.
-function stepItem(kind, d) {
-  d = d && typeof d === "object" ? d : { text: String(d) };
-  const ms = typeof d.elapsed_ms === "number" ? ` · ${d.elapsed_ms.toFixed(1)} ms` : "";
-  let head, detail;
-  if (kind === "step") {
-    head = `${d.id || ""} ${d.name || d.op || ""} ${d.status || ""}${ms}`;
-    detail = d.error || d.purpose || "";
-  } else if (kind === "tool_call") {
-    head = `${d.step || ""} calls ${d.name || "a tool"}`;
-    detail = JSON.stringify(d.arguments || {});
-  } else {
-    head = `${d.step || ""} ${d.name || ""} ${d.error ? `failed: ${d.error}` : "answered"}` +
-           `${d.cache_level ? ` (cache ${d.cache_level})` : ""}${ms}`;
-    detail = d.content || "";
-  }
-  return el("li", { class: `step ${kind}`, "data-kind": kind, "data-status": d.status || null },
-    el("strong", { text: { step: "Step", tool_call: "Tool call", tool_result: "Result" }[kind] }),
-    " ", el("span", { text: head.replace(/\s+/g, " ").trim() }),
+// The agent's steps as they run. step {id, op, name, status, purpose, error, elapsed_ms} (the
+// plan first, then each step's start and its end); tool_call {step, name, arguments};
+// tool_result {step, name, error, content, cache_level, elapsed_ms}. A step is one list item:
+// its end updates it, and its tool call and result are listed under it.
+const STEP_ENDS = new Set(["ok", "error", "timeout", "skipped", "failed"]);
+
+function line(label, text, detail) {
+  return el("li", { class: "event" }, el("strong", { text: label }), " ",
+    el("span", { text: text.replace(/\s+/g, " ").trim() }),
     detail ? el("code", { text: String(detail).slice(0, 400) }) : null);
 }
 
-async function showAuditLink(queryId) {
+function stepNode(id) {
+  let node = [...$("steps").children].find((li) => li.dataset.step === id);
+  if (!node) {
+    node = el("li", { class: "step", "data-step": id },
+      el("span", { class: "step-head" }), el("ul", { class: "step-events" }));
+    $("steps").append(node);
+  }
+  return node;
+}
+
+function showStepEvent(kind, d) {
+  d = d && typeof d === "object" ? d : { text: String(d) };
+  const ms = typeof d.elapsed_ms === "number" ? ` · ${d.elapsed_ms.toFixed(1)} ms` : "";
+  const id = String(d.step || d.id || "?");
+  const node = stepNode(id);
+  const events = node.querySelector(".step-events");
+  if (kind === "step" && d.plan) {  // the plan: what will run
+    const steps = Array.isArray(d.plan.steps) ? d.plan.steps : [];
+    node.dataset.status = "done";
+    node.querySelector(".step-head").textContent =
+      `Plan (${d.plan.kind || "?"}, by ${d.plan.planner || "?"}): ${steps.length} steps`;
+    events.replaceChildren(...steps.map((s) => line(String(s.id || ""), `${s.name || s.op || ""}` +
+      `${s.after && s.after.length ? ` after ${s.after.join(", ")}` : ""}`, s.purpose || "")));
+  } else if (kind === "step") {
+    node.dataset.status = d.status || "";
+    if (d.name || d.op) node.dataset.name = d.name || d.op;
+    node.querySelector(".step-head").textContent =
+      `${id} ${node.dataset.name || ""} ${d.status || ""}${ms}`.replace(/\s+/g, " ").trim();
+    if (d.error) events.append(line("Error", d.error));
+    if (STEP_ENDS.has(d.status)) state.agent.ended += 1;
+  } else if (kind === "tool_call") {
+    state.agent.toolCalls += 1;
+    events.append(el("li", { class: "event tool-call" }, el("strong", { text: "Tool call" }), " ",
+      el("span", { text: d.name || "a tool" }), el("code", { text: JSON.stringify(d.arguments || {}) })));
+  } else {
+    const head = `${d.error ? `failed: ${d.error}` : "answered"}${d.cache_level ? ` (cache ${d.cache_level})` : ""}${ms}`;
+    events.append(el("li", { class: "event tool-result", "data-error": d.error ? "true" : null },
+      el("strong", { text: "Result" }), " ", el("span", { text: head }),
+      d.content ? el("code", { text: String(d.content).slice(0, 400) }) : null));
+  }
+  $("steps-summary").textContent = `${state.agent.ended} steps done · ${state.agent.toolCalls} tool calls`;
+}
+
+// The audit report in a sandboxed frame: the server's HTML never runs in the page itself.
+async function openAudit(queryId) {
+  const r = await fetch(`/api/queries/${encodeURIComponent(queryId)}/audit?format=html`, { headers: headers() });
+  if (!r.ok) { showError("ask-error", await readJson(r)); return; }
+  $("audit-view-meta").textContent = `query ${queryId}`;
+  $("audit-frame").srcdoc = await r.text();
+  $("audit-view").showModal();
+}
+
+function showAuditLink(queryId) {
   const link = $("audit-link");
   link.hidden = false;
-  link.onclick = async (e) => {
-    e.preventDefault();
-    const r = await fetch(`/api/queries/${encodeURIComponent(queryId)}/audit?format=html`, { headers: headers() });
-    if (!r.ok) { showError("ask-error", await readJson(r)); return; }
-    const url = URL.createObjectURL(new Blob([await r.text()], { type: "text/html" }));
-    window.open(url, "_blank", "noopener");
-  };
+  link.dataset.query = queryId;
+  link.onclick = () => openAudit(queryId);
 }
 
 async function ask(event) {
@@ -298,7 +350,12 @@ async function ask(event) {
   $("ask-button").disabled = true;
   $("stop-button").hidden = false;
   $("ask-status").textContent = "thinking…";
-  if (agent) { $("steps").replaceChildren(); $("audit-link").hidden = true; }
+  if (agent) {
+    $("steps").replaceChildren();
+    $("steps-summary").textContent = "planning…";
+    $("audit-link").hidden = true;
+    state.agent = { ended: 0, toolCalls: 0 };
+  }
   controller = new AbortController();
   let turn = null;
   let text = "";
@@ -323,7 +380,7 @@ async function ask(event) {
         }
       } else if (name === "done") final = data;
       else if (name === "error") failure = { ok: false, status: 200, body: data };
-      else if (["step", "tool_call", "tool_result"].includes(name)) $("steps").append(stepItem(name, data));
+      else if (["step", "tool_call", "tool_result"].includes(name) && state.agent) showStepEvent(name, data);
     });
   } catch (err) {
     if (err.name !== "AbortError") failure = problem("page_error", String(err));
@@ -395,6 +452,8 @@ $("stop-button").addEventListener("click", () => { if (controller) controller.ab
 $("new-conversation").addEventListener("click", newConversation);
 $("mode").addEventListener("change", modeChanged);
 $("passage-close").addEventListener("click", () => $("passage").close());
+$("audit-close").addEventListener("click", () => $("audit-view").close());
+document.addEventListener("metis:collections", (e) => fillMoreCollections(e.detail));
 onShow.chat = loadConversations;
 document.addEventListener("metis:signed-in", loadConversations);
 window.Metis.openConversation = openConversation;

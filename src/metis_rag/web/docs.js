@@ -149,7 +149,8 @@ async function loadFailed() {
   $("failed-card").hidden = r.body.items.length === 0;
 }
 
-function refresh() { loadCollections(); loadFacets(); loadDocuments(); loadFailed(); }
+// The rows first, the filters' values after them (as when a collection is opened).
+function refresh() { loadCollections(); loadDocuments().then(loadFacets); loadFailed(); }
 
 // -- a document and its chunks -------------------------------------------------------------------
 
