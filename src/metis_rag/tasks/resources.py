@@ -25,6 +25,8 @@ class Sample:
     disk_percent: float
     iowait_percent: float
     process_rss_bytes: int = 0
+    # This process's share of the machine's CPU (0-100), within `cpu_percent`.
+    process_cpu_percent: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -34,11 +36,14 @@ Sampler = Callable[[], Sample]
 
 
 def psutil_sampler(path: Path) -> Sampler:
-    """System-wide CPU (since the previous call), memory, disk use of `path`, and I/O wait."""
+    """System-wide CPU (since the previous call) and this process's share of it, memory, disk
+    use of `path`, and I/O wait."""
     import psutil
 
     proc = psutil.Process()
+    cores = psutil.cpu_count() or 1
     psutil.cpu_times_percent(interval=None)  # primes the "since last call" counters
+    proc.cpu_percent(interval=None)
 
     def sample() -> Sample:
         times = psutil.cpu_times_percent(interval=None)
@@ -49,6 +54,7 @@ def psutil_sampler(path: Path) -> Sampler:
             disk_percent=psutil.disk_usage(str(path)).percent,
             iowait_percent=round(getattr(times, "iowait", 0.0), 1),
             process_rss_bytes=proc.memory_info().rss,
+            process_cpu_percent=round(min(100.0, proc.cpu_percent(interval=None) / cores), 1),
         )
 
     return sample
@@ -56,7 +62,14 @@ def psutil_sampler(path: Path) -> Sampler:
 
 class ResourceMonitor:
     """Adjusts `limit` between `minimum` and `maximum`: down by one per overloaded sample
-    (CPU, memory or I/O wait above threshold), up by one per calm sample (well below)."""
+    (CPU, memory or I/O wait above threshold), up by one per calm sample (well below).
+
+    CPU sheds for what other processes use: this process's tasks are bounded by `maximum`
+    already, and its own CPU use is mostly the embedding model, one call at a time, which
+    fills the cores whether one task or four wait for it. Lowering the limit for that only
+    left the model idle while a single task parsed and stored (ingestion measured at one
+    document per model call, concurrency 1 within 10 s). Alerts still read the machine's CPU.
+    """
 
     def __init__(
         self, settings: TaskSettings, sampler: Sampler, *, maximum: int, source: str = "",
@@ -106,19 +119,20 @@ class ResourceMonitor:
         """Takes one sample into account; returns the new concurrency limit."""
         self.latest = sample
         values = sample.as_dict()
-        over = []
         for metric, threshold in self.thresholds().items():
             value = values[metric]
             if value >= threshold:
-                over.append(metric)
                 if metric not in self._active:
                     self._active.add(metric)
                     self._alert(metric, value, threshold)
             elif value < threshold * 0.9:
                 self._active.discard(metric)
         # Disk use is alerted but does not shed work: fewer tasks would not free any disk.
-        overloaded = any(m != "disk_percent" for m in over)
-        calm = all(values[m] < t * 0.75 for m, t in self.thresholds().items() if m != "disk_percent")
+        pressure = {**values,
+                    "cpu_percent": max(0.0, sample.cpu_percent - sample.process_cpu_percent)}
+        shed = {m: t for m, t in self.thresholds().items() if m != "disk_percent"}
+        overloaded = any(pressure[m] >= t for m, t in shed.items())
+        calm = all(pressure[m] < t * 0.75 for m, t in shed.items())
         before = self.limit
         if overloaded:
             self.limit = max(self.minimum, self.limit - 1)
