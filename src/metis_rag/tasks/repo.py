@@ -247,9 +247,15 @@ async def claim(
         .where(one_of(conn, T.c.id, task_ids), runnable,
                or_(T.c.start_at.is_(None), T.c.start_at <= now))
         .values(status="running", owner=owner, attempts=T.c.attempts + 1, started_at=now)
-        .returning(T)
+        .returning(*CLAIMED)
     )
     return list(await conn.execute(stmt))
+
+
+# What a worker needs of a task it claimed: to run it and to record its outcome (not its
+# result, error, message or dependencies: fewer JSON columns decoded per claim).
+CLAIMED = (T.c.id, T.c.type, T.c.params, T.c.priority, T.c.attempts, T.c.max_retries,
+           T.c.timeout_s, T.c.start_at, T.c.created_at, T.c.started_at)
 
 
 async def finish_owned(conn: AsyncConnection, owner: str, outcomes: Sequence[dict[str, Any]]) -> None:
