@@ -26,9 +26,6 @@ from .runner import Outcome, TaskContext, execute, retry_delay_s
 log = logging.getLogger("metis.tasks")
 CANCEL_POLL_S = 0.5
 MAX_UNWRITTEN = 1000  # outcomes waiting for the database before new tasks wait too
-# Celery pool threads (each holding one unacknowledged message) per run slot: the extra
-# threads' messages are claimed while the slots are busy (see `WorkerRuntime.run`).
-POOL_THREADS_PER_SLOT = 2
 
 
 class WorkerRuntime:
@@ -139,18 +136,13 @@ class WorkerRuntime:
 
     async def run(self, task_id: str, redelivered: bool) -> None:
         assert self._slots is not None
-        # Claim first, then wait for a run slot: the pool has more threads than slots
-        # (POOL_THREADS_PER_SLOT), so the next messages are claimed together, in one
-        # statement, while the running tasks finish, and a freed slot starts a claimed task
-        # at once instead of after a database round trip. At most the extra threads' tasks
-        # wait claimed; their messages are not acknowledged until they have run.
-        row = await self._claim(task_id, redelivered)
-        if row is None:
-            return
         async with self._slots:  # the resource monitor may have lowered the concurrency
             await self._slots.wait_for(lambda: self._active < self.monitor.limit)
             self._active += 1
         try:
+            row = await self._claim(task_id, redelivered)
+            if row is None:
+                return
             ctx = TaskContext(task_id, row.type, row.params, row.attempts, self.services,
                               self._progress, self._blob)
             task = asyncio.create_task(execute(self.registry, ctx, row.timeout_s))
@@ -342,8 +334,7 @@ def run_worker(settings: Settings) -> None:
     runtime.start()
     try:
         app.worker_main([
-            "worker", "--pool=threads",
-            f"--concurrency={settings.tasks.concurrency * POOL_THREADS_PER_SLOT}",
+            "worker", "--pool=threads", f"--concurrency={settings.tasks.concurrency}",
             "-Q", settings.tasks.queue, "--without-gossip", "--without-mingle",
             "--without-heartbeat", f"--loglevel={settings.log_level.upper()}",
             "-n", f"metis-{os.getpid()}@%h",
