@@ -149,6 +149,8 @@ async def open_services(
         )
         parser = ParseSandbox(settings.parse)
         stack.push_async_callback(parser.close)
+        if settings.parse.prestart and role != "client":
+            parser.prestart()
         ingestor = Ingestor(
             sessions, embedder, vectors, chunker, max_bytes=settings.max_upload_bytes,
             parser=parser, document_cache=caches.document if caches else None,
