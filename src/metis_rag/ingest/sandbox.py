@@ -189,7 +189,8 @@ class ParseSandbox:
 
     async def close(self) -> None:
         if self._prestart is not None:
-            self._prestart.cancel()
+            # Let it finish (a process start takes well under a second): cancelling it while a
+            # process is being created could leave that process running, known to nobody.
             await asyncio.gather(self._prestart, return_exceptions=True)
         idle, self._idle = self._idle, []
         for worker in idle:
