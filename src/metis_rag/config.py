@@ -445,7 +445,8 @@ class TaskSettings(BaseModel):
         2.0, gt=0, description="Resource monitor sampling period (CPU, memory, disk, I/O wait)."
     )
     cpu_high_percent: float = Field(
-        90, gt=0, le=100, description="CPU use above which concurrency is lowered and an alert raised."
+        90, gt=0, le=100, description="CPU use above which an alert is raised (the machine's) and "
+        "concurrency is lowered (other processes' only: the machine's less this process's share).",
     )
     memory_high_percent: float = Field(
         90, gt=0, le=100, description="Memory use above which concurrency is lowered and an alert raised."
