@@ -40,6 +40,12 @@ async def ingest(
     assert r.status_code == expect, r.text
     body = r.json()
     tasks = await wait_tasks(client, body["task_ids"])
+    # With an LLM configured, analysis is a task of its own queued by the ingestion; it bumps
+    # the collection's version when it stores, so "ingested" means after it too.
+    analyses = [t["result"]["analysis_task_id"] for t in tasks.values()
+                if t.get("result") and t["result"].get("analysis_task_id")]
+    if analyses:
+        await wait_tasks(client, analyses)
     for result in body["results"]:
         if result["task_id"] is None:
             assert result["status"] == "duplicate"

@@ -87,6 +87,10 @@ class ParseSettings(BaseModel):
         2, ge=1, le=64, description="Parser processes kept running (files parsed at once); "
         "each is a separate process so a hostile file can be stopped without the server.",
     )
+    prestart: bool = Field(
+        True, description="Start the parser processes with the server or worker, not at the "
+        "first upload (each takes ~0.3 s of CPU to start).",
+    )
     timeout_s: float = Field(
         30, gt=0, description="Time one file may take to parse; past it the parser process is "
         "killed and the file refused (parse_timeout).",
@@ -448,7 +452,8 @@ class TaskSettings(BaseModel):
         2.0, gt=0, description="Resource monitor sampling period (CPU, memory, disk, I/O wait)."
     )
     cpu_high_percent: float = Field(
-        90, gt=0, le=100, description="CPU use above which concurrency is lowered and an alert raised."
+        90, gt=0, le=100, description="CPU use above which an alert is raised (the machine's) and "
+        "concurrency is lowered (other processes' only: the machine's less this process's share).",
     )
     memory_high_percent: float = Field(
         90, gt=0, le=100, description="Memory use above which concurrency is lowered and an alert raised."

@@ -154,6 +154,8 @@ async def open_services(
             settings.chunk.max_chunks_per_document)
         parser = ParseSandbox(settings.parse, chunking)
         stack.push_async_callback(parser.close)
+        if settings.parse.prestart and role != "client":
+            parser.prestart()
         ingestor = Ingestor(
             sessions, embedder, vectors, chunker, max_bytes=settings.max_upload_bytes,
             parser=parser, document_cache=caches.document if caches else None,

@@ -25,7 +25,15 @@ async def sandbox():
 
 
 def _children() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True)}
+    """This process's parser processes (not, say, the session's Celery workers and theirs)."""
+    out = set()
+    for p in psutil.Process().children():
+        try:
+            if "metis_rag.ingest.parse_worker" in p.cmdline():
+                out.add(p.pid)
+        except psutil.Error:  # gone meanwhile
+            continue
+    return out
 
 
 @pytest.mark.parametrize("crafted", CORPUS, ids=[c.name for c in CORPUS])

@@ -183,11 +183,28 @@ async def test_load_lowers_concurrency_and_raises_one_alert_per_crossing(tmp_pat
         h.open("g")
 
 
+async def test_only_other_processes_cpu_sheds_concurrency(tmp_path: Path) -> None:
+    async with Harness(tmp_path, concurrency=4, min_concurrency=1) as h:
+        monitor = h.backend.monitor
+        ours = Sample(cpu_percent=100, memory_percent=20, disk_percent=30, iowait_percent=0,
+                      process_cpu_percent=96)  # our own model fills the cores
+        assert [monitor.observe(ours) for _ in range(3)] == [4, 4, 4]
+        assert [a.metric for a in monitor.alerts] == ["cpu_percent"]  # still alerted
+        theirs = Sample(cpu_percent=100, memory_percent=20, disk_percent=30, iowait_percent=0,
+                        process_cpu_percent=5)
+        assert [monitor.observe(theirs) for _ in range(2)] == [3, 2]
+
+
 async def test_real_resource_samples_are_sane(tmp_path: Path) -> None:
     from metis_rag.tasks.resources import psutil_sampler
 
-    sample = psutil_sampler(tmp_path)()
+    sampler = psutil_sampler(tmp_path)
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:  # burn some CPU of our own between two samples
+        pass
+    sample = sampler()
     assert 0 <= sample.cpu_percent <= 100 and 0 < sample.memory_percent < 100
+    assert 0 < sample.process_cpu_percent <= 100
     assert 0 < sample.disk_percent <= 100 and sample.process_rss_bytes > 10_000_000
 
 

@@ -62,6 +62,8 @@ class Sample:
     disk_percent: float
     iowait_percent: float
     process_rss_bytes: int = 0
+    # This process's share of the machine's CPU (0-100), within `cpu_percent`.
+    process_cpu_percent: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -71,8 +73,12 @@ Sampler = Callable[[], Sample]
 
 
 def psutil_sampler(path: Path) -> Sampler:
-    """System-wide CPU (since the previous call), memory, disk use of `path`, and I/O wait."""
+    """System-wide CPU (since the previous call) and this process's share of it, memory, disk
+    use of `path`, and I/O wait."""
+    proc = psutil.Process()
+    cores = cpu_cores()
     psutil.cpu_times_percent(interval=None)  # primes the "since last call" counters
+    proc.cpu_percent(interval=None)
 
     def sample() -> Sample:
         times = psutil.cpu_times_percent(interval=None)
@@ -82,7 +88,8 @@ def psutil_sampler(path: Path) -> Sampler:
             memory_percent=psutil.virtual_memory().percent,
             disk_percent=psutil.disk_usage(str(path)).percent,
             iowait_percent=round(iowait, 1),
-            process_rss_bytes=process_rss_bytes(),
+            process_rss_bytes=int(proc.memory_info().rss),
+            process_cpu_percent=round(min(100.0, proc.cpu_percent(interval=None) / cores), 1),
         )
 
     return sample

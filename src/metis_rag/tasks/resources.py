@@ -24,7 +24,14 @@ log = logging.getLogger("metis.tasks")
 
 class ResourceMonitor:
     """Adjusts `limit` between `minimum` and `maximum`: down by one per overloaded sample
-    (CPU, memory or I/O wait above threshold), up by one per calm sample (well below)."""
+    (CPU, memory or I/O wait above threshold), up by one per calm sample (well below).
+
+    CPU sheds for what other processes use: this process's tasks are bounded by `maximum`
+    already, and its own CPU use is mostly the embedding model, one call at a time, which
+    fills the cores whether one task or four wait for it. Lowering the limit for that only
+    left the model idle while a single task parsed and stored (ingestion measured at one
+    document per model call, concurrency 1 within 10 s). Alerts still read the machine's CPU.
+    """
 
     def __init__(
         self, settings: TaskSettings, sampler: Sampler, *, maximum: int, source: str = "",
@@ -74,18 +81,19 @@ class ResourceMonitor:
         """Takes one sample into account; returns the new concurrency limit."""
         self.latest = sample
         values = sample.as_dict()
-        over = []
         for metric, threshold in self.thresholds().items():
             value = values[metric]
             if value >= threshold:
-                over.append(metric)
                 if self._crossings.enter(metric):
                     self._alert(metric, value, threshold)
             elif value < threshold * 0.9:
                 self._crossings.leave(metric)
         # Disk use is alerted but does not shed work: fewer tasks would not free any disk.
-        overloaded = any(m != "disk_percent" for m in over)
-        calm = all(values[m] < t * 0.75 for m, t in self.thresholds().items() if m != "disk_percent")
+        pressure = {**values,
+                    "cpu_percent": max(0.0, sample.cpu_percent - sample.process_cpu_percent)}
+        shed = {m: t for m, t in self.thresholds().items() if m != "disk_percent"}
+        overloaded = any(pressure[m] >= t for m, t in shed.items())
+        calm = all(pressure[m] < t * 0.75 for m, t in shed.items())
         before = self.limit
         if overloaded:
             self.limit = max(self.minimum, self.limit - 1)
