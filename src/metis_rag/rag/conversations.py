@@ -84,7 +84,7 @@ class ConversationLog:
         self._direct: Engine | None = None
         # Its own thread: a write waiting out SQLite's busy timeout must not hold one of the
         # default executor's threads, which transactions of other connections may wait for.
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metis-conversations")
+        self._thread: ThreadPoolExecutor | None = None
 
     @property
     def writer_engine(self) -> Engine | None:
@@ -95,6 +95,9 @@ class ConversationLog:
         bind = self._sessions.kw.get("bind")
         if self._direct is None and isinstance(bind, AsyncEngine):
             self._direct = sqlite_twin(bind)
+        if self._direct is not None and self._thread is None:
+            self._thread = ThreadPoolExecutor(max_workers=1,
+                                              thread_name_prefix="metis-conversations")
         if self._writer is None:
             self._closing = False
             self._writer = asyncio.create_task(self._run())
@@ -113,6 +116,9 @@ class ConversationLog:
             if self._direct is not None:
                 self._direct.dispose()
                 self._direct = None
+            if self._thread is not None:
+                self._thread.shutdown(wait=False)
+                self._thread = None
 
     @staticmethod
     def new_id() -> str:
@@ -269,6 +275,9 @@ class ConversationLog:
             # The whole transaction in one hop to a thread: through aiosqlite each statement,
             # BEGIN and COMMIT is a hop back to the event loop, which at saturation is ~100 ms
             # late every time (a batch took 0.5-2.9 s, and the queue behind it filled up).
+            # A thread of its own: a write waiting out SQLite's busy timeout on the default
+            # executor held a thread that another connection's transaction was waiting for
+            # (the HNSW index's to_thread calls), a deadlock until the timeout.
             await asyncio.get_running_loop().run_in_executor(
                 self._thread, self._write_direct, self._direct, steps)
             return
