@@ -234,7 +234,7 @@ class ConversationSettings(BaseModel):
     )
     max_pending: int = Field(
         10_000, ge=1, description="Messages queued at most while the database is slow or down; "
-        "beyond it, answers wait.",
+        "beyond it, answers wait, first come first served, until the writer takes a batch.",
     )
 
 

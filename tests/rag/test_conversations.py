@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import Engine, event, func, select
 
 from metis_rag.config import Settings
 from metis_rag.rag.conversations import ConversationLog
@@ -23,8 +23,14 @@ async def db(tmp_path: Path):  # type: ignore[no-untyped-def]
     async with sessions() as session, session.begin():
         coll = await repo.get_or_create_collection(session, "default", "c")
     commits: list[int] = []
-    event.listen(engine.sync_engine, "commit", lambda _conn: commits.append(1))
+
+    def count(_conn: object) -> None:
+        commits.append(1)
+
+    # Every engine: on SQLite the log writes through a synchronous twin of this one.
+    event.listen(Engine, "commit", count)
     yield sessions, coll.id, commits
+    event.remove(Engine, "commit", count)
     await engine.dispose()
 
 
@@ -32,6 +38,7 @@ async def test_concurrent_turns_share_commits_and_are_read_back(db) -> None:  # 
     sessions, coll_id, commits = db
     log = ConversationLog(sessions, max_delay_ms=20)
     await log.start()
+    assert log.writer_engine is not None  # SQLite: a batch is one hop to a thread
     ids = [log.new_id() for _ in range(50)]
 
     async def turn(conv_id: str) -> None:
@@ -109,12 +116,13 @@ async def test_a_conversation_is_stamped_with_its_last_turn_without_an_update(db
         return clock[0]
 
     updates: list[str] = []
-    engine = sessions.kw["bind"]
-    event.listen(engine.sync_engine, "before_cursor_execute",
-                 lambda *a: updates.append(a[2]) if a[2].startswith("UPDATE conversations")
-                 else None)
     log = ConversationLog(sessions, max_delay_ms=60_000, now=now)
     await log.start()
+    # The engine the log writes with: a synchronous twin of the pool's on SQLite.
+    engine = log.writer_engine or sessions.kw["bind"].sync_engine
+    event.listen(engine, "before_cursor_execute",
+                 lambda *a: updates.append(a[2]) if a[2].startswith("UPDATE conversations")
+                 else None)
     conv = log.new_id()
     log.new_conversation(conv, coll_id, "q")  # 00:00:01
     await log.append(conv, "user", "q", [])  # 00:00:02
@@ -132,3 +140,48 @@ async def test_a_conversation_is_stamped_with_its_last_turn_without_an_update(db
     await log.flush()
     assert len(updates) == 1 and await updated_at() == datetime(2026, 1, 1, 0, 0, 4, tzinfo=UTC)
     await log.close()
+
+
+async def test_waiting_appends_go_in_first_come_first_served_as_soon_as_a_batch_leaves(db) -> None:  # type: ignore[no-untyped-def]
+    """Back-pressure: a full queue makes appends wait; each batch the writer takes lets the
+    oldest waiters in, and a newcomer never goes past them. (Waiting for an empty queue let
+    newcomers by while a few requests waited seconds: the saturation p99 of cached answers.)"""
+    sessions, coll_id, _ = db
+    gate = asyncio.Event()
+
+    class GatedLog(ConversationLog):
+        async def _write(self, batch):  # type: ignore[no-untyped-def]
+            await gate.wait()  # a slow database, opened by the test
+            await super()._write(batch)
+
+    async def settle() -> None:
+        for _ in range(50):
+            await asyncio.sleep(0)
+
+    log = GatedLog(sessions, max_delay_ms=0, max_pending=2)
+    await log.start()
+    conv = log.new_id()
+    log.new_conversation(conv, coll_id, "q")
+    await log.append(conv, "user", "m0", [])
+    await log.append(conv, "user", "m1", [])  # the queue is full
+    order: list[str] = []
+
+    async def add(text: str) -> None:
+        await log.append(conv, "user", text, [])
+        order.append(text)
+
+    waiting = [asyncio.create_task(add(f"w{i}")) for i in range(5)]
+    await settle()
+    # The writer took m0 and m1 (and is stuck writing them): their room went to the two
+    # oldest waiters at once, not after the commit.
+    assert order == ["w0", "w1"]
+    late = asyncio.create_task(add("late"))  # room is short: behind w2..w4, not past them
+    await settle()
+    assert order == ["w0", "w1"]
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(*waiting, late), 10)
+    assert order == ["w0", "w1", "w2", "w3", "w4", "late"]
+    await log.close()
+    async with sessions() as session:
+        rows = (await session.execute(select(Message.content).order_by(Message.id))).scalars()
+        assert list(rows) == ["m0", "m1", "w0", "w1", "w2", "w3", "w4", "late"]

@@ -8,8 +8,13 @@ clean shutdown flushes too. A process crash can lose only the messages of the la
 never documents or chunks, which are committed before their request returns; in durable mode
 (`committed`) a request returns only after the group commit that holds its rows. When the
 database is unreachable, batches are kept and retried; `append` waits once `max_pending`
-messages are queued, so memory stays bounded. A row the database refuses (its conversation's
-collection was deleted meanwhile) is logged and dropped alone, never with its batch.
+messages are queued, so memory stays bounded (the queue plus the one batch being written).
+Waiting appends are let in first come, first served, as soon as the writer takes a batch:
+answers slow down evenly to the writer's pace. (They used to wait until the queue was empty,
+which under steady load it never is: a few requests waited seconds, once 7.3 s, while
+newcomers went past them; that was the p99 of cached answers at saturation.) A row the database
+refuses (its conversation's collection was deleted meanwhile) is logged and dropped alone,
+never with its batch.
 """
 
 from __future__ import annotations
@@ -18,17 +23,20 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import Engine, bindparam, insert, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from ..llm.base import ChatMessage
 from ..store import repo
+from ..store.db import sqlite_twin
 from ..store.models import Conversation, Message, utcnow
 
 log = logging.getLogger("metis.conversations")
@@ -67,20 +75,50 @@ class ConversationLog:
         self._writer: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
         self._closing = False
+        # Back-pressure: appends waiting for room, in arrival order, and the room already
+        # promised to woken ones that have not run yet (no newcomer may take it).
+        self._room_waiters: deque[asyncio.Future[None]] = deque()
+        self._promised = 0
+        # On SQLite, batches are written through a synchronous twin of the engine (same file,
+        # pragmas and JSON encoding) in one thread hop; made in start(), disposed in close().
+        self._direct: Engine | None = None
+        # Its own thread: a write waiting out SQLite's busy timeout must not hold one of the
+        # default executor's threads, which transactions of other connections may wait for.
+        self._thread: ThreadPoolExecutor | None = None
+
+    @property
+    def writer_engine(self) -> Engine | None:
+        """The synchronous engine batches are written with on SQLite (None: the pool's)."""
+        return self._direct
 
     async def start(self) -> None:
+        bind = self._sessions.kw.get("bind")
+        if self._direct is None and isinstance(bind, AsyncEngine):
+            self._direct = sqlite_twin(bind)
+        if self._direct is not None and self._thread is None:
+            self._thread = ThreadPoolExecutor(max_workers=1,
+                                              thread_name_prefix="metis-conversations")
         if self._writer is None:
             self._closing = False
             self._writer = asyncio.create_task(self._run())
 
     async def close(self) -> None:
         self._closing = True
+        self._let_in()
         if self._writer is not None:
             self._queued.set()
             self._hurry.set()
             await self._writer
             self._writer = None
-        await self._commit()  # whatever is left; raises if the database is still down
+        try:
+            await self._commit()  # whatever is left; raises if the database is still down
+        finally:
+            if self._direct is not None:
+                self._direct.dispose()
+                self._direct = None
+            if self._thread is not None:
+                self._thread.shutdown(wait=False)
+                self._thread = None
 
     @staticmethod
     def new_id() -> str:
@@ -98,8 +136,22 @@ class ConversationLog:
 
     async def append(self, conversation_id: str, role: str, content: str,
                      citations: list[dict[str, Any]]) -> None:
-        while len(self._pending.messages) >= self._max_pending and not self._closing:
-            await self._drained.wait()  # back-pressure while the database is slow or down
+        if self._room_waiters or (len(self._pending.messages) + self._promised
+                                  >= self._max_pending and not self._closing):
+            # Back-pressure while the database is slow or down: behind earlier waiters.
+            waiter = asyncio.get_running_loop().create_future()
+            self._room_waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._promised -= 1  # let in, then cancelled: give the room back
+                    self._let_in()
+                else:
+                    with contextlib.suppress(ValueError):  # unless _let_in dropped it already
+                        self._room_waiters.remove(waiter)
+                raise
+            self._promised -= 1
         now = self._now()
         self._pending.messages.append({"conversation_id": conversation_id, "role": role,
                                        "content": content, "citations": citations,
@@ -146,6 +198,16 @@ class ConversationLog:
         # Only append() writes messages, with the roles of ChatMessage.
         return [ChatMessage(m.role, m.content) for m in past]  # type: ignore[arg-type]
 
+    def _let_in(self) -> None:
+        """Wakes waiting appends, oldest first, while there is room (all of them on close)."""
+        while self._room_waiters and (
+                self._closing
+                or len(self._pending.messages) + self._promised < self._max_pending):
+            waiter = self._room_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                self._promised += 1
+
     async def _run(self) -> None:
         while not self._closing:
             await self._queued.wait()
@@ -163,6 +225,7 @@ class ConversationLog:
         async with self._write_lock:
             self._queued.clear()
             batch, self._pending = self._pending, _Pending()
+            self._let_in()  # the batch left the queue: its room is free for waiting appends
             if not (batch.conversations or batch.messages):
                 self._drained.set()
                 return
@@ -197,18 +260,36 @@ class ConversationLog:
                 conv["updated_at"] = touched.get(conv["id"], conv["updated_at"])
             created = {conv["id"] for conv in batch.conversations}
             touched = {c: w for c, w in touched.items() if c not in created}
+        steps: list[tuple[Any, list[dict[str, Any]]]] = []
+        # Core inserts on the tables: the ORM's bulk path costs more than the rows.
+        if batch.conversations:
+            steps.append((insert(Conversation.__table__), batch.conversations))
+        if batch.messages:
+            steps.append((insert(Message.__table__), batch.messages))
+        if touched:
+            table = Conversation.__table__
+            touch = (update(table).where(table.c.id == bindparam("conv_id"))
+                     .values(updated_at=bindparam("when")))
+            steps.append((touch, [{"conv_id": c, "when": w} for c, w in touched.items()]))
+        if self._direct is not None:
+            # The whole transaction in one hop to a thread: through aiosqlite each statement,
+            # BEGIN and COMMIT is a hop back to the event loop, which at saturation is ~100 ms
+            # late every time (a batch took 0.5-2.9 s, and the queue behind it filled up).
+            # A thread of its own: a write waiting out SQLite's busy timeout on the default
+            # executor held a thread that another connection's transaction was waiting for
+            # (the HNSW index's to_thread calls), a deadlock until the timeout.
+            await asyncio.get_running_loop().run_in_executor(
+                self._thread, self._write_direct, self._direct, steps)
+            return
         async with self._sessions() as session, session.begin():
-            # Core inserts on the tables: the ORM's bulk path costs more than the rows.
-            if batch.conversations:
-                await session.execute(insert(Conversation.__table__), batch.conversations)
-            if batch.messages:
-                await session.execute(insert(Message.__table__), batch.messages)
-            if touched:
-                table = Conversation.__table__
-                touch = (update(table).where(table.c.id == bindparam("conv_id"))
-                         .values(updated_at=bindparam("when")))
-                await session.execute(touch, [{"conv_id": c, "when": w}
-                                              for c, w in touched.items()])
+            for statement, rows in steps:
+                await session.execute(statement, rows)
+
+    @staticmethod
+    def _write_direct(engine: Engine, steps: list[tuple[Any, list[dict[str, Any]]]]) -> None:
+        with engine.begin() as conn:
+            for statement, rows in steps:
+                conn.execute(statement, rows)
 
     async def _write_one_by_one(self, batch: _Pending) -> None:
         for conv in batch.conversations:
