@@ -5,12 +5,14 @@ named after the test."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.browser import ARTIFACTS
+from tests.browser import ARTIFACTS, browser
 
 FINISHED = ("completed", "failed", "cancelled", "error", "rejected", "duplicate")
 SHOTS = ARTIFACTS / "web"
@@ -123,3 +125,18 @@ def drop_files(driver: Any, files: dict[str, str]) -> None:
         zone.dispatchEvent(new DragEvent("dragover", { dataTransfer: dt, bubbles: true, cancelable: true }));
         zone.dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
     """, files)
+
+
+@contextmanager
+def open_chat_page(url: str, profile: Path, name: str) -> Iterator[Page]:
+    """The page at `url` in a fresh headless Chromium, signed in; on leaving, the page must
+    have counted no script error."""
+    driver = browser(profile)
+    try:
+        driver.get(url + "/")
+        p = Page(driver, name)
+        p.wait.until(lambda _: p.find("#whoami").text)
+        yield p
+        assert driver.execute_script("return window.metisChat.errors") == 0
+    finally:
+        driver.quit()

@@ -16,7 +16,7 @@ import pytest
 
 from metis_rag.devtools.fake_llm import FakeLLMServer
 from tests.browser import browser, metis_serve, needs_chromium
-from tests.web.pages import FINISHED, Page, drop_files, wait_tasks
+from tests.web.pages import FINISHED, Page, drop_files, open_chat_page, wait_tasks
 
 POLICY = (
     "# Refunds\n\nThe refund window is 30 days. Items must be unused and in their box.\n\n"
@@ -90,15 +90,8 @@ def metis_url(prepared_models: Path, tmp_path_factory: pytest.TempPathFactory,
 
 @pytest.fixture
 def page(metis_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Page]:
-    driver = browser(tmp_path / "chromium-profile")
-    try:
-        driver.get(metis_url + "/")
-        p = Page(driver, request.node.name)
-        p.wait.until(lambda _: p.find("#whoami").text)
+    with open_chat_page(metis_url, tmp_path / "chromium-profile", request.node.name) as p:
         yield p
-        assert driver.execute_script("return window.metisChat.errors") == 0
-    finally:
-        driver.quit()
 
 
 @pytest.mark.slow

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from tests.agent.passages import PROTOCOLS, SERVICES
-from tests.browser import browser, metis_serve, needs_chromium
-from tests.web.pages import Page, wait_tasks
+from tests.browser import metis_serve, needs_chromium
+from tests.web.pages import Page, open_chat_page, wait_tasks
 
 pytestmark = [pytest.mark.slow, needs_chromium]
 
@@ -42,15 +42,8 @@ def server_url(prepared_models: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture
 def page(server_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Page]:
-    driver = browser(tmp_path / "chromium-profile")
-    try:
-        driver.get(server_url + "/")
-        p = Page(driver, request.node.name)
-        p.wait.until(lambda _: p.find("#whoami").text)
+    with open_chat_page(server_url, tmp_path / "chromium-profile", request.node.name) as p:
         yield p
-        assert driver.execute_script("return window.metisChat.errors") == 0
-    finally:
-        driver.quit()
 
 
 def _cited(turn: object) -> list[str]:

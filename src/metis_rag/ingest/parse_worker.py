@@ -17,9 +17,12 @@ import os
 import resource
 import struct
 import sys
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import orjson
+
+if TYPE_CHECKING:
+    from ..errors import MetisError
 
 _MB = 1024 * 1024
 
@@ -35,6 +38,12 @@ def _write(stream: BinaryIO, body: dict[str, Any]) -> None:
     stream.flush()
 
 
+def _metis_error_reply(exc: MetisError) -> dict[str, Any]:
+    """A MetisError raised in this process, as the reply the server turns back into it."""
+    return {"error": {"type": type(exc).__name__, "code": exc.code, "message": exc.message,
+                      "details": exc.details}}
+
+
 def _error_reply(code: str, message: str, kind: str = "ParseLimitExceeded",
                  details: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"error": {"type": kind, "code": code, "message": message, "details": details or {}}}
@@ -48,8 +57,7 @@ def _parse_one(data: bytes, filename: str, limits: Any) -> dict[str, Any]:
     try:
         doc = parse(data, filename, limits)
     except MetisError as exc:
-        return {"error": {"type": type(exc).__name__, "code": exc.code, "message": exc.message,
-                          "details": exc.details}}
+        return _metis_error_reply(exc)
     except MemoryError:
         return _error_reply("parse_memory", f"{name} needs more memory to parse than a parser "
                             "may use (METIS_PARSE__MEMORY_LIMIT_MB); it is refused.")
@@ -71,8 +79,7 @@ def _chunk_one(doc: dict[str, Any], filename: str, chunker: Any) -> dict[str, An
     try:
         drafts = chunker.chunk(parsed, None, name)
     except MetisError as exc:
-        return {"error": {"type": type(exc).__name__, "code": exc.code, "message": exc.message,
-                          "details": exc.details}}
+        return _metis_error_reply(exc)
     except MemoryError:
         return _error_reply("parse_memory", f"{name} needs more memory to chunk than a parser "
                             "may use (METIS_PARSE__MEMORY_LIMIT_MB); it is refused.")
