@@ -28,6 +28,7 @@ from metis_rag.tasks.runner import TaskContext
 from metis_rag.tasks.types import Priority, TaskSpec
 from tests.fakeclock import FakeClock
 from tests.tasks.conftest import task_settings
+from tests.waiting import eventually
 
 CALM = Sample(cpu_percent=10, memory_percent=20, disk_percent=30, iowait_percent=0)
 BUSY = Sample(cpu_percent=97, memory_percent=20, disk_percent=30, iowait_percent=0)
@@ -74,13 +75,6 @@ class Harness:
             gate.set()
         await self.backend.close()
         await self.engine.dispose()
-
-
-async def eventually(check, timeout_s: float = 10) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, "condition never met"
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -171,8 +165,8 @@ async def test_load_lowers_concurrency_and_raises_one_alert_per_crossing(tmp_pat
         await asyncio.sleep(0.1)
         assert len(h.started) == 1  # one at a time under load
         monitor.observe(CALM)
-        await asyncio.sleep(0.05)
-        assert len(h.started) == 2  # and back up as the load goes
+        # and back up as the load goes
+        await eventually(lambda: len(h.started) == 2, what="a second task never started")
         monitor.observe(Sample(cpu_percent=10, memory_percent=20, disk_percent=99, iowait_percent=0))
         assert monitor.limit == 3  # a full disk is alerted, but does not shed work
         assert [a.metric for a in monitor.alerts] == ["cpu_percent", "disk_percent"]

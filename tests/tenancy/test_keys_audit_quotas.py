@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -19,6 +17,7 @@ from metis_rag.store.db import create_engine, session_factory
 from metis_rag.tenancy.models import ApiKey
 from tests.tenancy.test_matrix import key_of, seed, serving
 from tests.uploads import ingest
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -29,13 +28,6 @@ def cli(settings: Settings, *args: str) -> str:
                                 env={"METIS_DATABASE_URL": settings.database_url})
     assert result.exit_code == 0, result.output
     return result.stdout
-
-
-async def until(check: Callable[[], Any], timeout_s: float = 10) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, "not within the time limit"
-        await asyncio.sleep(0.05)
 
 
 @pytest.mark.databases
@@ -53,7 +45,7 @@ async def test_keys_from_the_cli_turn_auth_on_and_revoke_within_the_reload(
 
             async def locked() -> bool:
                 return (await anonymous.get("/api/documents")).status_code == 401
-            await until(locked)  # a key exists: the server now needs one
+            await eventually(locked)  # a key exists: the server now needs one
         headers = {"X-API-Key": key}
         async with client() as c:
             c.headers.update(headers)
@@ -82,11 +74,11 @@ async def test_keys_from_the_cli_turn_auth_on_and_revoke_within_the_reload(
 
             async def old_refused() -> bool:
                 return (await c.get("/api/documents")).status_code == 401
-            await until(old_refused)
+            await eventually(old_refused)
             c.headers["X-API-Key"] = rotated["key"]
             assert (await c.get("/api/documents")).json()["total"] == 1  # acme's document
             await asyncio.to_thread(cli, settings, "keys", "revoke", rotated["id"])
-            await until(old_refused)
+            await eventually(old_refused)
         async with client() as anonymous:  # the last key revoked locks the server, never opens it
             assert (await anonymous.get("/api/documents")).status_code == 401
 
