@@ -74,6 +74,24 @@ async def test_agent_mode_answers_arithmetic_with_citations_and_an_audit(
         ["tool"] * 3
 
 
+async def test_agent_mode_says_which_collections_it_did_not_search(
+    client: httpx.AsyncClient,
+) -> None:
+    await seed(client)
+    await ingest(client, {"garden.md": b"Tomatoes need six hours of sun a day."},
+                 collection="garden")
+    body = (await client.post("/api/chat/query", json={
+        "message": "Which has the higher port, imaps or pop3s?",
+        "collections": ["net", "garden"], "mode": "agent"})).json()
+    assert "pop3s has the highest port (995)" in body["answer"]
+    assert any(w.startswith("agent_one_collection:") and "'garden'" in w
+               for w in body["warnings"]), body["warnings"]
+    one = (await client.post("/api/chat/query", json={
+        "message": "Which has the higher port, imaps or pop3s?", "collections": ["net"],
+        "mode": "agent"})).json()
+    assert not any(w.startswith("agent_one_collection") for w in one["warnings"])
+
+
 async def test_auto_mode_keeps_simple_questions_on_the_fast_path(
     client: httpx.AsyncClient,
 ) -> None:

@@ -72,6 +72,10 @@ class AgentService:
                                code="conversation_collection_mismatch")
         log = ProcessLog(who.tenant, name, query.message, self._clock)
         warnings: list[str] = []
+        others = sorted({c for c in (query.collections or []) if c and c != name})
+        if others:  # the tools search one collection; say so rather than drop them quietly
+            warnings.append(f"agent_one_collection: agent mode searched only {name!r}; "
+                            f"not searched: {', '.join(repr(c) for c in others)}")
         t = self._clock()
         analysis = analyse(query.message)
         log.add("analysis", output={"kind": analysis.kind, "reason": analysis.reason},
