@@ -133,13 +133,19 @@ async def test_survives_a_restart(backend: CacheBackend) -> None:
     assert found is not None and found.candidate.key == "key-a"
 
 
-async def test_a_clear_on_one_server_empties_the_others(backend: CacheBackend) -> None:
+
+async def _seen_by_b_then_cleared(backend: CacheBackend) -> tuple[SemanticIndex, SemanticIndex, np.ndarray]:
+    """Two servers on one backend: A adds two questions, B reads them, then A clears."""
     server_a, server_b = index(backend), index(backend)
     v = unit(1)
     await server_a.add(PART, v, "key-a", Q)
     await server_a.add(PART, unit(9), "key-x", "How do I delete a user?")
     assert await server_b.match(PART, v, Q) is not None
     await server_a.clear("ns-a")
+    return server_a, server_b, v
+
+async def test_a_clear_on_one_server_empties_the_others(backend: CacheBackend) -> None:
+    server_a, server_b, v = await _seen_by_b_then_cleared(backend)
     await server_a.add(PART, unit(8), "key-c", "How do I add a user?")  # shorter than B saw
     assert await server_b.match(PART, v, Q) is None
     found = await server_b.match(PART, unit(8), "How do I add a user?")
@@ -152,12 +158,7 @@ async def test_a_list_cleared_and_refilled_past_what_a_server_saw_is_read_again(
 ) -> None:
     """A clear (or a Redis restarted without its data) followed by more appends than B had
     seen, before B reads again: B must not take the new list for the old one grown."""
-    server_a, server_b = index(backend), index(backend)
-    v = unit(1)
-    await server_a.add(PART, v, "key-a", Q)
-    await server_a.add(PART, unit(9), "key-x", "How do I delete a user?")
-    assert await server_b.match(PART, v, Q) is not None
-    await server_a.clear("ns-a")
+    server_a, server_b, v = await _seen_by_b_then_cleared(backend)
     await server_a.add(PART, unit(8), "key-c", "How do I add a user?")
     await server_a.add(PART, unit(10), "key-d", "How do I rename a user?")
     await server_a.add(PART, unit(11), "key-e", "How do I disable a user?")

@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from metis_rag.cache import RedisBackend
 from metis_rag.cache.postgres import PostgresBackend
+from metis_rag.cache.semantic import SemanticIndex
 from metis_rag.devtools.pgvector_server import PgServer
 from metis_rag.store.db import migrate
 
@@ -22,13 +24,22 @@ from .test_semantic import PARA, PART, Q, index, unit
 OTHER, OTHER_PARA = "How do I delete a user?", "How can I delete a user?"
 
 
+
+@asynccontextmanager
+async def _two_servers(
+    redis: RedisServer,
+) -> AsyncIterator[tuple[RedisBackend, RedisBackend, SemanticIndex, SemanticIndex]]:
+    """Two servers' semantic indexes on one Redis, each with its own short-timeout client;
+    yields both clients (the tests watch them lose and find Redis) and both indexes."""
+    a_log = RedisBackend(redis.url, namespace="s:", timeout_s=0.05, cooldown_s=0.2)
+    b_log = RedisBackend(redis.url, namespace="s:", timeout_s=0.05, cooldown_s=0.2)
+    async with a_log, b_log:
+        yield a_log, b_log, index(a_log), index(b_log)
+
 async def test_redis_stopped_mid_test_keeps_the_mirror_and_catches_up_after(
     redis_server: RedisServer,
 ) -> None:
-    a_log = RedisBackend(redis_server.url, namespace="s:", timeout_s=0.05, cooldown_s=0.2)
-    b_log = RedisBackend(redis_server.url, namespace="s:", timeout_s=0.05, cooldown_s=0.2)
-    async with a_log, b_log:
-        server_a, server_b = index(a_log), index(b_log)
+    async with _two_servers(redis_server) as (a_log, b_log, server_a, server_b):
         v = unit(1)
         await server_a.add(PART, v, "key-a", Q)
         found = await server_b.match(PART, unit(2, near=v), PARA)
@@ -68,10 +79,7 @@ async def until_healthy(backend: RedisBackend) -> None:
 async def test_redis_restarted_without_its_data_is_read_again_from_the_start(
     redis_server: RedisServer,
 ) -> None:
-    a_log = RedisBackend(redis_server.url, namespace="s:", timeout_s=0.05, cooldown_s=0.2)
-    b_log = RedisBackend(redis_server.url, namespace="s:", timeout_s=0.05, cooldown_s=0.2)
-    async with a_log, b_log:
-        server_a, server_b = index(a_log), index(b_log)
+    async with _two_servers(redis_server) as (a_log, b_log, server_a, server_b):
         v = unit(1)
         await server_a.add(PART, v, "key-a", Q)
         assert await server_b.match(PART, v, Q) is not None
