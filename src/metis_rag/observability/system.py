@@ -4,6 +4,7 @@ load shedding)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -76,11 +77,15 @@ def psutil_sampler(path: Path) -> Sampler:
     """System-wide CPU (since the previous call) and this process's share of it, memory, disk
     use of `path`, and I/O wait."""
     proc = psutil.Process()
-    cores = cpu_cores()
+    # Not Process.cpu_percent, which a call soon after the previous one inflates: see CpuMeter.
+    own_cpu = CpuMeter(time.monotonic, min_interval_s=0.2)
+    last_own = 0.0
     psutil.cpu_times_percent(interval=None)  # primes the "since last call" counters
-    proc.cpu_percent(interval=None)
 
     def sample() -> Sample:
+        nonlocal last_own
+        own = own_cpu.read()
+        last_own = last_own if own is None else own
         times = psutil.cpu_times_percent(interval=None)
         iowait = getattr(times, "iowait", 0.0)
         return Sample(
@@ -89,7 +94,7 @@ def psutil_sampler(path: Path) -> Sampler:
             disk_percent=psutil.disk_usage(str(path)).percent,
             iowait_percent=round(iowait, 1),
             process_rss_bytes=int(proc.memory_info().rss),
-            process_cpu_percent=round(min(100.0, proc.cpu_percent(interval=None) / cores), 1),
+            process_cpu_percent=last_own,
         )
 
     return sample
