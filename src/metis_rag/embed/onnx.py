@@ -131,8 +131,8 @@ QUERY_MAX_TEXTS = 4  # calls this small go to the query session
 
 
 class OnnxEmbedder:
-    """`Embedder` on ONNX Runtime. Texts are sorted by length and cut into small batches, so
-    padding wastes little; the model runs in a worker thread (ONNX Runtime releases the GIL)
+    """`Embedder` on ONNX Runtime. Texts are sorted by length and cut into small batches of
+    similar lengths (`_batches`), so padding wastes little; the model runs in a worker thread (ONNX Runtime releases the GIL)
     and one batch at a time, since each already uses every core."""
 
     def __init__(self, settings: EmbedSettings, models_dir: Path) -> None:
@@ -198,13 +198,28 @@ class OnnxEmbedder:
         small = self._query_session is not None and len(texts) <= QUERY_MAX_TEXTS
         session, lock = ((self._query_session, self._query_lock) if small
                          else (self._session, self._run_lock))
-        order = np.argsort([len(t) for t in texts], kind="stable")
-        size = self._settings.batch_size
-        for start in range(0, len(texts), size):
-            idx = order[start : start + size]
+        for idx in _batches([len(t) for t in texts], self._settings.batch_size):
             encoded = self._tokenizer.encode_batch([texts[i] for i in idx])
             ids = np.array([e.ids for e in encoded], dtype=np.int64)
             mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
             with lock:
                 out[idx] = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
         return out
+
+
+def _batches(lengths: Sequence[int], size: int) -> list[np.ndarray]:
+    """Indices of the texts, shortest first, in batches of at most `size` whose longest text
+    is at most about twice the shortest. Beside saving padding, this keeps the int8 model
+    accurate: activations are quantized with one range per call, so a word or two batched
+    with a 256-token chunk lost precision ("ok" fell to cosine 0.935 to torch on an AVX2-only
+    CPU; alone or among short texts it stays above 0.96)."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    out: list[np.ndarray] = []
+    start = 0
+    for end in range(1, len(order) + 1):
+        if end == len(order) or end - start == size or (
+            lengths[order[end]] > 2 * lengths[order[start]] + 16
+        ):
+            out.append(order[start:end])
+            start = end
+    return out
