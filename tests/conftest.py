@@ -21,6 +21,7 @@ from metis_rag.app import create_app
 from metis_rag.config import EmbedSettings, Settings
 from metis_rag.devtools.fake_llm import FakeLLMServer
 from metis_rag.devtools.pgvector_server import SYSTEM_URL, PgServer, start_pgvector_server
+from tests.spawn import RedisServer, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL_CACHE = Path(os.environ.get("METIS_TEST_CACHE", REPO / ".pytest_cache" / "metis-models"))
@@ -108,3 +109,14 @@ def fake_server() -> Iterator[FakeLLMServer]:
     """Our OpenAI/Ollama-compatible LLM server, one per test module (tests reset it)."""
     with FakeLLMServer() as server:
         yield server
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A throwaway redis-server of this test's own, which it may pause, kill and restart."""
+    server = RedisServer(free_port())
+    server.start()
+    yield server
+    if server.process is not None:
+        server.resume()
+        server.kill()

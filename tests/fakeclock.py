@@ -34,6 +34,11 @@ class FakeClock:
         heapq.heappush(self._sleepers, (self.now + seconds, next(self._order), future))
         await future
 
+    def next_wakeup(self) -> float | None:
+        """When the earliest sleeper wakes; None when nobody sleeps on this clock."""
+        waiting = [when for when, _, future in self._sleepers if not future.done()]
+        return min(waiting, default=None)
+
     def step(self, seconds: float) -> None:
         """Moves time for code that only reads the clock (nobody sleeps on it)."""
         assert not self._sleepers, "a task sleeps on this clock: use advance()"

@@ -14,6 +14,7 @@ from metis_rag.cache.memory import MemoryBackend
 from metis_rag.cache.tiered import TieredCache
 from metis_rag.errors import InvalidInput, ToolNotFound
 from metis_rag.observability.metrics import Metrics
+from tests.fakeclock import FakeClock
 
 CTX = ToolContext(tenant="acme", collection="docs", namespace="default")
 
@@ -129,14 +130,13 @@ async def test_uncached_tools_and_document_tools_without_versions_always_run() -
 
 
 async def test_the_tool_ttl_bounds_the_cache_entry() -> None:
-    now = [1000.0]
-    backend = MemoryBackend(clock=lambda: now[0])
+    clock = FakeClock()
     echo = Echo(ttl=10.0, reads_documents=False)
-    reg = ToolRegistry([echo], cache=TieredCache([backend], clock=lambda: now[0]))
+    reg = ToolRegistry([echo], cache=TieredCache([MemoryBackend(clock=clock)], clock=clock))
     await reg.call(ToolCall("echo", {"text": "hi"}), CTX)
-    now[0] += 5
+    clock.step(5)
     assert (await reg.call(ToolCall("echo", {"text": "hi"}), CTX)).cache_level == "tool"
-    now[0] += 6
+    clock.step(6)
     assert (await reg.call(ToolCall("echo", {"text": "hi"}), CTX)).cache_level is None
     assert echo.runs == 2
 

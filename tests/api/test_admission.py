@@ -14,6 +14,7 @@ from starlette.routing import Route
 from metis_rag.api.admission import AdmissionLimit
 from metis_rag.app import create_app
 from metis_rag.config import RateLimitSettings, Settings
+from tests.waiting import eventually
 
 
 def held_app(release: asyncio.Event, entered: asyncio.Queue[str]) -> AdmissionLimit:
@@ -74,15 +75,16 @@ async def test_a_late_event_loop_refuses_new_requests_until_it_catches_up() -> N
     app = AdmissionLimit(inner, max_loop_lag_ms=100)
     async with LifespanManager(app) as manager, httpx.AsyncClient(
             transport=httpx.ASGITransport(app=manager.app), base_url="http://metis") as client:
-        await asyncio.sleep(0.02)
         assert (await client.post("/api/chat/query")).status_code == 200
         time.sleep(0.3)  # the loop is held: the sampler's next tick is ~295 ms late
-        await asyncio.sleep(0.001)  # let the late tick run (a timer due long ago goes first)
+        # Let the late tick run, and only it: a timer due long ago goes before one due in
+        # 1 ms, and the tick after it (5 ms on) would find the loop on time again.
+        await asyncio.sleep(0.001)
         refused = await client.post("/api/chat/query")
         assert refused.status_code == 503 and refused.json()["code"] == "overloaded"
         assert refused.headers["retry-after"] == "1"
         assert (await client.get("/api/health")).status_code == 200
-        await asyncio.sleep(0.05)  # on time again
+        await eventually(lambda: app.loop_lag_s <= 0.1, what="the loop never caught up")
         assert (await client.post("/api/chat/query")).status_code == 200
         assert app.refused == 1
     assert app._timer is not None and app._timer.cancelled()

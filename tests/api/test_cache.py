@@ -15,6 +15,7 @@ from metis_rag.config import CacheSettings, LLMSettings
 from tests.files import FACTS, MAKERS, md_bytes
 from tests.spawn import RedisServer, free_port
 from tests.uploads import ingest, replace
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.slow
 Q = {"message": FACTS[0][1], "collection": "hb"}
@@ -279,16 +280,16 @@ async def test_redis_killed_mid_run_fails_no_request(app_client) -> None:  # typ
         tier = stats["tiers"][1]
         assert tier["backend"] == "RedisBackend" and tier["errors"] > 0
         redis.start()  # back on the same port: the tier recovers by itself
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+
+        async def a_fresh_question_finds_redis_back() -> bool:
             r = await client.post("/api/chat/query",
                                   json={"message": f"fresh question {time.monotonic()}",
                                         "collection": "hb"})
             assert r.status_code == 200
-            if (await client.get("/api/cache/stats")).json()["tiers"][1]["healthy"]:
-                break
-            await asyncio.sleep(0.5)
-        assert (await client.get("/api/cache/stats")).json()["tiers"][1]["healthy"]
+            return bool((await client.get("/api/cache/stats")).json()["tiers"][1]["healthy"])
+
+        await eventually(a_fresh_question_finds_redis_back, within_s=20, every_s=0.5,
+                         what="the Redis tier never recovered")
     finally:
         if redis.process is not None:
             redis.kill()

@@ -13,6 +13,7 @@ from metis_rag.app import create_app
 from metis_rag.config import Settings
 from tests.files import txt_bytes
 from tests.hostile import docx_billion_laughs, docx_huge_xml, markdown_emphasis_storm, pdf_plain
+from tests.parser_processes import parser_processes, until_working
 from tests.uploads import ingest
 
 ISO_WITH_ZONE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
@@ -106,18 +107,21 @@ async def test_a_client_that_goes_away_abandons_its_parse(settings: Settings) ->
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
             f"filename=\"storm.md\"\r\nContent-Type: text/markdown\r\n\r\n").encode()
     body += markdown_emphasis_storm(mb=4) + f"\r\n--{boundary}--\r\n".encode()
-    app = create_app(settings)
+    # One parser process: once the warm-up is through it, it is the one that gets the storm.
+    app = create_app(settings.model_copy(update={
+        "parse": settings.parse.model_copy(update={"workers": 1})}))
     async with LifespanManager(app, startup_timeout=120) as manager:
         services = manager._state["services"]
         sandbox = services.ingestor._parser
         await sandbox.parse(b"warm up", "warm.txt")  # a parser process is waiting
+        (idle,) = parser_processes()
         sent: list[dict[str, Any]] = []
         messages = [{"type": "http.request", "body": body, "more_body": False}]
 
         async def receive() -> dict[str, Any]:
             if messages:
                 return messages.pop(0)
-            await asyncio.sleep(0.5)  # the parse (over 1 s) is under way by now
+            await until_working({idle})  # the parse (over 1 s) is under way
             return {"type": "http.disconnect"}
 
         async def send(message: dict[str, Any]) -> None:

@@ -1,12 +1,12 @@
-"""Fixtures for the cache tests: a fake clock, one `backend` per implementation, and real
-redis-server processes that tests may kill and restart."""
+"""Fixtures for the cache tests: a fake clock and one `backend` per implementation (the
+killable redis-server, `redis_server`, is the suite's, in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -17,7 +17,6 @@ from metis_rag.cache import CacheBackend, DiskBackend, MemoryBackend, RedisBacke
 from metis_rag.cache.postgres import PostgresBackend
 from metis_rag.store.db import migrate
 from tests.fakeclock import FakeClock
-from tests.spawn import RedisServer, free_port
 
 REDIS_URL = os.environ.get("METIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -82,13 +81,3 @@ def pass_time(backend: CacheBackend, clock: FakeClock) -> Callable[[float], Awai
             clock.step(seconds)
 
     return wait
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer(free_port())
-    server.start()
-    yield server
-    if server.process is not None:
-        server.resume()
-        server.kill()

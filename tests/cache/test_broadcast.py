@@ -14,7 +14,8 @@ import pytest
 from metis_rag.cache import MemoryBackend, RedisBackend
 from metis_rag.cache.broadcast import InvalidationListener
 from metis_rag.cache.tiered import TieredCache
-from tests.cache.conftest import REDIS_URL, RedisServer, unique_namespace
+from tests.cache.conftest import REDIS_URL, unique_namespace
+from tests.spawn import RedisServer
 from tests.waiting import eventually
 
 

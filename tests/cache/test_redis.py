@@ -10,8 +10,9 @@ import pytest
 
 from metis_rag.cache import RedisBackend
 from tests.fakeclock import FakeClock
+from tests.spawn import RedisServer
 
-from .conftest import REDIS_URL, RedisServer, unique_namespace
+from .conftest import REDIS_URL, unique_namespace
 
 
 async def test_namespaces_are_isolated() -> None:

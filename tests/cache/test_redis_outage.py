@@ -10,9 +10,8 @@ import time
 import pytest
 
 from metis_rag.cache import MemoryBackend, RedisBackend, TieredCache
+from tests.spawn import RedisServer
 from tests.waiting import eventually
-
-from .conftest import RedisServer
 
 WORKERS = 24
 # A call waits at most one 50 ms Redis timeout, so nearly all return within 100 ms. The

@@ -9,8 +9,7 @@ import pytest
 from metis_rag.cache import CacheBackend, MemoryBackend, RedisBackend
 from metis_rag.cache.equivalence import Equivalence, Model
 from metis_rag.cache.semantic import SemanticIndex, decode_record, encode_record
-
-from .conftest import free_port
+from tests.spawn import free_port
 
 DIM = 16
 PART = ("ns-a", "1", "7", "shape")

@@ -17,8 +17,8 @@ from metis_rag.cache.postgres import PostgresBackend
 from metis_rag.cache.semantic import SemanticIndex
 from metis_rag.devtools.pgvector_server import PgServer
 from metis_rag.store.db import migrate
+from tests.spawn import RedisServer
 
-from .conftest import RedisServer
 from .test_semantic import PARA, PART, Q, index, unit
 
 OTHER, OTHER_PARA = "How do I delete a user?", "How can I delete a user?"

@@ -13,6 +13,8 @@ from metis_rag.config import ParseSettings
 from metis_rag.errors import MetisError, ParseLimitExceeded
 from metis_rag.ingest.sandbox import ParseSandbox
 from tests.hostile import Crafted, corpus, markdown_emphasis_storm
+from tests.parser_processes import parser_processes, until_working
+from tests.waiting import eventually
 
 CORPUS = list(corpus(bomb_mb=300))
 
@@ -22,18 +24,6 @@ async def sandbox():
     sb = ParseSandbox(ParseSettings())
     yield sb
     await sb.close()
-
-
-def _children() -> set[int]:
-    """This process's parser processes (not, say, the session's Celery workers and theirs)."""
-    out = set()
-    for p in psutil.Process().children():
-        try:
-            if "metis_rag.ingest.parse_worker" in p.cmdline():
-                out.add(p.pid)
-        except psutil.Error:  # gone meanwhile
-            continue
-    return out
 
 
 @pytest.mark.parametrize("crafted", CORPUS, ids=[c.name for c in CORPUS])
@@ -60,12 +50,12 @@ async def test_a_parse_past_its_time_is_killed_and_the_next_file_gets_a_fresh_pr
     sb = ParseSandbox(ParseSettings(timeout_s=0.2))
     try:
         await sb.parse(b"warm up", "w.txt")
-        before = _children()
+        before = parser_processes()
         with pytest.raises(ParseLimitExceeded) as caught:
             await sb.parse(markdown_emphasis_storm(mb=4), "storm.md")
         assert caught.value.code == "parse_timeout" and "storm.md" in caught.value.message
-        await asyncio.sleep(0.2)
-        assert not (before & _children()), "the timed-out parser process is still alive"
+        await eventually(lambda: not (before & parser_processes()),
+                         what="the timed-out parser process is still alive")
         assert (await sb.parse(b"still works", "after.txt")).sections[0].text == "still works"
         assert sb.stats["timeouts"] == 1 and sb.stats["started"] == 2
     finally:
@@ -88,21 +78,21 @@ async def test_a_file_that_needs_more_memory_than_the_ceiling_is_refused() -> No
 
 async def test_cancelling_a_parse_kills_its_process(sandbox: ParseSandbox) -> None:
     await sandbox.parse(b"warm up", "w.txt")
-    before = _children()
+    before = parser_processes()
     parse = asyncio.create_task(sandbox.parse(markdown_emphasis_storm(mb=4), "storm.md"))
-    await asyncio.sleep(0.3)
+    await until_working(before)  # the storm takes seconds to parse: cancelled mid-parse
     parse.cancel()
     with pytest.raises(asyncio.CancelledError):
         await parse
-    await asyncio.sleep(0.2)
-    assert not (before & _children())
+    await eventually(lambda: not (before & parser_processes()),
+                     what="the cancelled parse's process is still alive")
     assert sandbox.stats["abandoned"] == 1, sandbox.stats
 
 
 async def test_close_stops_every_parser_process() -> None:
     sb = ParseSandbox(ParseSettings(workers=2))
     await asyncio.gather(sb.parse(b"a", "a.txt"), sb.parse(b"b", "b.txt"))
-    started = _children()
+    started = parser_processes()
     assert len(started) >= 2, (sb.stats, len(sb._idle))
     await sb.close()
     alive = [pid for pid in started if psutil.pid_exists(pid)

@@ -20,6 +20,8 @@ from metis_rag.ingest.pipeline import Ingestor, Upload
 from metis_rag.ingest.sandbox import ChunkingConfig, ParseSandbox
 from tests.files import MAKERS
 from tests.hostile import markdown_emphasis_storm
+from tests.parser_processes import parser_processes, until_working
+from tests.waiting import eventually
 
 CHUNKING = ChunkingConfig(tokenizer_file(), max_tokens=64, overlap_tokens=8, max_chunks=5000)
 
@@ -34,10 +36,6 @@ async def sandbox() -> AsyncIterator[ParseSandbox]:
     sb = ParseSandbox(ParseSettings(), CHUNKING)
     yield sb
     await sb.close()
-
-
-def _children() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True)}
 
 
 @pytest.mark.parametrize("name", sorted(MAKERS))
@@ -78,21 +76,18 @@ async def test_cancelling_a_chunking_kills_its_process(sandbox: ParseSandbox) ->
     parsed = ParsedDocument(title="", mime="text/plain",
                             sections=[Section("A sentence here. " * 300_000, None, None)])
     await sandbox.chunk(ParsedDocument("", "text/plain", [Section("warm up.", None, None)]), "w.txt")
-    before = _children()
+    before = parser_processes()
     assert before
     chunking = asyncio.create_task(sandbox.chunk(parsed, "big.txt"))
-    await asyncio.sleep(0.3)
+    await until_working(before)  # cancelled mid-chunking, not before it reached the process
     chunking.cancel()
     with pytest.raises(asyncio.CancelledError):
         await chunking
-    await asyncio.sleep(0.2)
-    assert not (before & _children())
+    await eventually(lambda: not (before & parser_processes()),
+                     what="the cancelled chunking's process is still alive")
     assert sandbox.stats["abandoned"] == 1, sandbox.stats
     # Its replacement starts at once, in the background: the next file finds it ready.
-    for _ in range(600):
-        if sandbox._idle:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: bool(sandbox._idle), within_s=30, what="no replacement started")
     assert len(sandbox._idle) == 1 and sandbox.stats["started"] == 2, sandbox.stats
     await sandbox.parse(b"next", "next.txt")
     assert sandbox.stats["started"] == 2, sandbox.stats

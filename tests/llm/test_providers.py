@@ -16,6 +16,7 @@ from metis_rag.errors import ProviderError, ProviderTimeout
 from metis_rag.llm import build_llm
 from metis_rag.llm.base import LLM, ChatMessage
 from metis_rag.llm.http import ChatStream
+from tests.waiting import eventually
 
 PROVIDERS = ["ollama", "openai"]
 SOURCE_TEXT = "The refund window is 30 days. Items must be unused."
@@ -121,11 +122,8 @@ async def test_breaking_out_of_a_stream_releases_the_request(llm: LLM, fake: Fak
     async with stream:
         async for _ in stream:
             break
-    for _ in range(100):
-        if fake.stats()["in_flight"] == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert fake.stats()["in_flight"] == 0
+    await eventually(lambda: fake.stats()["in_flight"] == 0,
+                     what="the abandoned stream's request is still in flight")
     fake.configure(tokens_per_s=0)
     assert (await llm.complete(MESSAGES, temperature=0, max_tokens=100)).text.startswith("word")
 

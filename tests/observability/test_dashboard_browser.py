@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from tests.browser import ARTIFACTS, Server, browser, metis_serve, needs_chromium
+from tests.waiting import eventually_blocking
 
 from .conftest import DOC
 
@@ -67,7 +68,9 @@ def _traffic(url: str) -> None:
 def test_serve_logs_json_lines_with_request_ids(metis_server: Server) -> None:
     r = httpx.get(metis_server.url + "/api/documents", headers={"X-Request-ID": "probe-7"})
     assert r.headers["x-request-id"] == "probe-7"
-    time.sleep(0.2)
+    # The access line is written after the response: wait for it, then read every line.
+    eventually_blocking(lambda: '"probe-7"' in metis_server.log.read_text(),
+                        what="the probe's access line was never logged")
     lines = [orjson.loads(line) for line in metis_server.log.read_text().splitlines()]
     # uvicorn's own lines come through the same renderer
     assert any(ln["logger"].startswith("uvicorn") for ln in lines)

@@ -13,6 +13,7 @@ from metis_rag.rag.conversations import ConversationLog
 from metis_rag.store import repo
 from metis_rag.store.db import create_engine, migrate, session_factory
 from metis_rag.store.models import Message
+from tests.fakeclock import settle
 
 
 @pytest.fixture
@@ -154,10 +155,6 @@ async def test_waiting_appends_go_in_first_come_first_served_as_soon_as_a_batch_
             await gate.wait()  # a slow database, opened by the test
             await super()._write(batch)
 
-    async def settle() -> None:
-        for _ in range(50):
-            await asyncio.sleep(0)
-
     log = GatedLog(sessions, max_delay_ms=0, max_pending=2)
     await log.start()
     conv = log.new_id()
@@ -171,12 +168,12 @@ async def test_waiting_appends_go_in_first_come_first_served_as_soon_as_a_batch_
         order.append(text)
 
     waiting = [asyncio.create_task(add(f"w{i}")) for i in range(5)]
-    await settle()
+    await settle(50)
     # The writer took m0 and m1 (and is stuck writing them): their room went to the two
     # oldest waiters at once, not after the commit.
     assert order == ["w0", "w1"]
     late = asyncio.create_task(add("late"))  # room is short: behind w2..w4, not past them
-    await settle()
+    await settle(50)
     assert order == ["w0", "w1"]
     gate.set()
     await asyncio.wait_for(asyncio.gather(*waiting, late), 10)

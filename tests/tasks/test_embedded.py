@@ -87,7 +87,9 @@ async def test_a_scheduled_task_starts_on_time(tmp_path: Path, clock: FakeClock)
         start = datetime.fromtimestamp(clock.now + 60, UTC)
         task = (await h.backend.submit([TaskSpec("mark", start_at=start)]))[0]
         await clock.advance(59.5)
-        await asyncio.sleep(0.05)
+        # All that was ready has run (advance settles), and what the engine waits for next
+        # is its start time: nothing started it early.
+        assert clock.next_wakeup() == pytest.approx(start.timestamp(), abs=1e-3)
         assert (await h.backend.get(task.id)).status == "scheduled" and h.started == []
         await clock.advance(0.501)  # the start time went through microseconds
 
@@ -134,7 +136,10 @@ async def test_a_critical_task_waits_only_for_a_free_slot_never_for_the_queue(tm
                                 for i in range(50)])
         await h.backend.submit([TaskSpec("mark", params={"name": "critical"},
                                          priority=Priority.critical)])
-        await asyncio.sleep(0.1)
+        await eventually(lambda: len(h.started) == 2, what="the blockers never started")
+        # Dispatch happens in submit: had the critical task jumped a slot, it would be
+        # running now, or already done and in `started`.
+        assert (await h.backend.stats()).running == 2
         assert h.started == ["blocker0", "blocker1"]  # never preempts a running task
         h.open("b0")
 
@@ -162,7 +167,8 @@ async def test_load_lowers_concurrency_and_raises_one_alert_per_crossing(tmp_pat
         assert len(monitor.alerts) == 1 and monitor.alerts[0].metric == "cpu_percent"
         assert "97%" in monitor.alerts[0].message
         await h.backend.submit([TaskSpec("block", params={"gate": "g"}) for _ in range(4)])
-        await asyncio.sleep(0.1)
+        await eventually(lambda: len(h.started) == 1, what="no task started")
+        assert (await h.backend.stats()).running == 1  # dispatch happens in submit
         assert len(h.started) == 1  # one at a time under load
         monitor.observe(CALM)
         # and back up as the load goes

@@ -18,7 +18,8 @@ from metis_rag.store.db import create_engine, migrate
 from metis_rag.tenancy.counters import CounterStore, DatabaseCounters, MemoryCounters
 from metis_rag.tenancy.counters.redis import RedisCounters
 from metis_rag.tenancy.quotas import Quotas
-from tests.cache.conftest import REDIS_URL, FakeClock
+from tests.cache.conftest import REDIS_URL
+from tests.fakeclock import FakeClock
 
 STORES = ["memory", "sqlite", "postgresql", "redis"]
 

@@ -11,7 +11,8 @@ from metis_rag.errors import QuotaExceeded
 from metis_rag.tenancy.counters import LocalFallback
 from metis_rag.tenancy.counters.redis import RedisCounters
 from metis_rag.tenancy.quotas import Quotas
-from tests.cache.conftest import FakeClock, RedisServer, redis_server  # noqa: F401 - fixture
+from tests.fakeclock import FakeClock
+from tests.spawn import RedisServer
 
 
 def fallback(server: RedisServer, clock: FakeClock) -> LocalFallback:
@@ -19,7 +20,7 @@ def fallback(server: RedisServer, clock: FakeClock) -> LocalFallback:
 
 
 async def test_a_hung_redis_loses_no_count(
-    redis_server: RedisServer, caplog: pytest.LogCaptureFixture  # noqa: F811
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = FakeClock()
     async with fallback(redis_server, clock) as store:
@@ -42,7 +43,7 @@ async def test_a_hung_redis_loses_no_count(
 
 
 async def test_a_restarted_redis_gets_the_counts_made_while_it_was_gone(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     clock = FakeClock()
     async with fallback(redis_server, clock) as store:
@@ -56,7 +57,7 @@ async def test_a_restarted_redis_gets_the_counts_made_while_it_was_gone(
 
 
 async def test_the_limit_holds_on_each_server_during_an_outage(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     clock = FakeClock(1_700_000_000.0 - 1_700_000_000.0 % 60 + 5)
     settings = AuthSettings(quotas=QuotaSettings(questions_per_minute=3))
@@ -72,7 +73,7 @@ async def test_the_limit_holds_on_each_server_during_an_outage(
 
 
 async def test_a_server_starts_while_redis_is_down(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     clock = FakeClock()
     redis_server.kill()

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from metis_rag.config import Settings
-from tests.cache.conftest import REDIS_URL, RedisServer, redis_server  # noqa: F401 - fixture
+from tests.cache.conftest import REDIS_URL
+from tests.spawn import RedisServer
 from tests.tenancy.test_matrix import KEYS, serving
 
 pytestmark = pytest.mark.slow
@@ -74,7 +75,7 @@ def await_ok(response: Any) -> bool:
 
 
 async def test_a_redis_outage_fails_no_request_and_keeps_the_limit(
-    make_settings: Callable[..., Settings], redis_server: RedisServer,  # noqa: F811
+    make_settings: Callable[..., Settings], redis_server: RedisServer,
 ) -> None:
     settings = make_settings(api_keys=KEYS, auth=quota_auth("redis", redis_server.url))
     async with serving(settings) as (app, client), client("acme", "reader") as c:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
@@ -67,13 +68,17 @@ async def record(ctx: TaskContext) -> dict[str, Any]:
 
 async def slow_write(ctx: TaskContext) -> dict[str, Any]:
     """Writes a marker row, then holds its transaction open `seconds` before committing: a
-    cancel or timeout meanwhile must leave no marker."""
+    cancel or timeout meanwhile must leave no marker. With `written_file`, creates that file
+    once the row is written: a test's sign that the transaction is open (the row itself is
+    invisible outside it, and SQLite's write lock keeps progress updates out meanwhile)."""
     async with ctx.services.engine.begin() as conn:
         await conn.execute(text("CREATE TABLE IF NOT EXISTS task_marks (task_id VARCHAR(100))"))
     ctx.progress(50, "writing")
     await asyncio.sleep(0.2)  # lets the progress reach the database before the write lock is held
     async with ctx.services.engine.begin() as conn:
         await conn.execute(text("INSERT INTO task_marks VALUES (:t)"), {"t": ctx.task_id})
+        if written_file := ctx.params.get("written_file"):
+            Path(written_file).touch()
         await asyncio.sleep(float(ctx.params.get("seconds", 5.0)))
     return {"committed": True}
 
