@@ -164,6 +164,8 @@ class Citation(BaseModel):
                          "in hybrid mode, the cosine similarity in dense-only mode.")
     similarity: float = Field(description="Cosine similarity of the chunk to the question.")
     snippet: str
+    collection: str | None = Field(None, description="Agent mode: the collection the passage "
+                                   "was found in (several may be searched).")
 
 
 class Timings(BaseModel):

@@ -74,22 +74,56 @@ async def test_agent_mode_answers_arithmetic_with_citations_and_an_audit(
         ["tool"] * 3
 
 
-async def test_agent_mode_says_which_collections_it_did_not_search(
+async def test_agent_mode_searches_every_collection_named(
     client: httpx.AsyncClient,
 ) -> None:
     await seed(client)
-    await ingest(client, {"garden.md": b"Tomatoes need six hours of sun a day."},
-                 collection="garden")
+    await ingest(client, {"garden.md": b"Tomatoes need six hours of sun a day. Basil likes "
+                          b"warm nights and moist soil."}, collection="garden")
     body = (await client.post("/api/chat/query", json={
+        "message": "How many hours of sun do tomatoes need a day?",
+        "collections": ["net", "garden"], "mode": "agent"})).json()
+    assert "six hours of sun" in body["answer"], body
+    cited = {(c["collection"], c["filename"]) for c in body["citations"]}
+    assert ("garden", "garden.md") in cited, body["citations"]
+    assert not any(w.startswith("agent_one_collection") for w in body["warnings"])
+    # The first collection still answers what only it holds, in the same request shape.
+    ports = (await client.post("/api/chat/query", json={
         "message": "Which has the higher port, imaps or pop3s?",
         "collections": ["net", "garden"], "mode": "agent"})).json()
-    assert "pop3s has the highest port (995)" in body["answer"]
-    assert any(w.startswith("agent_one_collection:") and "'garden'" in w
-               for w in body["warnings"]), body["warnings"]
-    one = (await client.post("/api/chat/query", json={
-        "message": "Which has the higher port, imaps or pop3s?", "collections": ["net"],
-        "mode": "agent"})).json()
-    assert not any(w.startswith("agent_one_collection") for w in one["warnings"])
+    assert "pop3s has the highest port (995)" in ports["answer"]
+    assert {c["collection"] for c in ports["citations"]} == {"net"}
+    # Asked of the first collection alone, the passage is not found.
+    alone = (await client.post("/api/chat/query", json={
+        "message": "How many hours of sun do tomatoes need a day?",
+        "collections": ["net"], "mode": "agent"})).json()
+    assert "six hours" not in alone["answer"]
+    assert {c["collection"] for c in alone["citations"]} <= {"net"}
+
+
+async def test_agent_mode_refuses_a_collection_the_key_cannot_see(
+    make_settings: Callable[..., Settings],
+) -> None:
+    app = create_app(make_settings(api_keys=KEYS))
+    async with LifespanManager(app, startup_timeout=120) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://metis",
+                                     headers={"X-API-Key": "key-a"}) as a, \
+                httpx.AsyncClient(transport=transport, base_url="http://metis",
+                                  headers={"X-API-Key": "key-b"}) as b:
+            await seed(a)
+            theirs = await ingest(b, {"garden.md": b"Tomatoes need six hours of sun a day."},
+                                  collection="garden")
+            assert {r["status"] for r in theirs["results"]} == {"created"}
+            question = {"message": "How many hours of sun do tomatoes need a day?",
+                        "collections": ["net", "garden"], "mode": "agent"}
+            for stream in (False, True):
+                r = await a.post("/api/chat/query", json={**question, "stream": stream})
+                assert r.status_code == 404, r.text
+                assert r.json()["code"] == "collection_not_found"
+            # The owner asks the same of its own collection and is answered from it.
+            r = await b.post("/api/chat/query", json={**question, "collections": ["garden"]})
+            assert r.status_code == 200 and "six hours of sun" in r.json()["answer"], r.text
 
 
 async def test_auto_mode_keeps_simple_questions_on_the_fast_path(

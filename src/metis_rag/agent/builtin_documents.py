@@ -26,7 +26,7 @@ LLM_INPUT_CHARS = 12_000
 class ListDocuments:
     spec = ToolSpec(
         name="list_documents",
-        description="List the documents of the current collection with their type, language, "
+        description="List the documents of the current collection(s) with their type, language, "
         "topics and summary; filter by type, language, topic, tag or folder.",
         parameters={
             "type": "object",
@@ -52,25 +52,37 @@ class ListDocuments:
         self._lookup = lookup
 
     async def run(self, arguments: Mapping[str, Any], context: ToolContext) -> ToolResult:
-        ref = await self._lookup.find(context.tenant, context.collection)
-        if ref is None:
-            return ToolResult(f"The collection {context.collection!r} has no documents.",
+        names: dict[int, str] = {}  # collection id -> name, of those that exist
+        for name in context.collections:
+            if (ref := await self._lookup.find(context.tenant, name)) is not None:
+                names[ref.id] = name
+        if not names:
+            where = ", ".join(repr(c) for c in context.collections)
+            return ToolResult(f"The collection {where} has no documents.",
                               data={"documents": [], "total": 0})
+        limit = int(arguments.get("limit") or 20)
+        rows: list[dict[str, Any]] = []
+        total = 0
         async with self._sessions() as session:
-            docs, total = await repo.list_documents(
-                session, context.tenant, collection_id=ref.id, tag=arguments.get("tag"),
-                folder=arguments.get("folder", context.folder), status="ready",
-                limit=int(arguments.get("limit") or 20),
-                analysis=repo.AnalysisFilter(doc_type=arguments.get("doc_type"),
-                                             language=arguments.get("language"),
-                                             topic=arguments.get("topic")))
-        rows: list[dict[str, Any]] = [{"id": d.public_id, "filename": d.filename, "folder": d.folder,
-                 "doc_type": d.doc_type, "language": d.language, "topics": list(d.topics or []),
-                 "summary": (d.summary or "")[:300]} for d in docs]
+            for collection_id, name in names.items():  # each collection's newest first
+                docs, count = await repo.list_documents(
+                    session, context.tenant, collection_id=collection_id,
+                    tag=arguments.get("tag"), folder=arguments.get("folder", context.folder),
+                    status="ready", limit=max(0, limit - len(rows)),
+                    analysis=repo.AnalysisFilter(doc_type=arguments.get("doc_type"),
+                                                 language=arguments.get("language"),
+                                                 topic=arguments.get("topic")))
+                total += count
+                rows += [{"id": d.public_id, "filename": d.filename, "folder": d.folder,
+                          "doc_type": d.doc_type, "language": d.language,
+                          "topics": list(d.topics or []), "summary": (d.summary or "")[:300],
+                          **({"collection": name} if context.also else {})} for d in docs]
         if not rows:
             return ToolResult("No document matches.", data={"documents": [], "total": 0})
         lines = [f"- {r['filename']} (id {r['id']}, {r['doc_type'] or 'unanalysed'}, "
-                 f"{r['language'] or '?'}): {', '.join(r['topics'][:5])}" for r in rows]
+                 f"{r['language'] or '?'}"
+                 + (f", in {r['collection']}" if "collection" in r else "")
+                 + f"): {', '.join(r['topics'][:5])}" for r in rows]
         more = f"\n({total - len(rows)} more)" if total > len(rows) else ""
         return ToolResult("\n".join(lines) + more, data={"documents": rows, "total": total})
 

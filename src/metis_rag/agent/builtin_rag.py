@@ -1,4 +1,4 @@
-"""`rag_search`: Metis's hybrid retrieval over the caller's collection, with citations."""
+"""`rag_search`: Metis's hybrid retrieval over the caller's collection(s), with citations."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ SNIPPET_CHARS = 600
 class RagSearch:
     spec = ToolSpec(
         name="rag_search",
-        description="Search the documents of the current collection; returns the most relevant "
+        description="Search the documents of the current collection(s); returns the most relevant "
         "passages, numbered, each with its document and page. `topic` / `doc_type` narrow the "
         "search to documents analysed with that topic or type (all documents when none match).",
         parameters={
@@ -49,36 +49,43 @@ class RagSearch:
 
     async def run(self, arguments: Mapping[str, Any], context: ToolContext) -> ToolResult:
         query = str(arguments["query"])
-        ref = await self._lookup.find(context.tenant, context.collection)
-        if ref is None:
-            return ToolResult(f"The collection {context.collection!r} has no documents.",
-                              data={"hits": 0})
+        names: dict[int, str] = {}  # collection id -> name, of those that exist
+        for name in context.collections:
+            if (ref := await self._lookup.find(context.tenant, name)) is not None:
+                names[ref.id] = name
+        where = ", ".join(repr(c) for c in context.collections)
+        if not names:
+            return ToolResult(f"The collection {where} has no documents.", data={"hits": 0})
         vector = (await self._embedder.embed([query]))[0]
         tags = list(arguments.get("tags") or context.tags)
         top_k = int(arguments.get("top_k") or self._default_top_k)
         folder = arguments.get("folder", context.folder)
         narrow = AnalysisFilter(doc_type=arguments.get("doc_type") or None,
                                 topic=arguments.get("topic") or None)
-        found, _ = await self._retriever.retrieve(
-            ref.id, query, vector, top_k=top_k, tags=tags, folder=folder,
+        # The plain chat path's merge of several collections; the tool cache caches the result.
+        scopes: list[tuple[int, str | None]] = [(cid, None) for cid in names]
+        found, _ = await self._retriever.retrieve_many(
+            scopes, query, vector, top_k=top_k, tags=tags, folder=folder,
             analysis=narrow if narrow.active else None)
         # Narrowing picks documents by their analysis; it may cut noise, never the answer.
         narrowed = narrow.active and bool(found)
         if narrow.active and not found:
-            found, _ = await self._retriever.retrieve(ref.id, query, vector, top_k=top_k,
-                                                      tags=tags, folder=folder)
+            found, _ = await self._retriever.retrieve_many(scopes, query, vector, top_k=top_k,
+                                                           tags=tags, folder=folder)
         data: dict[str, Any] = {"hits": len(found)}
         if narrow.active:
             data["narrowed"] = narrowed  # False: nothing matched it, all documents searched
+        several = len(context.collections) > 1
         citations = [
             ToolCitation(document_id=r.chunk.document_id, title=r.chunk.filename,
                          chunk_id=str(r.chunk.id), text=r.chunk.text[:SNIPPET_CHARS],
-                         score=round(r.score, 6), page=r.chunk.page, section=r.chunk.section)
+                         score=round(r.score, 6), page=r.chunk.page, section=r.chunk.section,
+                         collection=names.get(r.chunk.collection_id, context.collection))
             for r in found
         ]
         if not citations:
-            return ToolResult(f"Nothing in {context.collection!r} matches {query[:200]!r}.",
-                              data=data)
-        lines = [f"[{i}] {c.title}" + (f" p.{c.page}" if c.page else "") + f": {c.text}"
+            return ToolResult(f"Nothing in {where} matches {query[:200]!r}.", data=data)
+        lines = [f"[{i}] " + (f"{c.collection}/" if several else "") + c.title
+                 + (f" p.{c.page}" if c.page else "") + f": {c.text}"
                  for i, c in enumerate(citations, 1)]
         return ToolResult("\n".join(lines), data=data, citations=citations)

@@ -11,7 +11,7 @@ planner is shown the most frequent topics and types and decides itself.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -75,10 +75,10 @@ def _pattern(words: Iterable[str]) -> re.Pattern[str] | None:
     return re.compile(_WORD.format("|".join(re.escape(w) for w in names)), re.I)
 
 
-async def load_profile(session: AsyncSession, tenant: str, collection_id: int,
+async def load_profile(session: AsyncSession, tenant: str, collection_ids: Sequence[int],
                        limit: int = MAX_ROWS) -> Profile:
-    """One query: which of the collection's documents have which topic and type (bounded)."""
-    docs = select(Document.id).where(Document.collection_id == collection_id,
+    """One query: which of the collections' documents have which topic and type (bounded)."""
+    docs = select(Document.id).where(Document.collection_id.in_(list(collection_ids)),
                                      Document.collection_id.in_(tenant_collections(tenant)))
     topics = select(literal("topic").label("kind"), DocumentTopic.topic.label("name"),
                     DocumentTopic.document_id.label("doc")).where(

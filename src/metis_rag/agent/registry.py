@@ -5,7 +5,8 @@ timeouts and errors inside a tool come back as ``ToolResult(error=<code>)`` with
 the LLM can read. Results of tools that declare `cache_ttl_s` are kept in the `tool` cache
 level under ``<tenant>/<namespace>:<tool>:<collection>:<version>:<digest of the arguments>``;
 the version is the collection's (`reads_documents`), so an upload or a deletion makes the old
-results unreachable.
+results unreachable. Over several collections (`ToolContext.also`) the collection part is a
+digest of their names and the version lists each one's (``3+1``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ..cache.levels import digest
@@ -153,11 +154,15 @@ class ToolRegistry:
         if spec.reads_documents:
             if self._versions is None:
                 return None  # no way to know when the documents change: never cache
-            version = await self._versions(context)
+            # Every collection searched, each at its version (one: the plain version).
+            found = [await self._versions(replace(context, collection=c, also=()))
+                     for c in context.collections]
+            version = found[0] if len(found) == 1 else "+".join(map(str, found))
+        names = context.collection if not context.also else digest(context.collections)
         # A tenant's namespaces already start with "<tenant>/" (Principal.namespace).
         scope = (context.namespace if context.namespace.startswith(f"{context.tenant}/")
                  else f"{context.tenant}/{context.namespace}")
-        return (f"{scope}:{spec.name}:{context.collection}:{version}:"
+        return (f"{scope}:{spec.name}:{names}:{version}:"
                 f"{digest(sorted(arguments.items()), tuple(context.tags), context.folder)}")
 
 

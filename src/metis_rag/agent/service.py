@@ -61,10 +61,15 @@ class AgentService:
 
     async def run(self, query: ChatQuery, namespace: str | None = None,
                   who: Principal = SINGLE_TENANT, events: EventSink = _ignore) -> ChatAnswer:
-        name = query.collection or (query.collections or [""])[0] \
-            or self._settings.default_collection
-        ref = await self._lookup.get_or_create(who.tenant, name) if not query.collection \
-            else await self._lookup.get(who.tenant, name)
+        names = query.collections or [query.collection or self._settings.default_collection]
+        name, also = names[0], tuple(names[1:])
+        # As on the fast path: a named collection must exist in the caller's tenant (else 404);
+        # only the default one is made on first use.
+        if query.collection or query.collections:
+            refs = [await self._lookup.get(who.tenant, n) for n in names]
+        else:
+            refs = [await self._lookup.get_or_create(who.tenant, name)]
+        ref = refs[0]
         conversation_id = query.conversation_id
         if conversation_id and await self._conversations.collection_of(
                 conversation_id, who.tenant) != ref.id:
@@ -72,21 +77,17 @@ class AgentService:
                                code="conversation_collection_mismatch")
         log = ProcessLog(who.tenant, name, query.message, self._clock)
         warnings: list[str] = []
-        others = sorted({c for c in (query.collections or []) if c and c != name})
-        if others:  # the tools search one collection; say so rather than drop them quietly
-            warnings.append(f"agent_one_collection: agent mode searched only {name!r}; "
-                            f"not searched: {', '.join(repr(c) for c in others)}")
         t = self._clock()
         analysis = analyse(query.message)
         log.add("analysis", output={"kind": analysis.kind, "reason": analysis.reason},
                 elapsed_ms=(self._clock() - t) * 1000)
         async with self._sessions() as session:
-            profile = await load_profile(session, who.tenant, ref.id)
+            profile = await load_profile(session, who.tenant, [r.id for r in refs])
         plan = await self._plan(query.message, analysis, profile, log, warnings)
         await events("step", {"id": "plan", "status": "done", "plan": plan.as_dict()})
         context = ToolContext(tenant=who.tenant, collection=name,
                               namespace=who.namespace(query.namespace or namespace or ""),
-                              tags=tuple(query.tags), folder=query.folder)
+                              tags=tuple(query.tags), folder=query.folder, also=also)
         records = await self._execute(plan, context, log, events)
         draft, text, mode, model = await self._compose(plan, records, log, warnings)
         scores = await self._score(query.message, plan, records, draft, text, log, warnings)
@@ -215,7 +216,8 @@ class AgentService:
         citations = [Citation(
             index=i, document_id=c.document_id, filename=c.title, folder="", page=c.page,
             section=c.section, chunk_id=int(c.chunk_id) if c.chunk_id.isdigit() else 0,
-            position=0, score=c.score, similarity=c.score, snippet=c.text[:300])
+            position=0, score=c.score, similarity=c.score, snippet=c.text[:300],
+            collection=c.collection)
             for i, c in enumerate(draft.citations, start=1)]
         convs = self._conversations
         conv_id = conversation_id or convs.new_id()

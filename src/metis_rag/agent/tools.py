@@ -56,6 +56,7 @@ class ToolCitation:
     score: float
     page: int | None = None
     section: str | None = None
+    collection: str | None = None  # where it was found, when a tool searched several
 
 
 @dataclass(slots=True)
@@ -75,7 +76,10 @@ class ToolResult:
 
 @dataclass(frozen=True, slots=True)
 class ToolContext:
-    """Who is calling and over what: tools never reach outside the caller's tenant."""
+    """Who is calling and over what: tools never reach outside the caller's tenant.
+
+    `also` names more collections of the same tenant (already checked to exist) that the
+    search tools search together with `collection`."""
 
     tenant: str
     collection: str
@@ -83,6 +87,11 @@ class ToolContext:
     # Narrowing filters a plan step may pass on to retrieval.
     tags: Sequence[str] = ()
     folder: str | None = None
+    also: tuple[str, ...] = ()
+
+    @property
+    def collections(self) -> tuple[str, ...]:
+        return (self.collection, *self.also)
 
 
 class Tool(Protocol):

@@ -46,23 +46,38 @@ def cache_stats(data_dir: DataDir = None, server: ServerOpt = None,
             return await services.caches.stats()
 
         stats = _run(_with_services(settings, fn))
-    table = Table("level", "hits", "misses", "hit ratio", "entries", "bytes", "mean hit ms",
-                  "mean miss ms", "errors", "saved ms")
-    for name, lv in stats["levels"].items():
-        table.add_row(name, str(lv["hits"]), str(lv["misses"]), f"{lv['hit_ratio']:.1%}",
-                      str(lv.get("entries", "-")), str(lv.get("bytes", "-")),
-                      f"{lv.get('mean_hit_ms', 0):.2f}", f"{lv.get('mean_miss_ms', 0):.2f}",
-                      str(lv.get("errors", 0)), f"{lv['saved_ms']:.0f}")
-    console.print(table)
-    tiers = Table("tier", "entries", "bytes", "evictions", "errors", "healthy")
-    for t in stats["tiers"]:
-        tiers.add_row(t["backend"], str(t["entries"]), str(t["bytes"]), str(t["evictions"]),
-                      str(t["errors"]), str(t["healthy"]))
-    console.print(tiers)
+    for table in stats_tables(stats):
+        console.print(table)
     console.print(f"LLM calls saved: {stats['llm_calls_saved']}, tokens saved: "
                   f"{stats['tokens_saved']}, estimated cost saved: "
-                  f"${stats['estimated_cost_saved']:.4f}"
-                  + ("" if url else "  (no server running: counters of this process only)"))
+                  f"${stats['estimated_cost_saved']:.4f}")
+    if url is None:
+        console.print("(no server running: counters of this process only)")
+
+
+def stats_tables(stats: dict[str, Any]) -> list[Table]:
+    """`metis cache stats` as tables that fit 80 columns: counts per level, times per level,
+    then the tiers (one ten-column table wrapped every header and number at 80)."""
+    counts = Table("level", "hits", "misses", "hit ratio", "entries", "bytes", "errors")
+    times = Table("level", "mean hit ms", "mean miss ms", "saved ms")
+    for name, lv in stats["levels"].items():
+        counts.add_row(name, str(lv["hits"]), str(lv["misses"]), f"{lv['hit_ratio']:.1%}",
+                       _known(lv.get("entries")), _known(lv.get("bytes")),
+                       str(lv.get("errors", 0)))
+        times.add_row(name, f"{lv.get('mean_hit_ms', 0):.2f}",
+                      f"{lv.get('mean_miss_ms', 0):.2f}", f"{lv['saved_ms']:.0f}")
+    tiers = Table("tier", "entries", "bytes", "evictions", "errors", "healthy")
+    for t in stats["tiers"]:
+        tiers.add_row(t["backend"], _known(t["entries"]), _known(t["bytes"]),
+                      str(t["evictions"]), str(t["errors"]), str(t["healthy"]))
+    for table in (counts, times, tiers):
+        for column in table.columns[1:]:
+            column.justify = "right"
+    return [counts, times, tiers]
+
+
+def _known(value: object) -> str:
+    return "-" if value is None else str(value)
 
 
 @cache_app.command("clear")

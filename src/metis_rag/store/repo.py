@@ -273,6 +273,7 @@ class ChunkRow:
     page: int | None
     section: str | None
     embedding: bytes
+    collection_id: int = 0  # the collection's internal id (which one, when several are searched)
 
 
 async def chunks_by_ids(session: AsyncSession, ids: Sequence[int]) -> dict[int, ChunkRow]:
@@ -281,12 +282,12 @@ async def chunks_by_ids(session: AsyncSession, ids: Sequence[int]) -> dict[int, 
     stmt = (
         select(
             Chunk.id, Document.public_id, Document.filename, Document.folder, Chunk.position,
-            Chunk.text, Chunk.page, Chunk.section, Chunk.embedding,
+            Chunk.text, Chunk.page, Chunk.section, Chunk.embedding, Document.collection_id,
         )
         .join(Document, Document.id == Chunk.document_id)
         .where(Chunk.id.in_(list(ids)))
     )
-    return {r[0]: ChunkRow(*r) for r in await session.execute(stmt)}
+    return {r[0]: ChunkRow(*tuple(r)) for r in await session.execute(stmt)}
 
 
 async def create_conversation(
