@@ -289,6 +289,12 @@ class CacheSettings(BaseModel):
         None, gt=0, le=1, description="Deprecated and ignored (the 'same top source' band, "
         "which proved nothing): a warning is logged when set."
     )
+    semantic_search: Literal["auto", "mirror"] = Field(
+        "auto", description="auto = where the cache backend can rank a semantic list's "
+        "questions itself (postgres with pgvector), each lookup fetches its few nearest and no "
+        "server mirrors the lists; mirror = every server mirrors them in memory and catches up "
+        "with one read per lookup (always so on redis and disk).",
+    )
     semantic_max_entries: int = Field(
         50_000, ge=1, description="Questions kept in the semantic indexes, all namespaces."
     )
