@@ -245,6 +245,8 @@ async def redis_run(work: Path, run: int, fake: FakeLLMServer,
                                                 if r["cache"].get("level") == "semantic"],
                                     max_error)
     ok = [r for r in from_redis if r["cache"].get("level") == "exact"]
+    if not ok:
+        print(f"  run {run}: no exact hit from Redis on B (Redis late or its breaker open?)")
     sem = [r for r in reworded if r["cache"].get("level") == "semantic"]
     good = sum(wl.TOPIC_OF[r["q"]] == wl.TOPIC_OF.get(r["cache"].get("original_question"))
                for r in sem)
@@ -282,7 +284,8 @@ async def hit_breakdown(redis_url: str, questions: list[str],
     out: dict[str, list[float]] = {k: [] for k in (
         "exact_miss", "embed_cache_get", "embed_model", "embed_cache_set", "list_read",
         "list_decode", "decision", "answer_get", "answer_decode", "cold_list_read")}
-    if len(list_keys) != 1 or not questions:
+    if not list_keys or not questions:
+        print(f"  no breakdown: {len(list_keys)} semantic lists, {len(questions)} hits")
         return out
     backend = RedisBackend(redis_url, namespace=prefix, timeout_s=1.0)
     embedder = build_embedder(EmbedSettings(), harness.MODEL_HOME)
@@ -290,8 +293,9 @@ async def hit_breakdown(redis_url: str, questions: list[str],
     await backend.start()
     codec = Codec()
     try:
-        log_key = list_keys[0]
-        length, items = await backend.read_list(log_key, 0) or (0, [])
+        lists = {k: await backend.read_list(k, 0) or (0, []) for k in list_keys}
+        log_key = max(lists, key=lambda k: lists[k][0])  # the partition the questions asked
+        length, items = lists[log_key]
         mirror = SemanticIndex(embedder.dim, 100_000, Equivalence(Model.load(), max_error))
         part = ("bench",)
         for item in items:
