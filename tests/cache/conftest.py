@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from metis_rag.cache import CacheBackend, DiskBackend, MemoryBackend, RedisBackend
@@ -30,11 +31,12 @@ def unique_namespace() -> str:
     return f"metis-test:{uuid.uuid4().hex}:"
 
 
-@pytest.fixture(params=["memory", "disk", "redis", "postgresql"])
+@pytest.fixture(params=["memory", "disk", "redis", "postgresql", "postgresql-plain"])
 async def backend(
     request: pytest.FixtureRequest, clock: FakeClock, tmp_path: Path
 ) -> AsyncIterator[CacheBackend]:
-    if request.param != "postgresql":
+    """`postgresql` has pgvector (lists searched in the database), `postgresql-plain` has not."""
+    if not request.param.startswith("postgresql"):
         async with _backend(request.param, clock, tmp_path) as store:
             yield store
         return
@@ -43,7 +45,12 @@ async def backend(
     engine = create_async_engine(server.url(name))
     try:
         await migrate(engine)
+        if request.param == "postgresql-plain":
+            # What migration 0021 leaves where the server has no pgvector: no vector column.
+            async with engine.begin() as conn:
+                await conn.execute(text("ALTER TABLE cache_list_items DROP COLUMN vec"))
         async with PostgresBackend(engine, clock=clock) as pg:
+            assert pg.searches_lists == (request.param == "postgresql")
             yield pg
     finally:
         await engine.dispose()

@@ -1,4 +1,5 @@
-"""The behaviour every `CacheBackend` promises, run on memory, disk and Redis alike."""
+"""The behaviour every `CacheBackend` promises, run on memory, disk, Redis and PostgreSQL (with
+and without pgvector) alike."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import os
 from collections.abc import Awaitable, Callable
 
+import numpy as np
 import pytest
 
 from metis_rag.cache import CacheBackend
@@ -218,3 +220,45 @@ async def test_list_is_removed_by_delete_and_clear(backend: CacheBackend) -> Non
 async def test_list_ttl_must_be_positive(backend: CacheBackend) -> None:
     with pytest.raises(ValueError):
         await backend.append("log", b"v", ttl_s=0)
+
+
+# -- searching a list (backends that `searches_lists`; the others leave it to the reader) ----
+
+
+def _unit(*values: float) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+async def test_a_list_is_searched_by_its_vectors_or_not_at_all(backend: CacheBackend) -> None:
+    vectors = {b"east": _unit(1, 0, 0), b"north-east": _unit(1, 1, 0), b"north": _unit(0, 1, 0),
+               b"up": _unit(0, 0, 1)}
+    for item, vector in vectors.items():
+        await backend.append("log", item, ttl_s=60, vector=vector)
+    await backend.append("log", b"no vector", ttl_s=60)
+    await backend.append("log", b"other dimension", ttl_s=60, vector=_unit(1, 0, 0, 0))
+    # Vectors never change what a list holds.
+    assert await backend.read_list("log") == (6, [*vectors, b"no vector", b"other dimension"])
+    found = await backend.search_list("log", _unit(1, 0.2, 0), 2)
+    if not backend.searches_lists:
+        assert found is None
+        return
+    assert found == [b"east", b"north-east"]
+    assert await backend.search_list("log", _unit(0, 0.1, 1), 10) == [
+        b"up", b"north", b"north-east", b"east"]
+    assert await backend.search_list("missing", _unit(1, 0, 0), 2) == []
+
+
+async def test_a_searched_list_ends_with_its_ttl_and_its_clear(
+    backend: CacheBackend, pass_time: PassTime
+) -> None:
+    if not backend.searches_lists:
+        assert await backend.search_list("semantic:ns:a", _unit(1, 0), 1) is None
+        return
+    await backend.append("semantic:ns:a", b"old", ttl_s=TTL_S, vector=_unit(1, 0))
+    await pass_time(TTL_S + 0.3)
+    assert await backend.search_list("semantic:ns:a", _unit(1, 0), 1) == []
+    await backend.append("semantic:ns:a", b"new", ttl_s=60, vector=_unit(0, 1))
+    assert await backend.search_list("semantic:ns:a", _unit(1, 0), 5) == [b"new"]
+    await backend.clear("semantic:ns:")
+    assert await backend.search_list("semantic:ns:a", _unit(1, 0), 5) == []

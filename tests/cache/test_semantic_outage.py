@@ -149,3 +149,29 @@ async def test_postgres_unreachable_keeps_the_mirror_and_catches_up_after(
     finally:
         for engine in engines:
             await engine.dispose()
+
+
+async def test_postgres_unreachable_makes_searched_lookups_miss_until_it_is_back(
+    pg_server: PgServer, database: str,
+) -> None:
+    engines: list[AsyncEngine] = [create_async_engine(pg_server.url(database)) for _ in "ab"]
+    try:
+        await migrate(engines[0])
+        logs = [PostgresBackend(e) for e in engines]
+        for log in logs:
+            await log.start()
+        server_a, server_b = (index(log) for log in logs)
+        assert server_b.searched  # pgvector: nothing mirrored, so nothing to serve from
+        v = unit(1)
+        await server_a.add(PART, v, "key-a", Q)
+
+        await _allow_connections(pg_server, database, False)
+        assert await server_b.match(PART, unit(2, near=v), PARA) is None  # a miss, no exception
+        assert server_b.stats()["log_errors"] == 1
+
+        await _allow_connections(pg_server, database, True)
+        found = await server_b.match(PART, unit(3, near=v), PARA)
+        assert found is not None and found.candidate.key == "key-a"
+    finally:
+        for engine in engines:
+            await engine.dispose()

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
+import numpy as np
+
 
 @dataclass(frozen=True, slots=True)
 class BackendStats:
@@ -29,11 +31,15 @@ class CacheBackend(ABC):
     `clear(prefix)` removes every key starting with `prefix` (all of this backend's keys when
     None) and returns how many it removed, or -1 when it cannot tell. Besides entries, a key may
     name an append-only list (`append`, `read_list`: the semantic level's log, which several
-    servers read); lists share the key space, `delete` and `clear` remove them too. Backends may raise on
+    servers read); lists share the key space, `delete` and `clear` remove them too. A backend
+    that `searches_lists` also keeps each item's vector and ranks a list's items against a
+    question (`search_list`); the others leave that to the reader. Backends may raise on
     I/O failure (the `TieredCache` counts and skips a failing tier) except `RedisBackend`,
     which degrades to misses and no-ops by design. `start`/`close` open and release
     connections, files or pools; ``async with backend`` does both.
     """
+
+    searches_lists = False
 
     async def start(self) -> None:  # noqa: B027 - deliberately a no-op for backends without I/O
         pass
@@ -77,10 +83,12 @@ class CacheBackend(ABC):
         for key, value in items.items():
             await self.set(key, value, ttl_s)
 
-    async def append(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+    async def append(self, key: str, value: bytes, ttl_s: float | None = None, *,
+                     vector: np.ndarray | None = None) -> None:
         """Append `value` to the list at `key` (a new list if there is none) and set the whole
-        list's TTL to `ttl_s` from now. This default rewrites one entry, so it is atomic within
-        one process only: a backend that several processes share overrides it."""
+        list's TTL to `ttl_s` from now; `vector` is kept for `search_list` where it searches.
+        This default rewrites one entry, so it is atomic within one process only: a backend
+        that several processes share overrides it."""
         check_ttl(ttl_s)
         old = await self.get(key)
         await self.set(key, (old or b"") + len(value).to_bytes(4, "big") + value, ttl_s)
@@ -96,6 +104,12 @@ class CacheBackend(ABC):
             items.append(data[i + 4 : i + 4 + size])
             i += 4 + size
         return len(items), items[start:]
+
+    async def search_list(self, key: str, vector: np.ndarray, k: int) -> list[bytes] | None:
+        """The items of the list at `key` whose vectors are the `k` closest to `vector` by
+        cosine, closest first ([] for no list); None where the backend does not search lists.
+        Items appended without a vector, or with one of another dimension, are never found."""
+        return None
 
     @abstractmethod
     async def stats(self) -> BackendStats: ...

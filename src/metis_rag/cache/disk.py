@@ -9,9 +9,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .base import BackendStats, CacheBackend, check_ttl
+
+if TYPE_CHECKING:
+    import numpy as np
 
 T = TypeVar("T")
 
@@ -146,7 +149,8 @@ class DiskBackend(CacheBackend):
             return await self._run(self._delete_where, "key >= ?", (prefix,))
         return await self._run(self._delete_where, "key >= ? AND key < ?", (prefix, end))
 
-    async def append(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+    async def append(self, key: str, value: bytes, ttl_s: float | None = None, *,
+                     vector: np.ndarray | None = None) -> None:
         check_ttl(ttl_s)
         await self._run(self._append, key, value, ttl_s)
 

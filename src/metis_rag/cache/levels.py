@@ -200,5 +200,6 @@ async def open_caches(settings: CacheSettings, data_dir: Any, dim: int,
         document=level("document", settings.document_ttl_s),
         tool=level("tool", settings.tool_ttl_s),
         semantic=SemanticIndex(dim, settings.semantic_max_entries, equivalence, log=log,
-                               ttl_s=settings.query_ttl_s),
+                               ttl_s=settings.query_ttl_s,
+                               mirror=settings.semantic_search == "mirror"),
     )

@@ -5,8 +5,12 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from .base import BackendStats, CacheBackend, check_ttl
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class MemoryBackend(CacheBackend):
@@ -84,7 +88,8 @@ class MemoryBackend(CacheBackend):
             self._pop(key)
         return len(doomed) + len(lists)
 
-    async def append(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+    async def append(self, key: str, value: bytes, ttl_s: float | None = None, *,
+                     vector: np.ndarray | None = None) -> None:
         check_ttl(ttl_s)
         items = self._live_list(key)
         items.append(bytes(value))

@@ -5,6 +5,8 @@ Three tables of migration 0014. An entry is one row; a list is a header row (len
 and one row per item: an append locks the header row (the upsert), so concurrent appends from
 several servers get distinct positions, and a read is one query. Expiry is wall-clock time
 (shared by every server) from an injected clock; expired rows are purged as new ones come.
+Where pgvector is installed (migration 0021), items keep their vector and `search_list` ranks a
+list's items with `<=>` in the database, so a reader fetches its few nearest, not the list.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -41,6 +44,18 @@ ORDER BY i.pos
 """)
 
 
+_HAS_VECTORS = text(
+    "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('cache_list_items') "
+    "AND attname = 'vec' AND NOT attisdropped")
+_QUESTION = "CAST(CAST(:q AS real[]) AS vector)"
+_SEARCH = text(f"""
+SELECT i.value FROM cache_lists l
+JOIN cache_list_items i ON i.key = l.key AND i.pos < l.length
+WHERE l.key = :key AND l.expires_at > :now AND vector_dims(i.vec) = :dim
+ORDER BY i.vec <=> {_QUESTION} LIMIT :k
+""")
+
+
 class PostgresBackend(CacheBackend):
     """Entries and lists in PostgreSQL, through the application's engine (its pool)."""
 
@@ -51,6 +66,11 @@ class PostgresBackend(CacheBackend):
         self._engine = engine
         self._clock = clock
         self._sets = 0
+        self.searches_lists = False  # until `start` finds the vector column
+
+    async def start(self) -> None:
+        async with self._engine.connect() as conn:
+            self.searches_lists = (await conn.execute(_HAS_VECTORS)).first() is not None
 
     def _expiry(self, ttl_s: float | None) -> float:
         check_ttl(ttl_s)
@@ -97,7 +117,8 @@ class PostgresBackend(CacheBackend):
                 removed += int(result.rowcount or 0)
         return removed
 
-    async def append(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+    async def append(self, key: str, value: bytes, ttl_s: float | None = None, *,
+                     vector: np.ndarray | None = None) -> None:
         expires_at = self._expiry(ttl_s)
         now = self._clock()
         async with self._engine.begin() as conn:
@@ -110,9 +131,16 @@ class PostgresBackend(CacheBackend):
                                    {"key": key})
                 await conn.execute(text("DELETE FROM cache_lists WHERE expires_at <= :now"),
                                    {"now": now})
-            await conn.execute(
-                text("INSERT INTO cache_list_items (key, pos, value) VALUES (:key, :pos, :value)"),
-                {"key": key, "pos": length - 1, "value": value})
+            item = {"key": key, "pos": length - 1, "value": value}
+            if self.searches_lists and vector is not None:
+                await conn.execute(text(
+                    "INSERT INTO cache_list_items (key, pos, value, vec) "
+                    "VALUES (:key, :pos, :value, CAST(CAST(:vec AS real[]) AS vector))"),
+                    {**item, "vec": _floats(vector)})
+            else:
+                await conn.execute(text(
+                    "INSERT INTO cache_list_items (key, pos, value) VALUES (:key, :pos, :value)"),
+                    item)
 
     async def read_list(self, key: str, start: int = 0) -> tuple[int, list[bytes]]:
         async with self._engine.connect() as conn:
@@ -122,6 +150,20 @@ class PostgresBackend(CacheBackend):
             return 0, []
         return int(rows[0][0]), [bytes(value) for _, value in rows if value is not None]
 
+    async def search_list(self, key: str, vector: np.ndarray, k: int) -> list[bytes] | None:
+        if not self.searches_lists:
+            return None
+        q = _floats(vector)
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(_SEARCH, {"key": key, "now": self._clock(), "q": q,
+                                                "dim": len(q), "k": k})
+            return [bytes(value) for (value,) in rows]
+
     async def stats(self) -> BackendStats:
         # Counting would scan the table; like Redis, the backend does not tell.
         return BackendStats(entries=None, bytes=None)
+
+
+def _floats(vector: np.ndarray) -> list[float]:
+    floats: list[float] = np.asarray(vector, dtype=np.float32).reshape(-1).tolist()
+    return floats

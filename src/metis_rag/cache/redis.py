@@ -16,6 +16,7 @@ from .base import BackendStats, CacheBackend, check_ttl
 from .broadcast import encode_invalidation
 
 if TYPE_CHECKING:
+    import numpy as np
     from redis.asyncio import Redis
 
 logger = logging.getLogger(__name__)
@@ -160,7 +161,8 @@ class RedisBackend(CacheBackend):
             channel = self.invalidation_channel
             await self._call(lambda r: r.publish(channel, message))
 
-    async def append(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+    async def append(self, key: str, value: bytes, ttl_s: float | None = None, *,
+                     vector: np.ndarray | None = None) -> None:
         check_ttl(ttl_s)
         name = self.namespace + key
 

@@ -4,10 +4,12 @@ Each partition is one (namespace, collection, version, answer shape), so a looku
 tenants, collections, versions or answer-shaping settings. The questions of a partition live in
 an append-only list in the configured cache backend (Redis, PostgreSQL or the disk cache: shared
 by every server that uses it, durable across restarts; none for `memory`), which each server
-mirrors in memory and catches up on with one `read_list` round trip per lookup. A new collection
-version is a new partition, so invalidation reaches every server at once; old lists age out by
-TTL. A list that cannot be read (backend down) leaves the mirror as it is: it keeps serving, and
-the next read that succeeds catches up from where the mirror stopped.
+mirrors in memory and catches up on with one `read_list` round trip per lookup. A backend that
+`searches_lists` (PostgreSQL with pgvector) instead returns a lookup's few nearest questions in
+that round trip, and nothing is mirrored. A new collection version is a new partition, so
+invalidation reaches every server at once; old lists age out by TTL. A list that cannot be read
+(backend down) leaves the mirror as it is: it keeps serving, and the next read that succeeds
+catches up from where the mirror stopped (a searched list cannot serve meanwhile).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import struct
 import threading
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -127,16 +130,21 @@ class SemanticIndex:
     The `candidates` nearest questions are each judged by `equivalence`; the most similar one
     judged the same question wins. Partitions are evicted from memory least recently used
     beyond `max_entries` questions in all (the shared lists stay, and are read again if needed).
+    `mirror`: mirror the lists even where the backend could search them.
     """
 
     def __init__(self, dim: int, max_entries: int, equivalence: Equivalence,
                  log: CacheBackend | None = None, ttl_s: float | None = None,
-                 candidates: int = 4, exact_max: int = 2048) -> None:
+                 candidates: int = 4, exact_max: int = 2048, mirror: bool = False) -> None:
         self._dim = dim
         self._exact_max = exact_max
         self._max_entries = max_entries
         self.equivalence = equivalence
         self._log = log
+        self._mirror = mirror
+        # Searched candidates come back as text: analysing a question once per server, not once
+        # per lookup, is what the mirror does too.
+        self._analyse = lru_cache(maxsize=4096)(analyse)
         self._ttl_s = ttl_s
         self._candidates = candidates
         self._parts: OrderedDict[tuple[str, ...], _Partition] = OrderedDict()
@@ -154,6 +162,11 @@ class SemanticIndex:
         return f"semantic:{partition[0]}:{rest}"
 
     @property
+    def searched(self) -> bool:
+        """True when the backend finds a lookup's nearest questions (no mirror is kept)."""
+        return self._log is not None and self._log.searches_lists and not self._mirror
+
+    @property
     def serving(self) -> bool:
         """False when the error bound admits no hit: callers skip the lookup and the work done
         only for it (embedding the question)."""
@@ -166,20 +179,19 @@ class SemanticIndex:
 
     @traced("cache.lookup", lambda *_, **__: {"metis.cache.level": "semantic"},
             lambda hit: {"metis.cache.hit": hit is not None})
-    async def match(self, partition: tuple[str, ...], vector: np.ndarray,
-                    question: str) -> Match | None:
+    async def match(self, partition: tuple[str, ...], vector: np.ndarray, question: str, *,
+                    caught_up: bool = False) -> Match | None:
+        """`caught_up`: the caller has just run `catch_up(partition)` (while it embedded the
+        question: the read does not need the vector)."""
         if not self.serving:
             self.skip()
             return None
-        await self._catch_up(partition)
-        with self._lock:
-            part = self._parts.get(partition)
-            if part is None or not part.keys:
+        found = (await self._search(partition, vector) if self.searched
+                 else await self._nearest(partition, vector, caught_up))
+        if not found:
+            with self._lock:
                 self.misses += 1
-                return None
-            self._parts.move_to_end(partition)
-            found = [Candidate(part.keys[i], part.questions[i], part.texts[i], sim)
-                     for i, sim in part.nearest(vector, self._candidates)]
+            return None
         text = analyse(question)
         first: Verdict | None = None
         for candidate in found:
@@ -190,6 +202,44 @@ class SemanticIndex:
             first = first or verdict
         self.reject(first.reason if first else "similarity")
         return None
+
+    async def catch_up(self, partition: tuple[str, ...]) -> None:
+        """Bring the mirror of `partition` up to date (nothing to do where lookups search)."""
+        if self.serving and not self.searched:
+            await self._catch_up(partition)
+
+    async def _nearest(self, partition: tuple[str, ...], vector: np.ndarray,
+                       caught_up: bool) -> list[Candidate]:
+        if not caught_up:
+            await self._catch_up(partition)
+        with self._lock:
+            part = self._parts.get(partition)
+            if part is None or not part.keys:
+                return []
+            self._parts.move_to_end(partition)
+            return [Candidate(part.keys[i], part.questions[i], part.texts[i], sim)
+                    for i, sim in part.nearest(vector, self._candidates)]
+
+    async def _search(self, partition: tuple[str, ...], vector: np.ndarray) -> list[Candidate]:
+        assert self._log is not None
+        key = self.log_key(partition)
+        try:
+            items = await self._log.search_list(key, vector, self._candidates)
+        except Exception:  # e.g. the database is unreachable: a miss
+            items = None
+        if items is None:
+            self._log_failed("search")
+            return []
+        found = []
+        for item in items:
+            try:
+                k, q, v = decode_record(item)
+            except (struct.error, UnicodeDecodeError, ValueError):
+                logger.warning("skipping an unreadable semantic-cache record in %s", key)
+                continue
+            # The similarity the mirror would compute (float32), not the database's float8.
+            found.append(Candidate(k, q, self._analyse(q), float(v @ vector)))
+        return sorted(found, key=lambda c: -c.similarity)
 
     def reject(self, reason: str, was_hit: bool = False) -> None:
         """Count a lookup that served nothing; `was_hit`: `match` had counted it a hit (its
@@ -202,9 +252,9 @@ class SemanticIndex:
 
     async def add(self, partition: tuple[str, ...], vector: np.ndarray, key: str,
                   question: str) -> None:
-        if not self.serving:
-            # This server never reads its mirror, but a server sharing the list with a looser
-            # bound (or this one restarted with it) can serve what is appended now.
+        if not self.serving or self.searched:
+            # Not mirrored: this server never reads a mirror (it cannot serve, or the backend
+            # searches), but a server sharing the list can serve what is appended now.
             if self._log is not None:
                 await self._append(partition, key, question, vector)
             return
@@ -218,7 +268,7 @@ class SemanticIndex:
         assert self._log is not None
         try:
             await self._log.append(self.log_key(partition), encode_record(key, question, vector),
-                                   self._ttl_s)
+                                   self._ttl_s, vector=vector)
         except Exception:  # the answer was served; a lost record is only a missed hit later
             self._log_failed("append to")
 
@@ -278,7 +328,9 @@ class SemanticIndex:
             first = self.log_errors == 1
         # The backend logs its own health changes; this says what the level does about it.
         (logger.warning if first else logger.debug)(
-            "could not %s a semantic-cache list; serving from this server's mirror", what)
+            "could not %s a semantic-cache list; %s", what,
+            "no semantic hits meanwhile" if self.searched
+            else "serving from this server's mirror")
 
     def _add(self, partition: tuple[str, ...], vector: np.ndarray, key: str,
              question: str) -> bool:
@@ -318,5 +370,6 @@ class SemanticIndex:
                 "rejected": dict(self.rejected), "max_error": self.equivalence.max_error,
                 "score_threshold": round(self.equivalence.threshold, 4),
                 "shared": self._log is not None, "serving": self.serving,
+                "search": "backend" if self.searched else "mirror",
                 "off_reason": self.equivalence.off_reason, "skipped": self.skipped,
                 "log_errors": self.log_errors}

@@ -158,10 +158,12 @@ class ChatService:
             # does not need it either (`_retrieve` embeds on demand).
             caches.semantic.skip()
             return None
-        vector = await self._embed(turn)
+        # The mirror's catch-up read needs no vector: it travels while the model embeds.
+        vector, _ = await asyncio.gather(self._embed(turn), caches.semantic.catch_up(turn.partition))
         # No retrieval here: "the same top source" proves nothing (different questions about
         # one passage share it); the equivalence decision compares the questions themselves.
-        found = await caches.semantic.match(turn.partition, vector, turn.query.message)
+        found = await caches.semantic.match(turn.partition, vector, turn.query.message,
+                                            caught_up=True)
         if found is None:
             return None
         entry = await caches.exact.get(found.candidate.key)
