@@ -117,7 +117,10 @@ def _parse_thread(idle: bool) -> ThreadPoolExecutor | None:
     if not idle:
         return None
     pool = ThreadPoolExecutor(1, thread_name_prefix="parse", initializer=_go_idle)
-    pool.submit(int).result()  # start it now, before the address-space ceiling
+    # Create the thread (and its stack) now, before the address-space ceiling, but do not wait
+    # for it to run: an idle-class thread may get no CPU while the server and the other parser
+    # processes start, and the server waits for this process to say it is ready.
+    pool.submit(int)
     return pool
 
 
