@@ -105,13 +105,6 @@ class ParseSettings(BaseModel):
         "server answers questions, but also while it embeds other ingestions; 0 runs them at "
         "the server's priority.",
     )
-    idle_priority: bool = Field(
-        True, description="Parse uploaded files in a parser-process thread under Linux's "
-        "SCHED_IDLE policy: a parse gets only CPU time nothing else wants, so questions keep "
-        "their latency while (hostile) uploads are parsed. Chunking keeps METIS_PARSE__NICE (an "
-        "idle chunker would wait for the ingestion's own embedding). Ignored where the OS has no "
-        "SCHED_IDLE.",
-    )
     recycle_rss_mb: int = Field(
         300, ge=32, description="A parser process whose peak resident memory went past this is "
         "replaced after its file, so one big file does not keep memory held.",

@@ -110,32 +110,6 @@ async def test_parser_processes_run_below_the_server_priority() -> None:
             await sb.close()
 
 
-def _busiest_thread(pid: int, before: dict[int, float]) -> tuple[int, dict[int, float]]:
-    now = {t.id: t.user_time + t.system_time for t in psutil.Process(pid).threads()}
-    return max(now, key=lambda tid: now[tid] - before.get(tid, 0.0)), now
-
-
-@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux only")
-async def test_uploads_are_parsed_under_sched_idle_and_chunked_at_the_nice_level() -> None:
-    prose = ("A sentence about parsing that keeps a parser busy for a while. " * 40 + "\n\n")
-    text = (prose * 400).encode()  # ~1 MB of Markdown: tens of ms of parsing and chunking
-    for idle in (True, False):
-        sb = ParseSandbox(ParseSettings(idle_priority=idle), CHUNKING)
-        try:
-            await sb.parse(b"warm", "warm.txt")
-            pid = sb._idle[0].proc.pid
-            parser, cpu = _busiest_thread(pid, {})
-            parsed = await sb.parse(text, "big.md")
-            parser, cpu = _busiest_thread(pid, cpu)
-            await sb.chunk(parsed, "big.md")
-            chunker, _ = _busiest_thread(pid, cpu)
-            assert os.sched_getscheduler(parser) == (os.SCHED_IDLE if idle else os.SCHED_OTHER)
-            assert (parser != pid) is idle  # the process's main thread parses without it
-            assert chunker == pid and os.sched_getscheduler(chunker) == os.SCHED_OTHER
-        finally:
-            await sb.close()
-
-
 async def test_prepare_chunks_in_the_parser_process_not_in_the_server(
     sandbox: ParseSandbox,
 ) -> None:

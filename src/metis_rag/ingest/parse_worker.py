@@ -1,8 +1,7 @@
 """A parser process: `python -m metis_rag.ingest.parse_worker '<config json>'`.
 
 It reads files from stdin and writes their sections (or the error) to stdout, one at a time,
-under an address-space ceiling, METIS_PARSE__NICE steps below the server's CPU priority, and
-parses in a thread under SCHED_IDLE (METIS_PARSE__IDLE_PRIORITY). Given
+under an address-space ceiling, METIS_PARSE__NICE steps below the server's CPU priority. Given
 a tokenizer file, it also chunks parsed documents (request `"op": "chunk"`, the parsed document
 as JSON in place of the file): chunking a large text holds the GIL for long stretches (regex
 scans and word counts over megabytes are single C calls), which in the server stalled every
@@ -18,7 +17,6 @@ import os
 import resource
 import struct
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import orjson
@@ -101,29 +99,6 @@ def _chunker(config: dict[str, Any] | None) -> Any:
                    config["overlap_tokens"], max_chunks=config["max_chunks"])
 
 
-def _go_idle() -> None:
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # this thread only (Linux)
-    except (AttributeError, OSError) as exc:  # not Linux, or refused: parse at the nice level
-        sys.stderr.write(f"parser process: SCHED_IDLE unavailable ({exc}); parsing at nice\n")
-
-
-def _parse_thread(idle: bool) -> ThreadPoolExecutor | None:
-    """The thread uploads are parsed in, under SCHED_IDLE: it runs only on CPU time no
-    server thread wants (a niced process still takes a tenth of a core from the server's
-    two-thread query embedding, and delays its wake-ups). A thread and not the process, because
-    an unprivileged process cannot leave SCHED_IDLE, and chunking must not wait for the
-    ingestion's embedding."""
-    if not idle:
-        return None
-    pool = ThreadPoolExecutor(1, thread_name_prefix="parse", initializer=_go_idle)
-    # Create the thread (and its stack) now, before the address-space ceiling, but do not wait
-    # for it to run: an idle-class thread may get no CPU while the server and the other parser
-    # processes start, and the server waits for this process to say it is ready.
-    pool.submit(int)
-    return pool
-
-
 def main() -> None:
     config = orjson.loads(sys.argv[1])
     # Below the server (when set): a big parse or chunking waits while it answers questions.
@@ -139,13 +114,12 @@ def main() -> None:
         __import__(lib)
     limits = ParseLimits(**config["limits"])
     chunker = _chunker(config.get("chunking"))
-    parse_thread = _parse_thread(bool(config.get("idle_priority")))
     ceiling = config["memory_limit_mb"] * _MB
     resource.setrlimit(resource.RLIMIT_AS, (ceiling, ceiling))
     _write(out, {"ready": True})
     while True:
         try:
-            if not _serve_one(inp, out, limits, chunker, parse_thread):
+            if not _serve_one(inp, out, limits, chunker):
                 return
         except MemoryError:
             # Even reading the file or writing the reply did not fit: say so in a few bytes and
@@ -164,8 +138,7 @@ def _peak_rss_mb() -> float:
     return 0.0
 
 
-def _serve_one(inp: BinaryIO, out: BinaryIO, limits: Any, chunker: Any,
-               parse_thread: ThreadPoolExecutor | None) -> bool:
+def _serve_one(inp: BinaryIO, out: BinaryIO, limits: Any, chunker: Any) -> bool:
     """Parses (or chunks) one file; False when the server has gone or this process should start
     afresh."""
     head = _read_exactly(inp, 4)
@@ -178,8 +151,6 @@ def _serve_one(inp: BinaryIO, out: BinaryIO, limits: Any, chunker: Any,
         reply = (_chunk_one(orjson.loads(data), request["filename"], chunker) if chunker
                  else _error_reply("no_chunker", "This parser process was started without a "
                                    "tokenizer.", kind="InvalidDocument"))
-    elif parse_thread is not None:
-        reply = parse_thread.submit(_parse_one, data, request["filename"], limits).result()
     else:
         reply = _parse_one(data, request["filename"], limits)
     del data

@@ -109,8 +109,7 @@ class ParseSandbox:
         self.chunking = chunking
         self._config = orjson.dumps({
             "limits": dataclasses.asdict(self.limits), "memory_limit_mb": settings.memory_limit_mb,
-            "nice": settings.nice, "idle_priority": settings.idle_priority,
-            "chunking": chunking and dataclasses.asdict(chunking)})
+            "nice": settings.nice, "chunking": chunking and dataclasses.asdict(chunking)})
         self._idle: list[_Worker] = []
         self._slots = asyncio.Semaphore(settings.workers)
         self._reaping: set[asyncio.Task[None]] = set()
