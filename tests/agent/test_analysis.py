@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -224,3 +225,16 @@ async def test_the_llm_analyses_when_configured_and_offline_answers_when_it_fail
     finally:
         fake.reset(config=True)
         await llm.close()
+
+
+async def test_the_offline_analysis_leaves_the_event_loop_free_for_other_requests() -> None:
+    """A long document's offline analysis (and the word-frequency list it loads) runs in a
+    thread: a request that arrives meanwhile is served before it ends, not after."""
+    text = REPORT * 400
+    analysis = asyncio.create_task(
+        DocumentAnalyzer(AnalysisSettings()).analyse("long.txt", "text/plain", text))
+    await asyncio.sleep(0)  # the analysis starts
+    served_during_analysis = not analysis.done()
+    result = await analysis
+    assert served_during_analysis
+    assert result.method == "offline" and result.topics

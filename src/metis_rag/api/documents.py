@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,7 +13,7 @@ from starlette.datastructures import UploadFile
 
 from ..errors import ClientDisconnected, InvalidInput, MetisError
 from ..ingest.parsers import sanitize_filename
-from ..ingest.pipeline import Upload, clean_folder, clean_tags
+from ..ingest.pipeline import Upload, clean_folder, clean_tags, sha256_hex
 from ..schemas import NO_NUL, ChunkOut, DocumentDetail, DocumentOut, Page, UploadResponse, UploadResult
 from ..store import browse, repo
 from ..store.models import Document
@@ -150,7 +149,8 @@ async def upload_documents(request: Request, services: ServicesDep, who: WriterD
     priority = _priority(fields.get("priority", "normal"))
     uploads = [Upload(name, data, folder=folder, tags=tags, content_type=ctype)
                for name, data, ctype in files]
-    hashes = [hashlib.sha256(u.data).hexdigest() for u in uploads]
+    # Megabytes take milliseconds to hash: in a thread, not on the loop questions wait on.
+    hashes = await asyncio.to_thread(lambda: [sha256_hex(u.data) for u in uploads])
     async with services.sessions() as session:
         stored = await repo.documents_by_hash(session, who.tenant, collection, hashes)
     new = [u for u, h in zip(uploads, hashes, strict=True) if h not in stored]
@@ -158,8 +158,9 @@ async def upload_documents(request: Request, services: ServicesDep, who: WriterD
     # are queued, when their sizes count as the tenant's queued ingestions.
     async with services.quotas.storage(who.tenant, len(new), sum(len(u.data) for u in new)):
         async with cancelled_on_disconnect(request):
-            for upload in uploads:  # parsed to validate; chunking and embedding are the task's
-                await services.ingestor.parse(upload)
+            for upload, content_hash in zip(uploads, hashes, strict=True):
+                # parsed to validate; chunking and embedding are the task's
+                await services.ingestor.parse(upload, content_hash)
         results, specs = _queue(uploads, hashes, stored, collection, folder, tags, priority,
                                 who.tenant)
         created = iter(await services.tasks.submit(specs) if specs else [])

@@ -83,6 +83,10 @@ class IngestReport:
         return sum(r.chunks for r in self.results)
 
 
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def _no_nul(value: str, field: str) -> None:
     # PostgreSQL text cannot hold NUL: refused here as input, not failed in the database.
     if "\x00" in value:
@@ -172,14 +176,17 @@ class Ingestor:
             chunks=chunks,
         )
 
-    async def parse(self, upload: Upload) -> ParsedDocument:
+    async def parse(self, upload: Upload, content_hash: str = "") -> ParsedDocument:
         """Check the file and parse it in the sandbox, or reuse a parse of the same bytes from
-        the document cache. What an upload request does to validate its files."""
+        the document cache (keyed by `content_hash`, the sha256 of the bytes, hashed here when
+        not given). What an upload request does to validate its files."""
         self.check(upload)  # cheap refusals first: no parser process for a file named wrong
         cache = self._document_cache
         if cache is None:
             return await self._parser.parse(upload.data, upload.filename)
-        key = hashlib.sha256(upload.data).hexdigest() + ":" + sanitize_filename(upload.filename)
+        # Hashing megabytes takes milliseconds: not on the event loop, where questions wait.
+        content_hash = content_hash or await asyncio.to_thread(sha256_hex, upload.data)
+        key = content_hash + ":" + sanitize_filename(upload.filename)
         cached = await cache.get(key)
         if cached is not None:
             return ParsedDocument(
