@@ -264,12 +264,11 @@ class WorkerRuntime:
             if values["status"] != "scheduled":
                 settle.append((row.id, outcome.status))
         async with self._outcome_conn as conn:
-            await repo.finish_owned(conn, self.worker_id, rows)
+            parents = await repo.finish_owned(conn, self.worker_id, rows)
             used = [row.id for row, outcome in batch
                     if outcome.used_blob and outcome.status == "completed"]
             if used:
                 await repo.drop_blobs(conn, used)
-            parents = await repo.with_dependants(conn, [task_id for task_id, _ in settle])
             for task_id, status in settle:
                 if task_id in parents:
                     freed = await repo.settle_dependants(conn, task_id, status, repo.to_dt(now))
