@@ -297,7 +297,8 @@ def print_embedded(args: argparse.Namespace, emb_tps: list[float], emb_p50: list
 def print_distributed(args: argparse.Namespace, d: dict[str, list[float]]) -> None:
     med = statistics.median
     bare_ms, metis_ms = 1000 / med(d["bare_tps"]), 1000 / med(d["metis_tps"])
-    print(f"distributed ({args.workers} worker process(es) each, threads pool x{args.concurrency}, "
+    print(f"distributed ({args.workers} worker process(es) each, {args.concurrency} slots: bare on "
+          "Celery's threads pool, Metis on its loop pool, "
           f"{args.broker.split(':')[0]} broker, {args.database_url.split(':')[0]})")
     print(f"  bare Celery  {med(d['bare_tps']):7.0f} tasks/s  {bare_ms:6.3f} ms/task   "
           f"latency p50 {med(d['bare_p50']):6.2f} ms  p99 {med(d['bare_p99']):6.2f} ms")

@@ -1,5 +1,5 @@
-"""`metis worker`: a Celery worker (threads pool) whose threads hand each message to one
-asyncio loop holding the worker's services, so handlers run exactly as they do embedded."""
+"""`metis worker`: a Celery worker whose pool (`pool.LoopPool`) runs each message on one asyncio
+loop holding the worker's services, so handlers run exactly as they do embedded."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from ..batching import MicroBatcher
 from ..config import Settings
 from . import leases, repo
 from .celery import TASK_NAME, CeleryBackend, make_celery
+from .pool import LoopPool
 from .resources import ResourceMonitor, psutil_sampler
 from .runner import Outcome, TaskContext, execute, retry_delay_s
 
@@ -46,6 +47,7 @@ class WorkerRuntime:
                                        maximum=settings.tasks.concurrency, source=self.worker_id)
         self._rng = random.Random()
         self._active = 0
+        self._started: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -56,10 +58,14 @@ class WorkerRuntime:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
 
-    def run_message(self, task_id: str, redelivered: bool) -> None:
-        """Called from a Celery pool thread; returns once the task ran and its outcome is queued
-        for the next group commit (see `_record`)."""
-        asyncio.run_coroutine_threadsafe(self.run(task_id, redelivered), self.loop).result()
+    def begin(self, task_id: str, redelivered: bool) -> None:
+        """Called by the task body on the loop (see `LoopPool`): starts the run, which ends once
+        the task ran and its outcome is queued for the next group commit (see `_record`)."""
+        self._started = self.loop.create_task(self.run(task_id, redelivered))
+
+    def take_started(self) -> asyncio.Task[None] | None:
+        started, self._started = self._started, None
+        return started
 
     async def _open(self) -> None:
         from ..services import open_services
@@ -258,12 +264,11 @@ class WorkerRuntime:
             if values["status"] != "scheduled":
                 settle.append((row.id, outcome.status))
         async with self._outcome_conn as conn:
-            await repo.finish_owned(conn, self.worker_id, rows)
+            parents = await repo.finish_owned(conn, self.worker_id, rows)
             used = [row.id for row, outcome in batch
                     if outcome.used_blob and outcome.status == "completed"]
             if used:
                 await repo.drop_blobs(conn, used)
-            parents = await repo.with_dependants(conn, [task_id for task_id, _ in settle])
             for task_id, status in settle:
                 if task_id in parents:
                     freed = await repo.settle_dependants(conn, task_id, status, repo.to_dt(now))
@@ -331,12 +336,14 @@ def run_worker(settings: Settings) -> None:
     @app.task(name=TASK_NAME, bind=True)  # type: ignore[untyped-decorator]  # celery ships no types
     def run(self: Any, task_id: str) -> None:
         redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
-        runtime.run_message(task_id, redelivered)
+        runtime.begin(task_id, redelivered)
 
+    # Celery's CLI takes a pool by name only; a configured pool class is used when none is named.
+    app.conf.worker_pool = LoopPool.bind(runtime)
     runtime.start()
     try:
         app.worker_main([
-            "worker", "--pool=threads", f"--concurrency={settings.tasks.concurrency}",
+            "worker", f"--concurrency={settings.tasks.concurrency}",
             "-Q", settings.tasks.queue, "--without-gossip", "--without-mingle",
             "--without-heartbeat", f"--loglevel={settings.log_level.upper()}",
             "-n", f"metis-{os.getpid()}@%h",
