@@ -14,6 +14,7 @@ because of analysis. The offline methods:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -197,7 +198,9 @@ class DocumentAnalyzer:
         if self._llm is not None:
             result = await self._by_llm(filename, text)
         if result is None:
-            result = analyse_offline(filename, mime, text, self.settings)
+            # In a thread: a large document's analysis would hold up the event loop.
+            result = await asyncio.to_thread(analyse_offline, filename, mime, text,
+                                             self.settings)
         result.details["ms"] = round((time.perf_counter() - started) * 1000, 3)
         return result
 

@@ -66,13 +66,19 @@ class ListDocuments:
                                              topic=arguments.get("topic")))
         rows: list[dict[str, Any]] = [{"id": d.public_id, "filename": d.filename, "folder": d.folder,
                  "doc_type": d.doc_type, "language": d.language, "topics": list(d.topics or []),
-                 "summary": (d.summary or "")[:300]} for d in docs]
+                 "summary": (d.summary or "")[:300], "analysis_status": d.analysis_status}
+                for d in docs]
         if not rows:
             return ToolResult("No document matches.", data={"documents": [], "total": 0})
-        lines = [f"- {r['filename']} (id {r['id']}, {r['doc_type'] or 'unanalysed'}, "
+        lines = [f"- {r['filename']} (id {r['id']}, {r['doc_type'] or _unanalysed(r)}, "
                  f"{r['language'] or '?'}): {', '.join(r['topics'][:5])}" for r in rows]
         more = f"\n({total - len(rows)} more)" if total > len(rows) else ""
         return ToolResult("\n".join(lines) + more, data={"documents": rows, "total": total})
+
+
+def _unanalysed(row: Mapping[str, Any]) -> str:
+    status = row["analysis_status"]
+    return f"analysis {status}" if status in ("pending", "failed") else "unanalysed"
 
 
 class SummarizeDocument:
