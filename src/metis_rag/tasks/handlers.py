@@ -21,6 +21,7 @@ from ..ingest.pipeline import Upload
 from ..store import repo as store_repo
 from ..store.index import reconcile
 from ..tenancy.principal import DEFAULT_TENANT, Principal
+from . import ids as task_ids
 from . import repo
 from .runner import HandlerRegistry, TaskContext
 from .types import Priority, TaskSpec
@@ -80,7 +81,9 @@ async def ingest_document(ctx: TaskContext) -> dict[str, Any]:
             "analyse_document", {"document_id": r.document_id, "tenant": _tenant(ctx)},
             name=f"analyse {r.filename}"[:200], priority=Priority.low,
             tenant=_tenant(ctx))])
-        out["analysis_task_id"] = queued.id
+        # The id the submitting tenant's client asks GET /api/tasks/{id} for (it was the
+        # stored `<tenant>:<id>`, which that route scopes again: not found for any tenant).
+        out["analysis_task_id"] = task_ids.public(queued.id)
     ctx.progress(100, r.status)
     return out
 
