@@ -131,6 +131,7 @@ def main() -> None:
     p.add_argument("--docs", type=int, default=40)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--no-llamaindex", action="store_true")
+    p.add_argument("--no-torch", action="store_true", help="skip plain sentence-transformers")
     a = p.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="metis-bench-ingest-"))
@@ -156,7 +157,8 @@ def main() -> None:
         seconds, cpu_s = asyncio.run(embedder_run(texts, data_dir))
         rows["embedder"].append(seconds)
         cpu["embedder"].append(cpu_s)
-        rows["torch"].append(torch_run(texts))
+        if not a.no_torch:
+            rows["torch"].append(torch_run(texts))
         if not a.no_llamaindex:
             s, li_default_chunks, li_default_tokens = llamaindex_run(docs, same_chunking=False)
             rows["li_default"].append(s)
@@ -172,8 +174,9 @@ def main() -> None:
     table = [
         ("Metis ingest end to end (local ONNX int8)", med(rows["metis"]), n_chunks),
         ("Metis embedder alone, same chunks", med(rows["embedder"]), n_chunks),
-        ("plain SentenceTransformer.encode (torch)", med(rows["torch"]), n_chunks),
     ]
+    if rows["torch"]:
+        table.append(("plain SentenceTransformer.encode (torch)", med(rows["torch"]), n_chunks))
     if rows["li_default"]:
         table += [
             ("LlamaIndex default (1024-token chunks)", med(rows["li_default"]), li_default_chunks),
@@ -189,8 +192,9 @@ def main() -> None:
     print(f"CPU seconds of this process, Metis end to end / its embedder: "
           f"{med(cpu['metis']):.2f} / {med(cpu['embedder']):.2f} = "
           f"{med(cpu['metis']) / med(cpu['embedder']):.2f}x (parser processes not counted)")
-    print(f"embedder / plain torch: {med(rows['torch']) / med(rows['embedder']):.2f}x "
-          "(target >= 1.6x)")
+    if rows["torch"]:
+        print(f"embedder / plain torch: {med(rows['torch']) / med(rows['embedder']):.2f}x "
+              "(target >= 1.6x)")
     if rows["li_default"]:
         m, li, li_same = med(rows["metis"]), med(rows["li_default"]), med(rows["li_same"])
         print(f"corpus wall time, LlamaIndex same chunking / Metis: {li_same / m:.2f}x "
