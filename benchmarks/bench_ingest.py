@@ -3,8 +3,10 @@ LlamaIndex's default pipeline, on the same corpus, in the same run (median of --
 
     python benchmarks/bench_ingest.py [--docs 40] [--runs 3]
 
-Prints chunks/s of each, Metis's share of its own embedder's throughput (target >= 85%), and
-corpus wall time vs LlamaIndex (target >= 2x). LlamaIndex runs twice: with its defaults
+Prints chunks/s of each, Metis's share of its own embedder's throughput (target >= 90%,
+issue 14), and corpus wall time vs LlamaIndex (target >= 2x). "End to end" ends when every
+document is searchable (its ingest task done); their analyses are low-priority tasks that
+follow, and the time until the last is stored is printed beside it. LlamaIndex runs twice: with its defaults
 (SentenceSplitter 1024 tokens, which MiniLM truncates at 256, so it embeds a quarter of the
 text) and with Metis's chunking (128 tokens, 24 overlap): the second is the like-for-like one.
 """
@@ -34,10 +36,10 @@ from metis_rag.services import open_services  # noqa: E402
 MODEL_CACHE = HERE / ".cache" / "model"
 
 
-async def metis_run(docs: Path, data_dir: Path) -> tuple[float, float, int, list[str]]:
+async def metis_run(docs: Path, data_dir: Path) -> tuple[float, float, int, list[str], float]:
     """The real path: one `ingest_document` task per file, as `POST /api/documents` submits.
-    Returns wall seconds, CPU seconds of this process (parser processes not counted), chunks
-    and their texts."""
+    Returns wall seconds, CPU seconds of this process (parser processes not counted), chunks,
+    their texts, and wall seconds until every document's analysis is stored too."""
     settings = Settings(data_dir=data_dir)
     async with open_services(settings) as services:
         from metis_rag.tasks.types import TaskSpec
@@ -51,13 +53,18 @@ async def metis_run(docs: Path, data_dir: Path) -> tuple[float, float, int, list
         done = await services.tasks.wait(ids, timeout_s=3600, poll_s=0.05)
         seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
         assert all(d.status == "completed" for d in done.values()), "a task failed"
+        analyses = [d.result["analysis_task_id"] for d in done.values()
+                    if d.result.get("analysis_task_id")]
+        analysed = await services.tasks.wait(analyses, timeout_s=3600, poll_s=0.05)
+        analysed_s = time.perf_counter() - t
+        assert all(d.status == "completed" for d in analysed.values()), "an analysis failed"
         async with services.sessions() as session:
             from sqlalchemy import select
 
             from metis_rag.store.models import Chunk
 
             texts = list((await session.execute(select(Chunk.text).order_by(Chunk.id))).scalars())
-    return seconds, cpu, sum(d.result["chunks"] for d in done.values()), texts
+    return seconds, cpu, sum(d.result["chunks"] for d in done.values()), texts, analysed_s
 
 
 async def embedder_run(texts: list[str], data_dir: Path) -> tuple[float, float]:
@@ -124,6 +131,7 @@ def main() -> None:
     p.add_argument("--docs", type=int, default=40)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--no-llamaindex", action="store_true")
+    p.add_argument("--no-torch", action="store_true", help="skip plain sentence-transformers")
     a = p.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="metis-bench-ingest-"))
@@ -134,20 +142,23 @@ def main() -> None:
     rows: dict[str, list[float]] = {k: [] for k in
                                     ("metis", "embedder", "torch", "li_default", "li_same")}
     cpu: dict[str, list[float]] = {"metis": [], "embedder": []}
+    analysed: list[float] = []
     n_chunks = li_default_chunks = li_same_chunks = 0
     metis_tokens = li_default_tokens = li_same_tokens = 0
     for run in range(a.runs):
         data_dir = work / f"data{run}"
         data_dir.mkdir()
         (data_dir / "models").symlink_to(MODEL_CACHE / "models", target_is_directory=True)
-        seconds, cpu_s, n_chunks, texts = asyncio.run(metis_run(docs, data_dir))
+        seconds, cpu_s, n_chunks, texts, analysed_s = asyncio.run(metis_run(docs, data_dir))
+        analysed.append(analysed_s)
         metis_tokens = embedded_tokens(texts)
         rows["metis"].append(seconds)
         cpu["metis"].append(cpu_s)
         seconds, cpu_s = asyncio.run(embedder_run(texts, data_dir))
         rows["embedder"].append(seconds)
         cpu["embedder"].append(cpu_s)
-        rows["torch"].append(torch_run(texts))
+        if not a.no_torch:
+            rows["torch"].append(torch_run(texts))
         if not a.no_llamaindex:
             s, li_default_chunks, li_default_tokens = llamaindex_run(docs, same_chunking=False)
             rows["li_default"].append(s)
@@ -163,8 +174,9 @@ def main() -> None:
     table = [
         ("Metis ingest end to end (local ONNX int8)", med(rows["metis"]), n_chunks),
         ("Metis embedder alone, same chunks", med(rows["embedder"]), n_chunks),
-        ("plain SentenceTransformer.encode (torch)", med(rows["torch"]), n_chunks),
     ]
+    if rows["torch"]:
+        table.append(("plain SentenceTransformer.encode (torch)", med(rows["torch"]), n_chunks))
     if rows["li_default"]:
         table += [
             ("LlamaIndex default (1024-token chunks)", med(rows["li_default"]), li_default_chunks),
@@ -173,13 +185,16 @@ def main() -> None:
     for name, s, n in table:
         print(f"{name:44} {s:8.2f} {n:7d} {n / s:9.1f}")
     print(f"\nMetis end to end / its embedder: {med(rows['embedder']) / med(rows['metis']):.1%} "
-          "(target >= 85%)  runs: " + ", ".join(
+          "(target >= 90%)  runs: " + ", ".join(
               f"{e / m:.1%}" for e, m in zip(rows["embedder"], rows["metis"], strict=True)))
+    print(f"every document searchable after {med(rows['metis']):.2f} s, analysed too after "
+          f"{med(analysed):.2f} s (median; the analyses are low-priority tasks)")
     print(f"CPU seconds of this process, Metis end to end / its embedder: "
           f"{med(cpu['metis']):.2f} / {med(cpu['embedder']):.2f} = "
           f"{med(cpu['metis']) / med(cpu['embedder']):.2f}x (parser processes not counted)")
-    print(f"embedder / plain torch: {med(rows['torch']) / med(rows['embedder']):.2f}x "
-          "(target >= 1.6x)")
+    if rows["torch"]:
+        print(f"embedder / plain torch: {med(rows['torch']) / med(rows['embedder']):.2f}x "
+              "(target >= 1.6x)")
     if rows["li_default"]:
         m, li, li_same = med(rows["metis"]), med(rows["li_default"]), med(rows["li_same"])
         print(f"corpus wall time, LlamaIndex same chunking / Metis: {li_same / m:.2f}x "

@@ -40,8 +40,8 @@ async def ingest(
     assert r.status_code == expect, r.text
     body = r.json()
     tasks = await wait_tasks(client, body["task_ids"])
-    # With an LLM configured, analysis is a task of its own queued by the ingestion; it bumps
-    # the collection's version when it stores, so "ingested" means after it too.
+    # Analysis is a low-priority task of its own queued by the ingestion; it bumps the
+    # collection's version when it stores, so "ingested" means after it too.
     analyses = [t["result"]["analysis_task_id"] for t in tasks.values()
                 if t.get("result") and t["result"].get("analysis_task_id")]
     if analyses:
@@ -68,4 +68,6 @@ async def replace(
     assert r.json()["type"] == "ingest_document"
     task = (await wait_tasks(client, [r.json()["id"]]))[r.json()["id"]]
     assert task["status"] == status, task
+    if (task.get("result") or {}).get("analysis_task_id"):  # as `ingest` does
+        await wait_tasks(client, [task["result"]["analysis_task_id"]])
     return task

@@ -47,8 +47,12 @@ class DocumentOut(BaseModel):
     topics: list[str] = Field(default_factory=list, description="Keywords, most important "
                               "first.")
     summary: str | None = None
-    analysis: dict[str, Any] | None = Field(None, description="How it was analysed: method "
-                                            "(llm | offline), model, ms.")
+    analysis: dict[str, Any] | None = Field(None, description="How it was analysed: status, "
+                                            "method (llm | offline), model, ms.")
+    analysis_status: Literal["pending", "done", "failed"] | None = Field(
+        None, description="The analysis runs as a low-priority task once the document is "
+        "searchable: `pending` until it stores (type, language, topics and summary are null "
+        "meanwhile), `failed` when it could not; null when analysis is off.")
 
 
 class UploadResult(BaseModel):

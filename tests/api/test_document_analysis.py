@@ -42,6 +42,7 @@ async def test_documents_are_analysed_shown_and_filterable(
         assert doc["doc_type"] == "report" and doc["language"] == "en"
         assert "turbine controllers" in doc["topics"]
         assert doc["summary"] and doc["analysis"]["method"] == "offline"
+        assert doc["analysis_status"] == "done"
 
         async def listed(**params: str) -> set[str]:
             r = await client.get("/api/documents", params=params)
@@ -117,6 +118,54 @@ async def test_with_an_llm_the_analysis_is_the_models(
             await manager.__aexit__(None, None, None)
 
 
+async def test_a_document_is_searchable_before_its_analysis_stores(
+        make_settings: Callable[..., Settings]) -> None:
+    """The ingest task ends at its commit: until the analysis task stores, the document says
+    its analysis is pending, and a replaced document does not show its old content's."""
+    from metis_rag.config import LLMSettings
+    from metis_rag.devtools.fake_llm import FakeLLMServer
+
+    answer = ('{"type": "report", "language": "en", "topics": ["Wind Turbines"], '
+              '"summary": "Revenue grew on turbines."}')
+    with FakeLLMServer(answer=answer) as fake:
+        settings = make_settings(llm=LLMSettings(provider="openai", url=fake.url, model="m",
+                                                 timeout_s=3.0))
+        manager, client = await open_client(settings)
+        try:
+            doc_id = (await ingest(client, {"q4.txt": REPORT}))["results"][0]["document_id"]
+            doc = (await client.get(f"/api/documents/{doc_id}")).json()
+            assert (doc["analysis_status"], doc["doc_type"]) == ("done", "report")
+
+            fake.configure(hang=True)  # the analysis now waits on the model (until timeout_s)
+            r = await client.put(f"/api/documents/{doc_id}", files={"files": ("q4.txt", INVOICE)})
+            assert r.status_code == 202, r.text
+            ingested = (await wait_tasks(client, [r.json()["id"]]))[r.json()["id"]]
+            assert ingested["status"] == "completed", ingested
+            doc = (await client.get(f"/api/documents/{doc_id}")).json()
+            assert (doc["status"], doc["analysis_status"], doc["analysis"]) == (
+                "ready", "pending", {"status": "pending"})
+            assert doc["chunk_count"] == ingested["result"]["chunks"] > 0
+            assert (doc["doc_type"], doc["language"], doc["topics"], doc["summary"]) == (
+                None, None, [], None)
+            listed = (await client.get("/api/documents", params={"topic": "wind turbines"})
+                      ).json()
+            assert listed["items"] == []
+            page = (await client.get("/api/documents")).json()["items"]
+            assert [d["analysis_status"] for d in page] == ["pending"]
+
+            fake.configure(hang=False)
+            analysis_id = ingested["result"]["analysis_task_id"]
+            analysed = (await wait_tasks(client, [analysis_id]))[analysis_id]
+            assert analysed["status"] == "completed", analysed
+            doc = (await client.get(f"/api/documents/{doc_id}")).json()
+            # The hung request timed out: the offline methods answered, on the new content.
+            assert (doc["analysis_status"], doc["analysis"]["method"], doc["doc_type"]) == (
+                "done", "offline", "invoice")
+        finally:
+            await client.aclose()
+            await manager.__aexit__(None, None, None)
+
+
 async def test_the_switch_turns_analysis_off(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(analysis={"enabled": False})
     manager, client = await open_client(settings)
@@ -124,6 +173,7 @@ async def test_the_switch_turns_analysis_off(make_settings: Callable[..., Settin
         body = await ingest(client, {"q4.txt": REPORT})
         doc = (await client.get(f"/api/documents/{body['results'][0]['document_id']}")).json()
         assert doc["doc_type"] is None and doc["topics"] == [] and doc["analysis"] is None
+        assert doc["analysis_status"] is None
     finally:
         await client.aclose()
         await manager.__aexit__(None, None, None)

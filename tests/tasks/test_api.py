@@ -153,8 +153,11 @@ def test_cli_ingests_through_tasks_and_manages_them(make_settings, tmp_path: Pat
     shown = json.loads(run("tasks", "show", failed["id"], *dd))
     assert shown["params"]["filename"] == "broken.pdf"
     assert "already failed" in run("tasks", "cancel", failed["id"], *dd, code=2)
+    # Each created document's analysis is a low-priority task the ingest waited for.
+    analyses = json.loads(run("tasks", "list", "--type", "analyse_document", "--json", *dd))
+    assert sorted(t["status"] for t in analyses["items"]) == ["completed"] * 5
     stats = json.loads(run("tasks", "stats", "--json", *dd))
-    assert stats["counts"]["completed"] == 5 and stats["counts"]["failed"] == 1
+    assert stats["counts"]["completed"] == 10 and stats["counts"]["failed"] == 1
     assert "task_not_found" in run("tasks", "show", "nope", *dd, code=2)
     table = run("tasks", "list", *dd)
-    assert "6 of 6" in table
+    assert "11 of 11" in table

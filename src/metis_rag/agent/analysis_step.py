@@ -1,13 +1,16 @@
 """The analysis step of ingestion: read a stored document's text, analyse it, store the result.
 
-It runs after the document's chunks are committed (task `ingest_document`, and a replace), so
-a failing analysis never undoes an ingestion: it is logged and the document stays unanalysed.
+It runs as the low-priority task `analyse_document`, queued by `ingest_document` once the
+document's chunks are committed: a document is searchable before it is analysed, and its
+`analysis` says {"status": "pending"} meanwhile. A failing analysis never undoes an
+ingestion: it is logged and the document says {"status": "failed"}.
 Storing bumps the collection's version, since `list_documents` results (and the tool cache)
 show the analysis.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from sqlalchemy import delete, select
@@ -47,9 +50,28 @@ async def analyse_document(sessions: async_sessionmaker[AsyncSession],
         result = await analyzer.analyse(filename, mime, text)
         await store_analysis(sessions, doc_id, result)
         return result
-    except Exception:
+    except Exception as exc:
         log.exception("analysis of document %s failed; it stays unanalysed", public_id)
+        with contextlib.suppress(Exception):  # the database may be what failed
+            await _store_failure(sessions, public_id, type(exc).__name__)
         return None
+
+
+async def analysis_pending(sessions: async_sessionmaker[AsyncSession], public_id: str) -> bool:
+    """Whether the document waits for an analysis (a crash may have lost its queued task)."""
+    async with sessions() as session:
+        analysis = (await session.execute(
+            select(Document.analysis).where(Document.public_id == public_id))).scalar()
+    return isinstance(analysis, dict) and analysis.get("status") == "pending"
+
+
+async def _store_failure(sessions: async_sessionmaker[AsyncSession], public_id: str,
+                         error: str) -> None:
+    async with sessions() as session, session.begin():
+        doc = (await session.execute(
+            select(Document).where(Document.public_id == public_id))).scalar()
+        if doc is not None:
+            doc.analysis = {"status": "failed", "error": error}
 
 
 async def store_analysis(sessions: async_sessionmaker[AsyncSession], document_id: int,
@@ -62,7 +84,7 @@ async def store_analysis(sessions: async_sessionmaker[AsyncSession], document_id
         doc.language = result.language
         doc.topics = list(result.topics)
         doc.summary = result.summary
-        doc.analysis = {"method": result.method, **result.details}
+        doc.analysis = {"status": "done", "method": result.method, **result.details}
         await session.execute(delete(DocumentTopic).where(
             DocumentTopic.document_id == document_id))
         for topic in dict.fromkeys(t[:100] for t in result.topics):

@@ -76,15 +76,21 @@ class ListDocuments:
                 rows += [{"id": d.public_id, "filename": d.filename, "folder": d.folder,
                           "doc_type": d.doc_type, "language": d.language,
                           "topics": list(d.topics or []), "summary": (d.summary or "")[:300],
+                          "analysis_status": d.analysis_status,
                           **({"collection": name} if context.also else {})} for d in docs]
         if not rows:
             return ToolResult("No document matches.", data={"documents": [], "total": 0})
-        lines = [f"- {r['filename']} (id {r['id']}, {r['doc_type'] or 'unanalysed'}, "
+        lines = [f"- {r['filename']} (id {r['id']}, {r['doc_type'] or _unanalysed(r)}, "
                  f"{r['language'] or '?'}"
                  + (f", in {r['collection']}" if "collection" in r else "")
                  + f"): {', '.join(r['topics'][:5])}" for r in rows]
         more = f"\n({total - len(rows)} more)" if total > len(rows) else ""
         return ToolResult("\n".join(lines) + more, data={"documents": rows, "total": total})
+
+
+def _unanalysed(row: Mapping[str, Any]) -> str:
+    status = row["analysis_status"]
+    return f"analysis {status}" if status in ("pending", "failed") else "unanalysed"
 
 
 class SummarizeDocument:

@@ -54,7 +54,7 @@ async def ingest_as_tasks(
 
     done = await services.tasks.wait(ids, timeout_s=float("inf"), poll_s=0.2,
                                      on_finished=on_finished)
-    # An LLM's analysis is a task of its own; this process may be the one that runs it.
+    # A document's analysis is a task of its own; this process may be the one that runs it.
     analyses = [t.result["analysis_task_id"] for t in done.values()
                 if t.result and t.result.get("analysis_task_id")]
     if analyses:

@@ -26,7 +26,7 @@ from ..cache.tiered import TieredCache
 from ..embed.base import Embedder
 from ..errors import InvalidInput, PayloadTooLarge
 from ..store import repo
-from ..store.models import Chunk, Document, new_public_id
+from ..store.models import Chunk, Document, DocumentTopic, new_public_id
 from ..store.vectors import ChunkColumnVectors, VectorStore
 from .chunker import ChunkDraft, Chunker
 from .parsers import ParsedDocument, Section, detect_type, sanitize_filename
@@ -239,10 +239,13 @@ class Ingestor:
             progress(100, f"embedded {sum(len(p.chunks) for p in prepared)} chunks")
         return Staged(prepared, vectors)
 
-    async def commit(self, collection: str, staged: Staged, tenant: str = "default") -> IngestReport:
-        """Writes staged documents, their chunks and embeddings in one transaction."""
+    async def commit(self, collection: str, staged: Staged, tenant: str = "default", *,
+                     analysis_pending: bool = False) -> IngestReport:
+        """Writes staged documents, their chunks and embeddings in one transaction. With
+        `analysis_pending` (the caller queues their analysis) they say so until it stores."""
         async with self._write_lock:
-            return await self._write(tenant, collection, staged.prepared, staged.vectors)
+            return await self._write(tenant, collection, staged.prepared, staged.vectors,
+                                     analysis_pending)
 
     async def embed_prepared(
         self, group: Sequence[Prepared],
@@ -259,7 +262,7 @@ class Ingestor:
 
     async def _write(
         self, tenant: str, collection: str, group: Sequence[Prepared],
-        vectors: Sequence[np.ndarray],
+        vectors: Sequence[np.ndarray], analysis_pending: bool,
     ) -> IngestReport:
         report = IngestReport()
         removed: list[int] = []
@@ -268,7 +271,8 @@ class Ingestor:
             coll = await repo.get_or_create_collection(session, tenant, collection)
             seen: dict[str, str] = {}
             for prep, matrix in zip(group, vectors, strict=True):
-                result, old_ids, new_ids = await self._write_one(session, coll.id, prep, matrix, seen)
+                result, old_ids, new_ids = await self._write_one(session, coll.id, prep, matrix,
+                                                                 seen, analysis_pending)
                 report.results.append(result)
                 removed.extend(old_ids)
                 if new_ids:
@@ -291,6 +295,7 @@ class Ingestor:
         prep: Prepared,
         matrix: np.ndarray,
         seen: dict[str, str],
+        analysis_pending: bool,
     ) -> tuple[IngestResult, list[int], list[int]]:
         folder = clean_folder(prep.upload.folder)
         tags = clean_tags(prep.upload.tags)
@@ -321,6 +326,13 @@ class Ingestor:
         doc.status = "ready"
         doc.error = None
         doc.chunk_count = len(prep.chunks)
+        if status == "replaced":
+            # The old content's analysis does not describe the new content.
+            doc.doc_type = doc.language = doc.summary = doc.analysis = None
+            doc.topics = []
+            await session.execute(delete(DocumentTopic).where(DocumentTopic.document_id == doc.id))
+        if analysis_pending:
+            doc.analysis = {"status": "pending"}
         await session.flush()
         await repo.set_tags(session, doc.id, doc.collection_id, tags)
         rows = [

@@ -126,8 +126,17 @@ class Document(Base):
     language: Mapped[str | None] = mapped_column(String(16), nullable=True)
     topics: Mapped[list[Any]] = mapped_column(JSON, default=list)
     summary: Mapped[str | None] = mapped_column(Text, nullable=True)
-    # How it was analysed: method (llm | offline), the model, time taken.
+    # How it was analysed: status, method (llm | offline), the model, time taken. The analysis
+    # runs as a task after the ingestion commits: {"status": "pending"} until it stores.
     analysis: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+    @property
+    def analysis_status(self) -> str | None:
+        """pending, done or failed; None when the document was never queued for analysis.
+        Analyses stored before the status existed are done."""
+        if not self.analysis:
+            return None
+        return str(self.analysis.get("status", "done"))
 
 
 class DocumentTopic(Base):

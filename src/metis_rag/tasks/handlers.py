@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ..agent.analysis_step import analyse_document
+from ..agent.analysis_step import analyse_document, analysis_pending
 from ..batching import MicroBatcher
 from ..config import TaskSettings
 from ..errors import InvalidInput, PermanentError
@@ -21,6 +21,7 @@ from ..ingest.pipeline import Upload
 from ..store import repo as store_repo
 from ..store.index import reconcile
 from ..tenancy.principal import DEFAULT_TENANT, Principal
+from . import ids as task_ids
 from . import repo
 from .runner import HandlerRegistry, TaskContext
 from .types import Priority, TaskSpec
@@ -62,30 +63,33 @@ async def ingest_document(ctx: TaskContext) -> dict[str, Any]:
     staged = await ingestor.stage([upload], progress=lambda pct, msg: ctx.progress(5 + pct * 0.85, msg),
                                   embed=ctx.services.ingest_embedder.embed)
     ctx.progress(92, "writing")
-    report = await past_commit_point(ingestor.commit(p["collection"], staged, _tenant(ctx)))
+    analyzer = getattr(ctx.services, "analyzer", None)
+    report = await past_commit_point(ingestor.commit(
+        p["collection"], staged, _tenant(ctx), analysis_pending=analyzer is not None))
     ctx.services.index_flusher.touch()
     r = report.results[0]
     out = {"collection": p["collection"], "filename": r.filename, "status": r.status,
            "document_id": r.document_id, "chunks": r.chunks}
-    analyzer = getattr(ctx.services, "analyzer", None)
-    if analyzer is not None and r.status in ("created", "replaced") and r.document_id:
-        if analyzer.uses_llm:
-            # An LLM takes seconds a document: the upload is searchable already, so its task
-            # ends here and the analysis waits for a free slot as a task of its own.
-            [queued] = await ctx.services.tasks.submit([TaskSpec(
-                "analyse_document", {"document_id": r.document_id, "tenant": _tenant(ctx)},
-                name=f"analyse {r.filename}"[:200], priority=Priority.low,
-                tenant=_tenant(ctx))])
-            out["analysis_task_id"] = queued.id
-        else:  # offline: a few ms, done before the task reports the document
-            ctx.progress(96, "analysing")
-            await analyse_document(ctx.services.sessions, analyzer, r.document_id)
+    if analyzer is not None and r.document_id and (
+            r.status in ("created", "replaced")
+            or await analysis_pending(ctx.services.sessions, r.document_id)):
+        # The document is searchable now. Its analysis (tens of ms of pure Python offline,
+        # seconds with an LLM) would hold the CPU the embedder needs for the next uploads:
+        # it waits for a free slot as a low-priority task of its own. A "duplicate" still
+        # pending is this task's own document after a crash between its commit and here.
+        [queued] = await ctx.services.tasks.submit([TaskSpec(
+            "analyse_document", {"document_id": r.document_id, "tenant": _tenant(ctx)},
+            name=f"analyse {r.filename}"[:200], priority=Priority.low,
+            tenant=_tenant(ctx))])
+        # The id the submitting tenant's client asks GET /api/tasks/{id} for (it was the
+        # stored `<tenant>:<id>`, which that route scopes again: not found for any tenant).
+        out["analysis_task_id"] = task_ids.public(queued.id)
     ctx.progress(100, r.status)
     return out
 
 
 async def analyse_document_task(ctx: TaskContext) -> dict[str, Any]:
-    """params: document_id. The analysis of an ingested document by the LLM (see above)."""
+    """params: document_id. The analysis of an ingested document (see above)."""
     analyzer = getattr(ctx.services, "analyzer", None)
     if analyzer is None:
         return {"document_id": ctx.params["document_id"], "method": None}

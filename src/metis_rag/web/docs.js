@@ -75,6 +75,9 @@ function summaryOf(d) {
 
 // From the document analysis, when the server has it: kind, language, topics.
 function analysisOf(d) {
+  // The analysis runs after the document is searchable: say so rather than show nothing.
+  if (d.analysis_status === "pending") return "analysis pending…";
+  if (d.analysis_status === "failed") return "analysis failed";
   const parts = [];
   if (d.doc_type) parts.push(d.doc_type);
   if (d.language && d.language !== "und") parts.push(d.language);
