@@ -9,11 +9,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
@@ -77,16 +78,16 @@ def _problem(error: dict[str, Any]) -> str:
     return str(error.get("msg", ""))
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(MetisError)
-    async def metis_error(_: Request, exc: MetisError) -> ErrorResponse:
+def error_response(exc: Exception) -> ErrorResponse | None:
+    """The response the app's handlers give for an error a route may raise (None: an
+    unexpected one, for the server-error handler). Shared with `ChatQueryShortcut`, which
+    answers outside FastAPI's routing."""
+    if isinstance(exc, MetisError):
         response = _error(exc.status, exc.code, exc.message, details=exc.details or None)
         if isinstance(exc, RateLimited) and exc.retry_after_s is not None:
             response.headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
         return response
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> ErrorResponse:
+    if isinstance(exc, RequestValidationError):
         errors = [
             {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"),
              "problem": _problem(e)}
@@ -98,6 +99,23 @@ def install_error_handlers(app: FastAPI) -> None:
             422, "invalid_input", f"Invalid request{where}: {first['problem']}.",
             details={"errors": errors},
         )
+    if isinstance(exc, PoolTimeout):
+        # Every pooled connection stayed busy for METIS_POSTGRES__POOL_TIMEOUT_S: shed load.
+        response = _error(503, "database_busy",
+                          "Every database connection is in use; try again in a moment.")
+        response.headers["Retry-After"] = "1"
+        return response
+    return None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def known_error(_: Request, exc: Exception) -> ErrorResponse:
+        response = error_response(exc)
+        assert response is not None  # registered for the types error_response knows
+        return response
+
+    for known in (MetisError, RequestValidationError, PoolTimeout):
+        app.add_exception_handler(known, known_error)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> ErrorResponse:
@@ -106,14 +124,6 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404 and message == "Not Found":
             message = "No such endpoint."
         return _error(exc.status_code, code, message)
-
-    @app.exception_handler(PoolTimeout)
-    async def database_busy(_: Request, exc: PoolTimeout) -> ErrorResponse:
-        # Every pooled connection stayed busy for METIS_POSTGRES__POOL_TIMEOUT_S: shed load.
-        response = _error(503, "database_busy",
-                          "Every database connection is in use; try again in a moment.")
-        response.headers["Retry-After"] = "1"
-        return response
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> ErrorResponse:
@@ -183,6 +193,10 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         responses=ERROR_RESPONSES,
     )
     install_error_handlers(app)
+    _include_routers(app)
+    # Added first, so innermost: inside every middleware below, in front of FastAPI's routing.
+    app.add_middleware(chat.ChatQueryShortcut, route=_route(chat.router, chat.QUERY_PATH),
+                       render_error=error_response)
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
     compression = settings.compression
     if compression.enabled:
@@ -202,15 +216,14 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
                        protect_ops=settings.auth.protect_ops,
                        scrape_token=settings.auth.scrape_token,
                        trusted_proxies=settings.auth.trusted_proxies)
-    app.include_router(documents.router)
-    app.include_router(chat.router)
-    app.include_router(queries.router)
-    app.include_router(conversations.router)
-    app.include_router(collections.router)
-    app.include_router(health.router)
-    app.include_router(cache.router)
-    app.include_router(monitoring.router)
-    app.include_router(tasks.router)
-    app.include_router(admin.router)
-    app.include_router(pages.router)
     return app
+
+
+def _include_routers(app: FastAPI) -> None:
+    for module in (documents, chat, queries, conversations, collections, health, cache,
+                   monitoring, tasks, admin, pages):
+        app.include_router(module.router)
+
+
+def _route(router: APIRouter, path: str) -> BaseRoute:
+    return next(r for r in router.routes if getattr(r, "path", None) == path)

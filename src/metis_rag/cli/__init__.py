@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -60,8 +61,11 @@ def serve(
     settings = settings.model_copy(update=update)
     # log_config=None: uvicorn's loggers go through Metis's structured logging (create_app sets
     # it up); access_log=False: Metis writes its own access line, with the request id.
+    http: Any = "auto"
+    with contextlib.suppress(ImportError):  # without httptools, uvicorn's own h11 protocol
+        from ..httpserver import CoalescingHttpToolsProtocol as http
     uvicorn.run(create_app(settings, freeze_gc=True), host=settings.host, port=settings.port,
-                log_level=settings.log_level, loop="auto", http="auto",
+                log_level=settings.log_level, loop="auto", http=http,
                 log_config=None, access_log=False)
 
 
