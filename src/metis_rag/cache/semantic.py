@@ -19,6 +19,7 @@ import logging
 import struct
 import threading
 from collections import Counter, OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -230,15 +231,9 @@ class SemanticIndex:
         if items is None:
             self._log_failed("search")
             return []
-        found = []
-        for item in items:
-            try:
-                k, q, v = decode_record(item)
-            except (struct.error, UnicodeDecodeError, ValueError):
-                logger.warning("skipping an unreadable semantic-cache record in %s", key)
-                continue
-            # The similarity the mirror would compute (float32), not the database's float8.
-            found.append(Candidate(k, q, self._analyse(q), float(v @ vector)))
+        # The similarity the mirror would compute (float32), not the database's float8.
+        found = [Candidate(k, q, self._analyse(q), float(v @ vector))
+                 for k, q, v in _readable(items, key)]
         return sorted(found, key=lambda c: -c.similarity)
 
     def reject(self, reason: str, was_hit: bool = False) -> None:
@@ -300,12 +295,7 @@ class SemanticIndex:
         if not items and length == start:
             return
         with self._lock:
-            for item in items:
-                try:
-                    k, q, v = decode_record(item)
-                except (struct.error, UnicodeDecodeError, ValueError):
-                    logger.warning("skipping an unreadable semantic-cache record in %s", key)
-                    continue
+            for k, q, v in _readable(items, key):
                 self._add(partition, v, k, q)
             part = self._parts.get(partition)
             if part is not None and length >= part.synced:
@@ -373,3 +363,12 @@ class SemanticIndex:
                 "search": "backend" if self.searched else "mirror",
                 "off_reason": self.equivalence.off_reason, "skipped": self.skipped,
                 "log_errors": self.log_errors}
+
+
+def _readable(items: list[bytes], key: str) -> Iterator[tuple[str, str, np.ndarray]]:
+    """The records of a shared list that decode (key, question, vector); others are skipped."""
+    for item in items:
+        try:
+            yield decode_record(item)
+        except (struct.error, UnicodeDecodeError, ValueError):
+            logger.warning("skipping an unreadable semantic-cache record in %s", key)

@@ -18,7 +18,7 @@ from sqlalchemy import text
 
 from ..batching import MicroBatcher
 from ..config import Settings
-from . import leases, repo
+from . import claims, leases, repo
 from .celery import TASK_NAME, CeleryBackend, make_celery
 from .pool import LoopPool
 from .resources import ResourceMonitor, psutil_sampler
@@ -181,7 +181,7 @@ class WorkerRuntime:
             rows: dict[str, Any] = {}
             for takeover in (False, True):
                 ids = list({i for i, r in items if r is takeover})
-                rows.update((r.id, r) for r in await repo.claim(conn, ids, self.worker_id, now,
+                rows.update((r.id, r) for r in await claims.claim(conn, ids, self.worker_id, now,
                                                                 takeover=takeover))
             missing = [i for i, _ in items if i not in rows]
             states = await repo.queue_states(conn, missing) if missing else []
@@ -264,7 +264,7 @@ class WorkerRuntime:
             if values["status"] != "scheduled":
                 settle.append((row.id, outcome.status))
         async with self._outcome_conn as conn:
-            parents = await repo.finish_owned(conn, self.worker_id, rows)
+            parents = await claims.finish_owned(conn, self.worker_id, rows)
             used = [row.id for row, outcome in batch
                     if outcome.used_blob and outcome.status == "completed"]
             if used:
