@@ -76,8 +76,8 @@ def test_cache_stats_tables_fit_80_columns_with_large_counts() -> None:
     big = {"hits": 12_345_678, "misses": 9_876_543, "hit_ratio": 0.5555, "entries": 1_234_567,
            "bytes": 9_876_543_210, "errors": 12_345, "mean_hit_ms": 1234.56,
            "mean_miss_ms": 98765.43, "saved_ms": 123_456_789.0}
-    stats = {"levels": {name: big for name in ("exact", "semantic", "retrieval", "llm",
-                                               "embedding", "document", "tool")},
+    stats = {"levels": dict.fromkeys(("exact", "semantic", "retrieval", "llm", "embedding",
+                                      "document", "tool"), big),
              "tiers": [{"backend": backend, "entries": 1_234_567, "bytes": 9_876_543_210,
                         "evictions": 1_234_567, "errors": 12_345, "healthy": True}
                        for backend in ("MemoryBackend", "RedisBackend", "PostgresBackend")]}

@@ -27,8 +27,8 @@ TEXTS = [
 # One or two words: dynamic int8 quantization of the MatMuls costs these the most, and more
 # when they share a call (activations are quantized per call): "ok" measured 0.971 alone and
 # 0.952 beside other short texts (0.935 on an AVX2-only CPU when it shared a call with
-# 256-token texts: the embedder now batches similar lengths together). A guard against regressions, not the 0.98 target, which is
-# about chunks and sentences (README, Benchmarks).
+# 256-token texts: the embedder now batches similar lengths together). A guard against
+# regressions, not the 0.98 target, which is about chunks and sentences (README, Benchmarks).
 SHORT = ["ok", "yes", "pricing", "api keys", "hello world", "docker"]
 
 

@@ -132,8 +132,9 @@ QUERY_MAX_TEXTS = 4  # calls this small go to the query session
 
 class OnnxEmbedder:
     """`Embedder` on ONNX Runtime. Texts are sorted by length and cut into small batches of
-    similar lengths (`_batches`), so padding wastes little; the model runs in a worker thread (ONNX Runtime releases the GIL)
-    and one batch at a time, since each already uses every core."""
+    similar lengths (`_batches`), so padding wastes little; the model runs in a worker thread
+    (ONNX Runtime releases the GIL) and one batch at a time, since each already uses every
+    core."""
 
     def __init__(self, settings: EmbedSettings, models_dir: Path) -> None:
         self.model_id = f"local:{packaged.MODEL_NAME}:{VARIANT}"
