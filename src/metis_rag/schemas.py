@@ -168,8 +168,8 @@ class Citation(BaseModel):
                          "in hybrid mode, the cosine similarity in dense-only mode.")
     similarity: float = Field(description="Cosine similarity of the chunk to the question.")
     snippet: str
-    collection: str | None = Field(None, description="Agent mode: the collection the passage "
-                                   "was found in (several may be searched).")
+    collection: str | None = Field(None, description="The collection the passage was found "
+                                   "in, when the question searched several (`collections`).")
 
 
 class Timings(BaseModel):

@@ -173,6 +173,9 @@ async def test_one_question_over_several_collections_fuses_their_results(
         assert body["citations"][0]["filename"] == filename and fact in body["answer"]
         assert {c["filename"] for c in body["citations"]} & {n for n, _ in makers[:3]}
         assert {c["filename"] for c in body["citations"]} & {n for n, _ in makers[3:]}
+        where = {name: coll for coll, part in (("people", makers[:3]), ("places", makers[3:]))
+                 for name, _ in part}
+        assert all(c["collection"] == where[c["filename"]] for c in body["citations"])
     again = await client.post("/api/chat/query",
                               json={"message": FACTS[0][1], "collections": both})
     assert again.json()["cache"]["level"] == "exact"

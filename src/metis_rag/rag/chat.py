@@ -111,6 +111,7 @@ class ChatService:
             started=started,
             new_conversation=not query.conversation_id,
             others=others,
+            names=list(names),
         )
 
     async def _collection(self, tenant: str, name: str, query: ChatQuery) -> CollectionRef:
@@ -372,7 +373,7 @@ class ChatService:
                         yield "token", piece
                 text = "".join(parts)
             turn.timings.generate = elapsed_ms(t)
-            answer = await self._finish(turn, text, mode, done, citations_of(turn.sources),
+            answer = await self._finish(turn, text, mode, done, citations_of(turn.sources, turn.collection_names),
                                         self._cache_level(turn, done))
             await self._remember(turn, answer)
         yield "citations", [c.model_dump() for c in answer.citations]

@@ -19,7 +19,9 @@ def elapsed_ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 3)
 
 
-def citations_of(sources: list[Retrieved]) -> list[Citation]:
+def citations_of(sources: list[Retrieved],
+                 names: dict[int, str] | None = None) -> list[Citation]:
+    """`names`: collection id -> name, when several were searched (each citation names its)."""
     return [
         Citation(
             index=i,
@@ -33,6 +35,7 @@ def citations_of(sources: list[Retrieved]) -> list[Citation]:
             score=round(r.score, 4),
             similarity=round(r.similarity, 4),
             snippet=r.chunk.text[:300],
+            collection=names.get(r.chunk.collection_id) if names else None,
         )
         for i, r in enumerate(sources, start=1)
     ]
@@ -53,12 +56,21 @@ class Turn:
     shape: str
     started: float
     others: list[CollectionRef] = field(default_factory=list)  # more collections searched
+    names: list[str] = field(default_factory=list)  # of the collection, then of the others
     timings: Timings = field(default_factory=Timings)
     vector: np.ndarray | None = None
     sources: list[Retrieved] = field(default_factory=list)
     retrieval_saved_ms: float | None = None
     retrieved: bool = False
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def collection_names(self) -> dict[int, str] | None:
+        """Collection id -> name when several are searched, else None (nothing to tell apart)."""
+        if not self.others:
+            return None
+        ids = [self.collection_id, *(o.id for o in self.others)]
+        return dict(zip(ids, self.names, strict=True))
 
     @property
     def use_cache(self) -> bool:
