@@ -373,7 +373,8 @@ class ChatService:
                         yield "token", piece
                 text = "".join(parts)
             turn.timings.generate = elapsed_ms(t)
-            answer = await self._finish(turn, text, mode, done, citations_of(turn.sources, turn.collection_names),
+            cited = citations_of(turn.sources, turn.collection_names)
+            answer = await self._finish(turn, text, mode, done, cited,
                                         self._cache_level(turn, done))
             await self._remember(turn, answer)
         yield "citations", [c.model_dump() for c in answer.citations]
