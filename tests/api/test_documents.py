@@ -83,8 +83,10 @@ async def test_put_answers_202_and_its_task_swaps_the_chunks(client: httpx.Async
     old = await chunk_texts(client, doc_id)
     new = b"# Operations\n\nThe on-call rotation changes every Tuesday at noon.\n"
     task = await replace(client, doc_id, "renamed-by-client.md", new)
+    analysis = task["result"].pop("analysis_task_id")  # the new content's analysis, queued
     assert task["result"] == {"collection": "default", "filename": "ops.md", "status": "replaced",
                               "document_id": doc_id, "chunks": 1}
+    assert (await client.get(f"/api/tasks/{analysis}")).json()["type"] == "analyse_document"
     now = await chunk_texts(client, doc_id)
     assert len(now) == 1 and "Tuesday at noon" in now[0][1]
     assert not {i for i, _ in old} & {i for i, _ in now}, "an old chunk survived the replace"
@@ -119,7 +121,8 @@ async def test_put_refuses_a_bad_file_before_queueing(client: httpx.AsyncClient)
     doc_id = (await ingest(client, {"ops.md": md_bytes()}))["results"][0]["document_id"]
     r = await client.put(f"/api/documents/{doc_id}", files={"files": ("ops.md", b"%PDF-1.4 junk")})
     assert r.status_code in (415, 422), r.text
-    assert (await client.get("/api/tasks")).json()["total"] == 1  # only the first upload's
+    ingestions = (await client.get("/api/tasks", params={"type": "ingest_document"})).json()
+    assert ingestions["total"] == 1  # only the first upload's
     r = await client.put("/api/documents/nope", files={"files": ("ops.md", b"text")})
     assert r.status_code == 404 and r.json()["code"] == "document_not_found"
 
