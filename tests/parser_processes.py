@@ -3,7 +3,12 @@ has started on the work sent to it (instead of sleeping a guessed time)."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
 import psutil
+import pytest
 
 from tests.waiting import eventually
 
@@ -37,3 +42,17 @@ async def until_working(pids: set[int], cpu_s: float = 0.05, within_s: float = 6
     start = {pid: _cpu_s(pid) for pid in pids}
     await eventually(lambda: any(_cpu_s(pid) - start[pid] >= cpu_s for pid in pids),
                      within_s=within_s, what="no parser process started on its work")
+
+
+async def cancelled_mid_work(work: Coroutine[Any, Any, Any]) -> None:
+    """Runs `work` (a parse or a chunking) on the idle parser processes, cancels it once one of
+    them is working on it, and returns when that process is gone (killed, not left running)."""
+    before = parser_processes()
+    assert before, "no idle parser process to give the work to"
+    task = asyncio.create_task(work)
+    await until_working(before)  # cancelled mid-work, not before it reached the process
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await eventually(lambda: not (before & parser_processes()),
+                     what="the cancelled work's process is still alive")

@@ -4,7 +4,6 @@ and the server's own chunker left unused."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator, Sequence
 
@@ -20,7 +19,7 @@ from metis_rag.ingest.pipeline import Ingestor, Upload
 from metis_rag.ingest.sandbox import ChunkingConfig, ParseSandbox
 from tests.files import MAKERS
 from tests.hostile import markdown_emphasis_storm
-from tests.parser_processes import parser_processes, until_working
+from tests.parser_processes import cancelled_mid_work
 from tests.waiting import eventually
 
 CHUNKING = ChunkingConfig(tokenizer_file(), max_tokens=64, overlap_tokens=8, max_chunks=5000)
@@ -76,15 +75,7 @@ async def test_cancelling_a_chunking_kills_its_process(sandbox: ParseSandbox) ->
     parsed = ParsedDocument(title="", mime="text/plain",
                             sections=[Section("A sentence here. " * 300_000, None, None)])
     await sandbox.chunk(ParsedDocument("", "text/plain", [Section("warm up.", None, None)]), "w.txt")
-    before = parser_processes()
-    assert before
-    chunking = asyncio.create_task(sandbox.chunk(parsed, "big.txt"))
-    await until_working(before)  # cancelled mid-chunking, not before it reached the process
-    chunking.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await chunking
-    await eventually(lambda: not (before & parser_processes()),
-                     what="the cancelled chunking's process is still alive")
+    await cancelled_mid_work(sandbox.chunk(parsed, "big.txt"))
     assert sandbox.stats["abandoned"] == 1, sandbox.stats
     # Its replacement starts at once, in the background: the next file finds it ready.
     await eventually(lambda: bool(sandbox._idle), within_s=30, what="no replacement started")
