@@ -40,8 +40,8 @@ async def ingest(
     assert r.status_code == expect, r.text
     body = r.json()
     tasks = await wait_tasks(client, body["task_ids"])
-    # Analysis is a low-priority task of its own queued by the ingestion; it bumps the
-    # collection's version when it stores, so "ingested" means after it too.
+    # Analysis is a low-priority task of its own queued by the ingestion; tests read what it
+    # stores (type, topics, filters), so "ingested" means after it too.
     analyses = [t["result"]["analysis_task_id"] for t in tasks.values()
                 if t.get("result") and t["result"].get("analysis_task_id")]
     if analyses:

@@ -12,6 +12,7 @@ from metis_rag.agent.registry import ToolRegistry
 from metis_rag.agent.tools import ToolCitation, ToolContext, ToolResult, ToolSpec
 from metis_rag.cache.memory import MemoryBackend
 from metis_rag.cache.tiered import TieredCache
+from metis_rag.store.lookup import CollectionRef
 
 SERVICES = """ftp\t\t21/tcp
 ssh\t\t22/tcp\t\t\t\t# SSH Remote Login Protocol
@@ -72,8 +73,8 @@ class PassageSearch:
 
 
 def passage_registry(search: PassageSearch | None = None, **kwargs: Any) -> ToolRegistry:
-    async def version(ctx: ToolContext) -> int:
-        return 1
+    async def version(ctx: ToolContext) -> CollectionRef:
+        return CollectionRef(1, 1, 0)
 
     return ToolRegistry([search or PassageSearch(), Calculator()],
                         cache=TieredCache([MemoryBackend()], prefix="tool:"), versions=version,

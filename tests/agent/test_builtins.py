@@ -93,6 +93,43 @@ async def test_the_tool_cache_serves_repeats_until_an_upload(wired: Any) -> None
     assert after.cache_level is None
 
 
+async def test_a_stored_analysis_refreshes_what_reads_it_and_keeps_the_rest_cached(
+        make_settings: Callable[..., Settings]) -> None:
+    async with open_services(make_settings()) as services:
+        report = await services.ingestor.ingest([Upload("refunds.txt", REFUNDS)], "handbook",
+                                                "acme")
+        doc_id = report.results[0].document_id
+        assert doc_id is not None and services.analyzer is not None
+        registry = build_registry(services)
+        try:
+            async def levels() -> list[str | None]:
+                found = [await run(registry, ACME, "list_documents"),
+                         await run(registry, ACME, "rag_search", query="refund card"),
+                         await run(registry, ACME, "rag_search", query="refund card",
+                                   doc_type="policy")]
+                assert all(r.error is None for r in found), found
+                return [r.cache_level for r in found]
+
+            assert await levels() == [None, None, None]
+            listed = await run(registry, ACME, "list_documents")
+            assert listed.cache_level == "tool"
+            assert listed.data["documents"][0]["doc_type"] is None  # not analysed yet
+            assert await levels() == ["tool", "tool", "tool"]
+
+            await analyse_document(services.sessions, services.analyzer, doc_id)
+            # The listing and the narrowed search read the analysis: they run again; the plain
+            # search does not, and stays a hit.
+            assert await levels() == [None, "tool", None]
+            listed = await run(registry, ACME, "list_documents")
+            assert listed.data["documents"][0]["doc_type"] == "policy"
+            assert listed.data["documents"][0]["topics"]
+
+            await services.ingestor.ingest([Upload("shipping.txt", SHIPPING)], "handbook", "acme")
+            assert await levels() == [None, None, None]  # an upload still invalidates all
+        finally:
+            await registry.close()
+
+
 async def test_list_documents_filters_on_the_analysis(wired: Any) -> None:
     _, registry, ids = wired
     listed = await run(registry, ACME, "list_documents")

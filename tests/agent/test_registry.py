@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from metis_rag.cache.memory import MemoryBackend
 from metis_rag.cache.tiered import TieredCache
 from metis_rag.errors import InvalidInput, ToolNotFound
 from metis_rag.observability.metrics import Metrics
+from metis_rag.store.lookup import CollectionRef
 from tests.fakeclock import FakeClock
 
 CTX = ToolContext(tenant="acme", collection="docs", namespace="default")
@@ -22,7 +24,8 @@ CTX = ToolContext(tenant="acme", collection="docs", namespace="default")
 class Echo:
     """Counts its runs; its result depends on the collection's documents."""
 
-    def __init__(self, *, ttl: float | None = 60.0, reads_documents: bool = True) -> None:
+    def __init__(self, *, ttl: float | None = 60.0, reads_documents: bool = True,
+                 reads_analysis: bool | frozenset[str] = False) -> None:
         self.runs = 0
         self.spec = ToolSpec(
             name="echo", description="Echo the text.",
@@ -30,7 +33,7 @@ class Echo:
                         "properties": {"text": {"type": "string", "maxLength": 20},
                                        "n": {"type": "integer", "minimum": 1, "maximum": 3}},
                         "required": ["text"], "additionalProperties": False},
-            cache_ttl_s=ttl, reads_documents=reads_documents)
+            cache_ttl_s=ttl, reads_documents=reads_documents, reads_analysis=reads_analysis)
 
     async def run(self, arguments: Mapping[str, Any], context: ToolContext) -> ToolResult:
         self.runs += 1
@@ -53,13 +56,18 @@ class Failing:
         return ToolResult("ok")
 
 
-def registry(*tools: Any, versions: dict[tuple[str, str], int] | None = None,
+def registry(*tools: Any, versions: dict[tuple[str, str], int | tuple[int, int]] | None = None,
              metrics: Metrics | None = None, timeout_s: float = 5.0) -> ToolRegistry:
+    """`versions`: (tenant, collection) -> its version, or (version, analysis version)."""
     cache = TieredCache([MemoryBackend()], prefix="tool:")
     table = versions if versions is not None else {}
 
-    async def version(ctx: ToolContext) -> int:
-        return table.get((ctx.tenant, ctx.collection), -1)
+    async def version(ctx: ToolContext) -> CollectionRef | None:
+        found = table.get((ctx.tenant, ctx.collection))
+        if found is None:
+            return None
+        content, analysis = found if isinstance(found, tuple) else (found, 0)
+        return CollectionRef(1, content, analysis)
 
     return ToolRegistry(list(tools), cache=cache, versions=version, metrics=metrics,
                         timeout_s=timeout_s)
@@ -102,6 +110,30 @@ async def test_repeated_calls_are_served_from_the_tool_cache_until_the_version_c
     third = await reg.call(ToolCall("echo", {"text": "hi"}), CTX)
     assert third.cache_level is None and echo.runs == 2
     assert reg.stats["echo"].calls == 3 and reg.stats["echo"].cache_hits == 1
+
+
+async def test_a_new_analysis_misses_only_the_results_that_read_it() -> None:
+    plain, listing = Echo(), Echo(reads_analysis=True)
+    listing.spec = replace(listing.spec, name="listing")
+    narrowing = Echo(reads_analysis=frozenset({"n"}))  # as rag_search's `topic`, when given
+    narrowing.spec = replace(narrowing.spec, name="narrowing")
+    versions: dict[tuple[str, str], int | tuple[int, int]] = {("acme", "docs"): (4, 0)}
+    reg = registry(plain, listing, narrowing, versions=versions)
+    calls = [ToolCall("echo", {"text": "hi"}), ToolCall("listing", {"text": "hi"}),
+             ToolCall("narrowing", {"text": "hi"}), ToolCall("narrowing", {"text": "hi", "n": 1})]
+
+    async def levels() -> list[str | None]:
+        return [(await reg.call(call, CTX)).cache_level for call in calls]
+
+    assert await levels() == [None, None, None, None]
+    assert await levels() == ["tool"] * 4
+    versions[("acme", "docs")] = (4, 1)  # a document's analysis was stored
+    # What reads the analysis (always, or through the argument given) runs again; the rest hit.
+    assert await levels() == ["tool", None, "tool", None]
+    assert (plain.runs, listing.runs, narrowing.runs) == (1, 2, 3)
+    assert await levels() == ["tool"] * 4
+    versions[("acme", "docs")] = (5, 1)  # an upload: everything runs again
+    assert await levels() == [None, None, None, None]
 
 
 async def test_the_cache_key_includes_tenant_collection_and_arguments() -> None:

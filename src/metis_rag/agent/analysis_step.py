@@ -4,8 +4,9 @@ It runs as the low-priority task `analyse_document`, queued by `ingest_document`
 document's chunks are committed: a document is searchable before it is analysed, and its
 `analysis` says {"status": "pending"} meanwhile. A failing analysis never undoes an
 ingestion: it is logged and the document says {"status": "failed"}.
-Storing bumps the collection's version, since `list_documents` results (and the tool cache)
-show the analysis.
+Storing (a result or a failure) bumps the collection's analysis version, not its version:
+what reads the analysis (filters by type/language/topic, `list_documents`) keys on both, plain
+answers only on the version, so they stay cached while the analyses of an upload arrive.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ async def _store_failure(sessions: async_sessionmaker[AsyncSession], public_id: 
             select(Document).where(Document.public_id == public_id))).scalar()
         if doc is not None:
             doc.analysis = {"status": "failed", "error": error}
+            await repo.bump_analysis_version(session, doc.collection_id)  # listings show it
 
 
 async def store_analysis(sessions: async_sessionmaker[AsyncSession], document_id: int,
@@ -89,4 +91,4 @@ async def store_analysis(sessions: async_sessionmaker[AsyncSession], document_id
             DocumentTopic.document_id == document_id))
         for topic in dict.fromkeys(t[:100] for t in result.topics):
             session.add(DocumentTopic(topic=topic, document_id=document_id))
-        await repo.bump_version(session, doc.collection_id)
+        await repo.bump_analysis_version(session, doc.collection_id)

@@ -44,6 +44,7 @@ class ListDocuments:
         },
         cache_ttl_s=600.0,
         reads_documents=True,
+        reads_analysis=True,  # it shows each document's type, language, topics and summary
     )
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession],

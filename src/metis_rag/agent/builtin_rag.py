@@ -38,6 +38,7 @@ class RagSearch:
         },
         cache_ttl_s=3600.0,
         reads_documents=True,
+        reads_analysis=frozenset({"topic", "doc_type"}),  # they pick documents by analysis
     )
 
     def __init__(self, lookup: CollectionLookup, embedder: Embedder, retriever: Retriever,

@@ -5,8 +5,10 @@ timeouts and errors inside a tool come back as ``ToolResult(error=<code>)`` with
 the LLM can read. Results of tools that declare `cache_ttl_s` are kept in the `tool` cache
 level under ``<tenant>/<namespace>:<tool>:<collection>:<version>:<digest of the arguments>``;
 the version is the collection's (`reads_documents`), so an upload or a deletion makes the old
-results unreachable. Over several collections (`ToolContext.also`) the collection part is a
-digest of their names and the version lists each one's (``3+1``).
+results unreachable, with its analysis version when the result reads the documents' analysis
+(`reads_analysis`: ``3.2``), so a newly stored analysis does too. Over several collections
+(`ToolContext.also`) the collection part is a digest of their names and the version lists
+each one's (``3+1``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ..cache.levels import digest
 from ..cache.tiered import TieredCache
 from ..errors import MetisError, ToolNotFound
+from ..store.lookup import CollectionRef
 from . import schema
 from .tools import Tool, ToolCall, ToolCitation, ToolContext, ToolResult, ToolSpec
 
@@ -30,8 +33,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("metis.agent.tools")
 
-VersionLookup = Callable[[ToolContext], Awaitable[int]]
-"""The version of the context's collection (-1 when it does not exist)."""
+VersionLookup = Callable[[ToolContext], Awaitable[CollectionRef | None]]
+"""The context's collection with its versions (None when it does not exist)."""
 
 
 @dataclass
@@ -155,9 +158,10 @@ class ToolRegistry:
             if self._versions is None:
                 return None  # no way to know when the documents change: never cache
             # Every collection searched, each at its version (one: the plain version).
+            reads = spec.reads_analysis_with(arguments)
             found = [await self._versions(replace(context, collection=c, also=()))
                      for c in context.collections]
-            version = found[0] if len(found) == 1 else "+".join(map(str, found))
+            version = "+".join(ref.key(reads) if ref else "-1" for ref in found)
         names = context.collection if not context.also else digest(context.collections)
         # A tenant's namespaces already start with "<tenant>/" (Principal.namespace).
         scope = (context.namespace if context.namespace.startswith(f"{context.tenant}/")
@@ -185,9 +189,8 @@ def build_registry(services: Services) -> ToolRegistry:
 
     settings = services.settings
 
-    async def versions(context: ToolContext) -> int:
-        found = await services.lookup.find(context.tenant, context.collection)
-        return found.version if found is not None else -1
+    async def versions(context: ToolContext) -> CollectionRef | None:
+        return await services.lookup.find(context.tenant, context.collection)
 
     tools: list[Tool] = [
         RagSearch(services.lookup, services.embedder, services.retriever,

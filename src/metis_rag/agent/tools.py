@@ -26,6 +26,15 @@ class ToolSpec:
     # True when the result depends on a collection's documents: its cache key then includes
     # the collection version, so an upload or deletion invalidates it.
     reads_documents: bool = False
+    # When it also depends on the documents' analysis (type, language, topics, summary): True,
+    # or the arguments that make it so when given (rag_search's `topic`). Its cache key then
+    # includes the analysis version too, so a newly stored analysis invalidates it.
+    reads_analysis: bool | frozenset[str] = False
+
+    def reads_analysis_with(self, arguments: Mapping[str, Any]) -> bool:
+        if isinstance(self.reads_analysis, bool):
+            return self.reads_analysis
+        return any(arguments.get(name) for name in self.reads_analysis)
 
     def as_openai(self) -> dict[str, Any]:
         """The declaration both the OpenAI and the Ollama chat APIs accept in `tools`."""

@@ -2,7 +2,9 @@
 
 Keys are ``<level>:<namespace>:<collection id>:<collection version>:...`` for the levels that
 depend on a collection's content (exact, retrieval), so bumping a collection's version makes
-all of its entries unreachable at once and they age out by TTL. Embedding, LLM and document
+all of its entries unreachable at once and they age out by TTL. Entries that read the
+documents' analysis have ``<version>.<analysis version>`` there instead (`CollectionRef.key`):
+a stored analysis makes only them unreachable. Embedding, LLM and document
 entries are content-addressed (model + text hash, model + full prompt, file hash) and need no
 invalidation. The semantic level (`semantic.py`) indexes earlier questions per (namespace,
 collection, version, answer shape), pointing at exact-level entries.
@@ -76,7 +78,8 @@ class Caches:
     document: TieredCache
     semantic: SemanticIndex
     # Agent tool results (agent.registry): keyed ``<tenant>:<collection>:<version>:...`` when
-    # the tool reads documents, so a collection's new version makes them unreachable.
+    # the tool reads documents, so a collection's new version makes them unreachable (and a
+    # new analysis version those that read the analysis).
     tool: TieredCache
     savings: Savings = field(default_factory=Savings)
 

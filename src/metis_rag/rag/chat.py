@@ -3,7 +3,9 @@
 Order of work for one question (each step skipped when an earlier one answers):
 exact cache → semantic cache → retrieval (retrieval cache inside) → generation (LLM cache
 inside the cached LLM). Answers are cached under the collection's version, so any change to
-the collection makes every earlier answer unreachable.
+the collection makes every earlier answer unreachable; answers filtered by the documents'
+analysis (type, language, topic) also under its analysis version, which storing an analysis
+bumps without touching the others.
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ class ChatService:
             namespace=who.namespace(query.namespace or namespace or self._cache_settings.namespace),
             collection_id=coll.id,
             version=coll.version,
+            analysis_version=coll.analysis_version,
             conversation_id=conversation_id or self._conversations.new_id(),
             history=history,
             shape=self._shape(query, history),
@@ -188,8 +191,7 @@ class ChatService:
         q = turn.query
         cached = turn.use_cache and self._caches is not None
         # Each collection is searched (and cached) on its own, concurrently, then fused.
-        scopes = [(turn.collection_id, f"{turn.namespace}:{turn.collection_id}:{turn.version}")]
-        scopes += [(o.id, f"{turn.namespace}:{o.id}:{o.version}") for o in turn.others]
+        scopes = turn.scopes()
         turn.sources, turn.retrieval_saved_ms = await self._retriever.retrieve_many(
             [(cid, scope if cached else None) for cid, scope in scopes], turn.retrieval_text,
             vector, top_k=q.top_k or self._retrieval_settings.top_k, tags=q.tags,

@@ -85,9 +85,10 @@ class Retriever:
         """The top chunks, and the search time a retrieval-cache hit saved (None on a miss).
 
         `group_by="document"` returns the chunks of the top `top_k` distinct documents instead
-        (see `group_by_document`). `cache_scope` (``namespace:collection:version``) enables the
-        cache; the key adds the query and every setting that changes the result. Cached entries
-        hold ids and scores only: the chunks are always read back from the database. A
+        (see `group_by_document`). `cache_scope` (``namespace:collection:version``, the version
+        with the analysis version when `analysis` filters) enables the cache; the key adds the
+        query and every setting that changes the result. Cached entries hold ids and scores
+        only: the chunks are always read back from the database. A
         full-text leg over its budget is left out, with a message in `warnings`, and that
         result is not cached.
         """

@@ -50,6 +50,7 @@ class Turn:
     namespace: str
     collection_id: int
     version: int
+    analysis_version: int
     conversation_id: str
     new_conversation: bool
     history: list[ChatMessage]
@@ -83,9 +84,27 @@ class Turn:
         return f"{last_user}\n{self.query.message}" if last_user else self.query.message
 
     @property
+    def reads_analysis(self) -> bool:
+        """Whether the answer depends on the documents' analysis (a type/language/topic filter
+        picks the documents searched): its keys then carry the analysis versions too."""
+        q = self.query
+        return q.doc_type is not None or q.language is not None or q.topic is not None
+
+    @property
+    def ref(self) -> CollectionRef:
+        return CollectionRef(self.collection_id, self.version, self.analysis_version)
+
+    def scopes(self) -> list[tuple[int, str]]:
+        """Each collection searched with its ``namespace:id:version`` (retrieval cache keys)."""
+        reads = self.reads_analysis
+        return [(r.id, f"{self.namespace}:{r.id}:{r.key(reads)}")
+                for r in (self.ref, *self.others)]
+
+    @property
     def scope(self) -> str:
-        return f"{self.namespace}:{self.collection_id}:{self.version}" + "".join(
-            f"+{o.id}:{o.version}" for o in self.others
+        reads = self.reads_analysis
+        return f"{self.namespace}:{self.collection_id}:{self.ref.key(reads)}" + "".join(
+            f"+{o.id}:{o.key(reads)}" for o in self.others
         )
 
     @property
@@ -94,5 +113,6 @@ class Turn:
 
     @property
     def partition(self) -> tuple[str, ...]:
-        return (self.namespace, str(self.collection_id), str(self.version), self.shape,
-                *(f"{o.id}:{o.version}" for o in self.others))
+        reads = self.reads_analysis
+        return (self.namespace, str(self.collection_id), self.ref.key(reads), self.shape,
+                *(f"{o.id}:{o.key(reads)}" for o in self.others))

@@ -1,6 +1,7 @@
-"""`CollectionLookup`: a collection's id and version by name, read on every question.
+"""`CollectionLookup`: a collection's id and versions by name, read on every question.
 
-Every answer is keyed on its collection's version, so the version must be current on every
+Every answer is keyed on its collection's version (and, when it reads the documents'
+analysis, on its analysis version too), so the versions must be current on every
 request, yet an exact cache hit should cost well under a millisecond. On SQLite the lookup
 runs on its own read-only connection, inline: in WAL mode a reader never waits for a writer
 and the query takes microseconds, less than a hop to a worker thread. Other databases use the
@@ -23,12 +24,18 @@ from ..errors import NotFound
 from . import repo
 from .models import Collection
 
-_QUERY = "SELECT id, version FROM collections WHERE tenant = ? AND name = ?"
+_QUERY = "SELECT id, version, analysis_version FROM collections WHERE tenant = ? AND name = ?"
 
 
 class CollectionRef(NamedTuple):
     id: int
-    version: int
+    version: int  # of the content: bumped by every upload, replacement and deletion
+    analysis_version: int = 0  # bumped when a document's analysis is stored
+
+    def key(self, reads_analysis: bool) -> str:
+        """The version part of a cache key: ``7``, or ``7.3`` for a result that reads the
+        analysis (a content change still moves the first part)."""
+        return f"{self.version}.{self.analysis_version}" if reads_analysis else str(self.version)
 
 
 class CollectionLookup:
@@ -60,15 +67,15 @@ class CollectionLookup:
         """None when the tenant has no such collection."""
         if self._conn is not None:
             row = self._conn.execute(_QUERY, (tenant, name)).fetchone()
-            return CollectionRef(int(row[0]), int(row[1])) if row else None
-        query = select(Collection.id, Collection.version).where(
+            return CollectionRef(int(row[0]), int(row[1]), int(row[2])) if row else None
+        query = select(Collection.id, Collection.version, Collection.analysis_version).where(
             Collection.tenant == tenant, Collection.name == name)
         if self._reader is not None:
             found = await self._read(lambda conn: conn.execute(query), first=True)
         else:
             async with self._sessions() as session:
                 found = (await session.execute(query)).first()
-        return CollectionRef(int(found[0]), int(found[1])) if found else None
+        return CollectionRef(int(found[0]), int(found[1]), int(found[2])) if found else None
 
     async def get(self, tenant: str, name: str) -> CollectionRef:
         found = await self.find(tenant, name)
@@ -83,7 +90,7 @@ class CollectionLookup:
         try:
             async with self._sessions() as session, session.begin():
                 coll = await repo.get_or_create_collection(session, tenant, name)
-                return CollectionRef(coll.id, coll.version)
+                return CollectionRef(coll.id, coll.version, coll.analysis_version)
         except IntegrityError:  # an upload created it meanwhile: it exists now
             return await self.get(tenant, name)
 

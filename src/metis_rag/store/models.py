@@ -79,6 +79,10 @@ class Collection(Base):
     name: Mapped[str] = mapped_column(String(200))
     # Bumped on every add/replace/delete of a document: caches key on it.
     version: Mapped[int] = mapped_column(Integer, default=1)
+    # Bumped when a document's analysis is stored (migration 0022): only what reads the
+    # analysis (filters by type/language/topic, list_documents) keys on it too, so plain
+    # answers cached before an analysis stay hits after it.
+    analysis_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         UTCDateTime, default=utcnow, onupdate=utcnow

@@ -52,7 +52,7 @@ async def get_or_create_collection(session: AsyncSession, tenant: str, name: str
     row = (await session.execute(select(Collection).where(
         Collection.tenant == tenant, Collection.name == name))).scalar()
     if row is None:
-        row = Collection(tenant=tenant, name=name, version=1)
+        row = Collection(tenant=tenant, name=name, version=1, analysis_version=0)
         session.add(row)
         await session.flush()
     return row
@@ -70,10 +70,21 @@ def tenant_collections(tenant: str) -> Select[Any]:
 
 
 async def bump_version(session: AsyncSession, collection_id: int) -> None:
+    """The collection's content changed: every cached result of it becomes unreachable."""
     await session.execute(
         update(Collection)
         .where(Collection.id == collection_id)
         .values(version=Collection.version + 1, updated_at=func.now())
+    )
+
+
+async def bump_analysis_version(session: AsyncSession, collection_id: int) -> None:
+    """A document's analysis changed: only results that read the analysis become unreachable
+    (they key on both versions); plain answers keep their keys."""
+    await session.execute(
+        update(Collection)
+        .where(Collection.id == collection_id)
+        .values(analysis_version=Collection.analysis_version + 1)
     )
 
 
