@@ -191,6 +191,10 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         description="A fast, frugal RAG server: answers with citations over your documents.",
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
+        # Metis traces requests itself (observability/tracing.py, never OpenTelemetry's global
+        # providers). FastAPI's own telemetry, on by default, asks those global providers on
+        # every request whether it should run: three environment reads for nothing.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
     _include_routers(app)

@@ -64,6 +64,11 @@ async def test_exact_then_semantic_then_bypass(app_client) -> None:  # type: ign
     assert again["cache"]["level"] == "exact"
     assert again["answer"] == first["answer"] and again["citations"] == first["citations"]
     assert again["cache"]["saved_ms"] >= 0
+    # The next hits reuse the entry decoded once (the exact level's memo): same answer, own turn.
+    third = await ask(client)
+    assert third["cache"]["level"] == "exact" and third["citations"] == first["citations"]
+    assert third["answer"] == first["answer"]
+    assert len({first["conversation_id"], again["conversation_id"], third["conversation_id"]}) == 3
     para = await ask(client, message="How can I rotate the API keys?")
     assert para["cache"]["level"] == "semantic"
     assert para["cache"]["original_question"] == FACTS[0][1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -196,3 +197,56 @@ async def test_invalid_ttl_is_a_caller_error(cache: TieredCache) -> None:
 def test_needs_a_backend() -> None:
     with pytest.raises(ValueError):
         TieredCache([])
+
+
+class CountingCodec(Codec):
+    def __init__(self) -> None:
+        super().__init__()
+        self.decoded = 0
+
+    def decode(self, data: bytes) -> Any:
+        self.decoded += 1
+        return super().decode(data)
+
+
+async def test_memo_decodes_unchanged_bytes_once_and_follows_every_change(
+    memory: MemoryBackend, disk: DiskBackend, clock: FakeClock
+) -> None:
+    codec = CountingCodec()
+    cache = TieredCache([memory, disk], codec=codec, clock=clock, memo=2)
+    await cache.set("q", {"answer": 1}, ttl_s=10)
+    first = await cache.get("q")
+    assert await cache.get("q") is first and codec.decoded == 1
+    await cache.set("q", {"answer": 2}, ttl_s=10)  # new bytes under the same key
+    assert await cache.get("q") == {"answer": 2} and codec.decoded == 2
+    await cache.delete("q")
+    assert await cache.get("q") is None
+    await cache.set("q", {"answer": 2}, ttl_s=10)
+    clock.step(11)  # the tiers' TTL and the entry's own expiry still apply
+    assert await cache.get("q") is None
+    await memory.set("q", codec.encode("stale", expires_at=clock() - 1))
+    await memory.set("r", codec.encode("r"))
+    assert await cache.get("r") == "r"
+    assert await cache.get("q", default="miss") == "miss"
+
+
+async def test_memo_keeps_at_most_its_size(memory: MemoryBackend) -> None:
+    codec = CountingCodec()
+    cache = TieredCache([memory], codec=codec, memo=2)
+    for key in "abc":
+        await cache.set(key, key)
+        await cache.get(key)
+    assert codec.decoded == 3
+    await cache.get("c")
+    await cache.get("b")
+    assert codec.decoded == 3
+    await cache.get("a")  # the oldest, forgotten when "c" came
+    assert codec.decoded == 4
+
+
+async def test_without_memo_every_hit_is_a_fresh_value(memory: MemoryBackend) -> None:
+    cache = TieredCache([memory])
+    await cache.set("q", {"answer": 1})
+    first = await cache.get("q")
+    first["answer"] = 2  # a caller may change what it got: the next one does not see it
+    assert await cache.get("q") == {"answer": 1}

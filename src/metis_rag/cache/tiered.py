@@ -50,6 +50,10 @@ class TieredCache:
     does not start or close its backends, since they may be shared. `clock` is wall-clock
     seconds, used for the expiry stored in each entry so back-filled copies keep the
     remaining TTL rather than a fresh one.
+
+    `memo`: remember the last `memo` decoded values with the bytes they came from; a read that
+    finds the same bytes again (still read from the tiers, so deletes, clears and TTLs hold)
+    returns the same object without decoding it. Callers must treat such values as read-only.
     """
 
     def __init__(
@@ -60,6 +64,7 @@ class TieredCache:
         default_ttl_s: float | None = None,
         codec: Codec | None = None,
         clock: Callable[[], float] = time.time,
+        memo: int = 0,
     ) -> None:
         if not backends:
             raise ValueError("TieredCache needs at least one backend")
@@ -79,6 +84,9 @@ class TieredCache:
         self._hit_time_s = 0.0
         self._timed_misses = 0
         self._miss_time_s = 0.0
+        self._memo_size = memo
+        # full key -> (the entry's bytes, their value, expires_at); oldest first.
+        self._memo: dict[str, tuple[bytes, Any, float | None]] = {}
 
     @traced("cache.lookup", lambda self, *_, **__: {"metis.cache.level": self.prefix[:-1]},
             lambda value: {"metis.cache.hit": value is not None})
@@ -196,13 +204,22 @@ class TieredCache:
 
     async def _decode(self, tier: int, full_key: str, data: bytes) -> tuple[Any, float | None]:
         """The value and its remaining TTL, or `_MISSING` for an expired or corrupt entry."""
-        try:
-            value, expires_at = self.codec.decode(data)
-        except CorruptEntry as exc:
-            self._corrupt_dropped += 1
-            logger.warning("dropping corrupt cache entry %r from tier %d: %s", full_key, tier, exc)
-            await self._try(tier, "delete", self.backends[tier].delete(full_key))
-            return _MISSING, None
+        seen = self._memo.get(full_key) if self._memo_size else None
+        if seen is not None and seen[0] == data:  # the bytes decoded last time: same value
+            value, expires_at = seen[1], seen[2]
+        else:
+            try:
+                value, expires_at = self.codec.decode(data)
+            except CorruptEntry as exc:
+                self._corrupt_dropped += 1
+                logger.warning("dropping corrupt cache entry %r from tier %d: %s", full_key,
+                               tier, exc)
+                await self._try(tier, "delete", self.backends[tier].delete(full_key))
+                return _MISSING, None
+            if self._memo_size:
+                if seen is None and len(self._memo) >= self._memo_size:
+                    del self._memo[next(iter(self._memo))]
+                self._memo[full_key] = (data, value, expires_at)
         if expires_at is None:
             return value, None
         ttl_s = expires_at - self._clock()

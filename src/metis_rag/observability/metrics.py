@@ -172,6 +172,7 @@ class Metrics:
         self._http_children: dict[tuple[str, str, int], Any] = {}
         self._query_children: dict[str, tuple[Any, Any]] = {}
         self._stage_children = {stage: self.stage_duration.labels(stage) for stage in STAGES}
+        self._answer_children: dict[tuple[str, str], Any] = {}
 
     @classmethod
     def for_settings(cls, settings: Settings) -> Metrics:
@@ -210,7 +211,11 @@ class Metrics:
             if ms:
                 child.observe(ms / 1000)
                 self.window.record_stage(stage, ms / 1000)
-        self.answers.labels(answer.mode, answer.cache.level or "none").inc()
+        key = (answer.mode, answer.cache.level or "none")
+        counter = self._answer_children.get(key)
+        if counter is None:  # a handful of label sets: modes x cache levels
+            counter = self._answer_children[key] = self.answers.labels(*key)
+        counter.inc()
         if answer.warnings:
             log.warning("answer degraded: %s", "; ".join(answer.warnings))
 

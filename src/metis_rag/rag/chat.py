@@ -34,6 +34,8 @@ from .retriever import Retriever
 from .turn import Turn, citations_of, elapsed_ms
 
 _CITED_SENTENCE_END = re.compile(r"(?<=\])\s+")
+_CITATIONS_SEEN = 1024  # as many as the exact level's memo holds
+_SHAPES_KEPT = 256  # distinct option sets of questions without history
 
 
 class ChatService:
@@ -71,6 +73,9 @@ class ChatService:
         self._llm = llm
         self._uncached_llm = uncached_llm or llm
         self._caches = caches
+        # id(cache entry) -> (the entry, its citations validated): see `_entry_citations`.
+        self._citations_seen: dict[int, tuple[dict[str, Any], list[Citation]]] = {}
+        self._shapes: dict[tuple[Any, ...], str] = {}  # request options -> `_shape` (no history)
 
     # -- the steps -------------------------------------------------------------------------
 
@@ -132,6 +137,20 @@ class ChatService:
 
     def _shape(self, query: ChatQuery, history: list[ChatMessage]) -> str:
         """Everything besides the question that shapes an answer: part of every answer key."""
+        if history:
+            return self._digest_shape(query, history)
+        # Without history the shape depends on the request's options alone (the settings are
+        # fixed for the service's life): a dict lookup instead of a digest on every question.
+        options = (query.use_rag, query.top_k, tuple(query.tags), query.folder, query.hybrid,
+                   query.group_by, query.doc_type, query.language, query.topic)
+        shape = self._shapes.get(options)
+        if shape is None:
+            if len(self._shapes) >= _SHAPES_KEPT:
+                self._shapes.clear()
+            shape = self._shapes[options] = self._digest_shape(query, history)
+        return shape
+
+    def _digest_shape(self, query: ChatQuery, history: list[ChatMessage]) -> str:
         r, llm = self._retrieval_settings, self._generation
         return digest(
             query.use_rag, query.top_k or r.top_k, sorted(query.tags), query.folder,
@@ -311,10 +330,21 @@ class ChatService:
         if self._caches:
             self._caches.savings.add(info.level or "exact", saved, sum(usage.values()),
                                      llm_call=entry["mode"] == "llm")
+        return entry["answer"], entry["mode"], done, self._entry_citations(entry)
+
+    def _entry_citations(self, entry: dict[str, Any]) -> list[Citation]:
+        """The entry's citations as models, validated once per entry: the exact level hands
+        every hit on unchanged bytes the same entry object (its memo), never mutated."""
+        seen = self._citations_seen.get(id(entry))
+        if seen is not None and seen[0] is entry:  # the entry is held: its id is not reused
+            return list(seen[1])
         # pydantic-core's validator is 3-4x cheaper than `model_construct` (Python code) here,
         # and it still checks entries that an older Metis may have written.
         citations = [Citation.model_validate(c) for c in entry["citations"]]
-        return entry["answer"], entry["mode"], done, citations
+        if len(self._citations_seen) >= _CITATIONS_SEEN:
+            del self._citations_seen[next(iter(self._citations_seen))]
+        self._citations_seen[id(entry)] = (entry, citations)
+        return list(citations)
 
     # -- the two entry points ---------------------------------------------------------------
 
