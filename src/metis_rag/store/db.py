@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import event, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from ..config import Settings
@@ -24,7 +24,6 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=10000")
     cur.execute("PRAGMA cache_size=-65536")
     cur.execute("PRAGMA mmap_size=268435456")
     cur.close()
@@ -40,7 +39,13 @@ def create_engine(settings: Settings) -> AsyncEngine:
     url = settings.sqlalchemy_url
     if settings.is_sqlite:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, pool_size=8, max_overflow=8,
+        # The busy timeout rides in the URL (pysqlite's `timeout`), so every connection made
+        # from it, the synchronous twin's included, waits as long for another writer.
+        sqlite_url = make_url(url)
+        if "timeout" not in sqlite_url.query:
+            sqlite_url = sqlite_url.update_query_dict(
+                {"timeout": f"{settings.sqlite_busy_timeout_s:g}"})
+        engine = create_async_engine(sqlite_url, pool_size=8, max_overflow=8,
                                      json_serializer=_json_dumps, json_deserializer=orjson.loads)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
