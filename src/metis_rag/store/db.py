@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -9,12 +10,26 @@ import orjson
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from ..config import Settings
 from ..errors import MissingDependency
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+
+
+def is_database_busy(exc: BaseException) -> bool:
+    """SQLite's "database is locked" (or "database table is locked"): the busy timeout ran out
+    while another connection held the write lock. The statement's transaction is rolled back."""
+    if not isinstance(exc, OperationalError):
+        return False
+    orig = exc.orig
+    code = getattr(orig, "sqlite_errorcode", None)
+    if code is not None:
+        return (code & 0xFF) in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    return isinstance(orig, sqlite3.OperationalError) and "is locked" in str(orig)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
