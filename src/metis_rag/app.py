@@ -12,6 +12,7 @@ import orjson
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute
@@ -35,7 +36,7 @@ from .api.admission import AdmissionLimit
 from .api.limits import InboundLimits
 from .api.openapi import ERROR_RESPONSES
 from .config import Settings
-from .errors import MetisError, PayloadTooLarge, RateLimited
+from .errors import DatabaseBusy, MetisError, PayloadTooLarge, RateLimited
 from .observability.compression import Compression
 from .observability.logs import configure_logging, current_request_id
 from .observability.metrics import Metrics
@@ -43,6 +44,7 @@ from .observability.middleware import RequestMetrics
 from .observability.monitor import monitor_services
 from .schemas import NO_NUL
 from .services import open_services
+from .store.db import is_database_busy
 
 log = logging.getLogger("metis")
 
@@ -82,10 +84,20 @@ def error_response(exc: Exception) -> ErrorResponse | None:
     """The response the app's handlers give for an error a route may raise (None: an
     unexpected one, for the server-error handler). Shared with `ChatQueryShortcut`, which
     answers outside FastAPI's routing."""
+    if isinstance(exc, PoolTimeout):
+        # Every pooled connection stayed busy for METIS_POSTGRES__POOL_TIMEOUT_S: shed load.
+        exc = DatabaseBusy("Every database connection is in use; try again in a moment.")
+    elif is_database_busy(exc):
+        # SQLite's write lock stayed taken for METIS_SQLITE_BUSY_TIMEOUT_S; the transaction
+        # that waited was rolled back, so nothing of this request was written.
+        exc = DatabaseBusy("The database is busy with other writes; nothing was stored. Try "
+                           "again in a moment.")
     if isinstance(exc, MetisError):
         response = _error(exc.status, exc.code, exc.message, details=exc.details or None)
-        if isinstance(exc, RateLimited) and exc.retry_after_s is not None:
-            response.headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+        retry_after_s = (exc.retry_after_s if isinstance(exc, RateLimited | DatabaseBusy)
+                         else None)
+        if retry_after_s is not None:
+            response.headers["Retry-After"] = str(max(1, round(retry_after_s)))
         return response
     if isinstance(exc, RequestValidationError):
         errors = [
@@ -99,12 +111,6 @@ def error_response(exc: Exception) -> ErrorResponse | None:
             422, "invalid_input", f"Invalid request{where}: {first['problem']}.",
             details={"errors": errors},
         )
-    if isinstance(exc, PoolTimeout):
-        # Every pooled connection stayed busy for METIS_POSTGRES__POOL_TIMEOUT_S: shed load.
-        response = _error(503, "database_busy",
-                          "Every database connection is in use; try again in a moment.")
-        response.headers["Retry-After"] = "1"
-        return response
     return None
 
 
@@ -116,6 +122,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     for known in (MetisError, RequestValidationError, PoolTimeout):
         app.add_exception_handler(known, known_error)
+
+    @app.exception_handler(OperationalError)
+    async def database_error(request: Request, exc: OperationalError) -> ErrorResponse:
+        return error_response(exc) or await unexpected(request, exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> ErrorResponse:

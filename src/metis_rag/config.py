@@ -639,6 +639,12 @@ class Settings(BaseSettings):
         description="SQLAlchemy async URL; empty = SQLite at <data_dir>/metis.db. "
         "PostgreSQL: postgresql+asyncpg://user@host/db",
     )
+    sqlite_busy_timeout_s: float = Field(
+        10.0, gt=0, le=600,
+        description="SQLite: how long a write waits for another connection's write to finish "
+        "before giving up; a request that gives up answers 503 `database_busy` with "
+        "Retry-After, having stored nothing.",
+    )
     host: str = Field("127.0.0.1", description="Address `metis serve` binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port `metis serve` binds.")
     max_upload_mb: float = Field(50, gt=0, description="Largest accepted upload, in MB.")

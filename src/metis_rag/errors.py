@@ -22,7 +22,10 @@ MetisError
 ├── ProviderError                 502  provider_error (LLM or embedding backend failed)
 │   └── ProviderTimeout           504  provider_timeout
 ├── ServiceUnavailable            503  service_unavailable
-│   └── Overloaded                503  overloaded (METIS_RATELIMIT__MAX_IN_FLIGHT requests at once)
+│   ├── Overloaded                503  overloaded (METIS_RATELIMIT__MAX_IN_FLIGHT requests at once)
+│   └── DatabaseBusy              503  database_busy (SQLite's write lock stayed taken for
+│                                      METIS_SQLITE_BUSY_TIMEOUT_S, or no pooled PostgreSQL
+│                                      connection came free; nothing was written)
 ├── CorruptEntry                  500  cache_corrupt_entry (never reaches a client: dropped)
 ├── MissingDependency             500  missing_dependency (an optional extra is not installed)
 ├── PermanentError                422  task_failed (a task that retrying cannot fix fails at once)
@@ -166,6 +169,14 @@ class Overloaded(ServiceUnavailable):
     """More requests at once than the admission limit: refused at once, with Retry-After."""
 
     code = "overloaded"
+
+
+class DatabaseBusy(ServiceUnavailable):
+    """Other writes kept the database from taking this one in time; its transaction was rolled
+    back whole, so asking again (after Retry-After) is safe."""
+
+    code = "database_busy"
+    retry_after_s = 1.0
 
 
 class CorruptEntry(MetisError):

@@ -162,7 +162,8 @@ async def open_services(
         )
         retriever = Retriever(sessions, vectors, settings.retrieval,
                               caches.retrieval if caches else None)
-        lookup = CollectionLookup(sessions, settings.sqlite_path)
+        lookup = CollectionLookup(sessions, settings.sqlite_path,
+                                  busy_timeout_s=settings.sqlite_busy_timeout_s)
         lookup.start()
         stack.callback(lookup.close)
         c = settings.conversations

@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import orjson
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import event, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from ..config import Settings
 from ..errors import MissingDependency
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+
+
+def is_database_busy(exc: BaseException) -> bool:
+    """SQLite's "database is locked" (or "database table is locked"): the busy timeout ran out
+    while another connection held the write lock. The statement's transaction is rolled back."""
+    if not isinstance(exc, OperationalError):
+        return False
+    orig = exc.orig
+    code = getattr(orig, "sqlite_errorcode", None)
+    if code is not None:
+        return (code & 0xFF) in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    return isinstance(orig, sqlite3.OperationalError) and "is locked" in str(orig)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -24,7 +39,6 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=10000")
     cur.execute("PRAGMA cache_size=-65536")
     cur.execute("PRAGMA mmap_size=268435456")
     cur.close()
@@ -40,7 +54,13 @@ def create_engine(settings: Settings) -> AsyncEngine:
     url = settings.sqlalchemy_url
     if settings.is_sqlite:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, pool_size=8, max_overflow=8,
+        # The busy timeout rides in the URL (pysqlite's `timeout`), so every connection made
+        # from it, the synchronous twin's included, waits as long for another writer.
+        sqlite_url = make_url(url)
+        if "timeout" not in sqlite_url.query:
+            sqlite_url = sqlite_url.update_query_dict(
+                {"timeout": f"{settings.sqlite_busy_timeout_s:g}"})
+        engine = create_async_engine(sqlite_url, pool_size=8, max_overflow=8,
                                      json_serializer=_json_dumps, json_deserializer=orjson.loads)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine

@@ -40,9 +40,10 @@ class CollectionRef(NamedTuple):
 
 class CollectionLookup:
     def __init__(self, sessions: async_sessionmaker[AsyncSession],
-                 sqlite_path: Path | None = None) -> None:
+                 sqlite_path: Path | None = None, *, busy_timeout_s: float = 10.0) -> None:
         self._sessions = sessions
         self._sqlite_path = sqlite_path
+        self._busy_timeout_s = busy_timeout_s
         self._conn: sqlite3.Connection | None = None
         bind = sessions.kw.get("bind")
         # Shares the engine's pool; each lookup is one statement, no transaction around it.
@@ -52,10 +53,9 @@ class CollectionLookup:
 
     def start(self) -> None:
         if self._sqlite_path is not None and self._conn is None:
-            conn = sqlite3.connect(self._sqlite_path, check_same_thread=False,
-                                   isolation_level=None)
+            conn = sqlite3.connect(self._sqlite_path, timeout=self._busy_timeout_s,
+                                   check_same_thread=False, isolation_level=None)
             conn.execute("PRAGMA query_only=ON")
-            conn.execute("PRAGMA busy_timeout=10000")
             self._conn = conn
 
     def close(self) -> None:

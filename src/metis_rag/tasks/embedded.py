@@ -57,7 +57,8 @@ class EmbeddedBackend(TaskBackend):
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._running: dict[str, asyncio.Task[Outcome]] = {}
-        self._uncommitted: dict[str, bytes] = {}  # uploads of tasks whose rows are committing
+        # Uploads of tasks whose rows are committing, with that commit.
+        self._uncommitted: dict[str, tuple[bytes, asyncio.Future[None]]] = {}
         self._waited_s: dict[str, float] = {}  # queue wait of each running task, for metrics
         self._services: Any = None
         self._metrics: Any = None
@@ -124,14 +125,17 @@ class EmbeddedBackend(TaskBackend):
         now = self.clock()
         entries = [_entry(row, sub.blocked_by[row["id"]]) for row in sub.rows
                    if row["status"] not in FINISHED]
-        self._uncommitted.update((b["task_id"], b["data"]) for b in sub.blobs)
+        committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._uncommitted.update((b["task_id"], (b["data"], committed)) for b in sub.blobs)
         for entry in entries:
             self.sched.add(entry, now)
         self._pump()
         self._arm_timer()
         try:
             await self.writer.insert(sub.rows, sub.edges, sub.blobs)
+            committed.set_result(None)
         except BaseException:
+            committed.cancel()
             for entry in entries:
                 entry.cancel_requested = True
                 self.sched.remove(entry.id)
@@ -252,8 +256,13 @@ class EmbeddedBackend(TaskBackend):
             self.writer.update(task_id, progress=percent, message=message and message[:500])
 
     async def _blob(self, task_id: str) -> bytes | None:
-        if task_id in self._uncommitted:
-            return self._uncommitted[task_id]
+        pending = self._uncommitted.get(task_id)
+        if pending is not None:
+            # The bytes are in memory, but the handler waits for its task's row: an upload
+            # whose row the database refused (503 database_busy) must not store its document.
+            data, committed = pending
+            await asyncio.shield(committed)
+            return data
         async with self.engine.connect() as conn:
             return await repo.blob(conn, task_id)
 

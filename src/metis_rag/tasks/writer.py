@@ -4,7 +4,9 @@ Submissions wait for their commit (a task is never acknowledged before it is dur
 changes (started, progress, finished) are written behind, merged per task, in the next batch.
 Losing the last few of those in a crash is safe: unfinished tasks are re-queued at start-up
 and handlers are idempotent. A batch is cut as soon as the previous one commits, so batches
-grow under load by themselves and an idle submission pays one commit.
+grow under load by themselves and an idle submission pays one commit. On SQLite a batch is one
+hop to a thread of the writer's own (as the conversation log's), so SQLite's write lock is never
+held across the event loop's turns.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, text, update
+from sqlalchemy import Engine, bindparam, delete, insert, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..store.db import sqlite_twin
 from .models import Task, TaskBlob, TaskEdge
 
 log = logging.getLogger("metis.tasks")
@@ -50,8 +54,18 @@ class StateWriter:
         self._writing = False
         self.batches = 0
         self.errors = 0
+        # SQLite: batches go through a synchronous twin of the engine on a thread of their own.
+        # Through aiosqlite every statement of a batch, BEGIN and COMMIT included, was a hop back
+        # to the event loop while the transaction held the write lock; on a loop saturated with
+        # cached questions each hop came late, and the other writers (the conversation log, an
+        # ingestion's commit) ran out their busy timeout behind it: "database is locked".
+        self._direct: Engine | None = None
+        self._thread: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
+        self._direct = sqlite_twin(self._engine)
+        if self._direct is not None:
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metis-task-writer")
         self._flusher = asyncio.create_task(self._run(), name="metis-task-writer")
 
     async def close(self) -> None:
@@ -64,6 +78,12 @@ class StateWriter:
         self._flusher.cancel()
         await asyncio.gather(self._flusher, return_exceptions=True)
         self._flusher = None
+        if self._direct is not None:
+            self._direct.dispose()
+            self._direct = None
+        if self._thread is not None:
+            self._thread.shutdown(wait=False)
+            self._thread = None
 
     async def insert(
         self, tasks: Sequence[dict[str, Any]], edges: Sequence[dict[str, Any]] = (),
@@ -148,28 +168,46 @@ class StateWriter:
         self._wake.set()
 
     async def _write(self, batch: _Batch) -> None:
+        steps = _steps(batch)
+        if self._direct is not None:
+            await asyncio.get_running_loop().run_in_executor(
+                self._thread, _write_direct, self._direct, steps)
+            return
         async with self._engine.begin() as conn:
             if not batch.tasks and conn.dialect.name == "postgresql":
                 # State changes only: losing the last instants of them in a PostgreSQL crash
                 # re-runs those tasks, so they need not wait for the WAL flush. Submissions do.
                 await conn.execute(text("SET LOCAL synchronous_commit TO off"))
-            if batch.tasks:
-                await conn.execute(insert(T), batch.tasks)
-            if batch.edges:
-                await conn.execute(insert(TaskEdge.__table__), batch.edges)
-            if batch.blobs:
-                await conn.execute(insert(TaskBlob.__table__), batch.blobs)
-            groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-            for task_id, values in batch.updates.items():
-                # Bind names must differ from column names in an UPDATE ... SET.
-                row = {"_id": task_id, **{"v_" + k: v for k, v in values.items()}}
-                groups.setdefault(tuple(sorted(values)), []).append(row)
-            for columns, rows in groups.items():
-                stmt = update(T).where(T.c.id == bindparam("_id")).values(
-                    {c: bindparam("v_" + c) for c in columns}
-                )
-                await conn.execute(stmt, rows)
-            if batch.dropped_blobs:
-                await conn.execute(
-                    delete(TaskBlob.__table__).where(TaskBlob.task_id.in_(list(batch.dropped_blobs)))
-                )
+            for statement, rows in steps:
+                await conn.execute(statement, rows)
+
+
+def _steps(batch: _Batch) -> list[tuple[Any, list[dict[str, Any]] | None]]:
+    """The statements of a batch, in order, each with its rows (None: no parameters)."""
+    steps: list[tuple[Any, list[dict[str, Any]] | None]] = []
+    if batch.tasks:
+        steps.append((insert(T), batch.tasks))
+    if batch.edges:
+        steps.append((insert(TaskEdge.__table__), batch.edges))
+    if batch.blobs:
+        steps.append((insert(TaskBlob.__table__), batch.blobs))
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for task_id, values in batch.updates.items():
+        # Bind names must differ from column names in an UPDATE ... SET.
+        row = {"_id": task_id, **{"v_" + k: v for k, v in values.items()}}
+        groups.setdefault(tuple(sorted(values)), []).append(row)
+    for columns, rows in groups.items():
+        stmt = update(T).where(T.c.id == bindparam("_id")).values(
+            {c: bindparam("v_" + c) for c in columns}
+        )
+        steps.append((stmt, rows))
+    if batch.dropped_blobs:
+        steps.append((delete(TaskBlob.__table__).where(
+            TaskBlob.task_id.in_(list(batch.dropped_blobs))), None))
+    return steps
+
+
+def _write_direct(engine: Engine, steps: list[tuple[Any, list[dict[str, Any]] | None]]) -> None:
+    with engine.begin() as conn:
+        for statement, rows in steps:
+            conn.execute(statement, rows)
