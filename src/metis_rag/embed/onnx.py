@@ -175,6 +175,15 @@ class OnnxEmbedder:
         tokenizer.enable_truncation(packaged.max_seq_length())
         tokenizer.enable_padding()
         self._tokenizer = tokenizer
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Run each session once at start: its first runs allocate buffers and pack weights
+        (measured: the first question after start took several times a later one's time),
+        and the first questions a server gets should not pay for that."""
+        question = ["How do I rotate the API keys of a running server?"]
+        for texts in (question, question * QUERY_MAX_TEXTS, question * (QUERY_MAX_TEXTS + 1)):
+            self.embed_sync(texts)
 
     async def close(self) -> None:
         self._session = self._query_session = None
