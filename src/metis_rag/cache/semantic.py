@@ -345,6 +345,12 @@ class SemanticIndex:
                 part.synced = length
                 part.last = items[-1] if items else part.last
 
+    async def wait_warm(self, partition: tuple[str, ...]) -> None:
+        """Returns once the partition's first read, if one runs, is done (tests, benchmarks)."""
+        task = self._warming.get(partition)
+        if task is not None:
+            await asyncio.shield(task)
+
     async def _warm(self, partition: tuple[str, ...]) -> None:
         """Start the partition's first read unless it runs already; wait for it a little."""
         task = self._warming.get(partition)
