@@ -355,10 +355,16 @@ class SemanticIndex:
         """Start the partition's first read unless it runs already; wait for it a little."""
         task = self._warming.get(partition)
         if task is None:
-            task = asyncio.create_task(self._load(partition))
+            task = asyncio.create_task(self._load_logged(partition))
             self._warming[partition] = task
             task.add_done_callback(lambda _: self._warming.pop(partition, None))
         await asyncio.wait((task,), timeout=self._warm_wait_s)
+
+    async def _load_logged(self, partition: tuple[str, ...]) -> None:
+        try:
+            await self._load(partition)
+        except Exception:  # nobody awaits this task: say it here; the next lookup tries again
+            logger.exception("could not mirror a semantic-cache list")
 
     async def _load(self, partition: tuple[str, ...]) -> None:
         key = self.log_key(partition)
