@@ -17,7 +17,9 @@ them) against a shared list of 100, 1,000 and 10,000 questions (random 384-dim u
 one PostgreSQL database with pgvector, by both paths: "searched" (pgvector ranks the list in
 the database and returns the 4 nearest) and "mirror" (today's path without pgvector: the server
 mirrors the list; warm = one catch-up read that finds nothing new, then the in-memory search;
-cold = a server's first lookup in the partition, which reads and indexes the whole list).
+cold = a server's first lookup in the partition, which reads and indexes the whole list in the
+background and meanwhile asks the database's search; "cold: until warm" = from that lookup
+until the mirror is ready).
 Milliseconds, each figure the median over the runs of that run's percentile.
 """
 
@@ -175,6 +177,7 @@ async def semantic_run(server: Any) -> dict[str, dict[str, list[float]]]:
 
                 searched, warm = index(False), index(True)
                 await warm.match(part, *asks[0])  # reads the list once
+                await until_warm(warm, part)
                 hits = {}
                 for label, idx in (("searched", searched), ("mirror, warm", warm)):
                     for q in asks[:20]:  # warm connections and caches
@@ -183,13 +186,31 @@ async def semantic_run(server: Any) -> dict[str, dict[str, list[float]]]:
                     out.setdefault(label, {})[str(n)] = await timed(
                         SEARCHES, lambda i, idx=idx, asks=asks: idx.match(part, *asks[i]))
                     hits[label] = idx.hits - before
-                out.setdefault("mirror, cold", {})[str(n)] = await timed(
-                    COLD_READS, lambda i, asks=asks: index(True).match(part, *asks[i]))
+                cold_hits = 0
+                for i in range(COLD_READS):
+                    cold = index(True)
+                    t = time.perf_counter()
+                    cold_hits += await cold.match(part, *asks[i]) is not None
+                    first = time.perf_counter()
+                    await until_warm(cold, part)
+                    done = time.perf_counter()
+                    out.setdefault("mirror, cold", {}).setdefault(str(n), []).append(
+                        (first - t) * 1e6)
+                    out.setdefault("cold: until warm", {}).setdefault(str(n), []).append(
+                        (done - t) * 1e6)
+                hits["mirror, cold"] = cold_hits
                 print(f"  {n} questions: hits {hits}", flush=True)
     finally:
         await engine.dispose()
         await server.drop_database(name)
     return out
+
+
+async def until_warm(index: Any, part: tuple[str, ...]) -> None:
+    """Returns once the index's first read of the partition is done (before the mirror read
+    in the background, a lookup waited for it: nothing to wait for)."""
+    if hasattr(index, "wait_warm"):
+        await index.wait_warm(part)
 
 
 def semantic_main(runs: int, postgres_url: str) -> None:

@@ -54,6 +54,27 @@ async def test_a_lone_item_waits_for_the_window_and_no_longer() -> None:
     assert fn.batches == [[21]]
 
 
+async def test_without_a_window_a_lone_item_runs_at_once_and_others_batch_behind_it() -> None:
+    clock, fn = FakeClock(), Recorder()
+    b = batcher(fn, clock, max_batch=8, max_wait_ms=0)
+    ran_in: list[asyncio.Task[object] | None] = []
+    lone = MicroBatcher(lambda items: asyncio.sleep(0, ran_in.append(asyncio.current_task())
+                                                    or items), max_wait_ms=0)
+    caller = asyncio.ensure_future(lone.submit(7))
+    assert await caller == 7 and ran_in == [caller]  # in its caller's task: no hand-offs
+    assert await b.submit(21) == 42 and clock.slept == []
+    fn.gate = asyncio.Event()
+    first = asyncio.ensure_future(b.submit(1))
+    await settle()
+    assert fn.batches == [[21], [1]]  # running, in its caller's task
+    rest = [asyncio.ensure_future(b.submit(i)) for i in (2, 3, 4)]
+    await settle()
+    assert fn.batches == [[21], [1]]  # they wait for the running batch, as before
+    fn.gate.set()
+    assert await first == 2 and await asyncio.gather(*rest) == [4, 6, 8]
+    assert fn.batches == [[21], [1], [2, 3, 4]] and b.stats.batches == 3
+
+
 async def test_a_full_batch_goes_without_waiting_for_the_window() -> None:
     clock, fn = FakeClock(), Recorder()
     b = batcher(fn, clock, max_batch=4, max_wait_ms=1000)

@@ -92,6 +92,15 @@ class MicroBatcher(Generic[T, R]):
         if self._closed:
             raise RuntimeError("the batcher is closed")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        if self._max_wait_s == 0 and not self._pending:
+            if self._slots is None:
+                self._slots = asyncio.Semaphore(self._max_in_flight)
+            if not self._slots.locked():
+                # Nothing to wait for and a free slot: a lone item runs now, in its caller's
+                # task, without the two task hand-offs of a collected batch.
+                await self._slots.acquire()
+                await self._execute([_Waiting(item, future, self._clock())])
+                return await future
         self._pending.append(_Waiting(item, future, self._clock()))
         self._grew.set()
         if self._collector is None or self._collector.done():

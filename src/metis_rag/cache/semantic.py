@@ -14,12 +14,13 @@ catches up from where the mirror stopped (a searched list cannot serve meanwhile
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import struct
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -33,6 +34,7 @@ from .equivalence import Equivalence, QuestionText, Verdict, analyse
 logger = logging.getLogger(__name__)
 
 _HEADER = struct.Struct(">HH")  # lengths of the answer key and the question, then the vector
+_INLINE_LOAD_MAX = 256  # a first read of more questions is decoded and indexed in a thread
 
 # Why a lookup served nothing: the first failed check of its best candidate (`Equivalence.judge`)
 # or its answer gone from the exact level; listed so that /metrics reports each from zero.
@@ -67,41 +69,59 @@ def decode_record(data: bytes) -> tuple[str, str, np.ndarray]:
 
 
 class _Partition:
-    """One partition's questions: an exact scan while small, an HNSW index once large."""
+    """One partition's questions: an exact scan while small, an HNSW index once large.
+
+    `loaded`: the shared list has been read into it at least once (until then it holds only
+    what this server added). Questions are analysed when first judged, not when mirrored: a
+    server's first read of a long list analysed every question in it.
+    """
 
     def __init__(self, dim: int, exact_max: int) -> None:
         self._buf = np.zeros((16, dim), dtype=np.float32)  # grown by doubling, not per add
         self._exact_max = exact_max
         self._ann: Any = None
+        self._indexed = 0  # questions in `_ann`
         self.keys: list[str] = []
         self.known: set[str] = set()
         self.questions: list[str] = []
-        self.texts: list[QuestionText] = []
+        self._texts: dict[int, QuestionText] = {}
         self.synced = 0  # items of the shared list mirrored so far
         self.last = b""  # the shared list's item at `synced - 1`, as read
+        self.loaded = False
 
     @property
     def vectors(self) -> np.ndarray:
         return self._buf[: len(self.keys)]
 
-    def append(self, vector: np.ndarray, key: str, question: str) -> bool:
-        if key in self.known or vector.shape != self._buf.shape[1:]:
-            return False
+    def text(self, i: int) -> QuestionText:
+        found = self._texts.get(i)
+        if found is None:
+            found = self._texts[i] = analyse(self.questions[i])
+        return found
+
+    def extend(self, records: Iterable[tuple[str, str, np.ndarray]]) -> int:
+        """Adds the records not already here; returns how many. The ANN index takes them in
+        one call (one call per question, a first read of 10,000 questions took 9 s)."""
+        start = len(self.keys)
+        for key, question, vector in records:
+            if key in self.known or vector.shape != self._buf.shape[1:]:
+                continue
+            n = len(self.keys)
+            if n == len(self._buf):
+                self._buf = np.vstack([self._buf, np.zeros_like(self._buf)])
+            self._buf[n] = vector
+            self.keys.append(key)
+            self.known.add(key)
+            self.questions.append(question)
         n = len(self.keys)
-        if n == len(self._buf):
-            self._buf = np.vstack([self._buf, np.zeros_like(self._buf)])
-        self._buf[n] = vector
-        self.keys.append(key)
-        self.known.add(key)
-        self.questions.append(question)
-        self.texts.append(analyse(question))
-        if self._ann is not None:
-            if self._ann.get_current_count() == self._ann.get_max_elements():
-                self._ann.resize_index(2 * self._ann.get_max_elements())
-            self._ann.add_items(vector.reshape(1, -1), [n])
-        elif n + 1 > self._exact_max:
+        if self._ann is None and n > self._exact_max:
             self._build_ann()
-        return True
+        elif self._ann is not None and n > self._indexed:
+            if n > self._ann.get_max_elements():
+                self._ann.resize_index(2 * n)
+            self._ann.add_items(self._buf[self._indexed : n], np.arange(self._indexed, n))
+        self._indexed = n if self._ann is not None else 0
+        return n - start
 
     def _build_ann(self) -> None:
         import hnswlib
@@ -124,6 +144,14 @@ class _Partition:
         return [(int(i), 1.0 - float(d)) for i, d in zip(labels[0], distances[0], strict=True)]
 
 
+def _loaded_partition(dim: int, exact_max: int, items: list[bytes], key: str) -> _Partition:
+    """A partition of a shared list's items, decoded and indexed: a worker thread's job (10,000
+    questions take seconds), on an object nothing else holds until it is done."""
+    part = _Partition(dim, exact_max)
+    part.extend(_readable(items, key))
+    return part
+
+
 class SemanticIndex:
     """Earlier questions per partition; `match` returns the one a new question may reuse.
 
@@ -131,12 +159,16 @@ class SemanticIndex:
     The `candidates` nearest questions are each judged by `equivalence`; the most similar one
     judged the same question wins. Partitions are evicted from memory least recently used
     beyond `max_entries` questions in all (the shared lists stay, and are read again if needed).
-    `mirror`: mirror the lists even where the backend could search them.
+    `mirror`: mirror the lists even where the backend could search them. A partition's first
+    read (a server's first lookup in it) runs in the background: a lookup waits for it at most
+    `warm_wait_ms` and meanwhile is answered from what this server holds, or by the backend's
+    search where it has one (a first read of 10,000 questions took 13 s).
     """
 
     def __init__(self, dim: int, max_entries: int, equivalence: Equivalence,
                  log: CacheBackend | None = None, ttl_s: float | None = None,
-                 candidates: int = 4, exact_max: int = 2048, mirror: bool = False) -> None:
+                 candidates: int = 4, exact_max: int = 2048, mirror: bool = False,
+                 warm_wait_ms: float = 5.0) -> None:
         self._dim = dim
         self._exact_max = exact_max
         self._max_entries = max_entries
@@ -149,12 +181,15 @@ class SemanticIndex:
         self._ttl_s = ttl_s
         self._candidates = candidates
         self._parts: OrderedDict[tuple[str, ...], _Partition] = OrderedDict()
+        self._warm_wait_s = warm_wait_ms / 1000
+        self._warming: dict[tuple[str, ...], asyncio.Task[None]] = {}
         self._size = 0
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
         self.skipped = 0  # lookups not run: the level cannot serve (`serving`)
         self.log_errors = 0  # shared-list reads and appends that failed
+        self.warming_lookups = 0  # lookups answered while their partition's first read ran
         self.rejected: Counter[str] = Counter()  # lookups with candidates but no hit, by reason
 
     @staticmethod
@@ -215,11 +250,15 @@ class SemanticIndex:
             await self._catch_up(partition)
         with self._lock:
             part = self._parts.get(partition)
-            if part is None or not part.keys:
-                return []
-            self._parts.move_to_end(partition)
-            return [Candidate(part.keys[i], part.questions[i], part.texts[i], sim)
-                    for i, sim in part.nearest(vector, self._candidates)]
+            warming = partition in self._warming
+            self.warming_lookups += warming
+            searchable = self._log is not None and self._log.searches_lists
+            if not (warming and searchable) and part is not None and part.keys:
+                self._parts.move_to_end(partition)
+                return [Candidate(part.keys[i], part.questions[i], part.text(i), sim)
+                        for i, sim in part.nearest(vector, self._candidates)]
+        # The mirror is still reading the list: where the backend searches, it sees all of it.
+        return await self._search(partition, vector) if warming and searchable else []
 
     async def _search(self, partition: tuple[str, ...], vector: np.ndarray) -> list[Candidate]:
         assert self._log is not None
@@ -274,7 +313,13 @@ class SemanticIndex:
         key = self.log_key(partition)
         with self._lock:
             part = self._parts.get(partition)
-            start, last = (part.synced, part.last) if part is not None else (0, b"")
+            if part is None or not part.loaded:
+                part = None
+            else:
+                start, last = part.synced, part.last
+        if part is None:
+            await self._warm(partition)
+            return
         # One item read back: a list cleared (or lost by a Redis restart) and refilled past
         # `start` passes a length check, but no longer holds the item the mirror read there.
         overlap = 1 if start > 0 else 0
@@ -282,25 +327,65 @@ class SemanticIndex:
         if found is None:  # unreadable, not empty: keep serving from the mirror
             return
         length, items = found
-        if not overlap or (length >= start and items and items[0] == last):
-            items = items[overlap:]
-        else:  # cleared or expired meanwhile: start the mirror over
-            with self._lock:
+        if overlap and not (length >= start and items and items[0] == last):
+            with self._lock:  # cleared or expired meanwhile: start the mirror over
                 self._drop(partition)
-            start = 0
-            found = await self._read(key, 0)
-            if found is None:
-                return
-            length, items = found
+            await self._warm(partition)
+            return
+        items = items[overlap:]
         if not items and length == start:
             return
         with self._lock:
-            for k, q, v in _readable(items, key):
-                self._add(partition, v, k, q)
             part = self._parts.get(partition)
-            if part is not None and length >= part.synced:
+            if part is None:  # evicted meanwhile
+                return
+            self._size += part.extend(_readable(items, key))
+            self._evict(partition)
+            if length >= part.synced:
                 part.synced = length
                 part.last = items[-1] if items else part.last
+
+    async def wait_warm(self, partition: tuple[str, ...]) -> None:
+        """Returns once the partition's first read, if one runs, is done (tests, benchmarks)."""
+        task = self._warming.get(partition)
+        if task is not None:
+            await asyncio.shield(task)
+
+    async def _warm(self, partition: tuple[str, ...]) -> None:
+        """Start the partition's first read unless it runs already; wait for it a little."""
+        task = self._warming.get(partition)
+        if task is None:
+            task = asyncio.create_task(self._load_logged(partition))
+            self._warming[partition] = task
+            task.add_done_callback(lambda _: self._warming.pop(partition, None))
+        await asyncio.wait((task,), timeout=self._warm_wait_s)
+
+    async def _load_logged(self, partition: tuple[str, ...]) -> None:
+        try:
+            await self._load(partition)
+        except Exception:  # nobody awaits this task: say it here; the next lookup tries again
+            logger.exception("could not mirror a semantic-cache list")
+
+    async def _load(self, partition: tuple[str, ...]) -> None:
+        key = self.log_key(partition)
+        found = await self._read(key, 0)
+        if found is None:  # unreadable: the next lookup tries again
+            return
+        length, items = found
+        if len(items) > _INLINE_LOAD_MAX:
+            loaded = await asyncio.to_thread(_loaded_partition, self._dim, self._exact_max,
+                                             items, key)
+        else:
+            loaded = _loaded_partition(self._dim, self._exact_max, items, key)
+        loaded.synced, loaded.last, loaded.loaded = length, items[-1] if items else b"", True
+        with self._lock:
+            old = self._parts.pop(partition, None)
+            if old is not None:  # what this server added meanwhile, or while the list was down
+                self._size -= len(old.keys)
+                loaded.extend(zip(old.keys, old.questions, old.vectors, strict=True))
+            self._parts[partition] = loaded
+            self._size += len(loaded.keys)
+            self._evict(partition)
 
     async def _read(self, key: str, start: int) -> tuple[int, list[bytes]] | None:
         assert self._log is not None
@@ -327,13 +412,17 @@ class SemanticIndex:
         part = self._parts.get(partition)
         if part is None:
             part = self._parts[partition] = _Partition(self._dim, self._exact_max)
-        if not part.append(vector, key, question):
+            part.loaded = self._log is None  # nothing to read
+        if not part.extend([(key, question, vector)]):
             return False
         self._size += 1
+        self._evict(partition)
+        return True
+
+    def _evict(self, keep: tuple[str, ...]) -> None:
         while self._size > self._max_entries and len(self._parts) > 1:
             oldest = next(iter(self._parts))
-            self._drop(oldest if oldest != partition else list(self._parts)[1])
-        return True
+            self._drop(oldest if oldest != keep else list(self._parts)[1])
 
     def _drop(self, partition: tuple[str, ...]) -> None:
         part = self._parts.pop(partition, None)
@@ -362,7 +451,7 @@ class SemanticIndex:
                 "shared": self._log is not None, "serving": self.serving,
                 "search": "backend" if self.searched else "mirror",
                 "off_reason": self.equivalence.off_reason, "skipped": self.skipped,
-                "log_errors": self.log_errors}
+                "log_errors": self.log_errors, "warming_lookups": self.warming_lookups}
 
 
 def _readable(items: list[bytes], key: str) -> Iterator[tuple[str, str, np.ndarray]]:
