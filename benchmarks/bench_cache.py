@@ -274,8 +274,8 @@ async def hit_breakdown(redis_url: str, questions: list[str],
     from redis.asyncio import Redis
 
     from metis_rag.cache.codec import Codec
+    from metis_rag.cache.mirror import decode_record
     from metis_rag.cache.redis import RedisBackend
-    from metis_rag.cache.semantic import decode_record
 
     prefix = CacheSettings().redis_key_prefix
     raw = Redis.from_url(redis_url)

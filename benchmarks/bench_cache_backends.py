@@ -128,7 +128,7 @@ async def fill_list(engine: Any, key: str, n: int, dim: int) -> np.ndarray:
     """`n` questions appended as `PostgresBackend.append` would, in one statement per table."""
     from sqlalchemy import text
 
-    from metis_rag.cache.semantic import encode_record
+    from metis_rag.cache.mirror import encode_record
 
     rng = np.random.default_rng(n)
     vectors = rng.standard_normal((n, dim)).astype(np.float32)

@@ -10,7 +10,8 @@ import pytest
 
 from metis_rag.cache import CacheBackend, MemoryBackend, RedisBackend
 from metis_rag.cache.equivalence import Equivalence, Model
-from metis_rag.cache.semantic import SemanticIndex, decode_record, encode_record
+from metis_rag.cache.mirror import decode_record, encode_record
+from metis_rag.cache.semantic import SemanticIndex
 from tests.spawn import free_port
 from tests.waiting import eventually
 
