@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 
 import httpx
@@ -137,23 +136,3 @@ async def test_tag_and_folder_filters_restrict_retrieval(client: httpx.AsyncClie
     q = {"message": FACTS[1][1], "folder": "it"}
     r = (await client.post("/api/chat/query", json=q)).json()
     assert {c["filename"] for c in r["citations"]} == {"security.txt"}
-
-
-async def test_large_uploads_arrive_byte_exact(client: httpx.AsyncClient) -> None:
-    # The body is parsed in 64 KB slices: lines that look like part boundaries, cut across
-    # slices, and the form fields after the files must all come through intact.
-    def text(seed: int) -> bytes:
-        lines = [f"Line {i} of file {seed}: the quota for team {i % 97} is {i * seed} units.\r\n"
-                 f"--not-a-boundary-{i}\r\n" for i in range(2500)]
-        return "".join(lines).encode()
-
-    files = {"first.txt": text(3), "second.txt": text(7)}
-    assert all(len(data) > 3 * 64 * 1024 for data in files.values())
-    body = await ingest(client, files, collection="large", tags="big")
-    assert [x["status"] for x in body["results"]] == ["created", "created"]
-    listed = (await client.get("/api/documents", params={"collection": "large"})).json()
-    stored = {d["filename"]: d for d in listed["items"]}
-    for name, data in files.items():
-        assert stored[name]["size_bytes"] == len(data)
-        assert stored[name]["content_hash"] == hashlib.sha256(data).hexdigest()
-        assert stored[name]["tags"] == ["big"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -90,24 +89,6 @@ async def test_corrupt_entry_is_dropped_and_the_next_tier_answers(
     assert await memory.get("t:q") == good  # healed by the back-fill
     stats = cache.stats()
     assert (stats.corrupt_dropped, stats.hits, stats.misses) == (1, 1, 0)
-
-
-async def test_large_entries_decode_off_the_loop_with_the_same_checks(
-    cache: TieredCache, memory: MemoryBackend, disk: DiskBackend, clock: FakeClock
-) -> None:
-    # Past 256 KB an entry is decoded in a worker thread: the same value, TTL and corruption
-    # handling as on the loop. Random bytes do not compress, so the entry stays that large.
-    value = os.urandom(600 * 1024)
-    await cache.set("big", value, ttl_s=10)
-    good = await disk.get("t:big")
-    assert good is not None and len(good) > 512 * 1024
-    await memory.set("t:big", good[:-1] + bytes([good[-1] ^ 0xFF]))
-    assert await cache.get("big") == value  # the corrupt copy dropped, the disk's answers
-    assert await memory.get("t:big") == good
-    clock.step(11)
-    assert await cache.get("big", default="miss") == "miss"
-    stats = cache.stats()
-    assert (stats.corrupt_dropped, stats.hits, stats.misses) == (1, 1, 1)
 
 
 async def test_corrupt_entry_is_never_returned(memory: MemoryBackend) -> None:
