@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -17,9 +16,6 @@ from .codec import Codec
 logger = logging.getLogger(__name__)
 
 _MISSING = object()
-# An entry this large is decoded in a worker thread: decoding a 4 MB parsed upload held the
-# event loop for 8-30 ms (py-spy during bench_hostile), a thread hop costs ~0.1 ms.
-_DECODE_IN_THREAD_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,10 +197,7 @@ class TieredCache:
     async def _decode(self, tier: int, full_key: str, data: bytes) -> tuple[Any, float | None]:
         """The value and its remaining TTL, or `_MISSING` for an expired or corrupt entry."""
         try:
-            if len(data) < _DECODE_IN_THREAD_BYTES:
-                value, expires_at = self.codec.decode(data)
-            else:  # megabytes (a parsed upload): tens of ms of zstd, CRC and JSON off the loop
-                value, expires_at = await asyncio.to_thread(self.codec.decode, data)
+            value, expires_at = self.codec.decode(data)
         except CorruptEntry as exc:
             self._corrupt_dropped += 1
             logger.warning("dropping corrupt cache entry %r from tier %d: %s", full_key, tier, exc)
