@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartParser
 
 from ..errors import ClientDisconnected, InvalidInput, MetisError
 from ..ingest.parsers import sanitize_filename
@@ -98,26 +97,6 @@ async def cancelled_on_disconnect(request: Request) -> AsyncIterator[None]:
         await asyncio.gather(watcher, return_exceptions=True)
 
 
-class _UploadParser(MultiPartParser):
-    # Parts stay in memory: each is read whole right after, and the body is bounded by
-    # METIS_MAX_UPLOAD_MB. Spooled, a part past 1 MB was copied to a temporary file on the
-    # event loop, and every later piece of it written there through a worker thread.
-    spool_max_size = 1 << 62
-
-
-_SLICE_BYTES = 64 * 1024
-
-
-async def _in_slices(stream: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
-    """The body in pieces of at most 64 KB, with a turn of the event loop between them: a body
-    that arrived whole comes as one chunk, and the multipart parser went through megabytes of
-    it in one go (up to 50 ms during which no question moved: py-spy during bench_hostile)."""
-    async for chunk in stream:
-        for start in range(0, len(chunk), _SLICE_BYTES):
-            yield chunk[start:start + _SLICE_BYTES]
-            await asyncio.sleep(0)
-
-
 async def _read_form(request: Request) -> tuple[list[tuple[str, bytes, str]], dict[str, str]]:
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise InvalidInput(
@@ -125,9 +104,7 @@ async def _read_form(request: Request) -> tuple[list[tuple[str, bytes, str]], di
             code="multipart_required",
         )
     try:
-        async with aclosing(_in_slices(request.stream())) as body:
-            form = await _UploadParser(request.headers, body, max_files=MAX_FILES,
-                                       max_fields=100).parse()
+        form = await request.form(max_files=MAX_FILES, max_fields=100)
     except MetisError:
         raise
     except Exception as exc:
