@@ -18,9 +18,7 @@ import asyncio
 import dataclasses
 import logging
 import struct
-import subprocess
 import sys
-from collections.abc import Coroutine
 from typing import Any
 
 import orjson
@@ -56,61 +54,49 @@ class ChunkingConfig:
 class _Worker:
     """One parser process and its pipes."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, read_transport: asyncio.BaseTransport) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
-        self._reader, self._writer, self._read_transport = reader, writer, read_transport
         self.peak_rss_mb = 0.0
 
-    @staticmethod
-    def popen(config: bytes) -> subprocess.Popen[bytes]:
-        """Starts the process; blocking, for a worker thread. Popen uses vfork, where the loop's
-        own spawn (uvloop) forks the whole server on the loop thread: 9-34 ms during which no
-        request moved (py-spy during bench_hostile, ten such starts in 20 s of hostile uploads)."""
-        return subprocess.Popen([sys.executable, "-m", "metis_rag.ingest.parse_worker", config],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-
     @classmethod
-    async def attach(cls, proc: subprocess.Popen[bytes]) -> _Worker:
-        """Streams over the pipes of a started process (its pipes then belong to them)."""
-        assert proc.stdin is not None and proc.stdout is not None
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(loop=loop)
-        read_transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader, loop=loop), proc.stdout)
-        write_transport, protocol = await loop.connect_write_pipe(
-            lambda: asyncio.streams.FlowControlMixin(loop), proc.stdin)
-        writer = asyncio.StreamWriter(write_transport, protocol, None, loop)
-        return cls(proc, reader, writer, read_transport)
+    async def spawn(cls, config: bytes) -> _Worker:
+        return cls(await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "metis_rag.ingest.parse_worker", config,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        ))
 
     async def ready(self) -> None:
         """Waits for {"ready": true}: its imports and memory ceiling are in place."""
         await self._reply()
 
     async def call(self, header: dict[str, Any], data: bytes) -> dict[str, Any]:
+        assert self.proc.stdin is not None
         payload = orjson.dumps(header)
-        self._writer.write(struct.pack(">I", len(payload)) + payload
-                           + struct.pack(">Q", len(data)))
-        self._writer.write(data)
-        await self._writer.drain()
+        self.proc.stdin.write(struct.pack(">I", len(payload)) + payload
+                              + struct.pack(">Q", len(data)))
+        self.proc.stdin.write(data)
+        await self.proc.stdin.drain()
         return await self._reply()
 
     async def _reply(self) -> dict[str, Any]:
-        size = struct.unpack(">I", await self._reader.readexactly(4))[0]
+        assert self.proc.stdout is not None
+        size = struct.unpack(">I", await self.proc.stdout.readexactly(4))[0]
         if size > _MAX_REPLY_BYTES:
             raise ConnectionError("oversized reply from a parser process")
-        reply: dict[str, Any] = orjson.loads(await self._reader.readexactly(size))
+        reply: dict[str, Any] = orjson.loads(await self.proc.stdout.readexactly(size))
         return reply
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
+        if self.proc.returncode is None:
             self.proc.kill()
-        self._writer.close()
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
 
     async def wait(self) -> None:
-        await asyncio.to_thread(self.proc.wait)
-        # Close the read end now the process is gone, so no transport outlives its process.
-        self._read_transport.close()
+        await self.proc.wait()
+        # asyncio closes a subprocess transport only once its pipes report EOF; close it now
+        # the process is gone so no transport outlives its process (a ResourceWarning).
+        self.proc._transport.close()  # type: ignore[attr-defined]  # asyncio has no public way
 
 
 class ParseSandbox:
@@ -206,36 +192,13 @@ class ParseSandbox:
 
     async def _start(self) -> _Worker:
         self.stats["started"] += 1
-        popen = asyncio.ensure_future(asyncio.to_thread(_Worker.popen, self._config))
-        try:
-            proc = await asyncio.shield(popen)
-        except asyncio.CancelledError:
-            # The thread goes on and starts the process: kill and reap it once it exists.
-            popen.add_done_callback(self._kill_started)
-            raise
-        try:
-            worker = await _Worker.attach(proc)
-        except BaseException:
-            proc.kill()
-            self._reap(asyncio.to_thread(_close_popen, proc))
-            raise
+        worker = await _Worker.spawn(self._config)
         try:
             await worker.ready()
         except BaseException:
             self._discard(worker)
             raise
         return worker
-
-    def _kill_started(self, popen: asyncio.Future[subprocess.Popen[bytes]]) -> None:
-        if not popen.cancelled() and popen.exception() is None:
-            proc = popen.result()
-            proc.kill()
-            self._reap(asyncio.to_thread(_close_popen, proc))
-
-    def _reap(self, wait: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(wait)
-        self._reaping.add(task)
-        task.add_done_callback(self._reaping.discard)
 
     def _release(self, worker: _Worker, reply: dict[str, Any]) -> None:
         rss = float(reply.get("max_rss_mb") or 0)
@@ -263,9 +226,12 @@ class ParseSandbox:
         cancelled ingestion or a hostile file's kill should not make the next upload wait for
         a process to start (0.4-1 s with its imports and tokenizer)."""
         worker.kill()
-        self._reap(worker.wait())
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(worker.wait())
+        self._reaping.add(task)
+        task.add_done_callback(self._reaping.discard)
         if replace and self._spare is None:
-            self._spare = asyncio.get_running_loop().create_task(self._start_spare())
+            self._spare = loop.create_task(self._start_spare())
 
     async def _start_spare(self) -> None:
         try:
@@ -291,11 +257,3 @@ class ParseSandbox:
             self._discard(worker)
         if self._reaping:
             await asyncio.gather(*self._reaping, return_exceptions=True)
-
-
-def _close_popen(proc: subprocess.Popen[bytes]) -> None:
-    """Reaps a process no streams were attached to, and closes its pipes (blocking)."""
-    proc.wait()
-    for pipe in (proc.stdin, proc.stdout):
-        if pipe is not None:
-            pipe.close()
