@@ -3,9 +3,9 @@
 Each task queues its document's chunk texts; one loop embeds them oldest document first, in
 slices of at most `slice_texts` texts, whatever documents a slice spans. A document is done
 when its last text is, so its task writes it while the model works on the next slice, and a
-freed task slot starts parsing the next file meanwhile. Calls as large as everything waiting
-(until 2026-12-07) ended with every running task's document at once: the model then idled
-while all of them were written and the next files parsed and chunked.
+freed task slot starts parsing the next file meanwhile. Calls of whole documents (until
+2026-12-07) were traced at one document per call, with the model idle between calls while
+documents were written and the next files parsed (README, Benchmarks: "ingest-90").
 """
 
 from __future__ import annotations
