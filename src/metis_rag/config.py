@@ -446,6 +446,10 @@ class TaskSettings(BaseModel):
         "started with `metis worker` (install the `tasks` extra).",
     )
     concurrency: int = Field(4, ge=1, le=256, description="Most tasks running at once per process.")
+    low_priority_max_defer_s: float = Field(
+        300, ge=0, description="Embedded engine: a `low` task (a document's analysis) waits while "
+        "a task of a higher priority runs in its process, at most this long; 0 = no waiting.",
+    )
     min_concurrency: int = Field(
         1, ge=1, description="Floor the resource monitor may lower the concurrency to under load."
     )

@@ -44,7 +44,8 @@ from .store.pgvector import PgVectorStore, column_dim
 from .store.vectors import VectorStore
 from .tasks import Role, build_backend
 from .tasks.base import TaskBackend
-from .tasks.handlers import IngestEmbedder, build_registry
+from .tasks.handlers import build_registry
+from .tasks.ingest_embedder import IngestEmbedder
 from .tenancy.audit import AuditLog
 from .tenancy.counters import build_counters
 from .tenancy.keys import KeyRing, static_keys

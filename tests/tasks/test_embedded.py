@@ -160,6 +160,33 @@ async def test_a_critical_task_waits_only_for_a_free_slot_never_for_the_queue(tm
         assert names[25:] == [f"queued{i}" for i in range(0, 50, 2)]
 
 
+async def test_a_low_task_waits_while_a_higher_one_runs_and_then_for_its_longest(
+        tmp_path: Path, clock: FakeClock) -> None:
+    async with Harness(tmp_path, clock, low_priority_max_defer_s=30) as h:
+        await h.backend.submit([TaskSpec("block", params={"gate": "g", "name": "ingest"})])
+        await h.backend.submit([TaskSpec("mark", params={"name": "analysis"},
+                                         priority=Priority.low)])
+        await clock.advance(1)
+        # A free slot, yet the analysis waits for the running normal task.
+        assert h.started == ["ingest"]
+        h.open("g")
+        await eventually(lambda: h.started == ["ingest", "analysis"], what="it never started")
+
+        await h.backend.submit([TaskSpec("block", params={"gate": "h", "name": "long"})])
+        await h.backend.submit([TaskSpec("mark", params={"name": "late"}, priority=Priority.low)])
+        await clock.advance(29)
+        await h.backend._heartbeat()  # the heartbeat looks again once it has waited its longest
+        assert "late" not in h.started
+        await clock.advance(1.5)
+        await h.backend._heartbeat()
+
+        async def started() -> bool:
+            return "late" in h.started
+
+        await eventually(started, what="a low task waited past its longest")
+        h.open("h")
+
+
 async def test_load_lowers_concurrency_and_raises_one_alert_per_crossing(tmp_path: Path) -> None:
     async with Harness(tmp_path, concurrency=4, min_concurrency=1) as h:
         monitor = h.backend.monitor

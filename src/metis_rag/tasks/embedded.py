@@ -29,7 +29,7 @@ from .ids import public
 from .resources import ResourceMonitor, Sampler, psutil_sampler
 from .runner import HandlerRegistry, Outcome, TaskContext, execute, retry_delay_s
 from .scheduler import Entry, Scheduler
-from .types import FINISHED, QUEUED, TaskOut, TaskSpec
+from .types import FINISHED, QUEUED, Priority, TaskOut, TaskSpec
 from .writer import StateWriter
 
 log = logging.getLogger("metis.tasks")
@@ -160,10 +160,22 @@ class EmbeddedBackend(TaskBackend):
         if self._closing or not self._run_tasks:
             return
         while len(self._running) < self.limit:
-            entry = self.sched.pop_ready()
-            if entry is None:
+            entry = self.sched.peek_ready()
+            if entry is None or self._deferred(entry):
                 return
+            self.sched.pop_ready()
             self._start(entry)
+
+    def _deferred(self, entry: Entry) -> bool:
+        """A `low` task waits while a higher one runs here (up to LOW_PRIORITY_MAX_DEFER_S; the
+        heartbeat looks again): analyses queued by a bulk ingestion took the cores its last
+        files were being embedded on."""
+        if entry.priority > Priority.low:
+            return False
+        if self.clock() - entry.ready_since >= self.settings.low_priority_max_defer_s:
+            return False
+        held = self.sched.entries
+        return any(held[i].priority > Priority.low for i in self._running if i in held)
 
     def _start(self, entry: Entry) -> None:
         entry.attempts += 1
@@ -355,6 +367,7 @@ class EmbeddedBackend(TaskBackend):
             if entry is not None and not entry.cancel_requested:
                 asyncio.create_task(self.cancel(task_id))
         await self._check_external()
+        self._pump()  # a deferred low task may have waited its longest by now
 
     async def _check_external(self) -> None:
         """Resolves waiting tasks whose dependencies this process does not hold."""

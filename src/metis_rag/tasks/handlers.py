@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ..agent.analysis_step import analyse_document, analysis_pending
-from ..batching import MicroBatcher
 from ..config import TaskSettings
 from ..errors import InvalidInput, PermanentError
 from ..ingest.pipeline import Upload
@@ -96,31 +95,6 @@ async def analyse_document_task(ctx: TaskContext) -> dict[str, Any]:
     done = await analyse_document(ctx.services.sessions, analyzer, ctx.params["document_id"])
     return {"document_id": ctx.params["document_id"],
             "method": done.method if done is not None else None}
-
-
-class IngestEmbedder:
-    """Embeds the chunks of concurrent ingestion tasks together: one model call at a time, as
-    large as the tasks waiting make it (a document per call would leave batches small and
-    several calls fighting over the cores). No side effects: a cancelled task just drops out."""
-
-    def __init__(self, embedder: Any, max_texts: int = 256) -> None:
-        self._embedder = embedder
-        self._batcher: MicroBatcher[Sequence[str], np.ndarray] = MicroBatcher(
-            self._run, max_batch=max(1, max_texts // 4), max_wait_ms=0)
-
-    async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        return await self._batcher.submit(texts)
-
-    async def _run(self, items: list[Sequence[str]]) -> list[np.ndarray]:
-        matrix = await self._embedder.embed([t for texts in items for t in texts])
-        out, start = [], 0
-        for texts in items:
-            out.append(matrix[start:start + len(texts)])
-            start += len(texts)
-        return out
-
-    async def close(self) -> None:
-        await self._batcher.close()
 
 
 def _tenant(ctx: TaskContext) -> str:

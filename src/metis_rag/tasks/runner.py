@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # the app's components, for type checking only: they import t
     from ..store.vectors import VectorStore
     from ..tenancy.keys import KeyRing
     from .base import TaskBackend
-    from .handlers import IngestEmbedder
+    from .ingest_embedder import IngestEmbedder
 
 Handler = Callable[["TaskContext"], Any]
 ProgressSink = Callable[[str, float, str | None], None]

@@ -72,13 +72,21 @@ class Scheduler:
             entry.seq = next(self._seq)
             heapq.heappush(self._ready, (-entry.priority, entry.seq, entry))
 
-    def pop_ready(self) -> Entry | None:
+    def peek_ready(self) -> Entry | None:
+        """The task `pop_ready` would return, left in place."""
         while self._ready:
-            _, _, entry = heapq.heappop(self._ready)
+            entry = self._ready[0][2]
             if entry.status == "pending" and self.entries.get(entry.id) is entry:
-                entry.status = "running"
                 return entry
+            heapq.heappop(self._ready)
         return None
+
+    def pop_ready(self) -> Entry | None:
+        entry = self.peek_ready()
+        if entry is not None:
+            heapq.heappop(self._ready)
+            entry.status = "running"
+        return entry
 
     def next_start(self) -> float | None:
         while self._timers and self._timers[0][2].status != "scheduled":
