@@ -29,7 +29,7 @@ from .ids import public
 from .resources import ResourceMonitor, Sampler, psutil_sampler
 from .runner import HandlerRegistry, Outcome, TaskContext, execute, retry_delay_s
 from .scheduler import Entry, Scheduler
-from .types import FINISHED, QUEUED, Priority, TaskOut, TaskSpec
+from .types import FINISHED, QUEUED, TaskOut, TaskSpec
 from .writer import StateWriter
 
 log = logging.getLogger("metis.tasks")
@@ -161,21 +161,11 @@ class EmbeddedBackend(TaskBackend):
             return
         while len(self._running) < self.limit:
             entry = self.sched.peek_ready()
-            if entry is None or self._deferred(entry):
+            if entry is None or self.sched.held_back(
+                    entry, self._running, self.clock(), self.settings.low_priority_max_defer_s):
                 return
             self.sched.pop_ready()
             self._start(entry)
-
-    def _deferred(self, entry: Entry) -> bool:
-        """A `low` task waits while a higher one runs here (up to LOW_PRIORITY_MAX_DEFER_S; the
-        heartbeat looks again): analyses queued by a bulk ingestion took the cores its last
-        files were being embedded on."""
-        if entry.priority > Priority.low:
-            return False
-        if self.clock() - entry.ready_since >= self.settings.low_priority_max_defer_s:
-            return False
-        held = self.sched.entries
-        return any(held[i].priority > Priority.low for i in self._running if i in held)
 
     def _start(self, entry: Entry) -> None:
         entry.attempts += 1

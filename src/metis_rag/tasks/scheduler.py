@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import InvalidInput
 from .ids import public
+from .types import Priority
 
 
 @dataclass(slots=True, eq=False)
@@ -87,6 +88,15 @@ class Scheduler:
             heapq.heappop(self._ready)
             entry.status = "running"
         return entry
+
+    def held_back(self, entry: Entry, running: Iterable[str], now: float,
+                  max_defer_s: float) -> bool:
+        """A `low` task waits while a higher one runs (up to `max_defer_s` after it became
+        ready; the caller looks again on its heartbeat): analyses queued by a bulk ingestion
+        took the cores its last files were being embedded on."""
+        if entry.priority > Priority.low or now - entry.ready_since >= max_defer_s:
+            return False
+        return any(self.entries[i].priority > Priority.low for i in running if i in self.entries)
 
     def next_start(self) -> float | None:
         while self._timers and self._timers[0][2].status != "scheduled":
