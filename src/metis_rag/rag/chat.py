@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ..cache.levels import Caches, digest
+from ..cache.levels import Caches
 from ..config import CacheSettings, LLMSettings, RetrievalSettings
 from ..embed.base import Embedder
 from ..errors import InvalidInput, ProviderError
@@ -28,14 +28,13 @@ from ..schemas import CacheInfo, ChatAnswer, ChatQuery, Citation
 from ..store import repo
 from ..store.lookup import CollectionLookup, CollectionRef
 from ..tenancy.principal import SINGLE_TENANT, Principal
-from .answer import PROMPT_VERSION, build_messages, extractive_answer
+from .answer import build_messages, extractive_answer
 from .conversations import ConversationLog
 from .retriever import Retriever
-from .turn import Turn, citations_of, elapsed_ms
+from .turn import AnswerShapes, Turn, citations_of, elapsed_ms
 
 _CITED_SENTENCE_END = re.compile(r"(?<=\])\s+")
 _CITATIONS_SEEN = 1024  # as many as the exact level's memo holds
-_SHAPES_KEPT = 256  # distinct option sets of questions without history
 
 
 class ChatService:
@@ -75,7 +74,7 @@ class ChatService:
         self._caches = caches
         # id(cache entry) -> (the entry, its citations validated): see `_entry_citations`.
         self._citations_seen: dict[int, tuple[dict[str, Any], list[Citation]]] = {}
-        self._shapes: dict[tuple[Any, ...], str] = {}  # request options -> `_shape` (no history)
+        self._shapes = AnswerShapes(retrieval, generation, llm.name if llm else "extractive")
 
     # -- the steps -------------------------------------------------------------------------
 
@@ -115,7 +114,7 @@ class ChatService:
             analysis_version=coll.analysis_version,
             conversation_id=conversation_id or self._conversations.new_id(),
             history=history,
-            shape=self._shape(query, history),
+            shape=self._shapes.of(query, history),
             started=started,
             new_conversation=not query.conversation_id,
             others=others,
@@ -127,39 +126,6 @@ class ChatService:
             return await self._lookup.get(tenant, name)
         # The default collection always exists, even before anything is ingested.
         return await self._lookup.get_or_create(tenant, name)
-
-    @staticmethod
-    def _analysis_shape(query: ChatQuery) -> tuple[str, ...]:
-        """The analysis filters, when any: unfiltered questions keep their old keys."""
-        if query.doc_type is None and query.language is None and query.topic is None:
-            return ()
-        return ("analysis", repr((query.doc_type, query.language, query.topic)))
-
-    def _shape(self, query: ChatQuery, history: list[ChatMessage]) -> str:
-        """Everything besides the question that shapes an answer: part of every answer key."""
-        if history:
-            return self._digest_shape(query, history)
-        # Without history the shape depends on the request's options alone (the settings are
-        # fixed for the service's life): a dict lookup instead of a digest on every question.
-        options = (query.use_rag, query.top_k, tuple(query.tags), query.folder, query.hybrid,
-                   query.group_by, query.doc_type, query.language, query.topic)
-        shape = self._shapes.get(options)
-        if shape is None:
-            if len(self._shapes) >= _SHAPES_KEPT:
-                self._shapes.clear()
-            shape = self._shapes[options] = self._digest_shape(query, history)
-        return shape
-
-    def _digest_shape(self, query: ChatQuery, history: list[ChatMessage]) -> str:
-        r, llm = self._retrieval_settings, self._generation
-        return digest(
-            query.use_rag, query.top_k or r.top_k, sorted(query.tags), query.folder,
-            r.hybrid if query.hybrid is None else query.hybrid, r.candidates, r.rrf_k,
-            query.group_by, r.fusion, r.term_weight, r.name_weight, r.phrase_weight, r.dense_weight,
-            r.chunks_per_document, *self._analysis_shape(query),
-            self._llm.name if self._llm else "extractive", PROMPT_VERSION,
-            llm.temperature, llm.max_tokens, [(m.role, m.content) for m in history],
-        )
 
     async def _embed(self, turn: Turn) -> np.ndarray:
         if turn.vector is None:

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from ..cache.levels import digest, normalize_question
+from ..config import LLMSettings, RetrievalSettings
 from ..llm.base import ChatMessage
 from ..schemas import ChatQuery, Citation, Timings
 from ..store.lookup import CollectionRef
+from .answer import PROMPT_VERSION
 from .retriever import Retrieved
+
+_SHAPES_KEPT = 256  # distinct option sets of questions without history
 
 
 def elapsed_ms(start: float) -> float:
@@ -116,3 +121,46 @@ class Turn:
         reads = self.reads_analysis
         return (self.namespace, str(self.collection_id), self.ref.key(reads), self.shape,
                 *(f"{o.id}:{o.key(reads)}" for o in self.others))
+
+
+class AnswerShapes:
+    """Everything besides the question that shapes an answer, as a digest in every answer key:
+    the request's options, the retrieval and generation settings, the LLM, the history."""
+
+    def __init__(self, retrieval: RetrievalSettings, generation: LLMSettings, llm: str) -> None:
+        self._retrieval = retrieval
+        self._generation = generation  # temperature and max_tokens of every completion
+        self._llm = llm
+        self._known: dict[tuple[Any, ...], str] = {}  # request options -> shape (no history)
+
+    def of(self, query: ChatQuery, history: list[ChatMessage]) -> str:
+        if history:
+            return self._digest(query, history)
+        # Without history the shape depends on the request's options alone (the settings are
+        # fixed for the service's life): a dict lookup instead of a digest on every question.
+        options = (query.use_rag, query.top_k, tuple(query.tags), query.folder, query.hybrid,
+                   query.group_by, query.doc_type, query.language, query.topic)
+        shape = self._known.get(options)
+        if shape is None:
+            if len(self._known) >= _SHAPES_KEPT:
+                self._known.clear()
+            shape = self._known[options] = self._digest(query, history)
+        return shape
+
+    def _digest(self, query: ChatQuery, history: list[ChatMessage]) -> str:
+        r, llm = self._retrieval, self._generation
+        return digest(
+            query.use_rag, query.top_k or r.top_k, sorted(query.tags), query.folder,
+            r.hybrid if query.hybrid is None else query.hybrid, r.candidates, r.rrf_k,
+            query.group_by, r.fusion, r.term_weight, r.name_weight, r.phrase_weight, r.dense_weight,
+            r.chunks_per_document, *_analysis_shape(query),
+            self._llm, PROMPT_VERSION, llm.temperature, llm.max_tokens,
+            [(m.role, m.content) for m in history],
+        )
+
+
+def _analysis_shape(query: ChatQuery) -> tuple[str, ...]:
+    """The analysis filters, when any: unfiltered questions keep their old keys."""
+    if query.doc_type is None and query.language is None and query.topic is None:
+        return ()
+    return ("analysis", repr((query.doc_type, query.language, query.topic)))
