@@ -13,7 +13,6 @@ before asking again, as a well-behaved client would. Only the saturation phase o
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -23,25 +22,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import bench_load  # noqa: E402
-import corpus  # noqa: E402
-import harness  # noqa: E402
 
 
 def measure(env: dict[str, str], args: argparse.Namespace, label: str) -> None:
     with tempfile.TemporaryDirectory(prefix="metis-admission-") as tmp:
         root = Path(tmp)
-        harness.link_models(root / "data")
-        corpus.write_corpus(root / "docs", 40)
-        topics = harness.questions(50)
-        messages = [t[0] for t in topics] + [t[1] for t in topics]
         limited = any(k.startswith("METIS_RATELIMIT__MAX_") and v != "0" for k, v in env.items())
-        with harness.metis_server(root / "data", env=env, log=root / "metis.log") as url:
-            harness.upload_corpus(url, root / "docs")
-            answers = bench_load.warm(url, messages)
-            bodies = root / "bodies.jsonl"
-            bodies.write_text("".join(
-                json.dumps({"message": m, "collection": "bench"}) + "\n"
-                for m in answers))
+        with bench_load.cached_server(root, 40, 50, env, root / "metis.log") as served:
+            url, bodies = served.url, served.bodies
             runs = []
             for run in range(args.runs):
                 w = bench_load.wrk(url, bodies, args.seconds, args.connections, 0,

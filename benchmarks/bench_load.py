@@ -30,6 +30,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,25 +94,43 @@ def warm(url: str, messages: list[str]) -> dict[str, Any]:
     return answers
 
 
+@dataclass
+class Cached:
+    url: str
+    chunks: int
+    answers: dict[str, Any]  # question -> the answer an exact hit gives
+    bodies: Path  # wrk's request bodies, one per question in `answers`
+
+
+@contextmanager
+def cached_server(root: Path, docs: int, questions: int, env: dict[str, str] | None = None,
+                  log: Path | None = None) -> Iterator[Cached]:
+    """A `metis serve` over `docs` corpus files whose questions (and their normalized twins)
+    have each been asked once, so that every body in `bodies` is an exact hit."""
+    harness.link_models(root / "data")
+    corpus.write_corpus(root / "docs", docs)
+    topics = harness.questions(questions)
+    messages = [t[0] for t in topics] + [t[1] for t in topics]
+    with harness.metis_server(root / "data", env=env, log=log) as url:
+        chunks = harness.upload_corpus(url, root / "docs")
+        answers = warm(url, messages)
+        bodies = root / "bodies.jsonl"
+        bodies.write_text("".join(json.dumps({"message": m, "collection": "bench"}) + "\n"
+                                  for m in answers))
+        yield Cached(url, chunks, answers, bodies)
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.quick:
         args.seconds = min(args.seconds, 10)
     with tempfile.TemporaryDirectory(prefix="metis-load-") as tmp:
         root = Path(tmp)
-        data = root / "data"
-        harness.link_models(data)
-        corpus.write_corpus(root / "docs", args.docs)
-        topics = harness.questions(args.questions)
-        messages = [t[0] for t in topics] + [t[1] for t in topics]
-        bodies = root / "bodies.jsonl"
         env = ({"METIS_RATELIMIT__MAX_IN_FLIGHT": str(args.max_in_flight)}
                if args.max_in_flight else None)
-        with harness.metis_server(data, env=env, log=root / "metis.log") as url:
-            chunks = harness.upload_corpus(url, root / "docs")
-            answers = warm(url, messages)
+        with cached_server(root, args.docs, args.questions, env, root / "metis.log") as served:
+            url, chunks, answers, bodies = (served.url, served.chunks, served.answers,
+                                            served.bodies)
             messages = list(answers)
-            bodies.write_text("".join(json.dumps({"message": m, "collection": "bench"}) + "\n"
-                                      for m in messages))
             (root / "answers.json").write_text(json.dumps(answers))
             port = harness.free_port()
             bare_url = f"http://127.0.0.1:{port}"

@@ -17,7 +17,6 @@ statement that raised it is printed).
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import tempfile
@@ -34,7 +33,7 @@ sys.path.insert(0, str(HERE))
 
 import corpus  # noqa: E402
 import harness  # noqa: E402
-from bench_load import warm, wrk  # noqa: E402
+from bench_load import cached_server, wrk  # noqa: E402
 
 
 def _text(i: int, words: int) -> bytes:
@@ -115,18 +114,9 @@ def _locked_in_log(log: Path) -> dict[str, Any]:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="metis-upload-load-") as tmp:
         root = Path(tmp)
-        data = root / "data"
-        harness.link_models(data)
-        corpus.write_corpus(root / "docs", args.docs)
-        topics = harness.questions(args.questions)
-        messages = [t[0] for t in topics] + [t[1] for t in topics]
         log = root / "metis.log"
-        with harness.metis_server(data, log=log) as url:
-            harness.upload_corpus(url, root / "docs")
-            answers = warm(url, messages)
-            bodies = root / "bodies.jsonl"
-            bodies.write_text("".join(json.dumps({"message": m, "collection": "bench"}) + "\n"
-                                      for m in answers))
+        with cached_server(root, args.docs, args.questions, log=log) as served:
+            url, bodies = served.url, served.bodies
             out: dict[str, Any] = {"statuses": Counter(), "seconds": [], "errors": [],
                                    "accepted": []}
             lock, stop = threading.Lock(), threading.Event()
