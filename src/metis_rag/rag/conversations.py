@@ -8,7 +8,8 @@ clean shutdown flushes too. A process crash can lose only the messages of the la
 never documents or chunks, which are committed before their request returns; in durable mode
 (`committed`) a request returns only after the group commit that holds its rows. When the
 database is unreachable, batches are kept and retried; `append` waits once `max_pending`
-messages are queued, so memory stays bounded (the queue plus the one batch being written).
+messages are queued, so memory stays bounded (the queue plus the one batch being written);
+a batch takes at most `max_batch` messages, so a full queue frees room every few milliseconds.
 Waiting appends are let in first come, first served, as soon as the writer takes a batch:
 answers slow down evenly to the writer's pace. (They used to wait until the queue was empty,
 which under steady load it never is: a few requests waited seconds, once 7.3 s, while
