@@ -236,6 +236,10 @@ class ConversationSettings(BaseModel):
         10_000, ge=1, description="Messages queued at most while the database is slow or down; "
         "beyond it, answers wait, first come first served, until the writer takes a batch.",
     )
+    max_batch: int = Field(
+        2_000, ge=1, description="Messages written per transaction at most: a longer queue is "
+        "written in several, so answers waiting for room are let in every few milliseconds.",
+    )
 
 
 class CacheSettings(BaseModel):

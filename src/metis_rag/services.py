@@ -169,7 +169,7 @@ async def open_services(
         stack.callback(lookup.close)
         c = settings.conversations
         conversations = ConversationLog(sessions, max_delay_ms=c.window_ms,
-                                        max_pending=c.max_pending)
+                                        max_pending=c.max_pending, max_batch=c.max_batch)
         await conversations.start()
         stack.push_async_callback(conversations.close)
         chat = ChatService(sessions, embedder, retriever, llm, caches, lookup, conversations,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, event, func, select
@@ -182,3 +183,88 @@ async def test_waiting_appends_go_in_first_come_first_served_as_soon_as_a_batch_
     async with sessions() as session:
         rows = (await session.execute(select(Message.content).order_by(Message.id))).scalars()
         assert list(rows) == ["m0", "m1", "w0", "w1", "w2", "w3", "w4", "late"]
+
+
+async def test_the_fast_sqlite_write_stores_rows_as_the_orm_would(db) -> None:  # type: ignore[no-untyped-def]
+    """Raw executemany on the twin's connection: the stored values (timestamp text, JSON text,
+    ids) and the rows read back through the ORM are those of SQLAlchemy's Core insert."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from sqlalchemy import insert, text
+
+    from metis_rag.store.models import Conversation
+
+    sessions, coll_id, _ = db
+    paris = timezone(timedelta(hours=1))
+    stamps = iter([datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=paris),
+                   datetime(2026, 3, 1, 12, 0, 1, tzinfo=UTC),
+                   datetime(2026, 3, 1, 12, 0, 2, 7, tzinfo=paris)])
+    citations = [{"index": 1, "title": "Été « naïf » \u2028", "score": 0.125, "page": None},
+                 {"index": 2, "tags": ["a", "b"], "big": 2**53}]
+    log = ConversationLog(sessions, max_delay_ms=60_000, now=lambda: next(stamps))
+    await log.start()
+    assert log.writer_engine is not None  # this is the fast path
+    fast = log.new_id()
+    log.new_conversation(fast, coll_id, "a title " * 40)  # cut at 200 characters
+    await log.append(fast, "user", "question ✓", [])
+    await log.append(fast, "assistant", "answer", citations)
+    await log.flush()
+    await log.close()
+
+    # The same rows, the way they used to be written: Core inserts of dicts.
+    old = "0" * 32
+    stamps = iter([datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=paris),
+                   datetime(2026, 3, 1, 12, 0, 1, tzinfo=UTC),
+                   datetime(2026, 3, 1, 12, 0, 2, 7, tzinfo=paris)])
+    created, first, last = next(stamps), next(stamps), next(stamps)
+    async with sessions() as session, session.begin():
+        await session.execute(insert(Conversation.__table__), [
+            {"id": old, "collection_id": coll_id, "tenant": "default",
+             "title": ("a title " * 40)[:200], "created_at": created, "updated_at": last}])
+        await session.execute(insert(Message.__table__), [
+            {"conversation_id": old, "role": "user", "content": "question ✓", "citations": [],
+             "created_at": first},
+            {"conversation_id": old, "role": "assistant", "content": "answer",
+             "citations": citations, "created_at": last}])
+
+    async with sessions() as session:
+        def stored(sql: str, conv: str) -> Any:
+            return session.execute(text(sql), {"c": conv})
+
+        for sql in ("SELECT collection_id, tenant, title, created_at, updated_at, "
+                    "typeof(created_at) FROM conversations WHERE id = :c",
+                    "SELECT role, content, citations, created_at, typeof(citations), "
+                    "typeof(id) FROM messages WHERE conversation_id = :c ORDER BY id"):
+            assert (await stored(sql, fast)).all() == (await stored(sql, old)).all()
+        convs = {c.id: c for c in (await session.execute(select(Conversation))).scalars()}
+        assert ((convs[fast].title, convs[fast].created_at, convs[fast].updated_at)
+                == (convs[old].title, convs[old].created_at, convs[old].updated_at))
+        assert convs[fast].updated_at == datetime(2026, 3, 1, 11, 0, 2, 7, tzinfo=UTC)
+        messages = (await session.execute(select(Message).order_by(Message.id))).scalars().all()
+        by_conv = {m.conversation_id: [] for m in messages}  # type: ignore[var-annotated]
+        for m in messages:
+            by_conv[m.conversation_id].append((m.role, m.content, m.citations, m.created_at))
+        assert by_conv[fast] == by_conv[old]
+        assert by_conv[fast][1][2] == citations
+        ids = [m.id for m in messages]
+        assert ids == sorted(ids) and len(set(ids)) == 4
+
+
+async def test_a_long_queue_is_written_in_batches_of_max_batch_messages(db) -> None:  # type: ignore[no-untyped-def]
+    """Batches are cut at `max_batch` messages, each its own transaction, in queue order, and
+    durable waiters return only once the last of the rows queued before them is committed."""
+    sessions, coll_id, commits = db
+    log = ConversationLog(sessions, max_delay_ms=60_000, max_batch=4)
+    await log.start()
+    convs = [log.new_id() for _ in range(5)]
+    for n, conv in enumerate(convs):
+        log.new_conversation(conv, coll_id, "q")
+        await log.append(conv, "user", f"q{n}", [])
+        await log.append(conv, "assistant", f"a{n}", [])
+    commits.clear()
+    await log.flush()
+    assert len(commits) == 3  # 10 messages: 4, 4 and 2
+    async with sessions() as session:
+        rows = (await session.execute(select(Message.content).order_by(Message.id))).scalars()
+        assert list(rows) == [x for n in range(5) for x in (f"q{n}", f"a{n}")]
+    await log.close()

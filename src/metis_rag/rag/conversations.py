@@ -8,7 +8,8 @@ clean shutdown flushes too. A process crash can lose only the messages of the la
 never documents or chunks, which are committed before their request returns; in durable mode
 (`committed`) a request returns only after the group commit that holds its rows. When the
 database is unreachable, batches are kept and retried; `append` waits once `max_pending`
-messages are queued, so memory stays bounded (the queue plus the one batch being written).
+messages are queued, so memory stays bounded (the queue plus the one batch being written);
+a batch takes at most `max_batch` messages, so a full queue frees room every few milliseconds.
 Waiting appends are let in first come, first served, as soon as the writer takes a batch:
 answers slow down evenly to the writer's pace. (They used to wait until the queue was empty,
 which under steady load it never is: a few requests waited seconds, once 7.3 s, while
@@ -25,28 +26,35 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, insert, update
+from sqlalchemy import Connection, Engine, bindparam, insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from ..llm.base import ChatMessage
 from ..store import repo
-from ..store.db import sqlite_twin
+from ..store.db import TwinWriter
 from ..store.models import Conversation, Message, utcnow
 
 log = logging.getLogger("metis.conversations")
 
+# Queued rows are tuples in these column orders: at saturation thousands are queued, and each
+# dict was one more object for every full garbage collection to walk.
+CONVERSATION_COLUMNS = ("id", "collection_id", "tenant", "title", "created_at", "updated_at")
+MESSAGE_COLUMNS = ("conversation_id", "role", "content", "citations", "created_at")
+_INSERT_CONVERSATIONS = (f"INSERT INTO conversations ({', '.join(CONVERSATION_COLUMNS)}) "
+                         "VALUES (?, ?, ?, ?, ?, ?)")
+_INSERT_MESSAGES = f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) VALUES (?, ?, ?, ?, ?)"
+_TOUCH = "UPDATE conversations SET updated_at = ? WHERE id = ?"
+
 
 @dataclass(slots=True)
 class _Pending:
-    conversations: list[dict[str, Any]] = field(default_factory=list)
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    touched: dict[str, datetime] = field(default_factory=dict)
+    conversations: list[tuple[Any, ...]] = field(default_factory=list)
+    messages: list[tuple[Any, ...]] = field(default_factory=list)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
 
@@ -57,12 +65,16 @@ class ConversationLog:
         *,
         max_delay_ms: float = 5.0,
         max_pending: int = 10_000,
+        max_batch: int = 2_000,
         retry_s: float = 1.0,
         now: Callable[[], datetime] = utcnow,
     ) -> None:
         self._sessions = sessions
         self._max_delay_s = max_delay_ms / 1000
         self._max_pending = max_pending
+        # Messages per transaction: a full queue frees room batch by batch, every ~10 ms, not
+        # once per 15,000-row transaction (1.5 s, the wait of the answers that found it full).
+        self._max_batch = max(1, max_batch)
         self._retry_s = retry_s
         self._now = now
         self._pending = _Pending()
@@ -79,25 +91,22 @@ class ConversationLog:
         # promised to woken ones that have not run yet (no newcomer may take it).
         self._room_waiters: deque[asyncio.Future[None]] = deque()
         self._promised = 0
-        # On SQLite, batches are written through a synchronous twin of the engine (same file,
-        # pragmas and JSON encoding) in one thread hop; made in start(), disposed in close().
-        self._direct: Engine | None = None
-        # Its own thread: a write waiting out SQLite's busy timeout must not hold one of the
-        # default executor's threads, which transactions of other connections may wait for.
-        self._thread: ThreadPoolExecutor | None = None
+        # On SQLite, a batch is one hop to a thread that writes it through a synchronous twin
+        # of the engine with raw executemany; made in start(), closed in close().
+        self._direct: TwinWriter | None = None
+        self._bind: dict[str, Callable[[Any], Any]] = {}
 
     @property
     def writer_engine(self) -> Engine | None:
         """The synchronous engine batches are written with on SQLite (None: the pool's)."""
-        return self._direct
+        return None if self._direct is None else self._direct.engine
 
     async def start(self) -> None:
         bind = self._sessions.kw.get("bind")
         if self._direct is None and isinstance(bind, AsyncEngine):
-            self._direct = sqlite_twin(bind)
-        if self._direct is not None and self._thread is None:
-            self._thread = ThreadPoolExecutor(max_workers=1,
-                                              thread_name_prefix="metis-conversations")
+            self._direct = TwinWriter.for_engine(bind, "metis-conversations")
+            if self._direct is not None:
+                self._bind = _bind_processors(self._direct.engine)
         if self._writer is None:
             self._closing = False
             self._writer = asyncio.create_task(self._run())
@@ -111,14 +120,11 @@ class ConversationLog:
             await self._writer
             self._writer = None
         try:
-            await self._commit()  # whatever is left; raises if the database is still down
+            await self._commit_all()  # whatever is left; raises if the database is still down
         finally:
             if self._direct is not None:
-                self._direct.dispose()
+                self._direct.close()
                 self._direct = None
-            if self._thread is not None:
-                self._thread.shutdown(wait=False)
-                self._thread = None
 
     @staticmethod
     def new_id() -> str:
@@ -127,9 +133,8 @@ class ConversationLog:
     def new_conversation(self, conv_id: str, collection_id: int, title: str,
                          tenant: str = "default") -> None:
         now = self._now()
-        self._pending.conversations.append({"id": conv_id, "collection_id": collection_id,
-                                            "tenant": tenant, "title": title[:200],
-                                            "created_at": now, "updated_at": now})
+        self._pending.conversations.append((conv_id, collection_id, tenant, title[:200],
+                                            now, now))
         self._new[conv_id] = (collection_id, tenant)
         self._queued.set()
         self._drained.clear()
@@ -152,11 +157,7 @@ class ConversationLog:
                         self._room_waiters.remove(waiter)
                 raise
             self._promised -= 1
-        now = self._now()
-        self._pending.messages.append({"conversation_id": conversation_id, "role": role,
-                                       "content": content, "citations": citations,
-                                       "created_at": now})
-        self._pending.touched[conversation_id] = now
+        self._pending.messages.append((conversation_id, role, content, citations, self._now()))
         self._queued.set()
         self._drained.clear()
 
@@ -166,7 +167,7 @@ class ConversationLog:
         if not (self._pending.conversations or self._pending.messages):
             return
         if self._writer is None or self._writer.done():
-            await self._commit()
+            await self._commit_all()
             return
         waiter = asyncio.get_running_loop().create_future()
         self._pending.waiters.append(waiter)
@@ -175,7 +176,7 @@ class ConversationLog:
     async def flush(self) -> None:
         """Returns once everything queued before the call is committed."""
         if self._writer is None or self._writer.done():
-            await self._commit()
+            await self._commit_all()
             return
         self._queued.set()
         self._hurry.set()
@@ -221,10 +222,15 @@ class ConversationLog:
                 log.exception("could not write conversation messages; retrying")
                 await asyncio.sleep(self._retry_s)
 
+    async def _commit_all(self) -> None:
+        await self._commit()
+        while self._pending.conversations or self._pending.messages:
+            await self._commit()
+
     async def _commit(self) -> None:
         async with self._write_lock:
             self._queued.clear()
-            batch, self._pending = self._pending, _Pending()
+            batch, self._pending = self._take()
             self._let_in()  # the batch left the queue: its room is free for waiting appends
             if not (batch.conversations or batch.messages):
                 self._drained.set()
@@ -238,58 +244,71 @@ class ConversationLog:
                 # Put the batch back in front of what arrived meanwhile, in order.
                 batch.conversations += self._pending.conversations
                 batch.messages += self._pending.messages
-                batch.touched.update(self._pending.touched)
                 batch.waiters += self._pending.waiters
                 self._pending = batch
                 self._queued.set()
                 raise
             for conv in batch.conversations:
-                self._new.pop(conv["id"], None)
+                self._new.pop(conv[0], None)
             for waiter in batch.waiters:
                 if not waiter.done():
                     waiter.set_result(None)
             if not (self._pending.conversations or self._pending.messages):
                 self._drained.set()
 
+    def _take(self) -> tuple[_Pending, _Pending]:
+        """The next batch and what stays queued: at most `max_batch` messages, with every
+        conversation queued so far (a message's conversation is queued before it, so no message
+        goes before its conversation). Durable waiters stay with the last rows queued."""
+        pending = self._pending
+        if len(pending.messages) <= self._max_batch:
+            return pending, _Pending()
+        self._queued.set()
+        self._hurry.set()  # a full batch is left: write it without waiting out the window
+        return (_Pending(pending.conversations, pending.messages[:self._max_batch]),
+                _Pending(messages=pending.messages[self._max_batch:], waiters=pending.waiters))
+
     async def _write(self, batch: _Pending) -> None:
-        touched = batch.touched
-        if batch.conversations and touched:
-            # A conversation created in this batch is inserted with its last touch, not
-            # updated after (every cached answer to a new question made one UPDATE more).
-            for conv in batch.conversations:
-                conv["updated_at"] = touched.get(conv["id"], conv["updated_at"])
-            created = {conv["id"] for conv in batch.conversations}
-            touched = {c: w for c, w in touched.items() if c not in created}
+        # A conversation created in this batch is inserted with its last touch, not updated
+        # after (every cached answer to a new question made one UPDATE more).
+        touched = {m[0]: m[4] for m in batch.messages}
+        conversations = [(*c[:5], touched.pop(c[0], c[5])) for c in batch.conversations]
+        if self._direct is not None:
+            await self._direct.run(lambda conn: self._write_sqlite(
+                conn, conversations, batch.messages, touched))
+            return
         steps: list[tuple[Any, list[dict[str, Any]]]] = []
-        # Core inserts on the tables: the ORM's bulk path costs more than the rows.
-        if batch.conversations:
-            steps.append((insert(Conversation.__table__), batch.conversations))
+        if conversations:
+            steps.append((insert(Conversation.__table__),
+                          [dict(zip(CONVERSATION_COLUMNS, c, strict=True)) for c in conversations]))
         if batch.messages:
-            steps.append((insert(Message.__table__), batch.messages))
+            steps.append((insert(Message.__table__),
+                          [dict(zip(MESSAGE_COLUMNS, m, strict=True)) for m in batch.messages]))
         if touched:
             table = Conversation.__table__
             touch = (update(table).where(table.c.id == bindparam("conv_id"))
                      .values(updated_at=bindparam("when")))
             steps.append((touch, [{"conv_id": c, "when": w} for c, w in touched.items()]))
-        if self._direct is not None:
-            # The whole transaction in one hop to a thread: through aiosqlite each statement,
-            # BEGIN and COMMIT is a hop back to the event loop, which at saturation is ~100 ms
-            # late every time (a batch took 0.5-2.9 s, and the queue behind it filled up).
-            # A thread of its own: a write waiting out SQLite's busy timeout on the default
-            # executor held a thread that another connection's transaction was waiting for
-            # (the HNSW index's to_thread calls), a deadlock until the timeout.
-            await asyncio.get_running_loop().run_in_executor(
-                self._thread, self._write_direct, self._direct, steps)
-            return
         async with self._sessions() as session, session.begin():
             for statement, rows in steps:
                 await session.execute(statement, rows)
 
-    @staticmethod
-    def _write_direct(engine: Engine, steps: list[tuple[Any, list[dict[str, Any]]]]) -> None:
-        with engine.begin() as conn:
-            for statement, rows in steps:
-                conn.execute(statement, rows)
+    def _write_sqlite(self, conn: Connection, conversations: list[tuple[Any, ...]],
+                      messages: list[tuple[Any, ...]], touched: dict[str, datetime]) -> None:
+        """Prepared INSERTs of tuples (executemany), values encoded by the columns' own bind
+        processors, so the rows are those SQLAlchemy's Core insert wrote: its per-row work
+        (1.5 s for a batch of 15,000 rows, holding the GIL) was the pace of the whole log."""
+        when, as_json = self._bind["created_at"], self._bind["citations"]
+        if conversations:
+            conn.exec_driver_sql(_INSERT_CONVERSATIONS, [
+                (i, coll, tenant, title, when(created), when(updated))
+                for i, coll, tenant, title, created, updated in conversations])
+        if messages:
+            conn.exec_driver_sql(_INSERT_MESSAGES, [
+                (conv, role, content, as_json(citations), when(created))
+                for conv, role, content, citations, created in messages])
+        if touched:
+            conn.exec_driver_sql(_TOUCH, [(when(w), c) for c, w in touched.items()])
 
     async def _write_one_by_one(self, batch: _Pending) -> None:
         for conv in batch.conversations:
@@ -302,3 +321,18 @@ class ConversationLog:
             await self._write(single)
         except IntegrityError as exc:
             log.error("dropped a conversation row the database refused: %s", exc.orig)
+
+
+def _bind_processors(engine: Engine) -> dict[str, Callable[[Any], Any]]:
+    """How the engine's dialect encodes a timestamp and the citations (JSON) for the driver."""
+    table = Message.__table__
+    processors: dict[str, Callable[[Any], Any]] = {}
+    for name in ("created_at", "citations"):
+        # dialect_impl: a TypeDecorator alone would skip its impl's encoding (SQLite's text).
+        process = table.c[name].type.dialect_impl(engine.dialect).bind_processor(engine.dialect)
+        processors[name] = process if process is not None else _same
+    return processors
+
+
+def _same(value: Any) -> Any:
+    return value

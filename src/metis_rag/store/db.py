@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import create_engine as create_sync_engine
@@ -16,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from ..config import Settings
 from ..errors import MissingDependency
 
+T = TypeVar("T")
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 
@@ -90,6 +94,48 @@ def sqlite_twin(engine: AsyncEngine) -> Engine | None:
                               connect_args={"check_same_thread": False})
     event.listen(twin, "connect", _sqlite_pragmas)
     return twin
+
+
+class TwinWriter:
+    """Writes through a SQLite engine's synchronous twin on a thread of its own, one whole
+    transaction per hop (the task state writer and the conversation log use it).
+
+    Through aiosqlite every statement, BEGIN and COMMIT is a hop back to the event loop while
+    the transaction holds SQLite's write lock; on a saturated loop each hop comes ~100 ms late
+    and other writers run out their busy timeout behind it. The thread is the writer's own: a
+    write waiting out the busy timeout on the default executor held a thread that another
+    connection's transaction was waiting for (the HNSW index's to_thread calls), a deadlock
+    until the timeout."""
+
+    def __init__(self, engine: Engine, thread_name: str) -> None:
+        self.engine = engine
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
+
+    @classmethod
+    def for_engine(cls, engine: AsyncEngine, thread_name: str) -> TwinWriter | None:
+        """None where there is no twin (PostgreSQL, in-memory SQLite): write with the pool."""
+        twin = sqlite_twin(engine)
+        return None if twin is None else cls(twin, thread_name)
+
+    async def run(self, work: Callable[[Connection], T]) -> T:
+        """`work(connection)` in one transaction on the writer's thread."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._thread, self._in_transaction, work)
+
+    async def execute(self, steps: list[tuple[Any, Any]]) -> None:
+        """Each (statement, rows) in order, all in one transaction."""
+        def work(conn: Connection) -> None:
+            for statement, rows in steps:
+                conn.execute(statement, rows)
+        await self.run(work)
+
+    def _in_transaction(self, work: Callable[[Connection], T]) -> T:
+        with self.engine.begin() as conn:
+            return work(conn)
+
+    def close(self) -> None:
+        self.engine.dispose()
+        self._thread.shutdown(wait=False)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[Any]:

@@ -14,14 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, delete, insert, text, update
+from sqlalchemy import bindparam, delete, insert, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..store.db import sqlite_twin
+from ..store.db import TwinWriter
 from .models import Task, TaskBlob, TaskEdge
 
 log = logging.getLogger("metis.tasks")
@@ -59,13 +58,10 @@ class StateWriter:
         # to the event loop while the transaction held the write lock; on a loop saturated with
         # cached questions each hop came late, and the other writers (the conversation log, an
         # ingestion's commit) ran out their busy timeout behind it: "database is locked".
-        self._direct: Engine | None = None
-        self._thread: ThreadPoolExecutor | None = None
+        self._direct: TwinWriter | None = None
 
     async def start(self) -> None:
-        self._direct = sqlite_twin(self._engine)
-        if self._direct is not None:
-            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metis-task-writer")
+        self._direct = TwinWriter.for_engine(self._engine, "metis-task-writer")
         self._flusher = asyncio.create_task(self._run(), name="metis-task-writer")
 
     async def close(self) -> None:
@@ -79,11 +75,8 @@ class StateWriter:
         await asyncio.gather(self._flusher, return_exceptions=True)
         self._flusher = None
         if self._direct is not None:
-            self._direct.dispose()
+            self._direct.close()
             self._direct = None
-        if self._thread is not None:
-            self._thread.shutdown(wait=False)
-            self._thread = None
 
     async def insert(
         self, tasks: Sequence[dict[str, Any]], edges: Sequence[dict[str, Any]] = (),
@@ -170,8 +163,7 @@ class StateWriter:
     async def _write(self, batch: _Batch) -> None:
         steps = _steps(batch)
         if self._direct is not None:
-            await asyncio.get_running_loop().run_in_executor(
-                self._thread, _write_direct, self._direct, steps)
+            await self._direct.execute(steps)
             return
         async with self._engine.begin() as conn:
             if not batch.tasks and conn.dialect.name == "postgresql":
@@ -206,8 +198,3 @@ def _steps(batch: _Batch) -> list[tuple[Any, list[dict[str, Any]] | None]]:
             TaskBlob.task_id.in_(list(batch.dropped_blobs))), None))
     return steps
 
-
-def _write_direct(engine: Engine, steps: list[tuple[Any, list[dict[str, Any]] | None]]) -> None:
-    with engine.begin() as conn:
-        for statement, rows in steps:
-            conn.execute(statement, rows)
