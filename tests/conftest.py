@@ -15,12 +15,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
 from metis_rag.app import create_app
 from metis_rag.config import EmbedSettings, Settings
 from metis_rag.devtools.fake_llm import FakeLLMServer
 from metis_rag.devtools.pgvector_server import SYSTEM_URL, PgServer, start_pgvector_server
+from tests.lifespan import lifespan
 from tests.spawn import RedisServer, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -98,7 +98,7 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings)
-    async with LifespanManager(app, startup_timeout=120) as manager:
+    async with lifespan(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://metis") as c:
             yield c

@@ -303,6 +303,12 @@ class CacheSettings(BaseModel):
     semantic_max_entries: int = Field(
         50_000, ge=1, description="Questions kept in the semantic indexes, all namespaces."
     )
+    semantic_warm_wait_ms: float = Field(
+        5.0, ge=0, description="Semantic level on redis or disk (mirrored lists): how long a "
+        "server's first lookup in a partition waits for its first read of the shared list "
+        "before it answers from what this server holds (a miss while the read goes on in the "
+        "background; a first read of 10,000 questions took 13 s)."
+    )
     price_per_1k_tokens: float = Field(
         0.002, ge=0, description="LLM price used to estimate the cost saved, per 1k tokens."
     )

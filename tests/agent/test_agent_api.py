@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 import orjson
 import pytest
-from asgi_lifespan import LifespanManager
 
 from metis_rag.app import create_app
 from metis_rag.config import Settings
 from tests.agent.passages import PROTOCOLS, SERVICES
+from tests.lifespan import lifespan
 from tests.uploads import ingest
 
 pytestmark = pytest.mark.slow
@@ -105,7 +105,7 @@ async def test_agent_mode_refuses_a_collection_the_key_cannot_see(
     make_settings: Callable[..., Settings],
 ) -> None:
     app = create_app(make_settings(api_keys=KEYS))
-    async with LifespanManager(app, startup_timeout=120) as manager:
+    async with lifespan(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://metis",
                                      headers={"X-API-Key": "key-a"}) as a, \
@@ -172,7 +172,7 @@ async def test_a_missing_collection_is_a_404_before_any_stream(
 
 async def test_audits_are_tenant_scoped(make_settings: Callable[..., Settings]) -> None:
     app = create_app(make_settings(api_keys=KEYS))
-    async with LifespanManager(app, startup_timeout=120) as manager:
+    async with lifespan(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://metis",
                                      headers={"X-API-Key": "key-a"}) as a:

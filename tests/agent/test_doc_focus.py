@@ -6,11 +6,11 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
 from metis_rag.agent.analyzer import rule_plan
 from metis_rag.agent.doc_focus import Profile, narrow
 from metis_rag.app import create_app
+from tests.lifespan import lifespan
 from tests.uploads import ingest
 
 # Two runbooks with different analysed topics ("zephyr", "quasar"). The idle timeout line of
@@ -68,7 +68,7 @@ def test_only_the_step_that_names_a_topic_is_narrowed() -> None:
 @pytest.fixture
 async def small_chunks(make_settings):  # type: ignore[no-untyped-def]
     app = create_app(make_settings(chunk={"max_tokens": 48, "overlap_tokens": 0}))
-    async with LifespanManager(app, startup_timeout=120) as m:
+    async with lifespan(app) as m:
         transport = httpx.ASGITransport(app=m.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://m") as c:
             await ingest(c, {"zephyr.txt": ZEPHYR.encode()}, collection="ops", folder="a")
@@ -140,7 +140,7 @@ async def test_the_llm_planner_is_shown_the_collections_topics(make_settings) ->
         llm = LLMSettings(provider="openai", url=server.url, model="fake", timeout_s=1)
         app = create_app(make_settings(llm=llm, ratelimit={"max_retries": 0},
                                        analysis={"use_llm": False}))
-        async with LifespanManager(app, startup_timeout=120) as m:
+        async with lifespan(app) as m:
             transport = httpx.ASGITransport(app=m.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://m") as client:
                 await ingest(client, {"zephyr.txt": ZEPHYR.encode(),

@@ -8,11 +8,11 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from asgi_lifespan import LifespanManager
 
 from metis_rag.app import create_app
 from metis_rag.config import LLMSettings
 from tests.agent.test_agent_api import seed
+from tests.lifespan import lifespan
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ async def llm_client(request, make_settings):  # type: ignore[no-untyped-def]
     with FakeLLMServer() as server:
         llm = LLMSettings(provider=request.param, url=server.url, model="fake", timeout_s=1)
         app = create_app(make_settings(llm=llm, ratelimit={"max_retries": 0}))
-        async with LifespanManager(app, startup_timeout=120) as m:
+        async with lifespan(app) as m:
             transport = httpx.ASGITransport(app=m.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://m") as c:
                 yield c, server

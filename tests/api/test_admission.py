@@ -65,7 +65,7 @@ def test_the_setting_puts_the_limit_in_front_of_the_routes_and_zero_leaves_it_ou
 async def test_a_late_event_loop_refuses_new_requests_until_it_catches_up() -> None:
     import time
 
-    from asgi_lifespan import LifespanManager
+    from tests.lifespan import lifespan
 
     async def answer(_: Request) -> JSONResponse:
         return JSONResponse({"ok": True})
@@ -73,7 +73,7 @@ async def test_a_late_event_loop_refuses_new_requests_until_it_catches_up() -> N
     inner = Starlette(routes=[Route("/api/chat/query", answer, methods=["POST"]),
                               Route("/api/health", answer)])
     app = AdmissionLimit(inner, max_loop_lag_ms=100)
-    async with LifespanManager(app) as manager, httpx.AsyncClient(
+    async with lifespan(app) as manager, httpx.AsyncClient(
             transport=httpx.ASGITransport(app=manager.app), base_url="http://metis") as client:
         assert (await client.post("/api/chat/query")).status_code == 200
         time.sleep(0.3)  # the loop is held: the sampler's next tick is ~295 ms late

@@ -8,10 +8,10 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
 from metis_rag.app import create_app
 from metis_rag.config import Settings
+from tests.lifespan import lifespan
 from tests.uploads import ingest
 
 pytestmark = pytest.mark.databases
@@ -123,7 +123,7 @@ async def test_renames_and_deletes_of_conversations_are_audited(
     keys = {"browse-writer-key-1": {"tenant": "acme", "role": "writer"},
             "browse-admin-key-1": {"tenant": "acme", "role": "admin"}}
     app = create_app(make_settings(api_keys=keys))
-    async with LifespanManager(app, startup_timeout=120) as manager:
+    async with lifespan(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://metis",
                                      headers={"X-API-Key": "browse-writer-key-1"}) as writer:

@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 import httpx
 import orjson
 import pytest
-from asgi_lifespan import LifespanManager
 
 from metis_rag.app import create_app
 from metis_rag.config import LLMSettings
 from tests.files import FACTS, MAKERS
+from tests.lifespan import lifespan
 from tests.uploads import ingest
 
 pytestmark = pytest.mark.slow
@@ -120,7 +120,7 @@ async def llm_client(request, make_settings):  # type: ignore[no-untyped-def]
     with FakeLLMServer() as server:
         llm = LLMSettings(provider=request.param, url=server.url, model="fake", timeout_s=2)
         app = create_app(make_settings(llm=llm))
-        async with LifespanManager(app, startup_timeout=120) as m:
+        async with lifespan(app) as m:
             transport = httpx.ASGITransport(app=m.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://m") as c:
                 yield c, server

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
 from metis_rag.app import create_app
 from metis_rag.config import Settings
 from tests.files import md_bytes, txt_bytes
+from tests.lifespan import lifespan
 from tests.uploads import ingest, replace
 
 pytestmark = [pytest.mark.slow]
@@ -57,7 +57,7 @@ async def test_uploads_under_a_held_write_lock_answer_503_and_store_nothing(
     settings = make_settings(sqlite_busy_timeout_s=BUSY_TIMEOUT_S)
     assert settings.sqlite_path is not None
     app = create_app(settings)
-    async with LifespanManager(app, startup_timeout=120) as manager, httpx.AsyncClient(
+    async with lifespan(app) as manager, httpx.AsyncClient(
             transport=httpx.ASGITransport(app=manager.app), base_url="http://metis") as client:
         first = (await ingest(client, {"keys.txt": txt_bytes()}))["results"][0]
         ask = {"message": "How do I rotate the API keys?"}

@@ -10,6 +10,7 @@ from asgi_lifespan import LifespanManager
 
 from metis_rag.app import create_app
 from metis_rag.config import Settings
+from tests.lifespan import lifespan
 from tests.uploads import ingest, wait_tasks
 
 INVOICE = (b"Invoice 2024-117. Bill to: Acme Corp. Payment terms: 30 days. Subtotal: 1,200.00 EUR."
@@ -23,7 +24,7 @@ FRENCH = ("Le rapport de la soci\u00e9t\u00e9 montre que les ventes sont en haus
 
 
 async def open_client(settings: Settings) -> tuple[LifespanManager, httpx.AsyncClient]:
-    manager = LifespanManager(create_app(settings), startup_timeout=120)
+    manager = lifespan(create_app(settings))
     await manager.__aenter__()
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app),
                                base_url="http://metis")

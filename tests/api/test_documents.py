@@ -6,11 +6,11 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
 from metis_rag.app import create_app
 from metis_rag.config import Settings
 from tests.files import FACTS, MAKERS, md_bytes, txt_bytes
+from tests.lifespan import lifespan
 from tests.uploads import ingest, replace
 
 pytestmark = [pytest.mark.slow, pytest.mark.databases]
@@ -103,7 +103,7 @@ async def test_a_failed_replace_leaves_the_old_version_intact(
     # upload, and this test is about the task failing.
     app = create_app(make_settings(chunk={"max_chunks_per_document": 4},
                                    parse={"max_text_chars": 1_000_000}))
-    async with LifespanManager(app, startup_timeout=120) as manager, httpx.AsyncClient(
+    async with lifespan(app) as manager, httpx.AsyncClient(
             transport=httpx.ASGITransport(app=manager.app), base_url="http://metis") as client:
         doc_id = (await ingest(client, {"ops.md": md_bytes()}))["results"][0]["document_id"]
         old = await chunk_texts(client, doc_id)

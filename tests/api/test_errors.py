@@ -59,13 +59,12 @@ async def test_one_bad_file_rejects_the_whole_upload(client: httpx.AsyncClient) 
 
 
 async def test_too_large_is_413_before_storing(make_settings) -> None:  # type: ignore[no-untyped-def]
-    from asgi_lifespan import LifespanManager
-
     from metis_rag.app import create_app
+    from tests.lifespan import lifespan
 
     settings: Settings = make_settings(max_upload_mb=0.01)
     app = create_app(settings)
-    async with LifespanManager(app, startup_timeout=120) as m:
+    async with lifespan(app) as m:
         transport = httpx.ASGITransport(app=m.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://m") as client:
             big = b"word " * 10_000

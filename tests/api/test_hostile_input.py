@@ -101,7 +101,7 @@ async def test_document_timestamps_carry_a_time_zone(client: httpx.AsyncClient) 
 
 async def test_a_client_that_goes_away_abandons_its_parse(settings: Settings) -> None:
     """Raw ASGI: the body arrives, then the client disconnects while the file is parsed."""
-    from asgi_lifespan import LifespanManager
+    from tests.lifespan import lifespan
 
     boundary = "hostileboundary"
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
@@ -110,7 +110,7 @@ async def test_a_client_that_goes_away_abandons_its_parse(settings: Settings) ->
     # One parser process: once the warm-up is through it, it is the one that gets the storm.
     app = create_app(settings.model_copy(update={
         "parse": settings.parse.model_copy(update={"workers": 1})}))
-    async with LifespanManager(app, startup_timeout=120) as manager:
+    async with lifespan(app) as manager:
         services = manager._state["services"]
         sandbox = services.ingestor._parser
         await sandbox.parse(b"warm up", "warm.txt")  # a parser process is waiting
@@ -143,15 +143,14 @@ async def test_a_client_that_goes_away_abandons_its_parse(settings: Settings) ->
 
 
 async def test_a_file_past_the_chunk_limit_fails_its_task_clearly(make_settings) -> None:
-    from asgi_lifespan import LifespanManager
-
     from metis_rag.config import ChunkSettings
+    from tests.lifespan import lifespan
     from tests.uploads import wait_tasks
 
     # The text limit pinned: derived from this chunk limit it would refuse the file at upload.
     app = create_app(make_settings(chunk=ChunkSettings(max_chunks_per_document=3),
                                    parse={"max_text_chars": 1_000_000}))
-    async with LifespanManager(app, startup_timeout=120) as manager:
+    async with lifespan(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://metis") as client:
             text = " ".join(f"Sentence {i} of a long file." for i in range(400)).encode()

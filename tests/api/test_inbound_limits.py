@@ -7,16 +7,16 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-from asgi_lifespan import LifespanManager
 
 from metis_rag.app import create_app
 from metis_rag.config import RateLimitSettings, Settings
+from tests.lifespan import lifespan
 
 
 @asynccontextmanager
 async def serving(settings: Settings, ip: str = "10.1.2.3") -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings)
-    async with LifespanManager(app, startup_timeout=120) as manager:
+    async with lifespan(app) as manager:
         transport = httpx.ASGITransport(app=manager.app, client=(ip, 5555))
         async with httpx.AsyncClient(transport=transport, base_url="http://metis") as client:
             yield client
@@ -50,7 +50,7 @@ async def test_clients_are_told_apart_by_address(make_settings: Callable[..., Se
     # (at 60 a minute a first request of over 1 s, seen in CI, had earned the second its token).
     settings = make_settings(ratelimit=RateLimitSettings(inbound_per_minute=1, inbound_burst=1))
     app = create_app(settings)
-    async with LifespanManager(app, startup_timeout=120) as manager:
+    async with lifespan(app) as manager:
         def client(ip: str) -> httpx.AsyncClient:
             transport = httpx.ASGITransport(app=manager.app, client=(ip, 5555))
             return httpx.AsyncClient(transport=transport, base_url="http://metis")

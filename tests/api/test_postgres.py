@@ -9,7 +9,6 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
 from metis_rag.app import create_app
 from metis_rag.config import PostgresSettings, Settings
@@ -17,6 +16,7 @@ from metis_rag.devtools.pgvector_server import PgServer
 from metis_rag.store.db import create_engine, migrate, session_factory
 from metis_rag.store.lookup import CollectionLookup
 from tests.files import txt_bytes
+from tests.lifespan import lifespan
 from tests.uploads import wait_tasks
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ async def test_a_saturated_pool_answers_503_and_recovers(
     pool = PostgresSettings(pool_size=1, max_overflow=0, pool_timeout_s=0.5)
     app = create_app(make_settings(database_url=pg_server.url(pg_database), postgres=pool))
     locker = await pg_server.connect(pg_database)
-    async with LifespanManager(app, startup_timeout=120) as manager:
+    async with lifespan(app) as manager:
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app),
                                    base_url="http://metis")
         health = (await client.get("/api/health")).json()["components"]["database"]
@@ -84,7 +84,7 @@ async def test_cached_answers_survive_dropped_connections(
     pool = PostgresSettings(pool_pre_ping=pre_ping)
     app = create_app(make_settings(database_url=pg_server.url(pg_database), postgres=pool))
     admin = await pg_server.connect(pg_database)
-    async with LifespanManager(app, startup_timeout=120) as manager:
+    async with lifespan(app) as manager:
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app),
                                    base_url="http://metis")
         accepted = await client.post("/api/documents", files={"files": ("a.txt", txt_bytes())})

@@ -10,7 +10,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from asgi_lifespan import LifespanManager
 
 from metis_rag.app import create_app
 from metis_rag.config import (
@@ -29,6 +28,7 @@ from metis_rag.rag.retriever import Retriever
 from metis_rag.schemas import ChatQuery
 from metis_rag.services import open_services
 from tests.files import FACTS, MAKERS
+from tests.lifespan import lifespan
 from tests.uploads import ingest
 
 pytestmark = pytest.mark.slow
@@ -125,7 +125,7 @@ async def two_providers(
             fallbacks=[LLMFallback(provider="openai", url=backup.url, model="backup")],
         )
         app = create_app(make_settings(llm=llm, ratelimit=RateLimitSettings(max_retries=0)))
-        async with LifespanManager(app, startup_timeout=120) as m:
+        async with lifespan(app) as m:
             transport = httpx.ASGITransport(app=m.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://m") as c:
                 files = [("files", (name, make())) for name, make in MAKERS.items()]
@@ -198,16 +198,13 @@ async def test_a_server_process_freezes_its_startup_objects_out_of_the_collector
 ) -> None:
     import gc
 
-    from asgi_lifespan import LifespanManager
-
     from metis_rag.app import create_app
 
     assert gc.get_freeze_count() == 0
-    async with LifespanManager(create_app(make_settings()), startup_timeout=120):
+    async with lifespan(create_app(make_settings())):
         assert gc.get_freeze_count() == 0  # an app in a test process leaves the collector be
     try:
-        async with LifespanManager(create_app(make_settings(), freeze_gc=True),
-                                   startup_timeout=120):
+        async with lifespan(create_app(make_settings(), freeze_gc=True)):
             assert gc.get_freeze_count() > 10_000  # the model, indexes, settings...
     finally:
         gc.unfreeze()

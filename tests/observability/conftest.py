@@ -9,12 +9,12 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from metis_rag.app import create_app
 from metis_rag.config import Settings
 from metis_rag.services import Services
+from tests.lifespan import lifespan
 from tests.uploads import ingest
 
 from .helpers import scrape
@@ -57,7 +57,7 @@ async def serve(settings: Settings,
     app = create_app(settings)
     if prepare is not None:
         prepare(app)
-    async with LifespanManager(app, startup_timeout=120) as manager:
+    async with lifespan(app) as manager:
         # The lifespan's state: the same Services object the routes get.
         services = manager._state["services"]
         transport = httpx.ASGITransport(app=manager.app,

@@ -13,13 +13,13 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi.routing import APIRoute
 
 from metis_rag.api.deps import Access
 from metis_rag.app import create_app
 from metis_rag.config import Settings
 from metis_rag.tenancy.principal import ROLES
+from tests.lifespan import lifespan
 from tests.uploads import ingest
 
 pytestmark = pytest.mark.slow
@@ -53,7 +53,7 @@ class Seeded:
 @asynccontextmanager
 async def serving(settings: Settings) -> AsyncIterator[tuple[Any, Callable[..., httpx.AsyncClient]]]:
     app = create_app(settings)
-    async with LifespanManager(app, startup_timeout=120) as manager:
+    async with lifespan(app) as manager:
         transport = httpx.ASGITransport(app=manager.app, client=("10.9.8.7", 4444))
 
         def client(tenant: str | None = None, role: str = "admin") -> httpx.AsyncClient:

@@ -209,5 +209,6 @@ async def open_caches(settings: CacheSettings, data_dir: Any, dim: int,
         tool=level("tool", settings.tool_ttl_s),
         semantic=SemanticIndex(dim, settings.semantic_max_entries, equivalence, log=log,
                                ttl_s=settings.query_ttl_s,
-                               mirror=settings.semantic_search == "mirror"),
+                               mirror=settings.semantic_search == "mirror",
+                               warm_wait_ms=settings.semantic_warm_wait_ms),
     )
