@@ -18,23 +18,27 @@ from .repo import T, one_of, with_dependants
 
 async def claim(
     conn: AsyncConnection, task_ids: Sequence[str], owner: str, now: datetime, *,
-    takeover: bool = False,
+    takeover: bool = False, live: Sequence[str] = (),
 ) -> list[Any]:
     """Marks queued tasks running for `owner`; returns the rows claimed (not those finished,
     cancelled, not yet due, or running elsewhere). `takeover`: the broker re-delivered these
-    messages because the process that had them died, so tasks it left running may be taken."""
+    messages, so tasks left running by an owner that is not `live` may be taken (a broker also
+    re-delivers when a live worker's connection blips: its task is not run twice). `owner` is
+    always counted live."""
     if not task_ids:
         return []
+    alive = sorted({owner, *live})
     if conn.dialect.name == "postgresql" and conn.dialect.driver == "asyncpg":
         # The one statement on every task's path to its start: sent to asyncpg as it is (a
         # prepared statement, reused), without building, compiling and processing it again.
         raw = (await conn.get_raw_connection()).driver_connection
         assert raw is not None
-        records = await raw.fetch(_PG_CLAIM[takeover], list(task_ids), owner, now)
+        args = (list(task_ids), owner, now, *([alive] if takeover else []))
+        records = await raw.fetch(_PG_CLAIM[takeover], *args)
         return [Claimed(*record) for record in records]
     runnable: ColumnElement[bool] = T.c.status.in_(("pending", "scheduled"))
-    if takeover:  # ... but not one that this process is running itself
-        runnable = or_(runnable, and_(T.c.status == "running", T.c.owner != owner))
+    if takeover:
+        runnable = or_(runnable, and_(T.c.status == "running", T.c.owner.not_in(alive)))
     stmt = (
         update(T)
         .where(one_of(conn, T.c.id, task_ids), runnable,
@@ -66,7 +70,7 @@ _PG_CLAIM = {
     takeover: f"""UPDATE tasks SET status = 'running', owner = $2, attempts = attempts + 1,
         started_at = $3
     WHERE id = ANY($1::varchar[]) AND (start_at IS NULL OR start_at <= $3) AND ({
-        "status IN ('pending', 'scheduled') OR (status = 'running' AND owner <> $2)"
+        "status IN ('pending', 'scheduled') OR (status = 'running' AND owner <> ALL($4))"
         if takeover else "status IN ('pending', 'scheduled')"})
     RETURNING {", ".join(Claimed._fields)}"""
     for takeover in (False, True)

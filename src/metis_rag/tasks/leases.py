@@ -90,6 +90,13 @@ async def dead_workers(conn: AsyncConnection, me: str, now: datetime, lease_s: f
     return dead
 
 
+async def alive(conn: AsyncConnection, me: str, now: datetime, lease_s: float) -> list[str]:
+    """The processes that may still be running what they own (`dead_workers`' complement): a
+    re-delivered message takes no task from them."""
+    dead = set(await dead_workers(conn, me, now, lease_s))
+    return [w for w in (await conn.execute(select(TaskWorker.id))).scalars() if w not in dead]
+
+
 async def live_workers(conn: AsyncConnection, now: datetime, lease_s: float) -> list[dict[str, Any]]:
     stale = now - timedelta(seconds=lease_s)
     rows = await conn.execute(select(TaskWorker).where(TaskWorker.heartbeat_at >= stale))

@@ -181,8 +181,10 @@ class WorkerRuntime:
             rows: dict[str, Any] = {}
             for takeover in (False, True):
                 ids = list({i for i, r in items if r is takeover})
-                rows.update((r.id, r) for r in await claims.claim(conn, ids, self.worker_id, now,
-                                                                takeover=takeover))
+                live = (await leases.alive(conn, self.worker_id, now, self.settings.tasks.lease_s)
+                        if takeover and ids else [])
+                rows.update((r.id, r) for r in await claims.claim(
+                    conn, ids, self.worker_id, now, takeover=takeover, live=live))
             missing = [i for i, _ in items if i not in rows]
             states = await repo.queue_states(conn, missing) if missing else []
         # A message that came before its task's start time goes back for later.
