@@ -80,7 +80,7 @@ async def test_a_question_found_in_memory_never_starts_the_model() -> None:
     memory = MemoryBackend()
     embedder = CachedEmbedder(inner, TieredCache([memory, SlowSharedTier()], prefix="e:"))
     first = await embedder.embed(["how do I rotate keys"])
-    await embedder.close()  # waits for the write behind
+    await embedder.flush()  # waits for the write behind
     again = await embedder.embed(["how do I rotate keys"])
     await asyncio.sleep(0.01)  # a model task cancelled after starting would have run by now
     assert inner.embedded == ["how do I rotate keys"]
@@ -93,7 +93,7 @@ async def test_a_questions_vector_is_written_behind_to_every_tier() -> None:
     memory, shared = MemoryBackend(), SlowSharedTier()
     embedder = CachedEmbedder(inner, TieredCache([memory, shared], prefix="e:"))
     vector = await embedder.embed(["what is a quota"])
-    await embedder.close()
+    await embedder.flush()
     key = "e:" + embedder._key("what is a quota")
     assert key in await memory.get_many([key]) and key in await shared.get_many([key])
     # Another server (its own memory tier) finds it in the shared tier: the same vector.

@@ -35,9 +35,13 @@ class CachedEmbedder(WrappedEmbedder):
     def _key(self, text: str) -> str:
         return f"{self.model_id}:{hashlib.blake2b(text.encode(), digest_size=16).hexdigest()}"
 
-    async def close(self) -> None:
-        if self._behind:  # the writes behind still need the cache, closed after this
+    async def flush(self) -> None:
+        """Waits for the writes behind; call it before the cache closes."""
+        if self._behind:
             await asyncio.gather(*self._behind, return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.flush()
         await super().close()
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
