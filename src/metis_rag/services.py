@@ -126,7 +126,9 @@ async def open_services(
         if settings.cache.enabled:
             caches = await open_caches(settings.cache, settings.data_dir, embedder.dim, stack,
                                      engine=engine)
-            embedder = CachedEmbedder(embedder, caches.embedding)
+            cached = CachedEmbedder(embedder, caches.embedding)
+            stack.push_async_callback(cached.flush)  # its writes behind, before the cache closes
+            embedder = cached
 
         vectors = await _vector_store(settings, engine, embedder.dim, role)
         if not isinstance(vectors, DatabaseOnlyVectors):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -54,6 +55,65 @@ async def test_unchanged_texts_are_never_embedded_twice() -> None:
     np.testing.assert_allclose(again[2], first[0])
     np.testing.assert_allclose(again[0], first[1])
     assert (await embedder.embed([])).shape == (0, 64)
+
+
+class SlowSharedTier(MemoryBackend):
+    """A shared tier whose reads take a real round trip (they yield to the event loop) and
+    whose writes can be made to fail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_writes = False
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        await asyncio.sleep(0.001)
+        return await super().get_many(keys)
+
+    async def set_many(self, items: Mapping[str, bytes], ttl_s: float | None = None) -> None:
+        if self.fail_writes:
+            raise ConnectionError("the shared tier is down")
+        await super().set_many(items, ttl_s)
+
+
+async def test_a_question_found_in_memory_never_starts_the_model() -> None:
+    inner = CountingEmbedder()
+    memory = MemoryBackend()
+    embedder = CachedEmbedder(inner, TieredCache([memory, SlowSharedTier()], prefix="e:"))
+    first = await embedder.embed(["how do I rotate keys"])
+    await embedder.flush()  # waits for the write behind
+    again = await embedder.embed(["how do I rotate keys"])
+    await asyncio.sleep(0.01)  # a model task cancelled after starting would have run by now
+    assert inner.embedded == ["how do I rotate keys"]
+    assert again.shape == (1, 64)
+    np.testing.assert_allclose(again, first)
+
+
+async def test_a_questions_vector_is_written_behind_to_every_tier() -> None:
+    inner = CountingEmbedder()
+    memory, shared = MemoryBackend(), SlowSharedTier()
+    embedder = CachedEmbedder(inner, TieredCache([memory, shared], prefix="e:"))
+    vector = await embedder.embed(["what is a quota"])
+    await embedder.flush()
+    key = "e:" + embedder._key("what is a quota")
+    assert key in await memory.get_many([key]) and key in await shared.get_many([key])
+    # Another server (its own memory tier) finds it in the shared tier: the same vector.
+    other = CachedEmbedder(CountingEmbedder(), TieredCache([MemoryBackend(), shared],
+                                                           prefix="e:"))
+    np.testing.assert_allclose(await other.embed(["what is a quota"]), vector)
+    await other.close()
+
+
+async def test_a_failed_write_behind_costs_only_a_later_run() -> None:
+    inner = CountingEmbedder()
+    shared = SlowSharedTier()
+    shared.fail_writes = True
+    embedder = CachedEmbedder(inner, TieredCache([shared], prefix="e:"))
+    vector = await embedder.embed(["what is a quota"])
+    await embedder.close()
+    assert vector.shape == (1, 64)
+    shared.fail_writes = False
+    await embedder.embed(["what is a quota"])
+    assert inner.embedded == ["what is a quota"] * 2
 
 
 def test_keys_normalize_questions_and_separate_parts() -> None:
