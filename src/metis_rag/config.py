@@ -105,6 +105,13 @@ class ParseSettings(BaseModel):
         "server answers questions, but also while it embeds other ingestions; 0 runs them at "
         "the server's priority.",
     )
+    cancel_grace_s: float = Field(
+        0.5, ge=0, description="A parse or chunking whose caller went away (the client left, "
+        "the task was cancelled) may finish within this many seconds, its result thrown away, "
+        "and its parser process is kept; past it the process is killed. A replacement costs "
+        "~0.5 s of CPU to start, so killing only pays for work that would take longer; 0 kills "
+        "at once. Never past METIS_PARSE__TIMEOUT_S.",
+    )
     recycle_rss_mb: int = Field(
         300, ge=32, description="A parser process whose peak resident memory went past this is "
         "replaced after its file, so one big file does not keep memory held.",

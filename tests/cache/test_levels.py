@@ -164,3 +164,15 @@ async def test_a_level_that_cannot_serve_says_so_once_at_start(
         return
     assert len(lines) == 1 and lines[0].levelname == level and says in lines[0].getMessage()
     assert caches.semantic.stats()["skipped"] == 3
+
+
+async def test_a_parse_read_again_is_not_decoded_again(tmp_path: Path) -> None:
+    # The upload's parse is read by its task, and a file sent again by its upload: a big text
+    # decoded each time held the event loop 8-30 ms.
+    async with AsyncExitStack() as stack:
+        caches = await open_caches(CacheSettings(backend="memory"), tmp_path, 16, stack)
+        await caches.document.set("h:a.txt", {"sections": [["x" * 100_000, None, None]]})
+        first = await caches.document.get("h:a.txt")
+        assert await caches.document.get("h:a.txt") is first
+        await caches.document.set("h:a.txt", {"sections": [["changed", None, None]]})
+        assert await caches.document.get("h:a.txt") == {"sections": [["changed", None, None]]}

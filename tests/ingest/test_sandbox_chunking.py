@@ -4,6 +4,7 @@ and the server's own chunker left unused."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Sequence
 
@@ -19,7 +20,7 @@ from metis_rag.ingest.pipeline import Ingestor, Upload
 from metis_rag.ingest.sandbox import ChunkingConfig, ParseSandbox
 from tests.files import MAKERS
 from tests.hostile import markdown_emphasis_storm
-from tests.parser_processes import cancelled_mid_work
+from tests.parser_processes import cancelled_mid_work, parser_processes, until_working
 from tests.waiting import eventually
 
 CHUNKING = ChunkingConfig(tokenizer_file(), max_tokens=64, overlap_tokens=8, max_chunks=5000)
@@ -82,6 +83,27 @@ async def test_cancelling_a_chunking_kills_its_process(sandbox: ParseSandbox) ->
     assert len(sandbox._idle) == 1 and sandbox.stats["started"] == 2, sandbox.stats
     await sandbox.parse(b"next", "next.txt")
     assert sandbox.stats["started"] == 2, sandbox.stats
+
+
+async def test_work_abandoned_within_the_grace_keeps_its_process() -> None:
+    # One process, and a grace far past the chunking (under a second): the cancelled work
+    # finishes, its result is dropped, and the same process takes the next file; none starts.
+    sb = ParseSandbox(ParseSettings(workers=1, cancel_grace_s=30), CHUNKING)
+    try:
+        await sb.parse(b"warm up", "w.txt")
+        before = parser_processes()
+        parsed = ParsedDocument("", "text/plain", [Section("A sentence here. " * 30_000, None, None)])
+        task = asyncio.create_task(sb.chunk(parsed, "big.txt"))
+        await until_working(before)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert [c.text for c in await sb.chunk(ParsedDocument("", "text/plain", [
+            Section("Next file.", None, None)]), "next.txt")] == ["Next file."]
+        assert sb.stats["abandoned"] == 1 and sb.stats["abandoned_finished"] == 1, sb.stats
+        assert sb.stats["started"] == 1 and parser_processes() == before, sb.stats
+    finally:
+        await sb.close()
 
 
 async def test_parser_processes_run_below_the_server_priority() -> None:

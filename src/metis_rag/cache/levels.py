@@ -38,6 +38,10 @@ __all__ = ["Caches", "Savings", "digest", "entities", "normalize_question", "ope
 LEVELS = ("exact", "semantic", "retrieval", "llm", "embedding", "document", "tool")
 # Decoded answers the exact level keeps in front of its tiers (`TieredCache(memo=...)`).
 EXACT_MEMO_ENTRIES = 1024
+# Decoded parses the document level keeps: an upload's parse is read again by its ingestion
+# task, and a file sent again (a client retrying, a hostile one in a loop) by its upload. Few,
+# since one may hold 5 million characters; decoding that on the event loop took 8-30 ms.
+DOCUMENT_MEMO_ENTRIES = 2
 
 
 def digest(*parts: object) -> str:
@@ -205,7 +209,7 @@ async def open_caches(settings: CacheSettings, data_dir: Any, dim: int,
         retrieval=level("retrieval", settings.retrieval_ttl_s),
         llm=level("llm", settings.llm_ttl_s),
         embedding=level("embedding", settings.embedding_ttl_s),
-        document=level("document", settings.document_ttl_s),
+        document=level("document", settings.document_ttl_s, memo=DOCUMENT_MEMO_ENTRIES),
         tool=level("tool", settings.tool_ttl_s),
         semantic=SemanticIndex(dim, settings.semantic_max_entries, equivalence, log=log,
                                ttl_s=settings.query_ttl_s,

@@ -3,7 +3,8 @@
 A hostile file (a zip bomb, a PDF whose objects loop, a regex-heavy text) can only cost its
 parser process: the process has an address-space ceiling (METIS_PARSE__MEMORY_LIMIT_MB), is
 killed when a parse takes longer than METIS_PARSE__TIMEOUT_S or when the caller is cancelled
-(the client went away, the task was cancelled), and is replaced for the next file. Processes
+(the client went away, the task was cancelled) and the work does not end within
+METIS_PARSE__CANCEL_GRACE_S, and is replaced for the next file. Processes
 are reused between files, so a small file costs a pipe round trip, not a process start.
 
 With a `ChunkingConfig` the same processes also chunk parsed documents (`chunk`), so the
@@ -113,10 +114,12 @@ class ParseSandbox:
         self._idle: list[_Worker] = []
         self._slots = asyncio.Semaphore(settings.workers)
         self._reaping: set[asyncio.Task[None]] = set()
+        self._finishing: set[asyncio.Task[None]] = set()  # abandoned calls within their grace
         self._spare: asyncio.Task[None] | None = None
         self._prestart: asyncio.Task[None] | None = None
+        self._closed = False
         self.stats = {"parsed": 0, "chunked": 0, "refused": 0, "timeouts": 0, "abandoned": 0,
-                      "crashed": 0, "started": 0, "recycled": 0}
+                      "abandoned_finished": 0, "crashed": 0, "started": 0, "recycled": 0}
 
     async def parse(self, data: bytes, filename: str) -> ParsedDocument:
         """Parse in a parser process; raises the parse's own error, parse_timeout, or
@@ -142,15 +145,21 @@ class ParseSandbox:
 
     async def _call(self, header: dict[str, Any], data: bytes, filename: str) -> dict[str, Any]:
         name = sanitize_filename(filename)
-        async with self._slots:
+        await self._slots.acquire()
+        slot_handed_off = False  # to `_finish_abandoned`, which releases it
+        try:
             if not self._idle and self._spare is not None:
                 await asyncio.shield(self._spare)  # a replacement is starting: take it
             worker = self._idle.pop() if self._idle else await self._start()
+            deadline = asyncio.get_running_loop().time() + self.settings.timeout_s
+            # Shielded: a cancelled caller must not cut the exchange mid-frame, so that the
+            # process can still be kept if it answers within the grace (`_finish_abandoned`).
+            call = asyncio.ensure_future(worker.call(header, data))
             try:
-                async with asyncio.timeout(self.settings.timeout_s):
-                    reply = await worker.call(header, data)
+                async with asyncio.timeout_at(deadline):
+                    reply = await asyncio.shield(call)
             except TimeoutError:
-                self._discard(worker, replace=True)
+                self._drop(worker, call)
                 self.stats["timeouts"] += 1
                 raise ParseLimitExceeded(
                     f"{name} took longer than {self.settings.timeout_s:g} s to "
@@ -158,18 +167,56 @@ class ParseSandbox:
                     "(METIS_PARSE__TIMEOUT_S); it is refused.", code="parse_timeout",
                 ) from None
             except (asyncio.IncompleteReadError, ConnectionError, BrokenPipeError):
-                self._discard(worker, replace=True)
+                self._drop(worker, call)
                 self.stats["crashed"] += 1
                 raise InvalidDocument(
                     f"{name} cannot be read: the parser stopped on it (the file is damaged or "
                     "built to crash parsers).", code="parser_crashed",
                 ) from None
             except BaseException:  # cancelled: nobody wants this parse any more
-                self._discard(worker, replace=True)
                 self.stats["abandoned"] += 1
+                if self.settings.cancel_grace_s > 0 and not self._closed:
+                    finish = asyncio.get_running_loop().create_task(
+                        self._finish_abandoned(worker, call, deadline))
+                    self._finishing.add(finish)
+                    finish.add_done_callback(self._finishing.discard)
+                    slot_handed_off = True
+                else:
+                    self._drop(worker, call)
                 raise
             self._release(worker, reply)
+        finally:
+            if not slot_handed_off:
+                self._slots.release()
         return reply
+
+    async def _finish_abandoned(self, worker: _Worker, call: asyncio.Future[dict[str, Any]],
+                                deadline: float) -> None:
+        """Lets an abandoned parse or chunking answer within the grace and keeps its process:
+        a kill costs a replacement's start (~0.5 s of CPU: its imports and tokenizer), more than
+        most abandoned work has left (a hostile Markdown line's refused chunking: 0.1-0.2 s).
+        Work that outlasts the grace (or the parse's own time limit) is killed as before. Holds
+        the caller's slot until then, so no more processes run than METIS_PARSE__WORKERS."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(min(deadline, loop.time()
+                                              + self.settings.cancel_grace_s)):
+                reply = await asyncio.shield(call)
+        except (Exception, asyncio.CancelledError):  # past the grace, crashed, or closing
+            self._drop(worker, call)
+        else:
+            self.stats["abandoned_finished"] += 1
+            self._release(worker, reply)
+        finally:
+            self._slots.release()
+
+    def _drop(self, worker: _Worker, call: asyncio.Future[dict[str, Any]]) -> None:
+        call.cancel()
+        if call.done() and not call.cancelled():
+            call.exception()  # retrieved: its error is reported by the caller, not asyncio
+        else:
+            call.add_done_callback(lambda c: c.cancelled() or c.exception())
+        self._discard(worker, replace=True)
 
     def prestart(self) -> None:
         """Starts the parser processes in the background, so that the first files do not wait
@@ -230,7 +277,7 @@ class ParseSandbox:
         task = loop.create_task(worker.wait())
         self._reaping.add(task)
         task.add_done_callback(self._reaping.discard)
-        if replace and self._spare is None:
+        if replace and self._spare is None and not self._closed:
             self._spare = loop.create_task(self._start_spare())
 
     async def _start_spare(self) -> None:
@@ -247,6 +294,11 @@ class ParseSandbox:
             self._discard(worker)
 
     async def close(self) -> None:
+        self._closed = True
+        finishing = list(self._finishing)
+        for finish in finishing:  # abandoned work still within its grace: kill it now
+            finish.cancel()
+        await asyncio.gather(*finishing, return_exceptions=True)
         # Let process starts finish (well under a second): cancelling one while a process is
         # being created could leave that process running, known to nobody.
         for start in (self._prestart, self._spare):
