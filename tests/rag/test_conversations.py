@@ -186,8 +186,9 @@ async def test_waiting_appends_go_in_first_come_first_served_as_soon_as_a_batch_
 
 
 async def test_the_fast_sqlite_write_stores_rows_as_the_orm_would(db) -> None:  # type: ignore[no-untyped-def]
-    """Raw executemany on the twin's connection: the stored values (timestamp text, JSON text,
-    ids) and the rows read back through the ORM are those of SQLAlchemy's Core insert."""
+    """One statement per table on the twin's connection (the batch as a JSON array read by
+    `json_each`): the stored values (timestamp text, JSON text, their SQLite types, ids) and the
+    rows read back through the ORM are those of SQLAlchemy's Core insert."""
     from datetime import UTC, datetime, timedelta, timezone
 
     from sqlalchemy import insert, text
@@ -204,12 +205,18 @@ async def test_the_fast_sqlite_write_stores_rows_as_the_orm_would(db) -> None:  
     log = ConversationLog(sessions, max_delay_ms=60_000, now=lambda: next(stamps))
     await log.start()
     assert log.writer_engine is not None  # this is the fast path
+    statements: list[tuple[str, bool]] = []
+    event.listen(log.writer_engine, "before_cursor_execute",
+                 lambda *a: statements.append((a[2], a[5])))
     fast = log.new_id()
     log.new_conversation(fast, coll_id, "a title " * 40)  # cut at 200 characters
     await log.append(fast, "user", "question ✓", [])
     await log.append(fast, "assistant", "answer", citations)
     await log.flush()
     await log.close()
+    # Two statements for the batch, each one step over the whole batch (no executemany).
+    assert [(sql.split(" (")[0], "json_each(?)" in sql, many) for sql, many in statements] == [
+        ("INSERT INTO conversations", True, False), ("INSERT INTO messages", True, False)]
 
     # The same rows, the way they used to be written: Core inserts of dicts.
     old = "0" * 32
@@ -248,6 +255,27 @@ async def test_the_fast_sqlite_write_stores_rows_as_the_orm_would(db) -> None:  
         assert by_conv[fast][1][2] == citations
         ids = [m.id for m in messages]
         assert ids == sorted(ids) and len(set(ids)) == 4
+
+
+async def test_a_nul_character_is_stored_whole(db) -> None:  # type: ignore[no-untyped-def]
+    """SQLite's JSON functions end a string at an escaped NUL: a batch that holds one is written
+    row by row, and every text reads back whole."""
+    from metis_rag.store.models import Conversation
+
+    sessions, coll_id, _ = db
+    log = ConversationLog(sessions, max_delay_ms=60_000)
+    await log.start()
+    conv = log.new_id()
+    log.new_conversation(conv, coll_id, "a\x00title")
+    await log.append(conv, "user", "before\x00after", [{"title": "x\x00y"}])
+    await log.append(conv, "assistant", "plain", [])
+    await log.close()
+    async with sessions() as session:
+        assert await session.scalar(select(Conversation.title)) == "a\x00title"
+        rows = (await session.execute(select(Message.content, Message.citations)
+                                      .order_by(Message.id))).all()
+        assert [tuple(r) for r in rows] == [("before\x00after", [{"title": "x\x00y"}]),
+                                            ("plain", [])]
 
 
 async def test_a_long_queue_is_written_in_batches_of_max_batch_messages(db) -> None:  # type: ignore[no-untyped-def]
