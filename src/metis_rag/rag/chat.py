@@ -224,9 +224,8 @@ class ChatService:
         if turn.new_conversation:
             log.new_conversation(turn.conversation_id, turn.collection_id, turn.query.message,
                                  turn.tenant)
-        await log.append(turn.conversation_id, "user", turn.query.message, [])
-        await log.append(turn.conversation_id, "assistant", text,
-                         cited if cited is not None else [c.model_dump() for c in citations])
+        await log.append_turn(turn.conversation_id, turn.query.message, text,
+                              cited if cited is not None else [c.model_dump() for c in citations])
         if self._durable_conversations:
             await log.committed()
         served = str(done.extra.get("provider") or "") if done is not None else ""

@@ -123,9 +123,10 @@ class ConversationLog:
         self._writer: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
         self._closing = False
-        # Back-pressure: appends waiting for room, in arrival order, and the room already
-        # promised to woken ones that have not run yet (no newcomer may take it).
-        self._room_waiters: deque[asyncio.Future[None]] = deque()
+        # Back-pressure: appends waiting for room (and how many messages each brings), in
+        # arrival order, and the room already promised to woken ones that have not run yet (no
+        # newcomer may take it).
+        self._room_waiters: deque[tuple[asyncio.Future[None], int]] = deque()
         self._promised = 0
         # On SQLite, a batch is one hop to a thread that writes it through a synchronous twin
         # of the engine with raw executemany; made in start(), closed in close().
@@ -177,25 +178,40 @@ class ConversationLog:
 
     async def append(self, conversation_id: str, role: str, content: str,
                      citations: list[dict[str, Any]]) -> None:
-        if self._room_waiters or (len(self._pending.messages) + self._promised
-                                  >= self._max_pending and not self._closing):
-            # Back-pressure while the database is slow or down: behind earlier waiters.
-            waiter = asyncio.get_running_loop().create_future()
-            self._room_waiters.append(waiter)
-            try:
-                await waiter
-            except BaseException:
-                if waiter.done() and not waiter.cancelled():
-                    self._promised -= 1  # let in, then cancelled: give the room back
-                    self._let_in()
-                else:
-                    with contextlib.suppress(ValueError):  # unless _let_in dropped it already
-                        self._room_waiters.remove(waiter)
-                raise
-            self._promised -= 1
+        await self._room_for(1)
         self._pending.messages.append((conversation_id, role, content, citations, self._now()))
         self._queued.set()
         self._drained.clear()
+
+    async def append_turn(self, conversation_id: str, question: str, answer: str,
+                          citations: list[dict[str, Any]]) -> None:
+        """The user's question and the answer, queued together after one wait for room: a
+        second append waited again, behind every append that had arrived meanwhile."""
+        await self._room_for(2)
+        self._pending.messages += ((conversation_id, "user", question, [], self._now()),
+                                   (conversation_id, "assistant", answer, citations, self._now()))
+        self._queued.set()
+        self._drained.clear()
+
+    async def _room_for(self, messages: int) -> None:
+        if not self._room_waiters and (len(self._pending.messages) + self._promised
+                                       < self._max_pending or self._closing):
+            return
+        # Back-pressure while the database is slow or down: behind earlier waiters.
+        waiter = asyncio.get_running_loop().create_future()
+        entry = (waiter, messages)
+        self._room_waiters.append(entry)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._promised -= messages  # let in, then cancelled: give the room back
+                self._let_in()
+            else:
+                with contextlib.suppress(ValueError):  # unless _let_in dropped it already
+                    self._room_waiters.remove(entry)
+            raise
+        self._promised -= messages
 
     async def committed(self) -> None:
         """Returns once everything queued so far is committed, at the end of the normal window
@@ -236,14 +252,16 @@ class ConversationLog:
         return [ChatMessage(m.role, m.content) for m in past]  # type: ignore[arg-type]
 
     def _let_in(self) -> None:
-        """Wakes waiting appends, oldest first, while there is room (all of them on close)."""
+        """Wakes waiting appends, oldest first, while there is room (all of them on close).
+        A turn's two messages go in together once one place is free, so the queue may hold one
+        more than `max_pending` (waiting for two places would never end at `max_pending` 1)."""
         while self._room_waiters and (
                 self._closing
                 or len(self._pending.messages) + self._promised < self._max_pending):
-            waiter = self._room_waiters.popleft()
+            waiter, messages = self._room_waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
-                self._promised += 1
+                self._promised += messages
 
     async def _run(self) -> None:
         while not self._closing:
