@@ -185,9 +185,65 @@ async def test_waiting_appends_go_in_first_come_first_served_as_soon_as_a_batch_
         assert list(rows) == ["m0", "m1", "w0", "w1", "w2", "w3", "w4", "late"]
 
 
+async def test_a_turn_waits_for_room_once_and_goes_in_whole(db) -> None:  # type: ignore[no-untyped-def]
+    """A question and its answer wait for room once: two appends waited twice, the answer
+    behind every append that had arrived while the question waited."""
+    sessions, coll_id, _ = db
+    batches_allowed: asyncio.Queue[None] = asyncio.Queue()
+    batches_taken: asyncio.Queue[None] = asyncio.Queue()
+
+    class GatedLog(ConversationLog):
+        async def _write(self, batch):  # type: ignore[no-untyped-def]
+            batches_taken.put_nowait(None)
+            await batches_allowed.get()  # a slow database: the test lets batches through
+            await super()._write(batch)
+
+    log = GatedLog(sessions, max_delay_ms=0, max_pending=2)
+    await log.start()
+    conv = log.new_id()
+    log.new_conversation(conv, coll_id, "q")
+    await log.append(conv, "user", "m0", [])
+    await log.append(conv, "assistant", "m1", [])
+    await asyncio.wait_for(batches_taken.get(), 10)  # m0 and m1, waiting for the database
+    await log.append(conv, "user", "m2", [])
+    await log.append(conv, "assistant", "m3", [])  # the queue is full
+    done: list[str] = []
+
+    async def turn(n: int) -> None:
+        await log.append_turn(conv, f"q{n}", f"a{n}", [{"index": n}])
+        done.append(f"t{n}")
+
+    async def single() -> None:
+        await log.append(conv, "user", "s", [])
+        done.append("s")
+
+    tasks = []
+    for waiter in (turn(1), single(), turn(2)):
+        tasks.append(asyncio.create_task(waiter))
+        await settle(5)
+    assert done == []
+    batches_allowed.put_nowait(None)
+    await asyncio.wait_for(batches_taken.get(), 10)  # the next batch, m2 and m3
+    await settle(5)
+    # m0 and m1 written, m2 and m3 taken: their room went to the oldest waiter, a whole turn.
+    assert done == ["t1"]
+    for _ in range(10):
+        batches_allowed.put_nowait(None)
+    await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    assert done == ["t1", "s", "t2"]
+    await log.close()
+    async with sessions() as session:
+        rows = (await session.execute(select(Message.role, Message.content, Message.citations)
+                                      .order_by(Message.id))).all()
+        assert [tuple(r) for r in rows][4:] == [
+            ("user", "q1", []), ("assistant", "a1", [{"index": 1}]), ("user", "s", []),
+            ("user", "q2", []), ("assistant", "a2", [{"index": 2}])]
+
+
 async def test_the_fast_sqlite_write_stores_rows_as_the_orm_would(db) -> None:  # type: ignore[no-untyped-def]
-    """Raw executemany on the twin's connection: the stored values (timestamp text, JSON text,
-    ids) and the rows read back through the ORM are those of SQLAlchemy's Core insert."""
+    """One statement per table on the twin's connection (the batch as a JSON array read by
+    `json_each`): the stored values (timestamp text, JSON text, their SQLite types, ids) and the
+    rows read back through the ORM are those of SQLAlchemy's Core insert."""
     from datetime import UTC, datetime, timedelta, timezone
 
     from sqlalchemy import insert, text
@@ -204,12 +260,18 @@ async def test_the_fast_sqlite_write_stores_rows_as_the_orm_would(db) -> None:  
     log = ConversationLog(sessions, max_delay_ms=60_000, now=lambda: next(stamps))
     await log.start()
     assert log.writer_engine is not None  # this is the fast path
+    statements: list[tuple[str, bool]] = []
+    event.listen(log.writer_engine, "before_cursor_execute",
+                 lambda *a: statements.append((a[2], a[5])))
     fast = log.new_id()
     log.new_conversation(fast, coll_id, "a title " * 40)  # cut at 200 characters
     await log.append(fast, "user", "question ✓", [])
     await log.append(fast, "assistant", "answer", citations)
     await log.flush()
     await log.close()
+    # Two statements for the batch, each one step over the whole batch (no executemany).
+    assert [(sql.split(" (")[0], "json_each(?)" in sql, many) for sql, many in statements] == [
+        ("INSERT INTO conversations", True, False), ("INSERT INTO messages", True, False)]
 
     # The same rows, the way they used to be written: Core inserts of dicts.
     old = "0" * 32
@@ -248,6 +310,27 @@ async def test_the_fast_sqlite_write_stores_rows_as_the_orm_would(db) -> None:  
         assert by_conv[fast][1][2] == citations
         ids = [m.id for m in messages]
         assert ids == sorted(ids) and len(set(ids)) == 4
+
+
+async def test_a_nul_character_is_stored_whole(db) -> None:  # type: ignore[no-untyped-def]
+    """SQLite's JSON functions end a string at an escaped NUL: a batch that holds one is written
+    row by row, and every text reads back whole."""
+    from metis_rag.store.models import Conversation
+
+    sessions, coll_id, _ = db
+    log = ConversationLog(sessions, max_delay_ms=60_000)
+    await log.start()
+    conv = log.new_id()
+    log.new_conversation(conv, coll_id, "a\x00title")
+    await log.append(conv, "user", "before\x00after", [{"title": "x\x00y"}])
+    await log.append(conv, "assistant", "plain", [])
+    await log.close()
+    async with sessions() as session:
+        assert await session.scalar(select(Conversation.title)) == "a\x00title"
+        rows = (await session.execute(select(Message.content, Message.citations)
+                                      .order_by(Message.id))).all()
+        assert [tuple(r) for r in rows] == [("before\x00after", [{"title": "x\x00y"}]),
+                                            ("plain", [])]
 
 
 async def test_a_long_queue_is_written_in_batches_of_max_batch_messages(db) -> None:  # type: ignore[no-untyped-def]

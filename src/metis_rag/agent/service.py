@@ -223,8 +223,8 @@ class AgentService:
         conv_id = conversation_id or convs.new_id()
         if not conversation_id:
             convs.new_conversation(conv_id, collection_id, query.message, who.tenant)
-        await convs.append(conv_id, "user", query.message, [])
-        await convs.append(conv_id, "assistant", text, [c.model_dump() for c in citations])
+        await convs.append_turn(conv_id, query.message, text,
+                                [c.model_dump() for c in citations])
         if self._settings.conversations.durable:
             await convs.committed()
         await log.save(self._sessions, analysis=analysis.kind, plan=plan.as_dict(), answer=text,

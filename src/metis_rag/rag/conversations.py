@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Engine, bindparam, insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -45,10 +46,45 @@ log = logging.getLogger("metis.conversations")
 # dict was one more object for every full garbage collection to walk.
 CONVERSATION_COLUMNS = ("id", "collection_id", "tenant", "title", "created_at", "updated_at")
 MESSAGE_COLUMNS = ("conversation_id", "role", "content", "citations", "created_at")
-_INSERT_CONVERSATIONS = (f"INSERT INTO conversations ({', '.join(CONVERSATION_COLUMNS)}) "
-                         "VALUES (?, ?, ?, ?, ?, ?)")
-_INSERT_MESSAGES = f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) VALUES (?, ?, ?, ?, ?)"
-_TOUCH = "UPDATE conversations SET updated_at = ? WHERE id = ?"
+
+
+@dataclass(frozen=True, slots=True)
+class _SqliteStep:
+    """One statement of a batch on SQLite, in two forms: the whole batch as one JSON array
+    parameter read by `json_each` (one step: pysqlite releases the GIL once per batch, not once
+    per row, and the writer thread had to win it back from a saturated event loop every time),
+    and per row (executemany) for the rows JSON cannot carry."""
+
+    per_row: str
+    from_json: str
+
+    @classmethod
+    def insert(cls, table: str, columns: tuple[str, ...]) -> _SqliteStep:
+        names = ", ".join(columns)
+        # ORDER BY key: messages get their ids in queue order, which reading them back relies on.
+        values = ", ".join(f"value->>{i}" for i in range(len(columns)))
+        return cls(f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))})",
+                   f"INSERT INTO {table} ({names}) SELECT {values} FROM json_each(?) ORDER BY key")
+
+    def execute(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+        payload: bytes | None
+        try:
+            payload = orjson.dumps(rows)
+        except orjson.JSONEncodeError:  # a lone surrogate: the driver refuses it, as it did
+            payload = None
+        # SQLite's JSON functions end a string at an escaped NUL (`\u0000`): such a batch goes
+        # row by row. (An escaped backslash before "u0000" matches too; it only costs speed.)
+        if payload is None or b"\\u0000" in payload:
+            conn.exec_driver_sql(self.per_row, rows)
+        else:
+            conn.exec_driver_sql(self.from_json, (payload.decode(),))
+
+
+_INSERT_CONVERSATIONS = _SqliteStep.insert("conversations", CONVERSATION_COLUMNS)
+_INSERT_MESSAGES = _SqliteStep.insert("messages", MESSAGE_COLUMNS)
+_TOUCH = _SqliteStep("UPDATE conversations SET updated_at = ? WHERE id = ?",
+                     "UPDATE conversations SET updated_at = t.value->>0 FROM json_each(?) AS t "
+                     "WHERE conversations.id = t.value->>1")
 
 
 @dataclass(slots=True)
@@ -87,9 +123,10 @@ class ConversationLog:
         self._writer: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
         self._closing = False
-        # Back-pressure: appends waiting for room, in arrival order, and the room already
-        # promised to woken ones that have not run yet (no newcomer may take it).
-        self._room_waiters: deque[asyncio.Future[None]] = deque()
+        # Back-pressure: appends waiting for room (and how many messages each brings), in
+        # arrival order, and the room already promised to woken ones that have not run yet (no
+        # newcomer may take it).
+        self._room_waiters: deque[tuple[asyncio.Future[None], int]] = deque()
         self._promised = 0
         # On SQLite, a batch is one hop to a thread that writes it through a synchronous twin
         # of the engine with raw executemany; made in start(), closed in close().
@@ -141,25 +178,40 @@ class ConversationLog:
 
     async def append(self, conversation_id: str, role: str, content: str,
                      citations: list[dict[str, Any]]) -> None:
-        if self._room_waiters or (len(self._pending.messages) + self._promised
-                                  >= self._max_pending and not self._closing):
-            # Back-pressure while the database is slow or down: behind earlier waiters.
-            waiter = asyncio.get_running_loop().create_future()
-            self._room_waiters.append(waiter)
-            try:
-                await waiter
-            except BaseException:
-                if waiter.done() and not waiter.cancelled():
-                    self._promised -= 1  # let in, then cancelled: give the room back
-                    self._let_in()
-                else:
-                    with contextlib.suppress(ValueError):  # unless _let_in dropped it already
-                        self._room_waiters.remove(waiter)
-                raise
-            self._promised -= 1
+        await self._room_for(1)
         self._pending.messages.append((conversation_id, role, content, citations, self._now()))
         self._queued.set()
         self._drained.clear()
+
+    async def append_turn(self, conversation_id: str, question: str, answer: str,
+                          citations: list[dict[str, Any]]) -> None:
+        """The user's question and the answer, queued together after one wait for room: a
+        second append waited again, behind every append that had arrived meanwhile."""
+        await self._room_for(2)
+        self._pending.messages += ((conversation_id, "user", question, [], self._now()),
+                                   (conversation_id, "assistant", answer, citations, self._now()))
+        self._queued.set()
+        self._drained.clear()
+
+    async def _room_for(self, messages: int) -> None:
+        if not self._room_waiters and (len(self._pending.messages) + self._promised
+                                       < self._max_pending or self._closing):
+            return
+        # Back-pressure while the database is slow or down: behind earlier waiters.
+        waiter = asyncio.get_running_loop().create_future()
+        entry = (waiter, messages)
+        self._room_waiters.append(entry)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._promised -= messages  # let in, then cancelled: give the room back
+                self._let_in()
+            else:
+                with contextlib.suppress(ValueError):  # unless _let_in dropped it already
+                    self._room_waiters.remove(entry)
+            raise
+        self._promised -= messages
 
     async def committed(self) -> None:
         """Returns once everything queued so far is committed, at the end of the normal window
@@ -200,14 +252,16 @@ class ConversationLog:
         return [ChatMessage(m.role, m.content) for m in past]  # type: ignore[arg-type]
 
     def _let_in(self) -> None:
-        """Wakes waiting appends, oldest first, while there is room (all of them on close)."""
+        """Wakes waiting appends, oldest first, while there is room (all of them on close).
+        A turn's two messages go in together once one place is free, so the queue may hold one
+        more than `max_pending` (waiting for two places would never end at `max_pending` 1)."""
         while self._room_waiters and (
                 self._closing
                 or len(self._pending.messages) + self._promised < self._max_pending):
-            waiter = self._room_waiters.popleft()
+            waiter, messages = self._room_waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
-                self._promised += 1
+                self._promised += messages
 
     async def _run(self) -> None:
         while not self._closing:
@@ -295,20 +349,20 @@ class ConversationLog:
 
     def _write_sqlite(self, conn: Connection, conversations: list[tuple[Any, ...]],
                       messages: list[tuple[Any, ...]], touched: dict[str, datetime]) -> None:
-        """Prepared INSERTs of tuples (executemany), values encoded by the columns' own bind
+        """One statement per table (`_SqliteStep`), values encoded by the columns' own bind
         processors, so the rows are those SQLAlchemy's Core insert wrote: its per-row work
         (1.5 s for a batch of 15,000 rows, holding the GIL) was the pace of the whole log."""
         when, as_json = self._bind["created_at"], self._bind["citations"]
         if conversations:
-            conn.exec_driver_sql(_INSERT_CONVERSATIONS, [
+            _INSERT_CONVERSATIONS.execute(conn, [
                 (i, coll, tenant, title, when(created), when(updated))
                 for i, coll, tenant, title, created, updated in conversations])
         if messages:
-            conn.exec_driver_sql(_INSERT_MESSAGES, [
+            _INSERT_MESSAGES.execute(conn, [
                 (conv, role, content, as_json(citations), when(created))
                 for conv, role, content, citations, created in messages])
         if touched:
-            conn.exec_driver_sql(_TOUCH, [(when(w), c) for c, w in touched.items()])
+            _TOUCH.execute(conn, [(when(w), c) for c, w in touched.items()])
 
     async def _write_one_by_one(self, batch: _Pending) -> None:
         for conv in batch.conversations:
