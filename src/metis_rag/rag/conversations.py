@@ -62,7 +62,8 @@ class _SqliteStep:
     def insert(cls, table: str, columns: tuple[str, ...]) -> _SqliteStep:
         names = ", ".join(columns)
         # ORDER BY key: messages get their ids in queue order, which reading them back relies on.
-        values = ", ".join(f"value->>{i}" for i in range(len(columns)))
+        # json_extract, not `->>`: that operator needs SQLite 3.38 (2022); JSON1 is older.
+        values = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(columns)))
         return cls(f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))})",
                    f"INSERT INTO {table} ({names}) SELECT {values} FROM json_each(?) ORDER BY key")
 
@@ -83,8 +84,8 @@ class _SqliteStep:
 _INSERT_CONVERSATIONS = _SqliteStep.insert("conversations", CONVERSATION_COLUMNS)
 _INSERT_MESSAGES = _SqliteStep.insert("messages", MESSAGE_COLUMNS)
 _TOUCH = _SqliteStep("UPDATE conversations SET updated_at = ? WHERE id = ?",
-                     "UPDATE conversations SET updated_at = t.value->>0 FROM json_each(?) AS t "
-                     "WHERE conversations.id = t.value->>1")
+                     "UPDATE conversations SET updated_at = json_extract(t.value, '$[0]') "
+                     "FROM json_each(?) AS t WHERE conversations.id = json_extract(t.value, '$[1]')")
 
 
 @dataclass(slots=True)
