@@ -108,6 +108,18 @@ def provider_errors(name: str, timeout_s: float) -> Iterator[None]:
         raise ProviderError(f"{name} is unreachable: {type(exc).__name__}: {exc}") from exc
 
 
+async def post_json(
+    client: httpx.AsyncClient, name: str, path: str, payload: Any, timeout_s: float
+) -> Any:
+    """POSTs `payload` and returns the decoded JSON reply; every failure is a `ProviderError`."""
+    with provider_errors(name, timeout_s):
+        async with asyncio.timeout(timeout_s):
+            response = await client.post(path, json=payload)
+    if response.status_code >= 400:
+        raise status_error(name, response)
+    return decode_json(name, response.content)
+
+
 def unit_rows(name: str, rows: Any, n: int, dim: int) -> np.ndarray:
     """`n` embedding rows as a float32 array with L2-normalised rows; `dim` 0 accepts any width."""
     try:

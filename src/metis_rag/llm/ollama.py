@@ -2,48 +2,36 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import httpx
 
-from ..config import LLMSettings
 from ..errors import ProviderError
 from . import toolcalls
 from .base import ChatMessage, Completion, ToolDeclaration
 from .http import (
-    ChatStream,
     decode_json,
     make_client,
     malformed,
-    provider_errors,
+    post_json,
     require_client,
-    status_error,
 )
+from .remote import HttpLLM
 
 DEFAULT_URL = "http://127.0.0.1:11434"
 
 
-class OllamaLLM:
+class OllamaLLM(HttpLLM):
     """`stream` returns a `ChatStream` whose `completion` carries the usage once exhausted."""
 
-    def __init__(self, settings: LLMSettings) -> None:
-        self.name = f"ollama:{settings.model}"
-        self._settings = settings
-        self._client: httpx.AsyncClient | None = None
+    provider = "ollama"
 
-    async def start(self) -> None:
-        if self._client is None:
-            s = self._settings
-            self._client = make_client(
-                s.url or DEFAULT_URL, timeout_s=s.timeout_s, connect_timeout_s=s.connect_timeout_s
-            )
-
-    async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+    def _make_client(self) -> httpx.AsyncClient:
+        s = self._settings
+        return make_client(
+            s.url or DEFAULT_URL, timeout_s=s.timeout_s, connect_timeout_s=s.connect_timeout_s
+        )
 
     async def complete(
         self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int,
@@ -53,13 +41,7 @@ class OllamaLLM:
         payload = self._payload(messages, temperature, max_tokens, stream=False)
         if tools:
             payload["tools"] = [dict(t) for t in tools]
-        timeout_s = self._settings.timeout_s
-        with provider_errors(self.name, timeout_s):
-            async with asyncio.timeout(timeout_s):
-                response = await client.post("/api/chat", json=payload)
-        if response.status_code >= 400:
-            raise status_error(self.name, response)
-        body = decode_json(self.name, response.content)
+        body = await post_json(client, self.name, "/api/chat", payload, self._settings.timeout_s)
         try:
             text = body["message"]["content"]
         except (KeyError, TypeError) as exc:
@@ -71,21 +53,11 @@ class OllamaLLM:
             done.tool_calls = toolcalls.from_ollama(body["message"].get("tool_calls"))
         return done
 
-    def stream(
-        self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int
-    ) -> ChatStream:
-        client = require_client(self._client, self.name)
-        payload = self._payload(messages, temperature, max_tokens, stream=True)
-        return ChatStream(self.name, self._settings.timeout_s, self._events(client, payload))
-
     async def _events(
         self, client: httpx.AsyncClient, payload: dict[str, Any]
     ) -> AsyncGenerator[str | Completion, None]:
         parts: list[str] = []
-        async with client.stream("POST", "/api/chat", json=payload) as response:
-            if response.status_code >= 400:
-                await response.aread()
-                raise status_error(self.name, response)
+        async with self._open_stream(client, "/api/chat", payload) as response:
             async for line in response.aiter_lines():
                 if not line.strip():
                     continue

@@ -2,54 +2,42 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import httpx
 
-from ..config import LLMSettings
 from ..errors import ProviderError
 from . import toolcalls
 from .base import ChatMessage, Completion, ToolDeclaration
 from .http import (
-    ChatStream,
     decode_json,
     make_client,
     malformed,
     openai_base_url,
-    provider_errors,
+    post_json,
     require_client,
-    status_error,
 )
+from .remote import HttpLLM
 
 
-class OpenAILLM:
+class OpenAILLM(HttpLLM):
     """`stream` returns a `ChatStream` whose `completion` carries the usage once exhausted.
 
     `settings.url` is the API base (``https://api.openai.com/v1``); a bare ``http://host:port``
     gets ``/v1`` appended. Streams ask for ``stream_options.include_usage``.
     """
 
-    def __init__(self, settings: LLMSettings) -> None:
-        self.name = f"openai:{settings.model}"
-        self._settings = settings
-        self._client: httpx.AsyncClient | None = None
+    provider = "openai"
 
-    async def start(self) -> None:
-        if self._client is None:
-            s = self._settings
-            self._client = make_client(
-                openai_base_url(s.url),
-                timeout_s=s.timeout_s,
-                connect_timeout_s=s.connect_timeout_s,
-                api_key=s.api_key,
-            )
-
-    async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+    def _make_client(self) -> httpx.AsyncClient:
+        s = self._settings
+        return make_client(
+            openai_base_url(s.url),
+            timeout_s=s.timeout_s,
+            connect_timeout_s=s.connect_timeout_s,
+            api_key=s.api_key,
+        )
 
     async def complete(
         self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int,
@@ -59,13 +47,9 @@ class OpenAILLM:
         payload = self._payload(messages, temperature, max_tokens, stream=False)
         if tools:
             payload["tools"] = [dict(t) for t in tools]
-        timeout_s = self._settings.timeout_s
-        with provider_errors(self.name, timeout_s):
-            async with asyncio.timeout(timeout_s):
-                response = await client.post("/chat/completions", json=payload)
-        if response.status_code >= 400:
-            raise status_error(self.name, response)
-        body = decode_json(self.name, response.content)
+        body = await post_json(
+            client, self.name, "/chat/completions", payload, self._settings.timeout_s
+        )
         try:
             choice = body["choices"][0]
             # content is null when the model refused or only called tools.
@@ -79,13 +63,6 @@ class OpenAILLM:
             done.tool_calls = toolcalls.from_openai(choice["message"].get("tool_calls"))
         return done
 
-    def stream(
-        self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int
-    ) -> ChatStream:
-        client = require_client(self._client, self.name)
-        payload = self._payload(messages, temperature, max_tokens, stream=True)
-        return ChatStream(self.name, self._settings.timeout_s, self._events(client, payload))
-
     async def _events(
         self, client: httpx.AsyncClient, payload: dict[str, Any]
     ) -> AsyncGenerator[str | Completion, None]:
@@ -93,10 +70,7 @@ class OpenAILLM:
         finish_reason: str | None = None
         usage: Any = None
         last: dict[str, Any] = {}
-        async with client.stream("POST", "/chat/completions", json=payload) as response:
-            if response.status_code >= 400:
-                await response.aread()
-                raise status_error(self.name, response)
+        async with self._open_stream(client, "/chat/completions", payload) as response:
             # Each event of this API is a single `data:` line; other SSE fields are unused.
             async for line in response.aiter_lines():
                 if not line.startswith("data:"):
