@@ -27,7 +27,8 @@ MetisError
 │                                      METIS_SQLITE_BUSY_TIMEOUT_S, or no pooled PostgreSQL
 │                                      connection came free; nothing was written)
 ├── CorruptEntry                  500  cache_corrupt_entry (never reaches a client: dropped)
-├── MissingDependency             500  missing_dependency (an optional extra is not installed)
+├── MissingDependency             500  missing_dependency (an optional extra is not installed,
+│                                      or Python's SQLite is older than 3.35)
 ├── PermanentError                422  task_failed (a task that retrying cannot fix fails at once)
 ├── ClientDisconnected            499  client_disconnected (the client left; nobody reads it)
 └── ChunkingStopped               499  chunking_stopped (its ingestion was cancelled; nobody reads it)
@@ -188,9 +189,9 @@ class CorruptEntry(MetisError):
 class MissingDependency(MetisError):
     code = "missing_dependency"
 
-    def __init__(self, package: str, extra: str) -> None:
+    def __init__(self, package: str, extra: str, *, message: str = "") -> None:
         super().__init__(
-            f"{package} is not installed; run: pip install 'metis-rag[{extra}]'",
+            message or f"{package} is not installed; run: pip install 'metis-rag[{extra}]'",
         )
 
 

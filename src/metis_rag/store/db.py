@@ -54,9 +54,25 @@ def _json_dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+# RETURNING, UPDATE ... FROM and the JSON functions the stores and the conversation writer use.
+MIN_SQLITE = (3, 35, 0)
+
+
+def check_sqlite_version() -> None:
+    """Refuses to start on a SQLite too old for Metis's statements, rather than failing on the
+    first upload or answer that needs one."""
+    version = sqlite3.sqlite_version_info
+    if version < MIN_SQLITE:
+        have, need = ".".join(map(str, version)), ".".join(map(str, MIN_SQLITE))
+        raise MissingDependency("sqlite3", "", message=(
+            f"this Python's SQLite is {have}; Metis needs {need} or newer (2021). Use a Python "
+            "built with a newer SQLite, or PostgreSQL (METIS_DATABASE_URL)."))
+
+
 def create_engine(settings: Settings) -> AsyncEngine:
     url = settings.sqlalchemy_url
     if settings.is_sqlite:
+        check_sqlite_version()
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         # The busy timeout rides in the URL (pysqlite's `timeout`), so every connection made
         # from it, the synchronous twin's included, waits as long for another writer.
