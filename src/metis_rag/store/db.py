@@ -49,8 +49,8 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _close_abandoned_cursor(ctx: ExceptionContext) -> None:
-    """Closes the cursor of a statement abandoned mid-flight (a cancelled task), before
-    SQLAlchemy discards its connection.
+    """Closes the cursor of a statement abandoned mid-flight, before SQLAlchemy discards its
+    connection (a shutdown cancels the task heartbeat and the running tasks wherever they are).
 
     A cancellation is a "disconnect" to SQLAlchemy: it closes the connection and leaves the
     cursor alone. A statement that returns rows (INSERT ... RETURNING, as every ORM flush and
