@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import orjson
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import event, text
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection, Engine, ExceptionContext, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
@@ -46,6 +46,30 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA cache_size=-65536")
     cur.execute("PRAGMA mmap_size=268435456")
     cur.close()
+
+
+def _close_abandoned_cursor(ctx: ExceptionContext) -> None:
+    """Closes the cursor of a statement abandoned mid-flight, before SQLAlchemy discards its
+    connection (a shutdown cancels the task heartbeat and the running tasks wherever they are).
+
+    A cancellation is a "disconnect" to SQLAlchemy: it closes the connection and leaves the
+    cursor alone. A statement that returns rows (INSERT ... RETURNING, as every ORM flush and
+    chunk insert; any SELECT) has run its first step in aiosqlite's thread but was never read to
+    its end, so SQLite keeps it open, and closing the connection only makes it a zombie that
+    keeps its transaction and the write lock, until the garbage collector frees the cursor from
+    the exception's reference cycles: seconds later, or minutes. Every other writer ran out its
+    busy timeout meanwhile (a shutdown's task hand-over: "database is locked"). Closing the
+    cursor here resets the statement first; the close is queued on the connection's thread
+    before the connection's own close, so a second cancellation cannot reorder them."""
+    context = ctx.execution_context
+    cursor = getattr(context, "cursor", None)
+    if cursor is None or not ctx.is_disconnect:
+        return  # SQLAlchemy closes the cursor itself when it keeps the connection
+    # Nothing may escape a handle_error hook: it would replace the original exception.
+    try:
+        cursor.close()
+    except (Exception, asyncio.CancelledError):
+        pass
 
 
 def _json_dumps(value: Any) -> str:
@@ -83,6 +107,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         engine = create_async_engine(sqlite_url, pool_size=8, max_overflow=8,
                                      json_serializer=_json_dumps, json_deserializer=orjson.loads)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "handle_error", _close_abandoned_cursor)
         return engine
     if url.startswith("postgresql+asyncpg"):
         try:
