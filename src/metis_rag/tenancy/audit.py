@@ -45,7 +45,9 @@ class AuditLog:
         self._task = asyncio.create_task(self._run(), name="metis-audit")
 
     async def close(self) -> None:
-        await stop(self._task)
+        # A write under way finishes first: cancelled, it would lose the batch it took.
+        async with self._lock:
+            await stop(self._task)
         self._task = None
         with contextlib.suppress(Exception):
             await self.flush()
