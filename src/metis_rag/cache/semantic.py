@@ -257,10 +257,25 @@ class SemanticIndex:
         """Start the partition's first read unless it runs already; wait for it a little."""
         task = self._warming.get(partition)
         if task is None:
-            task = asyncio.create_task(self._load_logged(partition))
+            task = asyncio.create_task(self._first_read(partition))
             self._warming[partition] = task
-            task.add_done_callback(lambda _: self._warming.pop(partition, None))
+            # A task cancelled before it ran never reaches _first_read's own cleanup.
+            task.add_done_callback(lambda done: self._end_warming(partition, done))
         await asyncio.wait((task,), timeout=self._warm_wait_s)
+
+    async def _first_read(self, partition: tuple[str, ...]) -> None:
+        try:
+            await self._load_logged(partition)
+        finally:
+            # Warming ends in the step that loaded the entries, not in a callback a loop turn
+            # later: a lookup that sees the entries is not counted as a warming one.
+            task = asyncio.current_task()
+            if task is not None:
+                self._end_warming(partition, task)
+
+    def _end_warming(self, partition: tuple[str, ...], task: asyncio.Future[None]) -> None:
+        if self._warming.get(partition) is task:
+            del self._warming[partition]
 
     async def _load_logged(self, partition: tuple[str, ...]) -> None:
         try:
