@@ -36,6 +36,34 @@ async def db(tmp_path: Path):  # type: ignore[no-untyped-def]
     await engine.dispose()
 
 
+
+class GatedLog(ConversationLog):
+    """A conversation log on a slow database: each batch it takes waits for a permit the test
+    gives (`allow`); `taken` gets an item as each batch is taken."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.taken: asyncio.Queue[None] = asyncio.Queue()
+        self._allowed: asyncio.Queue[None] = asyncio.Queue()
+
+    def allow(self, batches: int = 1) -> None:
+        for _ in range(batches):
+            self._allowed.put_nowait(None)
+
+    async def _write(self, batch):  # type: ignore[no-untyped-def]
+        self.taken.put_nowait(None)
+        await self._allowed.get()
+        await super()._write(batch)
+
+
+async def gated_log(sessions: Any, coll_id: int) -> tuple[GatedLog, str]:
+    """A started `GatedLog` with room for two messages, and one new conversation in it."""
+    log = GatedLog(sessions, max_delay_ms=0, max_pending=2)
+    await log.start()
+    conv = log.new_id()
+    log.new_conversation(conv, coll_id, "q")
+    return log, conv
+
 async def test_concurrent_turns_share_commits_and_are_read_back(db) -> None:  # type: ignore[no-untyped-def]
     sessions, coll_id, commits = db
     log = ConversationLog(sessions, max_delay_ms=20)
@@ -149,17 +177,7 @@ async def test_waiting_appends_go_in_first_come_first_served_as_soon_as_a_batch_
     oldest waiters in, and a newcomer never goes past them. (Waiting for an empty queue let
     newcomers by while a few requests waited seconds: the saturation p99 of cached answers.)"""
     sessions, coll_id, _ = db
-    gate = asyncio.Event()
-
-    class GatedLog(ConversationLog):
-        async def _write(self, batch):  # type: ignore[no-untyped-def]
-            await gate.wait()  # a slow database, opened by the test
-            await super()._write(batch)
-
-    log = GatedLog(sessions, max_delay_ms=0, max_pending=2)
-    await log.start()
-    conv = log.new_id()
-    log.new_conversation(conv, coll_id, "q")
+    log, conv = await gated_log(sessions, coll_id)
     await log.append(conv, "user", "m0", [])
     await log.append(conv, "user", "m1", [])  # the queue is full
     order: list[str] = []
@@ -176,7 +194,7 @@ async def test_waiting_appends_go_in_first_come_first_served_as_soon_as_a_batch_
     late = asyncio.create_task(add("late"))  # room is short: behind w2..w4, not past them
     await settle(50)
     assert order == ["w0", "w1"]
-    gate.set()
+    log.allow(10)  # the database is fast again
     await asyncio.wait_for(asyncio.gather(*waiting, late), 10)
     assert order == ["w0", "w1", "w2", "w3", "w4", "late"]
     await log.close()
@@ -189,22 +207,10 @@ async def test_a_turn_waits_for_room_once_and_goes_in_whole(db) -> None:  # type
     """A question and its answer wait for room once: two appends waited twice, the answer
     behind every append that had arrived while the question waited."""
     sessions, coll_id, _ = db
-    batches_allowed: asyncio.Queue[None] = asyncio.Queue()
-    batches_taken: asyncio.Queue[None] = asyncio.Queue()
-
-    class GatedLog(ConversationLog):
-        async def _write(self, batch):  # type: ignore[no-untyped-def]
-            batches_taken.put_nowait(None)
-            await batches_allowed.get()  # a slow database: the test lets batches through
-            await super()._write(batch)
-
-    log = GatedLog(sessions, max_delay_ms=0, max_pending=2)
-    await log.start()
-    conv = log.new_id()
-    log.new_conversation(conv, coll_id, "q")
+    log, conv = await gated_log(sessions, coll_id)
     await log.append(conv, "user", "m0", [])
     await log.append(conv, "assistant", "m1", [])
-    await asyncio.wait_for(batches_taken.get(), 10)  # m0 and m1, waiting for the database
+    await asyncio.wait_for(log.taken.get(), 10)  # m0 and m1, waiting for the database
     await log.append(conv, "user", "m2", [])
     await log.append(conv, "assistant", "m3", [])  # the queue is full
     done: list[str] = []
@@ -222,13 +228,12 @@ async def test_a_turn_waits_for_room_once_and_goes_in_whole(db) -> None:  # type
         tasks.append(asyncio.create_task(waiter))
         await settle(5)
     assert done == []
-    batches_allowed.put_nowait(None)
-    await asyncio.wait_for(batches_taken.get(), 10)  # the next batch, m2 and m3
+    log.allow()
+    await asyncio.wait_for(log.taken.get(), 10)  # the next batch, m2 and m3
     await settle(5)
     # m0 and m1 written, m2 and m3 taken: their room went to the oldest waiter, a whole turn.
     assert done == ["t1"]
-    for _ in range(10):
-        batches_allowed.put_nowait(None)
+    log.allow(10)
     await asyncio.wait_for(asyncio.gather(*tasks), 10)
     assert done == ["t1", "s", "t2"]
     await log.close()
