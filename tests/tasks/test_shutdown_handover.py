@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from metis_rag.config import Settings
 from metis_rag.store.db import create_engine, migrate
@@ -29,12 +30,24 @@ from tests.tasks.conftest import task_settings
 from tests.waiting import eventually
 
 
+def short_busy_timeout(tmp_path: Path, heartbeat_s: float) -> Settings:
+    # A short busy timeout: without the fix the hand-over fails after it, not after 10 s.
+    return Settings(data_dir=tmp_path, sqlite_busy_timeout_s=1, tasks=task_settings(
+        heartbeat_s=heartbeat_s, monitor_interval_s=3600))
+
+
+async def assert_handed_over(engine: AsyncEngine, task_id: str, log_text: str) -> None:
+    assert "could not hand over" not in log_text
+    async with engine.connect() as conn:
+        status, owner = (await conn.execute(
+            select(repo.T.c.status, repo.T.c.owner).where(repo.T.c.id == task_id))).one()
+    assert (status, owner) == ("pending", None)  # handed over: the next start runs it
+
+
 async def test_a_shutdown_mid_write_hands_the_tasks_over(
     tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # A short busy timeout: without the fix the hand-over fails after it, not after 10 s.
-    settings = Settings(data_dir=tmp_path, sqlite_busy_timeout_s=1, tasks=task_settings(
-        heartbeat_s=3600, monitor_interval_s=3600))
+    settings = short_busy_timeout(tmp_path, heartbeat_s=3600)
     engine = create_engine(settings)
     hold = Hold()
     hold.install(engine)
@@ -63,11 +76,7 @@ async def test_a_shutdown_mid_write_hands_the_tasks_over(
             await eventually(lambda: running.cancelling() > 0, what="the task was not cancelled")
             hold.release.set()
             await closing
-        assert "could not hand over" not in caplog.text
-        async with engine.connect() as conn:
-            status, owner = (await conn.execute(
-                select(repo.T.c.status, repo.T.c.owner).where(repo.T.c.id == task.id))).one()
-        assert (status, owner) == ("pending", None)  # handed over: the next start runs it
+        await assert_handed_over(engine, task.id, caplog.text)
     finally:
         hold.release.set()
         await engine.dispose()
@@ -78,8 +87,7 @@ async def test_a_shutdown_mid_heartbeat_hands_the_tasks_over(
 ) -> None:
     # The heartbeat writes its lease, then reads in the same transaction; the shutdown cancels
     # it first thing. A read cancelled there left the lease's write lock held.
-    settings = Settings(data_dir=tmp_path, sqlite_busy_timeout_s=1, tasks=task_settings(
-        heartbeat_s=1234, monitor_interval_s=3600))
+    settings = short_busy_timeout(tmp_path, heartbeat_s=1234)
     engine = create_engine(settings)
     await migrate(engine)
     entered, release = threading.Event(), threading.Event()
@@ -118,11 +126,7 @@ async def test_a_shutdown_mid_heartbeat_hands_the_tasks_over(
             await eventually(lambda: heartbeats.cancelling() > 0, what="no heartbeat cancelled")
             release.set()
             await closing
-        assert "could not hand over" not in caplog.text
-        async with engine.connect() as conn:
-            status, owner = (await conn.execute(
-                select(repo.T.c.status, repo.T.c.owner).where(repo.T.c.id == task.id))).one()
-        assert (status, owner) == ("pending", None)
+        await assert_handed_over(engine, task.id, caplog.text)
     finally:
         release.set()
         await engine.dispose()
