@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy import Select, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..errors import InvalidInput, NotFound
@@ -118,8 +118,12 @@ async def document_in(session: AsyncSession, collection_id: int, public_id: str)
     doc = (await session.execute(select(Document).where(
         Document.public_id == public_id, Document.collection_id == collection_id))).scalar()
     if doc is None:
-        raise NotFound(f"Document {public_id[:40]!r} does not exist.", code="document_not_found")
+        raise no_document(public_id)
     return doc
+
+
+def no_document(public_id: str) -> NotFound:
+    return NotFound(f"Document {public_id[:40]!r} does not exist.", code="document_not_found")
 
 
 async def get_document(session: AsyncSession, tenant: str, public_id: str) -> Document:
@@ -128,7 +132,7 @@ async def get_document(session: AsyncSession, tenant: str, public_id: str) -> Do
         Document.public_id == public_id,
         Document.collection_id.in_(tenant_collections(tenant))))).scalar()
     if doc is None:
-        raise NotFound(f"Document {public_id[:40]!r} does not exist.", code="document_not_found")
+        raise no_document(public_id)
     return doc
 
 
@@ -229,10 +233,14 @@ async def list_documents(
 
 
 async def set_tags(session: AsyncSession, document_id: int, collection_id: int,
-                   tags: Sequence[str]) -> None:
-    await session.execute(delete(DocumentTag).where(DocumentTag.document_id == document_id))
-    for tag in dict.fromkeys(tags):
-        session.add(DocumentTag(tag=tag, document_id=document_id, collection_id=collection_id))
+                   tags: Sequence[str], *, new: bool = False) -> None:
+    """The document's tag rows become `tags` (`new`: it has none yet, nothing to delete)."""
+    if not new:
+        await session.execute(delete(DocumentTag).where(DocumentTag.document_id == document_id))
+    if tags:
+        await session.execute(insert(DocumentTag.__table__), [
+            {"tag": tag, "document_id": document_id, "collection_id": collection_id}
+            for tag in dict.fromkeys(tags)])
 
 
 async def chunk_ids_of(session: AsyncSession, document_id: int) -> list[int]:
