@@ -41,7 +41,11 @@ class EmbedSettings(BaseModel):
         16, ge=1, le=1024,
         description="Texts per model call (local: length-sorted batches; 16 measured fastest).",
     )
-    threads: int = Field(0, ge=0, description="Intra-op threads for the local model; 0 = cores.")
+    threads: int = Field(
+        0, ge=0, description="Cores the local model uses; 0 = all. ONNX (`local`) runs that "
+        "many batches at once, one core each (a question runs beside chunk batches); torch "
+        "splits each batch over them.",
+    )
     query_threads: int = Field(
         0, ge=0, description="Intra-op threads of a second session of the local model for calls "
         "of at most 4 texts (questions); 0 = no second session (measured no faster: README).",

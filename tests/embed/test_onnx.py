@@ -91,3 +91,50 @@ def test_batches_group_similar_lengths_and_cover_every_text() -> None:
     # The short ones are never put beside a long one, even with room in the batch.
     assert [sorted(lengths[i] for i in b) for b in _batches(lengths, size=32)] == [
         [2, 3, 5], [35, 38, 40], [900, 950, 1000]]
+
+
+def test_batches_run_at_once_embed_as_one_after_another(prepared_models: Path) -> None:
+    texts = (TEXTS + SHORT) * 5  # several batches of each length
+
+    def embed(threads: int) -> np.ndarray:
+        embedder = OnnxEmbedder(EmbedSettings(threads=threads, batch_size=4), prepared_models)
+        asyncio.run(embedder.start())
+        try:
+            assert (embedder._pool is not None) == (threads > 1)
+            return embedder.embed_sync(texts)
+        finally:
+            asyncio.run(embedder.close())
+
+    # Each batch runs on one core either way: the same numbers, not just close ones.
+    np.testing.assert_array_equal(embed(2), embed(1))
+
+
+def test_a_question_runs_beside_a_chunk_batch(prepared_models: Path) -> None:
+    """A question's run does not wait for a chunk batch's to end (it waited on one lock until
+    2026-12-07): the test holds a chunk batch inside the model and asks a question meanwhile."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    embedder = OnnxEmbedder(EmbedSettings(threads=2, batch_size=4), prepared_models)
+    asyncio.run(embedder.start())
+    session, inside, release = embedder._session, threading.Event(), threading.Event()
+
+    class Held:
+        def run(self, outputs: object, feed: dict[str, np.ndarray]) -> object:
+            if len(feed["input_ids"]) > 1:  # a chunk batch: held until the question is done
+                inside.set()
+                assert release.wait(30)
+            return session.run(outputs, feed)
+
+    embedder._session = Held()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            chunks = pool.submit(embedder.embed_sync, TEXTS[:4])
+            assert inside.wait(30)
+            question = embedder.embed_sync([SHORT[1]])  # would block here behind the batch
+            release.set()
+            np.testing.assert_array_equal(question, embedder.embed_sync([SHORT[1]]))
+            assert chunks.result(30).shape == (4, 384)
+    finally:
+        release.set()
+        asyncio.run(embedder.close())

@@ -89,3 +89,58 @@ async def test_a_failed_call_fails_its_documents_only_and_a_cancelled_one_drops_
     # b's first slice was already in the model when it was cancelled; its rest never went.
     assert [t for call in inner.calls for t in call if t.startswith("b ")] == doc("b", 4)[:2]
     await embedder.close()
+
+
+class PerCallGates(HashEmbedder):
+    """A `HashEmbedder` whose calls each wait for their own gate, so a test picks the order
+    in which calls in flight finish."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gates: list[asyncio.Event] = []
+        self.failing: set[int] = set()  # calls (by number) that raise
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        number = len(self.calls)
+        self.calls.append(list(texts))
+        self.gates.append(gate := asyncio.Event())
+        await gate.wait()
+        if number in self.failing:
+            raise RuntimeError("the model failed")
+        return hashed_embeddings(texts, self.dim)
+
+
+async def test_two_calls_in_flight_put_a_document_back_together_in_order() -> None:
+    inner = PerCallGates()
+    embedder = IngestEmbedder(inner, slice_texts=3, in_flight=2)
+    a = asyncio.create_task(embedder.embed(doc("a", 5)))
+    b = asyncio.create_task(embedder.embed(doc("b", 2)))
+    await settle()
+    # Both slices went to the model at once, the second without waiting for the first.
+    assert inner.calls == [doc("a", 5)[:3], doc("a", 5)[3:] + doc("b", 2)[:1]]
+    inner.gates[1].set()  # the later slice finishes first
+    await settle()
+    assert not a.done() and not b.done()
+    assert inner.calls[2] == doc("b", 2)[1:]  # its loop took the next slice meanwhile
+    inner.gates[0].set()
+    inner.gates[2].set()
+    np.testing.assert_allclose(await a, hashed_embeddings(doc("a", 5), inner.dim))
+    np.testing.assert_allclose(await b, hashed_embeddings(doc("b", 2), inner.dim))
+    await embedder.close()
+
+
+async def test_a_failed_call_in_flight_fails_only_the_documents_in_it() -> None:
+    inner = PerCallGates()
+    inner.failing.add(0)
+    embedder = IngestEmbedder(inner, slice_texts=2, in_flight=2)
+    spread = asyncio.create_task(embedder.embed(doc("a", 3)))  # in both calls
+    later = asyncio.create_task(embedder.embed(doc("b", 1)))  # in the second only
+    await settle()
+    assert inner.calls == [doc("a", 3)[:2], doc("a", 3)[2:] + doc("b", 1)]
+    inner.gates[0].set()
+    await settle()
+    with pytest.raises(RuntimeError, match="the model failed"):
+        await spread
+    inner.gates[1].set()
+    np.testing.assert_allclose(await later, hashed_embeddings(doc("b", 1), inner.dim))
+    await embedder.close()

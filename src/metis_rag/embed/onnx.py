@@ -20,6 +20,7 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -132,9 +133,12 @@ QUERY_MAX_TEXTS = 4  # calls this small go to the query session
 
 class OnnxEmbedder:
     """`Embedder` on ONNX Runtime. Texts are sorted by length and cut into small batches of
-    similar lengths (`_batches`), so padding wastes little; the model runs in a worker thread
-    (ONNX Runtime releases the GIL) and one batch at a time, since each already uses every
-    core."""
+    similar lengths (`_batches`), so padding wastes little. The session runs each batch on one
+    core, and `runs` batches at once (ONNX Runtime releases the GIL): a call's batches spread
+    over a pool of that many threads, and a call of one batch (a question) runs in its caller's
+    thread beside them instead of waiting for a chunk batch to end. One batch split over every
+    core (until 2026-12-07) lost time whenever another thread took one of them: the split
+    halves wait for each other (README, Benchmarks: "parallel runs")."""
 
     def __init__(self, settings: EmbedSettings, models_dir: Path) -> None:
         self.model_id = f"local:{packaged.MODEL_NAME}:{VARIANT}"
@@ -144,7 +148,8 @@ class OnnxEmbedder:
         self._session: Any = None
         self._query_session: Any = None
         self._tokenizer: Any = None
-        self._run_lock = threading.Lock()
+        self.runs = settings.threads or (os.cpu_count() or 1)
+        self._pool: ThreadPoolExecutor | None = None
         self._query_lock = threading.Lock()
 
     async def start(self) -> None:
@@ -168,7 +173,9 @@ class OnnxEmbedder:
             return ort.InferenceSession(str(directory / "model.onnx"), options,
                                         providers=["CPUExecutionProvider"])
 
-        self._session = session(self._settings.threads or (os.cpu_count() or 1))
+        self._session = session(1)
+        if self.runs > 1:
+            self._pool = ThreadPoolExecutor(self.runs, thread_name_prefix="metis-embed")
         # A question is a few tokens: splitting it over every core costs more in hand-offs than
         # it saves, and its own session lets questions run beside a chunk batch being embedded.
         if self._settings.query_threads:
@@ -189,6 +196,9 @@ class OnnxEmbedder:
 
     async def close(self) -> None:
         self._session = self._query_session = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return packaged.count_tokens(list(texts))
@@ -207,16 +217,24 @@ class OnnxEmbedder:
     def embed_sync(self, texts: list[str]) -> np.ndarray:
         """Blocking encode (for worker threads and processes)."""
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        small = self._query_session is not None and len(texts) <= QUERY_MAX_TEXTS
-        session, lock = ((self._query_session, self._query_lock) if small
-                         else (self._session, self._run_lock))
-        for idx in _batches([len(t) for t in texts], self._settings.batch_size):
-            encoded = self._tokenizer.encode_batch([texts[i] for i in idx])
-            ids = np.array([e.ids for e in encoded], dtype=np.int64)
-            mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
-            with lock:
-                out[idx] = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        if self._query_session is not None and len(texts) <= QUERY_MAX_TEXTS:
+            with self._query_lock:
+                self._run(self._query_session, texts, np.arange(len(texts)), out)
+            return out
+        batches = _batches([len(t) for t in texts], self._settings.batch_size)
+        if self._pool is None or len(texts) <= QUERY_MAX_TEXTS:
+            for idx in batches:
+                self._run(self._session, texts, idx, out)
+        else:  # through the pool, so chunk batches never run more at once than it has threads
+            # Each batch writes its own rows of `out`; list() re-raises a batch's error.
+            list(self._pool.map(lambda idx: self._run(self._session, texts, idx, out), batches))
         return out
+
+    def _run(self, session: Any, texts: list[str], idx: np.ndarray, out: np.ndarray) -> None:
+        encoded = self._tokenizer.encode_batch([texts[i] for i in idx])
+        ids = np.array([e.ids for e in encoded], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+        out[idx] = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
 
 
 def _batches(lengths: Sequence[int], size: int) -> list[np.ndarray]:
