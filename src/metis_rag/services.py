@@ -23,6 +23,7 @@ from .embed import build_embedder
 from .embed.base import Embedder
 from .embed.cached import CachedEmbedder
 from .embed.metered import MeteredEmbedder
+from .embed.packaged import counts_add_up
 from .errors import ServiceUnavailable
 from .ingest.chunker import Chunker
 from .ingest.pipeline import Ingestor
@@ -147,12 +148,13 @@ async def open_services(
             if caches is not None:
                 llm = CachedLLM(llm, caches.llm)
 
+        # Chunking runs in the parser processes when they can count tokens as the embedder does.
+        tokenizer = embedder.counting_tokenizer
         chunker = Chunker(
             embedder.count_tokens, settings.chunk.max_tokens, settings.chunk.overlap_tokens,
             max_chunks=settings.chunk.max_chunks_per_document,
+            counts_add_up=tokenizer is not None and counts_add_up(tokenizer),
         )
-        # Chunking runs in the parser processes when they can count tokens as the embedder does.
-        tokenizer = embedder.counting_tokenizer
         chunking = None if tokenizer is None else ChunkingConfig(
             tokenizer, settings.chunk.max_tokens, settings.chunk.overlap_tokens,
             settings.chunk.max_chunks_per_document)

@@ -322,3 +322,30 @@ def test_parsed_pdf_chunks_cite_pages_and_headings(count_tokens, make_pdf) -> No
         (4, "Operation"),
     }
     assert [c.page for c in chunks] == sorted(c.page for c in chunks)
+
+
+def test_with_counts_that_add_up_each_text_is_tokenized_once(count_tokens) -> None:
+    """A paragraph's first sentence is joined by a paragraph break, not glued: chunks made of
+    whole paragraphs need no second count (until 2026-12-07 nearly every chunk had one)."""
+    doc = synthetic_document(10)
+    counted: list[int] = []
+
+    def counting(texts: Sequence[str]) -> list[int]:
+        counted.append(sum(len(t) for t in texts))
+        return count_tokens(texts)
+
+    chunks = Chunker(counting, 128, 24, counts_add_up=True).chunk(doc)
+    assert chunks == Chunker(count_tokens, 128, 24).chunk(doc)
+    assert len({c.text.count("\n\n") > 0 for c in chunks}) == 2  # chunks across paragraphs too
+    assert sum(counted) <= sum(len(s.text) for s in doc.sections)
+
+
+def test_the_packaged_tokenizer_counts_add_up_and_a_bpe_one_does_not(tmp_path) -> None:
+    import json
+
+    from metis_rag.embed.packaged import counts_add_up, tokenizer_file
+
+    assert counts_add_up(tokenizer_file())
+    bpe = tmp_path / "tokenizer.json"
+    bpe.write_text(json.dumps({"model": {"type": "BPE"}, "pre_tokenizer": {"type": "ByteLevel"}}))
+    assert not counts_add_up(str(bpe))

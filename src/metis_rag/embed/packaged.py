@@ -65,6 +65,16 @@ def counter_from_file(path: str) -> Callable[[Sequence[str]], list[int]]:
     return lambda texts: _count_with(tok, texts)
 
 
+def counts_add_up(path: str) -> bool:
+    """Whether the tokenizer in `path` counts texts joined by whitespace as the sum of their
+    counts: WordPiece behind a pre-tokenizer that splits at whitespace (the packaged model's),
+    whose pieces never cross a space. The chunker then skips its second, exact pass."""
+    spec = json.loads(Path(path).read_text(encoding="utf-8"))
+    pre = (spec.get("pre_tokenizer") or {}).get("type")
+    return (spec.get("model") or {}).get("type") == "WordPiece" and pre in (
+        "BertPreTokenizer", "Whitespace", "WhitespaceSplit")
+
+
 def _count_with(tok: Tokenizer, texts: Sequence[str]) -> list[int]:
     texts = list(texts)
     counts: list[int] = []

@@ -92,11 +92,12 @@ def _chunker(config: dict[str, Any] | None) -> Any:
     # One core at most: the tokenizer's thread pool would compete with the server's queries
     # (and each of its threads reserves address space under the ceiling).
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    from ..embed.packaged import counter_from_file
+    from ..embed.packaged import counter_from_file, counts_add_up
     from .chunker import Chunker
 
     return Chunker(counter_from_file(config["tokenizer"]), config["max_tokens"],
-                   config["overlap_tokens"], max_chunks=config["max_chunks"])
+                   config["overlap_tokens"], max_chunks=config["max_chunks"],
+                   counts_add_up=counts_add_up(config["tokenizer"]))
 
 
 def main() -> None:
