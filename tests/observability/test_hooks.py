@@ -269,3 +269,25 @@ async def test_loop_lag_shows_a_blocked_event_loop() -> None:
     assert free is not None and blocked is not None
     assert blocked >= 0.3 and blocked > free
     assert summary(metrics)["process"]["loop_lag_ms"] >= 300
+
+
+async def test_loop_busy_is_the_loop_threads_cpu_share_over_the_last_15_s() -> None:
+    clock = FakeClock(100.0)
+    loop_cpu = [0.0]
+    metrics = Metrics(ObservabilitySettings(sample_interval_s=5), clock=clock)
+    sampler = Sampler(metrics, loop_cpu_s=lambda: loop_cpu[0])
+
+    async def busy() -> float | None:
+        return value(scrape((await metrics.exposition()).decode()), "metis_event_loop_busy_ratio")
+
+    assert (await sampler.sample_once())["loop_busy"] is None  # nothing to compare with yet
+    for _ in range(3):  # 15 s with the loop on the CPU a fifth of the time
+        clock.now += 5
+        loop_cpu[0] += 1.0
+        await sampler.sample_once()
+    assert await busy() == pytest.approx(0.2)
+    for _ in range(3):  # then saturated: the quiet 15 s leave the window
+        clock.now += 5
+        loop_cpu[0] += 5.0
+        sample = await sampler.sample_once()
+    assert sample["loop_busy"] == await busy() == pytest.approx(1.0)

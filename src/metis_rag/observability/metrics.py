@@ -142,6 +142,10 @@ class Metrics:
             "metis_event_loop_lag_seconds", "Worst lateness of the sampler's timer over the last "
             "15 s: grows when the event loop that serves HTTP is saturated.",
             registry=r)
+        self.loop_busy = Gauge(
+            "metis_event_loop_busy_ratio", "Share of the last 15 s the event loop's thread "
+            "spent on the CPU: rises with the load before latency does, near 1 when saturated.",
+            registry=r)
         self.tool_calls = Counter(
             "metis_tool_calls", "Agent tool calls, by tool, outcome and the cache level that "
             "served them (none: the tool ran).", ["tool", "outcome", "cache_level"], registry=r)

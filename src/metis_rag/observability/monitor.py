@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -36,9 +37,13 @@ class Sampler:
     go into the rolling window, and the alert rules are checked."""
 
     def __init__(self, metrics: Metrics,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 loop_cpu_s: Callable[[], float] = time.thread_time) -> None:
         self.metrics = metrics
         self._sleep = sleep
+        # CPU seconds of the thread the sampler runs in, the event loop's.
+        self._loop_cpu_s = loop_cpu_s
+        self._busy: deque[tuple[float, float]] = deque()  # (clock, loop CPU) over LAG_WINDOW_S
         self.cpu = CpuMeter(metrics.window.clock,
                             min_interval_s=min(0.5, metrics.settings.sample_interval_s / 2))
         self._task: asyncio.Task[None] | None = None
@@ -52,6 +57,9 @@ class Sampler:
         if loop_lag_s is not None:
             self._lags.append(loop_lag_s)
             m.loop_lag.set(max(self._lags))
+        busy = self._loop_busy()
+        if busy is not None:
+            m.loop_busy.set(busy)
         await m.refresh()
         tasks = m.task_snapshot
         sample: dict[str, Any] = {
@@ -66,10 +74,22 @@ class Sampler:
                       if tasks is not None else None),
             "pool": pool_stats(m.pool),
             "loop_lag_ms": round(max(self._lags) * 1000, 2) if self._lags else None,
+            "loop_busy": None if busy is None else round(busy, 3),
         }
         m.window.record_sample(sample)
         m.rules.check(m.window.headline(60), sample["tasks"]["queue_depth"] if tasks else None)
         return sample
+
+    def _loop_busy(self) -> float | None:
+        """Share of the last LAG_WINDOW_S the event loop's thread spent on the CPU (None
+        until two samples). It grows with the load while latency stays flat, and nears 1 as
+        the loop saturates: the leading signal (README, Autoscaling)."""
+        now = self.metrics.window.clock()
+        self._busy.append((now, self._loop_cpu_s()))
+        while len(self._busy) > 2 and now - self._busy[1][0] >= LAG_WINDOW_S:
+            self._busy.popleft()
+        (t0, cpu0), (t1, cpu1) = self._busy[0], self._busy[-1]
+        return None if t1 <= t0 else min(1.0, max(0.0, (cpu1 - cpu0) / (t1 - t0)))
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="metis-metrics-sampler")
