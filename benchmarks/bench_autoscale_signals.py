@@ -6,11 +6,12 @@ open-loop load, with /metrics scraped throughout.
 The load offers full answers (`"cache": false`: embed, hybrid retrieval, extractive answer)
 at a fixed rate per step, rising step by step past what the server can serve (open loop:
 requests leave on schedule whether or not earlier ones returned, as real users do). Per step:
-the client's p50/p95, the requests in flight and the event loop lag that /metrics reported.
-Each signal "fires" at the first step where it passes its autoscaling threshold (README
-"Autoscaling": 20 in flight, 50 ms of loop lag); latency "degrades" at the first step whose
-p95 is over twice the first step's (and over 500 ms, the policy's guard). The figure: how
-many steps (and what share of the saturating rate) earlier each signal fired. Median of runs.
+the client's p50/p95, and the requests in flight, event loop lag and loop busy share that
+/metrics reported. Each signal "fires" at the first step where it passes its autoscaling
+threshold (README "Autoscaling": 20 in flight, 50 ms of loop lag, the loop's thread on the CPU
+40 % of the time); latency "degrades" at the first step whose p95 is over twice the first
+step's (and over 500 ms, the policy's guard). The figure: how many steps (and what share of
+the saturating rate) earlier each signal fired. Median of runs.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from corpus import write_corpus
 from harness import machine, metis_server, new_data_dir, percentile, upload_corpus
 
-THRESHOLDS = {"in_flight": 20.0, "loop_lag_ms": 50.0}
+THRESHOLDS = {"in_flight": 20.0, "loop_lag_ms": 50.0, "loop_busy": 0.4}
 P95_GUARD_MS = 500.0
 QUESTIONS = ["What does the parser do?", "How are errors reported?", "What is a context?",
              "Explain how the cache works.", "What does this module return?"]
@@ -39,7 +40,8 @@ QUESTIONS = ["What does the parser do?", "How are errors reported?", "What is a 
 def _gauges(text: str) -> dict[str, float]:
     out = {}
     for family in text_string_to_metric_families(text):
-        if family.name in ("metis_http_requests_in_flight", "metis_event_loop_lag_seconds"):
+        if family.name in ("metis_http_requests_in_flight", "metis_event_loop_lag_seconds",
+                           "metis_event_loop_busy_ratio"):
             out[family.name] = family.samples[0].value
     return out
 
@@ -95,7 +97,10 @@ async def _step(url: str, rate: float, seconds: float) -> dict[str, Any]:
             "p95_ms": round(percentile(latencies, 0.95), 1),
             # the scraper's own request is always in flight: leave it out
             "in_flight": round(max(0.0, statistics.median(in_flight) - 1) if in_flight else 0, 1),
-            "loop_lag_ms": round(max(lag) if lag else 0.0, 1)}
+            "loop_lag_ms": round(max(lag) if lag else 0.0, 1),
+            # the last scrape's: its 15 s window covers the step (--step-s 15)
+            "loop_busy": round(seen[-1].get("metis_event_loop_busy_ratio", 0.0), 2) if seen
+            else 0.0}
 
 
 def _first(steps: list[dict[str, Any]], fired: Any) -> int | None:
@@ -130,11 +135,12 @@ def main() -> None:
             asyncio.run(_step(url, 5, 2))  # warm-up
             runs = [asyncio.run(one_run(url, rates, args.step_s)) for _ in range(args.runs)]
     for i, run in enumerate(runs):
-        print(f"\nrun {i + 1}: rate/s served/s errors p50_ms p95_ms in_flight loop_lag_ms")
+        print(f"\nrun {i + 1}: rate/s served/s errors p50_ms p95_ms in_flight loop_lag_ms "
+              "loop_busy")
         for s in run["steps"]:
             print(f"  {s['rate']:6.0f} {s['served_per_s']:8.1f} {s['errors']:6d} "
                   f"{s['p50_ms']:7.1f} {s['p95_ms']:7.1f} {s['in_flight']:9.1f} "
-                  f"{s['loop_lag_ms']:11.1f}")
+                  f"{s['loop_lag_ms']:11.1f} {s['loop_busy']:9.2f}")
         print(f"  latency degraded at step {run['degraded']}; signals fired at {run['fired']}")
     print("\nsteps of warning before latency degraded (median of runs; None = never fired):")
     for name in THRESHOLDS:
