@@ -269,18 +269,17 @@ class Ingestor:
         removed: list[int] = []
         added: list[tuple[list[int], np.ndarray]] = []
         async with self._sessions() as session, session.begin():
-            coll = await repo.get_or_create_collection(session, tenant, collection)
+            collection_id = await repo.collection_id_for_writing(session, tenant, collection)
             seen: dict[str, str] = {}
             for prep, matrix in zip(group, vectors, strict=True):
-                result, old_ids, new_ids = await self._write_one(session, coll.id, prep, matrix,
-                                                                 seen, analysis_pending)
+                result, old_ids, new_ids = await self._write_one(
+                    session, collection_id, prep, matrix, seen, analysis_pending)
                 report.results.append(result)
                 removed.extend(old_ids)
                 if new_ids:
                     added.append((new_ids, matrix))
             if removed or added:
-                await repo.bump_version(session, coll.id)
-            collection_id = coll.id
+                await repo.bump_version(session, collection_id)
         if self._inline:
             return report
         if removed:

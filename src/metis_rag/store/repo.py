@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, delete, func, insert, select, update
+from sqlalchemy import Select, Table, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..errors import InvalidInput, NotFound
@@ -22,6 +22,7 @@ from .models import (
     Message,
 )
 
+_COLLECTIONS: Table = Collection.__table__
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
 
 
@@ -58,6 +59,16 @@ async def get_or_create_collection(session: AsyncSession, tenant: str, name: str
     return row
 
 
+async def collection_id_for_writing(session: AsyncSession, tenant: str, name: str) -> int:
+    """`get_or_create_collection`'s id, without loading the row into the session when it
+    exists (each ingestion's commit asks)."""
+    check_collection_name(name)
+    found = (await session.execute(select(_COLLECTIONS.c.id).where(
+        _COLLECTIONS.c.tenant == tenant, _COLLECTIONS.c.name == name))).scalar()
+    return found if found is not None else (
+        await get_or_create_collection(session, tenant, name)).id
+
+
 async def list_collections(session: AsyncSession, tenant: str | None) -> Sequence[Collection]:
     stmt = select(Collection).order_by(Collection.name)
     if tenant is not None:
@@ -70,12 +81,12 @@ def tenant_collections(tenant: str) -> Select[Any]:
 
 
 async def bump_version(session: AsyncSession, collection_id: int) -> None:
-    """The collection's content changed: every cached result of it becomes unreachable."""
-    await session.execute(
-        update(Collection)
-        .where(Collection.id == collection_id)
-        .values(version=Collection.version + 1, updated_at=func.now())
-    )
+    """The collection's content changed: every cached result of it becomes unreachable.
+    A Core statement: the ORM's bulk update path cost more than the statement itself, and no
+    caller reads the version back from a loaded row."""
+    c = _COLLECTIONS.c
+    await session.execute(update(_COLLECTIONS).where(c.id == collection_id)
+                          .values(version=c.version + 1, updated_at=func.now()))
 
 
 async def bump_analysis_version(session: AsyncSession, collection_id: int) -> None:
