@@ -135,10 +135,11 @@ class OnnxEmbedder:
     """`Embedder` on ONNX Runtime. Texts are sorted by length and cut into small batches of
     similar lengths (`_batches`), so padding wastes little. The session runs each batch on one
     core, and `runs` batches at once (ONNX Runtime releases the GIL): a call's batches spread
-    over a pool of that many threads, and a call of one batch (a question) runs in its caller's
-    thread beside them instead of waiting for a chunk batch to end. One batch split over every
-    core (until 2026-12-07) lost time whenever another thread took one of them: the split
-    halves wait for each other (README, Benchmarks: "parallel runs")."""
+    over a pool of that many threads, and a call of at most `QUERY_MAX_TEXTS` texts (a
+    question) runs in its caller's thread beside them instead of waiting for a chunk batch to
+    end. One batch split over every core (until 2026-12-07) lost time whenever another thread
+    took one of them, as the split halves wait for each other (README, Benchmarks: the
+    `bench_ingest.py` row of the 2026-12-07 evening)."""
 
     def __init__(self, settings: EmbedSettings, models_dir: Path) -> None:
         self.model_id = f"local:{packaged.MODEL_NAME}:{VARIANT}"
