@@ -104,35 +104,6 @@ async def invalidate_collection(session: AsyncSession, tenant: str, name: str) -
     await bump_version(session, (await get_collection(session, tenant, name)).id)
 
 
-async def find_document_by_hash(
-    session: AsyncSession, collection_id: int, content_hash: str
-) -> Document | None:
-    stmt = select(Document).where(
-        Document.collection_id == collection_id, Document.content_hash == content_hash
-    )
-    return (await session.execute(stmt)).scalar()
-
-
-async def find_document_by_path(
-    session: AsyncSession, collection_id: int, folder: str, filename: str
-) -> Document | None:
-    stmt = select(Document).where(
-        Document.collection_id == collection_id,
-        Document.folder == folder,
-        Document.filename == filename,
-    )
-    return (await session.execute(stmt)).scalars().first()
-
-
-async def document_in(session: AsyncSession, collection_id: int, public_id: str) -> Document:
-    """The collection's document with this public id (a replace's target, deleted meanwhile or not)."""
-    doc = (await session.execute(select(Document).where(
-        Document.public_id == public_id, Document.collection_id == collection_id))).scalar()
-    if doc is None:
-        raise no_document(public_id)
-    return doc
-
-
 def no_document(public_id: str) -> NotFound:
     return NotFound(f"Document {public_id[:40]!r} does not exist.", code="document_not_found")
 
