@@ -52,6 +52,11 @@ class EmbedSettings(BaseModel):
     )
     timeout_s: float = Field(60.0, gt=0, description="Timeout of a remote embedding call.")
 
+    @property
+    def cores(self) -> int:
+        """`threads`, with 0 read as every core."""
+        return self.threads or os.cpu_count() or 1
+
 
     @field_validator("model_path")
     @classmethod

@@ -7,7 +7,6 @@ at import time.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -188,7 +187,7 @@ async def open_services(
         # the next slice, ready when they free up.
         ingest_embedder = IngestEmbedder(
             embedder, in_flight=2,
-            slice_texts=settings.embed.batch_size * max(2, settings.embed.threads or os.cpu_count() or 1))
+            slice_texts=settings.embed.batch_size * max(2, settings.embed.cores))
         stack.push_async_callback(ingest_embedder.close)
         tasks = build_backend(settings, engine, build_registry(settings.tasks), role)
         keyring = KeyRing(static_keys(settings.api_keys), settings.auth.reload_s)

@@ -149,7 +149,7 @@ class OnnxEmbedder:
         self._session: Any = None
         self._query_session: Any = None
         self._tokenizer: Any = None
-        self.runs = settings.threads or (os.cpu_count() or 1)
+        self.runs = settings.cores
         self._pool: ThreadPoolExecutor | None = None
         self._query_lock = threading.Lock()
 

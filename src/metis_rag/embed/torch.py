@@ -4,7 +4,6 @@ against, and a choice for users who want the unquantized model."""
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +33,7 @@ class TorchEmbedder:
         import torch
         from sentence_transformers import SentenceTransformer
 
-        torch.set_num_threads(self._settings.threads or (os.cpu_count() or 1))
+        torch.set_num_threads(self._settings.cores)
         path = self._path or packaged.packaged_model_dir()
         # local_files_only: a model path is a directory on disk, never a hub name to fetch.
         self._model = SentenceTransformer(str(path), device="cpu", local_files_only=True)

@@ -144,7 +144,7 @@ class Metrics:
             registry=r)
         self.loop_busy = Gauge(
             "metis_event_loop_busy_ratio", "Share of the last 15 s the event loop's thread "
-            "spent on the CPU: rises with the load before latency does, near 1 when saturated.",
+            "spent on the CPU: rises with the load before latency does and tops out when the loop saturates.",
             registry=r)
         self.tool_calls = Counter(
             "metis_tool_calls", "Agent tool calls, by tool, outcome and the cache level that "

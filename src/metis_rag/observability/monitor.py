@@ -82,8 +82,9 @@ class Sampler:
 
     def _loop_busy(self) -> float | None:
         """Share of the last LAG_WINDOW_S the event loop's thread spent on the CPU (None
-        until two samples). It grows with the load while latency stays flat, and nears 1 as
-        the loop saturates: the leading signal (README, Autoscaling)."""
+        until two samples). It grows with the load while latency stays flat and tops out as
+        the loop saturates (0.61-0.66 on a 2-core VM shared with the model): the leading
+        signal (README, Autoscaling)."""
         now = self.metrics.window.clock()
         self._busy.append((now, self._loop_cpu_s()))
         while len(self._busy) > 2 and now - self._busy[1][0] >= LAG_WINDOW_S:
