@@ -37,7 +37,7 @@ from .rag.chat import ChatService
 from .rag.conversations import ConversationLog
 from .rag.retriever import Retriever
 from .ratelimit import SlidingWindow
-from .store.db import create_engine, migrate, session_factory
+from .store.db import Transactions, create_engine, migrate, session_factory
 from .store.hnsw import HnswVectorStore
 from .store.index import DatabaseOnlyVectors, IndexFlusher, reconcile
 from .store.lookup import CollectionLookup
@@ -161,9 +161,12 @@ async def open_services(
         stack.push_async_callback(parser.close)
         if settings.parse.prestart and role != "client":
             parser.prestart()
+        document_writes = Transactions(engine, "metis-ingest-writer")
+        stack.callback(document_writes.close)
         ingestor = Ingestor(
             sessions, embedder, vectors, chunker, max_bytes=settings.max_upload_bytes,
             parser=parser, document_cache=caches.document if caches else None,
+            transactions=document_writes,
         )
         retriever = Retriever(sessions, vectors, settings.retrieval,
                               caches.retrieval if caches else None)

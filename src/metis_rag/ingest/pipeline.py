@@ -20,12 +20,14 @@ from typing import Any, Literal
 
 import numpy as np
 from sqlalchemy import Table, and_, delete, insert, or_, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..cache.tiered import TieredCache
 from ..embed.base import Embedder
 from ..errors import InvalidInput, PayloadTooLarge
 from ..store import repo
+from ..store.db import Transactions
 from ..store.models import Chunk, Document, DocumentTopic, new_public_id
 from ..store.vectors import ChunkColumnVectors, VectorStore
 from .chunker import ChunkDraft, Chunker
@@ -37,6 +39,7 @@ from .sniff import check_content_type
 # every core and their chunk lists the memory, while normal files go on in parallel.
 BIG_TEXT_CHARS = 1_000_000
 _DOCUMENTS: Table = Document.__table__
+_CHUNKS: Table = Chunk.__table__
 _TAG_MAX = 100
 
 
@@ -84,6 +87,15 @@ class IngestReport:
         return sum(r.chunks for r in self.results)
 
 
+@dataclass(slots=True)
+class _Written:
+    """What a write transaction did, for the vector index to follow after the commit."""
+    collection_id: int
+    report: IngestReport = field(default_factory=IngestReport)
+    removed: list[int] = field(default_factory=list)
+    added: list[tuple[list[int], np.ndarray]] = field(default_factory=list)
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -126,7 +138,11 @@ class Ingestor:
         max_bytes: int,
         parser: ParseSandbox,
         document_cache: TieredCache | None = None,
+        transactions: Transactions | None = None,
     ) -> None:
+        """`transactions` runs the document write (services: SQLite's twin on a thread of its
+        own); without it, the write runs in a session of `sessions`."""
+        self._transactions = transactions
         self._document_cache = document_cache
         self._parser = parser
         self._sessions = sessions
@@ -243,10 +259,18 @@ class Ingestor:
     async def commit(self, collection: str, staged: Staged, tenant: str = "default", *,
                      analysis_pending: bool = False) -> IngestReport:
         """Writes staged documents, their chunks and embeddings in one transaction. With
-        `analysis_pending` (the caller queues their analysis) they say so until it stores."""
+        `analysis_pending` (the caller queues their analysis) they say so until it stores.
+
+        A cancel arriving once the write has started waits for it (the transaction runs on in
+        its thread) and for the vector index to take what it committed, then propagates."""
         async with self._write_lock:
-            return await self._write(tenant, collection, staged.prepared, staged.vectors,
-                                     analysis_pending)
+            write = asyncio.ensure_future(self._write(
+                tenant, collection, staged.prepared, staged.vectors, analysis_pending))
+            try:
+                return await asyncio.shield(write)
+            except asyncio.CancelledError:
+                await asyncio.wait([write])
+                raise
 
     async def embed_prepared(
         self, group: Sequence[Prepared],
@@ -265,40 +289,53 @@ class Ingestor:
         self, tenant: str, collection: str, group: Sequence[Prepared],
         vectors: Sequence[np.ndarray], analysis_pending: bool,
     ) -> IngestReport:
-        report = IngestReport()
-        removed: list[int] = []
-        added: list[tuple[list[int], np.ndarray]] = []
-        async with self._sessions() as session, session.begin():
-            collection_id = await repo.collection_id_for_writing(session, tenant, collection)
-            seen: dict[str, str] = {}
-            for prep, matrix in zip(group, vectors, strict=True):
-                result, old_ids, new_ids = await self._write_one(
-                    session, collection_id, prep, matrix, seen, analysis_pending)
-                report.results.append(result)
-                removed.extend(old_ids)
-                if new_ids:
-                    added.append((new_ids, matrix))
-            if removed or added:
-                await repo.bump_version(session, collection_id)
-        if self._inline:
-            return report
-        if removed:
-            await self._vectors.delete(collection_id, removed)
-        for ids, matrix in added:
-            await self._vectors.add(collection_id, ids, matrix)
-        return report
+        def work(conn: Connection) -> _Written:
+            return self._write_all(conn, tenant, collection, group, vectors, analysis_pending)
 
-    async def _write_one(
+        if self._transactions is not None:
+            written = await self._transactions.run(work)
+        else:
+            async with self._sessions() as session, session.begin():
+                written = await session.run_sync(lambda s: work(s.connection()))
+        if self._inline:
+            return written.report
+        if written.removed:
+            await self._vectors.delete(written.collection_id, written.removed)
+        for ids, matrix in written.added:
+            await self._vectors.add(written.collection_id, ids, matrix)
+        return written.report
+
+    def _write_all(
+        self, conn: Connection, tenant: str, collection: str, group: Sequence[Prepared],
+        vectors: Sequence[np.ndarray], analysis_pending: bool,
+    ) -> _Written:
+        """The whole transaction, in synchronous Core statements: on SQLite it is one hop to
+        the writer's thread, where through aiosqlite each of a document's statements was a hop
+        back to the event loop (and the ORM's flushes and loads were most of ingestion's CPU
+        beside the model, about 11 ms a document on the loop)."""
+        collection_id = repo.collection_id_for_writing(conn, tenant, collection)
+        written = _Written(collection_id)
+        seen: dict[str, str] = {}
+        for prep, matrix in zip(group, vectors, strict=True):
+            result, old_ids, new_ids = self._write_one(
+                conn, collection_id, prep, matrix, seen, analysis_pending)
+            written.report.results.append(result)
+            written.removed.extend(old_ids)
+            if new_ids:
+                written.added.append((new_ids, matrix))
+        if written.removed or written.added:
+            conn.execute(repo.version_bump(collection_id))
+        return written
+
+    def _write_one(
         self,
-        session: AsyncSession,
+        conn: Connection,
         collection_id: int,
         prep: Prepared,
         matrix: np.ndarray,
         seen: dict[str, str],
         analysis_pending: bool,
     ) -> tuple[IngestResult, list[int], list[int]]:
-        """Core statements, not the ORM: its statements, flushes and object loads were most of
-        ingestion's CPU beside the model (about 11 ms a document on the event loop)."""
         folder = clean_folder(prep.upload.folder)
         tags = clean_tags(prep.upload.tags)
         if prep.content_hash in seen:
@@ -308,11 +345,11 @@ class Ingestor:
         # One look-up: the same bytes (a duplicate), else the replace's target or the same path.
         target_of = (D.c.public_id == replaces if replaces else
                      and_(D.c.folder == folder, D.c.filename == prep.filename))
-        found = (await session.execute(
+        found = conn.execute(
             select(D.c.id, D.c.public_id, D.c.chunk_count, D.c.content_hash)
             .where(D.c.collection_id == collection_id,
                    or_(D.c.content_hash == prep.content_hash, target_of))
-            .order_by(D.c.id))).all()
+            .order_by(D.c.id)).all()
         duplicate = next((r for r in found if r.content_hash == prep.content_hash), None)
         if duplicate is not None:
             return (IngestResult(prep.filename, "duplicate", duplicate.public_id,
@@ -330,20 +367,21 @@ class Ingestor:
         old_ids: list[int] = []
         status: Literal["created", "replaced"] = "created"
         if not found:
-            doc_id, public_id = (await session.execute(
+            doc_id, public_id = conn.execute(
                 insert(D).values(public_id=new_public_id(), collection_id=collection_id,
                                  filename=prep.filename, folder=folder, **values)
-                .returning(D.c.id, D.c.public_id))).one()
+                .returning(D.c.id, D.c.public_id)).one()
         else:
             status = "replaced"
             doc_id, public_id = found[0].id, found[0].public_id
-            old_ids = await repo.chunk_ids_of(session, doc_id)
-            await session.execute(delete(Chunk).where(Chunk.document_id == doc_id))
+            old_ids = list(conn.execute(
+                select(_CHUNKS.c.id).where(_CHUNKS.c.document_id == doc_id)).scalars())
+            conn.execute(delete(_CHUNKS).where(_CHUNKS.c.document_id == doc_id))
             # The old content's analysis does not describe the new content.
-            await session.execute(delete(DocumentTopic).where(DocumentTopic.document_id == doc_id))
-            await session.execute(update(D).where(D.c.id == doc_id).values(
+            conn.execute(delete(DocumentTopic).where(DocumentTopic.document_id == doc_id))
+            conn.execute(update(D).where(D.c.id == doc_id).values(
                 doc_type=None, language=None, summary=None, topics=[], **values))
-        await repo.set_tags(session, doc_id, collection_id, tags, new=status == "created")
+        repo.set_tags(conn, doc_id, collection_id, tags, new=status == "created")
         rows = [
             {
                 "document_id": doc_id,
@@ -362,12 +400,12 @@ class Ingestor:
                 row[self._vector_column] = vector
         # One executemany, then the ids by position: the document's chunks are all new here. An
         # INSERT ... RETURNING in parameter order ran one statement per chunk on SQLite (no
-        # sentinel column), each a thread hop.
+        # sentinel column).
         table = self._chunk_table
-        await session.execute(insert(table), rows)
-        new_ids = list((await session.execute(
+        conn.execute(insert(table), rows)
+        new_ids = list(conn.execute(
             select(table.c.id).where(table.c.document_id == doc_id)
-            .order_by(table.c.position))).scalars())
+            .order_by(table.c.position)).scalars())
         seen[prep.content_hash] = public_id
         return IngestResult(prep.filename, status, public_id, len(new_ids)), old_ids, new_ids
 

@@ -179,6 +179,29 @@ class TwinWriter:
         self._thread.shutdown(wait=False)
 
 
+class Transactions:
+    """Runs `work(connection)` as one transaction with synchronous statements: on a SQLite file,
+    in one hop to a twin engine's thread of its own (`TwinWriter`); elsewhere (PostgreSQL,
+    in-memory SQLite) on a connection of the async engine, the statements in its greenlet.
+
+    Once `run` has handed the work to the thread, cancelling the caller does not stop it: the
+    transaction commits or rolls back on its own."""
+
+    def __init__(self, engine: AsyncEngine, thread_name: str) -> None:
+        self._engine = engine
+        self._twin = TwinWriter.for_engine(engine, thread_name)
+
+    async def run(self, work: Callable[[Connection], T]) -> T:
+        if self._twin is not None:
+            return await self._twin.run(work)
+        async with self._engine.begin() as conn:
+            return await conn.run_sync(work)
+
+    def close(self) -> None:
+        if self._twin is not None:
+            self._twin.close()
+
+
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[Any]:
     return async_sessionmaker(engine, expire_on_commit=False)
 

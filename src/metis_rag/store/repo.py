@@ -1,4 +1,6 @@
-"""Queries over the relational schema. Functions take an `AsyncSession`; callers own transactions."""
+"""Queries over the relational schema. Functions take an `AsyncSession`, or a synchronous
+`Connection` where the caller runs a whole transaction in one thread hop (the document write);
+callers own transactions."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, Table, delete, func, insert, select, update
+from sqlalchemy import Select, Table, Update, delete, func, insert, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..errors import InvalidInput, NotFound
@@ -59,14 +62,15 @@ async def get_or_create_collection(session: AsyncSession, tenant: str, name: str
     return row
 
 
-async def collection_id_for_writing(session: AsyncSession, tenant: str, name: str) -> int:
-    """`get_or_create_collection`'s id, without loading the row into the session when it
-    exists (each ingestion's commit asks)."""
+def collection_id_for_writing(conn: Connection, tenant: str, name: str) -> int:
+    """`get_or_create_collection`'s id in Core statements (each ingestion's commit asks)."""
     check_collection_name(name)
-    found = (await session.execute(select(_COLLECTIONS.c.id).where(
-        _COLLECTIONS.c.tenant == tenant, _COLLECTIONS.c.name == name))).scalar()
-    return found if found is not None else (
-        await get_or_create_collection(session, tenant, name)).id
+    c = _COLLECTIONS.c
+    found = conn.execute(select(c.id).where(c.tenant == tenant, c.name == name)).scalar()
+    if found is not None:
+        return int(found)
+    return int(conn.execute(insert(_COLLECTIONS).values(
+        tenant=tenant, name=name, version=1, analysis_version=0).returning(c.id)).scalar_one())
 
 
 async def list_collections(session: AsyncSession, tenant: str | None) -> Sequence[Collection]:
@@ -80,13 +84,17 @@ def tenant_collections(tenant: str) -> Select[Any]:
     return select(Collection.id).where(Collection.tenant == tenant)
 
 
-async def bump_version(session: AsyncSession, collection_id: int) -> None:
+def version_bump(collection_id: int) -> Update:
     """The collection's content changed: every cached result of it becomes unreachable.
     A Core statement: the ORM's bulk update path cost more than the statement itself, and no
     caller reads the version back from a loaded row."""
     c = _COLLECTIONS.c
-    await session.execute(update(_COLLECTIONS).where(c.id == collection_id)
-                          .values(version=c.version + 1, updated_at=func.now()))
+    return (update(_COLLECTIONS).where(c.id == collection_id)
+            .values(version=c.version + 1, updated_at=func.now()))
+
+
+async def bump_version(session: AsyncSession, collection_id: int) -> None:
+    await session.execute(version_bump(collection_id))
 
 
 async def bump_analysis_version(session: AsyncSession, collection_id: int) -> None:
@@ -214,13 +222,13 @@ async def list_documents(
     return items, int(total)
 
 
-async def set_tags(session: AsyncSession, document_id: int, collection_id: int,
-                   tags: Sequence[str], *, new: bool = False) -> None:
+def set_tags(conn: Connection, document_id: int, collection_id: int,
+             tags: Sequence[str], *, new: bool = False) -> None:
     """The document's tag rows become `tags` (`new`: it has none yet, nothing to delete)."""
     if not new:
-        await session.execute(delete(DocumentTag).where(DocumentTag.document_id == document_id))
+        conn.execute(delete(DocumentTag).where(DocumentTag.document_id == document_id))
     if tags:
-        await session.execute(insert(DocumentTag.__table__), [
+        conn.execute(insert(DocumentTag.__table__), [
             {"tag": tag, "document_id": document_id, "collection_id": collection_id}
             for tag in dict.fromkeys(tags)])
 
