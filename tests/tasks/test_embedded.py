@@ -127,6 +127,21 @@ async def test_retries_back_off_exponentially_with_jitter(tmp_path: Path, clock:
         assert (await h.backend.get(task.id)).attempts == 4
 
 
+async def test_wait_wakes_when_a_task_of_this_process_ends_not_at_its_next_poll(
+        tmp_path: Path) -> None:
+    # A poll every 50 ms added up to 50 ms to every CLI ingestion and every benchmark's end to
+    # end; with a poll of an hour, only the wake-up can end the wait within the timeout.
+    async with Harness(tmp_path) as h:
+        [task] = await h.backend.submit([TaskSpec("block", params={"gate": "g"})])
+        waiting = asyncio.create_task(h.backend.wait([task.id], timeout_s=3600, poll_s=3600))
+        await eventually(lambda: h.started == [task.id], what="the task never started")
+        await asyncio.sleep(0.05)  # the wait is asleep now, past its first read
+        assert not waiting.done()
+        h.open("g")
+        done = await asyncio.wait_for(waiting, timeout=10)
+        assert done[task.id].status == "completed"
+
+
 async def test_a_critical_task_waits_only_for_a_free_slot_never_for_the_queue(tmp_path: Path) -> None:
     async with Harness(tmp_path) as h:
         await h.backend.submit([TaskSpec("block", params={"gate": f"b{i}", "name": f"blocker{i}"})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import re
 import time
 import uuid
@@ -139,10 +140,12 @@ class TaskBackend(ABC):
         on_finished: Callable[[builtins.list[TaskOut]], None] | None = None,
     ) -> dict[str, TaskOut]:
         """Polls until every task has finished (for the CLI and tests); `on_finished` gets the
-        tasks that finished since the previous poll. Each poll reads only unfinished statuses."""
+        tasks that finished since the previous poll. Each poll reads only unfinished statuses.
+        A backend that runs tasks in this process wakes the poll as soon as one of them ends."""
         deadline = time.monotonic() + timeout_s
         pending = set(ids)
         while pending:
+            finish = self.finish_signal()  # before the read: a task ending during it sets it
             found = await self.dependency_statuses(pending)
             done = [i for i in pending if found.get(i) in FINISHED]
             pending.difference_update(done)
@@ -152,8 +155,16 @@ class TaskBackend(ABC):
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"tasks still unfinished after {timeout_s} s")
-            await asyncio.sleep(poll_s)
+            if finish is None:
+                await asyncio.sleep(poll_s)
+            else:
+                with contextlib.suppress(TimeoutError):  # tasks other processes run: polled
+                    await asyncio.wait_for(finish.wait(), poll_s)
         return await self.get_many(list(dict.fromkeys(ids)))
+
+    def finish_signal(self) -> asyncio.Event | None:
+        """An event set when a task this process runs next ends (None: only polling sees it)."""
+        return None
 
     # -- shared submission logic
 

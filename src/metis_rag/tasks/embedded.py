@@ -66,6 +66,7 @@ class EmbeddedBackend(TaskBackend):
         self._timer_at: float | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._closing = False
+        self._finished = asyncio.Event()  # replaced each time it is set (see finish_signal)
 
     @property
     def limit(self) -> int:
@@ -197,6 +198,9 @@ class EmbeddedBackend(TaskBackend):
         self._finish(entry, outcome)
         self._pump()
 
+    def finish_signal(self) -> asyncio.Event:
+        return self._finished
+
     def _finish(self, entry: Entry, outcome: Outcome) -> None:
         now = self.clock()
         waited_s = self._waited_s.pop(entry.id, None)
@@ -225,6 +229,9 @@ class EmbeddedBackend(TaskBackend):
             self._resolve(entry.id, outcome.status, now)
 
     def _resolve(self, task_id: str, status: str, now: float) -> None:
+        """The task ended here (and what depended on it was released or failed)."""
+        self._finished.set()
+        self._finished = asyncio.Event()
         released, failed = self.sched.finished(task_id, status, now)
         for child in released:
             self.writer.update(child.id, status=child.status)
