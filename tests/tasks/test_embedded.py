@@ -140,6 +140,20 @@ async def test_wait_wakes_when_a_task_of_this_process_ends_not_at_its_next_poll(
         h.open("g")
         done = await asyncio.wait_for(waiting, timeout=10)
         assert done[task.id].status == "completed"
+        # Tasks that end because a dependency failed end here too.
+        await h.backend.submit([
+            TaskSpec("block", id="root", params={"gate": "r"}),
+            TaskSpec("fail", id="child", depends_on=["root"]),
+            TaskSpec("mark", id="grandchild", depends_on=["child"]),
+        ])
+        waiting = asyncio.create_task(h.backend.wait(["child", "grandchild"], timeout_s=3600,
+                                                     poll_s=3600))
+        await asyncio.sleep(0.05)
+        await h.backend.cancel("root")
+        h.open("r")
+        done = await asyncio.wait_for(waiting, timeout=10)
+        assert [done[i].error.code for i in ("child", "grandchild")] == [  # type: ignore[union-attr]
+            "dependency_failed", "dependency_failed"]
 
 
 async def test_a_critical_task_waits_only_for_a_free_slot_never_for_the_queue(tmp_path: Path) -> None:

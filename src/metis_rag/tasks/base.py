@@ -14,7 +14,7 @@ import re
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,20 @@ from .types import FINISHED, STATUSES, TaskOut, TaskSpec, TaskStats
 
 Clock = Callable[[], float]
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+@dataclass(eq=False, slots=True)
+class Watch:
+    """A waiter's tasks (`ids`), those of them that ended in this process, and an event set
+    on each such end."""
+    ids: set[str]
+    ended: set[str] = field(default_factory=set)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def tell(self, task_id: str) -> None:
+        if task_id in self.ids:
+            self.ended.add(task_id)
+            self.changed.set()
 
 
 @dataclass(slots=True)
@@ -141,30 +155,50 @@ class TaskBackend(ABC):
     ) -> dict[str, TaskOut]:
         """Polls until every task has finished (for the CLI and tests); `on_finished` gets the
         tasks that finished since the previous poll. Each poll reads only unfinished statuses.
-        A backend that runs tasks in this process wakes the poll as soon as one of them ends."""
+        A backend that runs tasks in this process says when one of them ends: the wait wakes
+        then, and takes its end from memory; the database is read every `poll_s` for the
+        tasks other processes run."""
         deadline = time.monotonic() + timeout_s
         pending = set(ids)
-        while pending:
-            finish = self.finish_signal()  # before the read: a task ending during it sets it
-            found = await self.dependency_statuses(pending)
-            done = [i for i in pending if found.get(i) in FINISHED]
-            pending.difference_update(done)
-            if done and on_finished is not None:
-                on_finished(list((await self.get_many(done)).values()))
-            if not pending:
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"tasks still unfinished after {timeout_s} s")
-            if finish is None:
-                await asyncio.sleep(poll_s)
-            else:
-                with contextlib.suppress(TimeoutError):  # tasks other processes run: polled
-                    await asyncio.wait_for(finish.wait(), poll_s)
+        with self.watch(pending) as watch:
+            read = True
+            while pending:
+                if read:
+                    found = await self.dependency_statuses(pending)
+                    done = [i for i in pending if found.get(i) in FINISHED]
+                else:
+                    assert watch is not None
+                    done = [i for i in watch.ended if i in pending]
+                pending.difference_update(done)
+                if done and on_finished is not None:
+                    on_finished(list((await self.get_many(done)).values()))
+                if not pending:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"tasks still unfinished after {timeout_s} s")
+                read = await self._next_end(watch, pending, poll_s)
         return await self.get_many(list(dict.fromkeys(ids)))
 
-    def finish_signal(self) -> asyncio.Event | None:
-        """An event set when a task this process runs next ends (None: only polling sees it)."""
-        return None
+    @staticmethod
+    async def _next_end(watch: Watch | None, pending: set[str], poll_s: float) -> bool:
+        """Waits for one of `pending` to end here, or for `poll_s`: True when it is time to
+        read the database."""
+        if watch is None:
+            await asyncio.sleep(poll_s)
+            return True
+        if not watch.ended.isdisjoint(pending):  # ended while the caller was busy
+            return False
+        watch.changed.clear()
+        try:
+            await asyncio.wait_for(watch.changed.wait(), poll_s)
+        except TimeoutError:
+            return True
+        return False
+
+    @contextlib.contextmanager
+    def watch(self, ids: set[str]) -> Iterator[Watch | None]:
+        """Tells of these tasks as they end in this process (None: only polling sees them)."""
+        yield None
 
     # -- shared submission logic
 

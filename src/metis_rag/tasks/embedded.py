@@ -9,12 +9,13 @@ a kill -9 whatever was running runs again (at-least-once; handlers are idempoten
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
@@ -24,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ..config import TaskSettings
 from ..errors import ServiceUnavailable
 from . import leases, repo
-from .base import TaskBackend
+from .base import TaskBackend, Watch
 from .ids import public
 from .resources import ResourceMonitor, Sampler, psutil_sampler
 from .runner import HandlerRegistry, Outcome, TaskContext, execute, retry_delay_s
@@ -66,7 +67,7 @@ class EmbeddedBackend(TaskBackend):
         self._timer_at: float | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._closing = False
-        self._finished = asyncio.Event()  # replaced each time it is set (see finish_signal)
+        self._watches: set[Watch] = set()  # of the waits in progress (see TaskBackend.wait)
 
     @property
     def limit(self) -> int:
@@ -198,8 +199,14 @@ class EmbeddedBackend(TaskBackend):
         self._finish(entry, outcome)
         self._pump()
 
-    def finish_signal(self) -> asyncio.Event:
-        return self._finished
+    @contextlib.contextmanager
+    def watch(self, ids: set[str]) -> Iterator[Watch]:
+        watch = Watch(set(ids))
+        self._watches.add(watch)
+        try:
+            yield watch
+        finally:
+            self._watches.discard(watch)
 
     def _finish(self, entry: Entry, outcome: Outcome) -> None:
         now = self.clock()
@@ -229,15 +236,18 @@ class EmbeddedBackend(TaskBackend):
             self._resolve(entry.id, outcome.status, now)
 
     def _resolve(self, task_id: str, status: str, now: float) -> None:
-        """The task ended here (and what depended on it was released or failed)."""
-        self._finished.set()
-        self._finished = asyncio.Event()
+        """The task ended (and what depended on it was released or failed); waiters hear of
+        each end after its state change is queued for the writer."""
         released, failed = self.sched.finished(task_id, status, now)
         for child in released:
             self.writer.update(child.id, status=child.status)
         for child, dep, dep_status in failed:
             self.writer.update(child.id, status="failed", finished_at=repo.to_dt(now), error={
                 "code": "dependency_failed", "message": f"Dependency {public(dep)} {dep_status}."})
+        for watch in self._watches:
+            watch.tell(task_id)
+            for child, _, _ in failed:
+                watch.tell(child.id)
         if released:
             self._arm_timer()
 
