@@ -156,6 +156,28 @@ async def test_wait_wakes_when_a_task_of_this_process_ends_not_at_its_next_poll(
             "dependency_failed", "dependency_failed"]
 
 
+async def test_state_changes_nobody_waits_for_gather_while_submissions_do_not_wait(
+        tmp_path: Path) -> None:
+    # A bulk ingestion's progress made a commit every few ms on the writer's thread. With an
+    # hour to gather, only a submission or a read (a flush) gets anything written.
+    async with Harness(tmp_path) as h:
+        writer = h.backend.writer
+        writer._behind_s = 3600
+        [task] = await asyncio.wait_for(
+            h.backend.submit([TaskSpec("block", params={"gate": "g"})]), timeout=10)
+        await eventually(lambda: h.started == [task.id], what="the task never started")
+        before = writer.batches
+        for i in range(20):
+            writer.update(task.id, progress=float(i))
+            await asyncio.sleep(0.002)
+        assert writer.batches == before
+        await asyncio.wait_for(h.backend.submit([TaskSpec("mark")]), timeout=10)
+        assert writer.batches == before + 1  # the submission took the changes with it
+        writer.update(task.id, progress=42.0)
+        got = await asyncio.wait_for(h.backend.get(task.id), timeout=10)
+        assert got.status == "running" and got.progress == 42.0
+
+
 async def test_a_critical_task_waits_only_for_a_free_slot_never_for_the_queue(tmp_path: Path) -> None:
     async with Harness(tmp_path) as h:
         await h.backend.submit([TaskSpec("block", params={"gate": f"b{i}", "name": f"blocker{i}"})

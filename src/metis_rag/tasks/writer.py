@@ -12,6 +12,7 @@ held across the event loop's turns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from .models import Task, TaskBlob, TaskEdge
 log = logging.getLogger("metis.tasks")
 T = Task.__table__
 RETRY_DELAY_S = 0.5
+# How long state changes nobody waits for gather before their batch is written.
+BEHIND_S = 0.05
 
 
 @dataclass(slots=True)
@@ -45,10 +48,12 @@ class _Batch:
 class StateWriter:
     """Writes task rows and state changes in batches; one background flusher per engine."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, behind_s: float = BEHIND_S) -> None:
         self._engine = engine
+        self._behind_s = behind_s
         self._batch = _Batch()
         self._wake = asyncio.Event()
+        self._hurry = asyncio.Event()  # a submission or a flush is waiting for its commit
         self._flusher: asyncio.Task[None] | None = None
         self._writing = False
         self.batches = 0
@@ -92,6 +97,7 @@ class StateWriter:
         b.blobs.extend(blobs)
         b.inserted.append(done)
         self._wake.set()
+        self._hurry.set()
         await done
 
     def update(self, task_id: str, **values: Any) -> None:
@@ -117,12 +123,19 @@ class StateWriter:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._batch.flushed.append(done)
         self._wake.set()
+        self._hurry.set()
         await done
 
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
+            if not self._hurry.is_set():
+                # Only state changes behind: let more of them join this batch (a bulk
+                # ingestion's progress made a commit every few ms), unless someone waits.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._hurry.wait(), self._behind_s)
             self._wake.clear()
+            self._hurry.clear()
             batch, self._batch = self._batch, _Batch()
             if batch.empty():
                 continue
