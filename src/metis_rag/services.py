@@ -46,7 +46,7 @@ from .store.vectors import VectorStore
 from .tasks import Role, build_backend
 from .tasks.base import TaskBackend
 from .tasks.handlers import build_registry
-from .tasks.ingest_embedder import IngestEmbedder
+from .tasks.ingest_embedder import INGEST_SLICE_TEXTS, IngestEmbedder
 from .tenancy.audit import AuditLog
 from .tenancy.counters import build_counters
 from .tenancy.keys import KeyRing, static_keys
@@ -186,11 +186,11 @@ async def open_services(
                            uncached_llm=uncached_llm)
         index_flusher = IndexFlusher(vectors)
         stack.push_async_callback(index_flusher.close)
-        # A slice gives each of the local model's runs a batch; the second call in flight is
-        # the next slice, ready when they free up.
-        ingest_embedder = IngestEmbedder(
-            embedder, in_flight=2,
-            slice_texts=settings.embed.batch_size * max(2, settings.embed.cores))
+        # A slice gives each of the local model's runs work; the second call in flight is the
+        # next slice, ready when they free up.
+        e = settings.embed
+        ingest_embedder = IngestEmbedder(embedder, in_flight=2, slice_texts=max(
+            INGEST_SLICE_TEXTS, max(e.batch_size, e.local_batch_size) * max(2, e.cores)))
         stack.push_async_callback(ingest_embedder.close)
         tasks = build_backend(settings, engine, build_registry(settings.tasks), role)
         keyring = KeyRing(static_keys(settings.api_keys), settings.auth.reload_s)

@@ -97,7 +97,7 @@ def test_batches_run_at_once_embed_as_one_after_another(prepared_models: Path) -
     texts = (TEXTS + SHORT) * 5  # several batches of each length
 
     def embed(threads: int) -> np.ndarray:
-        embedder = OnnxEmbedder(EmbedSettings(threads=threads, batch_size=4), prepared_models)
+        embedder = OnnxEmbedder(EmbedSettings(threads=threads, local_batch_size=4), prepared_models)
         asyncio.run(embedder.start())
         try:
             assert (embedder._pool is not None) == (threads > 1)
@@ -115,7 +115,7 @@ def test_a_question_runs_beside_a_chunk_batch(prepared_models: Path) -> None:
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    embedder = OnnxEmbedder(EmbedSettings(threads=2, batch_size=4), prepared_models)
+    embedder = OnnxEmbedder(EmbedSettings(threads=2, local_batch_size=4), prepared_models)
     asyncio.run(embedder.start())
     session, inside, release = embedder._session, threading.Event(), threading.Event()
 
@@ -137,4 +137,19 @@ def test_a_question_runs_beside_a_chunk_batch(prepared_models: Path) -> None:
             assert chunks.result(30).shape == (4, 384)
     finally:
         release.set()
+        asyncio.run(embedder.close())
+
+
+def test_at_the_default_batch_a_text_gets_one_vector_whatever_it_is_embedded_with(
+        prepared_models: Path) -> None:
+    # One text per run (the measured fastest, README: bench_embed_batch.py): int8 activations
+    # are quantized per run, so a text's vector no longer depends on its batch's other texts,
+    # and a chunk embedded at ingestion equals the same text embedded alone.
+    embedder = OnnxEmbedder(EmbedSettings(threads=2), prepared_models)
+    asyncio.run(embedder.start())
+    try:
+        together = embedder.embed_sync(TEXTS + SHORT)
+        alone = np.vstack([embedder.embed_sync([t]) for t in TEXTS + SHORT])
+        np.testing.assert_array_equal(together, alone)
+    finally:
         asyncio.run(embedder.close())

@@ -222,7 +222,7 @@ class OnnxEmbedder:
             with self._query_lock:
                 self._run(self._query_session, texts, np.arange(len(texts)), out)
             return out
-        batches = _batches([len(t) for t in texts], self._settings.batch_size)
+        batches = _batches([len(t) for t in texts], self._settings.local_batch_size)
         if self._pool is None or len(texts) <= QUERY_MAX_TEXTS:
             for idx in batches:
                 self._run(self._session, texts, idx, out)

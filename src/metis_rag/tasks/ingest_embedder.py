@@ -20,6 +20,10 @@ from typing import Any
 
 import numpy as np
 
+# Texts per model call (slice) at least: a call is a hop to a thread and back, a document's
+# chunks wait for their slice, and the runs of the local model take one text each (README).
+INGEST_SLICE_TEXTS = 32
+
 
 @dataclass(eq=False, slots=True)
 class _Queued:
