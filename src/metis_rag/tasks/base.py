@@ -189,11 +189,17 @@ class TaskBackend(ABC):
         if not watch.ended.isdisjoint(pending):  # ended while the caller was busy
             return False
         watch.changed.clear()
-        try:
-            await asyncio.wait_for(watch.changed.wait(), poll_s)
-        except TimeoutError:
-            return True
-        return False
+        polled = False
+
+        def poll() -> None:
+            nonlocal polled
+            polled = True
+            watch.changed.set()
+
+        timer = asyncio.get_running_loop().call_later(poll_s, poll)
+        await watch.changed.wait()
+        timer.cancel()
+        return polled
 
     @contextlib.contextmanager
     def watch(self, ids: set[str]) -> Iterator[Watch | None]:

@@ -12,7 +12,6 @@ held across the event loop's turns.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -131,9 +130,11 @@ class StateWriter:
             await self._wake.wait()
             if not self._hurry.is_set():
                 # Only state changes behind: let more of them join this batch (a bulk
-                # ingestion's progress made a commit every few ms), unless someone waits.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._hurry.wait(), self._behind_s)
+                # ingestion's progress made a commit every few ms), unless someone waits. A
+                # timer, not wait_for: its task and cancellation cost more than the wait.
+                timer = asyncio.get_running_loop().call_later(self._behind_s, self._hurry.set)
+                await self._hurry.wait()
+                timer.cancel()
             self._wake.clear()
             self._hurry.clear()
             batch, self._batch = self._batch, _Batch()
