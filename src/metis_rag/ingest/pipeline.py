@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from sqlalchemy import Table, and_, delete, insert, or_, select, update
+from sqlalchemy import Table, and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -40,6 +40,17 @@ from .sniff import check_content_type
 BIG_TEXT_CHARS = 1_000_000
 _DOCUMENTS: Table = Document.__table__
 _CHUNKS: Table = Chunk.__table__
+# The document write's statements, built once (building one cost more than running it).
+_FOUND = select(_DOCUMENTS.c.id, _DOCUMENTS.c.public_id, _DOCUMENTS.c.chunk_count,
+                _DOCUMENTS.c.content_hash).order_by(_DOCUMENTS.c.id)
+_SAME_BYTES = _DOCUMENTS.c.content_hash == bindparam("hash")
+_FIND_BY_PATH = _FOUND.where(
+    _DOCUMENTS.c.collection_id == bindparam("collection_id"),
+    or_(_SAME_BYTES, and_(_DOCUMENTS.c.folder == bindparam("folder"),
+                          _DOCUMENTS.c.filename == bindparam("filename"))))
+_FIND_BY_ID = _FOUND.where(_DOCUMENTS.c.collection_id == bindparam("collection_id"),
+                           or_(_SAME_BYTES, _DOCUMENTS.c.public_id == bindparam("replaces")))
+_NEW_DOCUMENT = insert(_DOCUMENTS).returning(_DOCUMENTS.c.id, _DOCUMENTS.c.public_id)
 _TAG_MAX = 100
 
 
@@ -156,6 +167,10 @@ class Ingestor:
         if isinstance(vectors, ChunkColumnVectors):
             self._chunk_table, self._vector_column = vectors.chunk_table, vectors.vector_column
         self._inline = bool(self._vector_column)
+        table = self._chunk_table
+        self._insert_chunks = insert(table)
+        self._chunk_ids = (select(table.c.id).where(table.c.document_id == bindparam("document_id"))
+                           .order_by(table.c.position))
         # One writer at a time keeps SQLite free of lock contention and the index consistent.
         self._write_lock = asyncio.Lock()
         self._big_chunking = asyncio.Semaphore(1)
@@ -324,7 +339,7 @@ class Ingestor:
             if new_ids:
                 written.added.append((new_ids, matrix))
         if written.removed or written.added:
-            conn.execute(repo.version_bump(collection_id))
+            repo.version_bump(conn, collection_id)
         return written
 
     def _write_one(
@@ -343,13 +358,9 @@ class Ingestor:
         D = _DOCUMENTS
         replaces = prep.upload.replaces
         # One look-up: the same bytes (a duplicate), else the replace's target or the same path.
-        target_of = (D.c.public_id == replaces if replaces else
-                     and_(D.c.folder == folder, D.c.filename == prep.filename))
-        found = conn.execute(
-            select(D.c.id, D.c.public_id, D.c.chunk_count, D.c.content_hash)
-            .where(D.c.collection_id == collection_id,
-                   or_(D.c.content_hash == prep.content_hash, target_of))
-            .order_by(D.c.id)).all()
+        found = conn.execute(_FIND_BY_ID if replaces else _FIND_BY_PATH, {
+            "collection_id": collection_id, "hash": prep.content_hash, "replaces": replaces,
+            "folder": folder, "filename": prep.filename}).all()
         duplicate = next((r for r in found if r.content_hash == prep.content_hash), None)
         if duplicate is not None:
             return (IngestResult(prep.filename, "duplicate", duplicate.public_id,
@@ -367,10 +378,9 @@ class Ingestor:
         old_ids: list[int] = []
         status: Literal["created", "replaced"] = "created"
         if not found:
-            doc_id, public_id = conn.execute(
-                insert(D).values(public_id=new_public_id(), collection_id=collection_id,
-                                 filename=prep.filename, folder=folder, **values)
-                .returning(D.c.id, D.c.public_id)).one()
+            doc_id, public_id = conn.execute(_NEW_DOCUMENT, {
+                "public_id": new_public_id(), "collection_id": collection_id,
+                "filename": prep.filename, "folder": folder, **values}).one()
         else:
             status = "replaced"
             doc_id, public_id = found[0].id, found[0].public_id
@@ -401,11 +411,8 @@ class Ingestor:
         # One executemany, then the ids by position: the document's chunks are all new here. An
         # INSERT ... RETURNING in parameter order ran one statement per chunk on SQLite (no
         # sentinel column).
-        table = self._chunk_table
-        conn.execute(insert(table), rows)
-        new_ids = list(conn.execute(
-            select(table.c.id).where(table.c.document_id == doc_id)
-            .order_by(table.c.position)).scalars())
+        conn.execute(self._insert_chunks, rows)
+        new_ids = list(conn.execute(self._chunk_ids, {"document_id": doc_id}).scalars())
         seen[prep.content_hash] = public_id
         return IngestResult(prep.filename, status, public_id, len(new_ids)), old_ids, new_ids
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, Table, Update, delete, func, insert, select, update
+from sqlalchemy import Select, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -62,15 +62,22 @@ async def get_or_create_collection(session: AsyncSession, tenant: str, name: str
     return row
 
 
+# Built once: building a statement costs more than running it on a small table.
+_COLLECTION_ID = select(_COLLECTIONS.c.id).where(
+    _COLLECTIONS.c.tenant == bindparam("tenant"), _COLLECTIONS.c.name == bindparam("name"))
+_NEW_COLLECTION = insert(_COLLECTIONS).returning(_COLLECTIONS.c.id)
+_VERSION_BUMP = (update(_COLLECTIONS).where(_COLLECTIONS.c.id == bindparam("collection_id"))
+                 .values(version=_COLLECTIONS.c.version + 1, updated_at=func.now()))
+
+
 def collection_id_for_writing(conn: Connection, tenant: str, name: str) -> int:
     """`get_or_create_collection`'s id in Core statements (each ingestion's commit asks)."""
     check_collection_name(name)
-    c = _COLLECTIONS.c
-    found = conn.execute(select(c.id).where(c.tenant == tenant, c.name == name)).scalar()
+    found = conn.execute(_COLLECTION_ID, {"tenant": tenant, "name": name}).scalar()
     if found is not None:
         return int(found)
-    return int(conn.execute(insert(_COLLECTIONS).values(
-        tenant=tenant, name=name, version=1, analysis_version=0).returning(c.id)).scalar_one())
+    return int(conn.execute(_NEW_COLLECTION, {
+        "tenant": tenant, "name": name, "version": 1, "analysis_version": 0}).scalar_one())
 
 
 async def list_collections(session: AsyncSession, tenant: str | None) -> Sequence[Collection]:
@@ -84,17 +91,15 @@ def tenant_collections(tenant: str) -> Select[Any]:
     return select(Collection.id).where(Collection.tenant == tenant)
 
 
-def version_bump(collection_id: int) -> Update:
+def version_bump(conn: Connection, collection_id: int) -> None:
     """The collection's content changed: every cached result of it becomes unreachable.
     A Core statement: the ORM's bulk update path cost more than the statement itself, and no
     caller reads the version back from a loaded row."""
-    c = _COLLECTIONS.c
-    return (update(_COLLECTIONS).where(c.id == collection_id)
-            .values(version=c.version + 1, updated_at=func.now()))
+    conn.execute(_VERSION_BUMP, {"collection_id": collection_id})
 
 
 async def bump_version(session: AsyncSession, collection_id: int) -> None:
-    await session.execute(version_bump(collection_id))
+    await session.execute(_VERSION_BUMP, {"collection_id": collection_id})
 
 
 async def bump_analysis_version(session: AsyncSession, collection_id: int) -> None:
