@@ -12,6 +12,7 @@ held across the event loop's turns.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -188,6 +189,14 @@ class StateWriter:
                 await conn.execute(statement, rows)
 
 
+@functools.lru_cache(maxsize=256)
+def _update_of(columns: tuple[str, ...]) -> Any:
+    """The UPDATE of these columns, built once per set of columns (a handful exist: started,
+    progress, finished...); building it cost more than running it."""
+    return update(T).where(T.c.id == bindparam("_id")).values(
+        {c: bindparam("v_" + c) for c in columns})
+
+
 def _steps(batch: _Batch) -> list[tuple[Any, list[dict[str, Any]] | None]]:
     """The statements of a batch, in order, each with its rows (None: no parameters)."""
     steps: list[tuple[Any, list[dict[str, Any]] | None]] = []
@@ -203,10 +212,7 @@ def _steps(batch: _Batch) -> list[tuple[Any, list[dict[str, Any]] | None]]:
         row = {"_id": task_id, **{"v_" + k: v for k, v in values.items()}}
         groups.setdefault(tuple(sorted(values)), []).append(row)
     for columns, rows in groups.items():
-        stmt = update(T).where(T.c.id == bindparam("_id")).values(
-            {c: bindparam("v_" + c) for c in columns}
-        )
-        steps.append((stmt, rows))
+        steps.append((_update_of(columns), rows))
     if batch.dropped_blobs:
         steps.append((delete(TaskBlob.__table__).where(
             TaskBlob.task_id.in_(list(batch.dropped_blobs))), None))
