@@ -178,6 +178,37 @@ async def test_state_changes_nobody_waits_for_gather_while_submissions_do_not_wa
         assert got.status == "running" and got.progress == 42.0
 
 
+async def test_an_upload_reaches_its_task_from_memory_and_a_retry_from_the_database(
+        tmp_path: Path) -> None:
+    # The stored copy is changed while the task waits: the first attempt must get the bytes
+    # submitted (kept in memory since the commit), the retry the stored ones.
+    from sqlalchemy import update
+
+    from metis_rag.errors import MetisError
+    from metis_rag.tasks.models import TaskBlob
+
+    async with Harness(tmp_path) as h:
+        seen: list[bytes] = []
+
+        async def read(ctx: TaskContext) -> None:
+            seen.append(await ctx.blob())
+            if len(seen) == 1:
+                raise MetisError("Fails once.", code="flaky")
+
+        h.registry.register("read", read)
+        await h.backend.submit([TaskSpec("block", params={"gate": f"b{i}"}) for i in range(2)])
+        await eventually(lambda: len(h.started) == 2, what="the blockers never started")
+        [task] = await h.backend.submit([TaskSpec("read", blob=b"submitted")])
+        async with h.engine.begin() as conn:
+            await conn.execute(update(TaskBlob).where(TaskBlob.task_id == task.id)
+                               .values(data=b"stored"))
+        h.open("b0")
+        done = await h.backend.wait([task.id], timeout_s=30)
+        assert done[task.id].status == "completed"
+        assert seen == [b"submitted", b"stored"]
+        assert not h.backend._blobs and h.backend._blob_bytes == 0
+
+
 async def test_a_critical_task_waits_only_for_a_free_slot_never_for_the_queue(tmp_path: Path) -> None:
     async with Harness(tmp_path) as h:
         await h.backend.submit([TaskSpec("block", params={"gate": f"b{i}", "name": f"blocker{i}"})

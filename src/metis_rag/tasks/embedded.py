@@ -33,6 +33,7 @@ from .scheduler import Entry, Scheduler
 from .types import FINISHED, QUEUED, TaskOut, TaskSpec
 from .writer import StateWriter
 
+BLOBS_IN_MEMORY = 64 * 1024 * 1024
 log = logging.getLogger("metis.tasks")
 CANCEL_WAIT_S = 30.0
 
@@ -60,6 +61,11 @@ class EmbeddedBackend(TaskBackend):
         self._running: dict[str, asyncio.Task[Outcome]] = {}
         # Uploads of tasks whose rows are committing, with that commit.
         self._uncommitted: dict[str, tuple[bytes, asyncio.Future[None]]] = {}
+        # Committed uploads of tasks queued here, kept until their task reads them, up to
+        # BLOBS_IN_MEMORY bytes in all: reading each back from the database was a connection,
+        # a query and the bytes through aiosqlite's thread, per task.
+        self._blobs: dict[str, bytes] = {}
+        self._blob_bytes = 0
         self._waited_s: dict[str, float] = {}  # queue wait of each running task, for metrics
         self._services: Any = None
         self._metrics: Any = None
@@ -136,6 +142,11 @@ class EmbeddedBackend(TaskBackend):
         try:
             await self.writer.insert(sub.rows, sub.edges, sub.blobs)
             committed.set_result(None)
+            for b in sub.blobs:
+                if self._blob_bytes + len(b["data"]) <= BLOBS_IN_MEMORY and (
+                        b["task_id"] in self.sched.entries):
+                    self._blobs[b["task_id"]] = b["data"]
+                    self._blob_bytes += len(b["data"])
         except BaseException:
             committed.cancel()
             for entry in entries:
@@ -238,6 +249,7 @@ class EmbeddedBackend(TaskBackend):
     def _resolve(self, task_id: str, status: str, now: float) -> None:
         """The task ended (and what depended on it was released or failed); waiters hear of
         each end after its state change is queued for the writer."""
+        self._forget_blob(task_id)
         released, failed = self.sched.finished(task_id, status, now)
         for child in released:
             self.writer.update(child.id, status=child.status)
@@ -282,8 +294,17 @@ class EmbeddedBackend(TaskBackend):
             data, committed = pending
             await asyncio.shield(committed)
             return data
+        kept = self._forget_blob(task_id)  # a retry reads it from the database
+        if kept is not None:
+            return kept
         async with self.engine.connect() as conn:
             return await repo.blob(conn, task_id)
+
+    def _forget_blob(self, task_id: str) -> bytes | None:
+        data = self._blobs.pop(task_id, None)
+        if data is not None:
+            self._blob_bytes -= len(data)
+        return data
 
     # -- cancel and retry
 
