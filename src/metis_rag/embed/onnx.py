@@ -232,7 +232,7 @@ class OnnxEmbedder:
         return out
 
     def _run(self, session: Any, texts: list[str], idx: np.ndarray, out: np.ndarray) -> None:
-        encoded = self._tokenizer.encode_batch([texts[i] for i in idx])
+        encoded = self._tokenizer.encode_batch_fast([texts[i] for i in idx])
         ids = np.array([e.ids for e in encoded], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
         out[idx] = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
