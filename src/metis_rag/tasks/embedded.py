@@ -31,7 +31,7 @@ from .resources import ResourceMonitor, Sampler, psutil_sampler
 from .runner import HandlerRegistry, Outcome, TaskContext, execute, retry_delay_s
 from .scheduler import Entry, Scheduler
 from .types import FINISHED, QUEUED, TaskOut, TaskSpec
-from .writer import StateWriter
+from .writer import BEHIND_S, StateWriter
 
 BLOBS_IN_MEMORY = 64 * 1024 * 1024
 log = logging.getLogger("metis.tasks")
@@ -50,7 +50,7 @@ class EmbeddedBackend(TaskBackend):
         super().__init__(engine, settings, registry, clock=clock)
         self.worker_id = leases.process_id(uuid.uuid4().hex[:8])
         self.sched = Scheduler()
-        self.writer = StateWriter(engine)
+        self.writer = StateWriter(engine, behind_s=BEHIND_S)
         self.monitor = ResourceMonitor(
             settings, sampler or psutil_sampler(data_dir), maximum=settings.concurrency,
             source=self.worker_id, clock=clock, sleep=sleep, on_change=lambda _: self._pump(),
