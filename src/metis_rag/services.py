@@ -116,7 +116,7 @@ async def open_services(
         embedder = MeteredEmbedder(embedder, metrics)  # under the cache: counts real model calls
         query_batcher: BatchingEmbedder | None = None
         b = settings.batching
-        if b.enabled:
+        if b.enabled and settings.embed.batches_help:
             # Single-text embeds (queries) from concurrent requests share one model call.
             query_batcher = BatchingEmbedder(embedder, max_batch=b.max_batch,
                                              max_wait_ms=b.max_wait_ms)

@@ -37,7 +37,9 @@ pytestmark = pytest.mark.slow
 async def test_concurrent_queries_share_one_model_call(
     make_settings: Callable[..., Settings],
 ) -> None:
-    settings = make_settings(batching=BatchingSettings(enabled=True, max_wait_ms=200))
+    # Batches of 16 texts a run: the local model then gains from gathering questions.
+    settings = make_settings(batching=BatchingSettings(enabled=True, max_wait_ms=200),
+                             embed=EmbedSettings(local_batch_size=16))
     async with open_services(settings) as services:
         batcher = services.query_batcher
         assert batcher is not None
@@ -56,7 +58,8 @@ async def test_concurrent_queries_share_one_model_call(
 async def test_batching_is_on_by_default_and_can_be_turned_off(
     make_settings: Callable[..., Settings],
 ) -> None:
-    async with open_services(make_settings()) as s:
+    batched = make_settings(embed=EmbedSettings(local_batch_size=16))
+    async with open_services(batched) as s:
         assert s.query_batcher is not None
         rows = await asyncio.gather(*(s.embedder.embed([f"query {i}"]) for i in range(8)))
         assert all(r.shape == (1, 384) for r in rows)
@@ -64,6 +67,18 @@ async def test_batching_is_on_by_default_and_can_be_turned_off(
     async with open_services(make_settings(batching=BatchingSettings(enabled=False))) as s:
         assert s.query_batcher is None
         assert (await s.embedder.embed(["hello"])).shape == (1, 384)
+
+
+async def test_the_local_model_at_one_text_per_run_is_not_batched(
+    make_settings: Callable[..., Settings],
+) -> None:
+    # A gathered batch would be the same single-text runs, waited for together
+    # (bench_batching.py: open-loop p95 24 ms unbatched against 53 ms batched).
+    async with open_services(make_settings()) as s:
+        assert s.settings.batching.enabled and s.settings.embed.local_batch_size == 1
+        assert s.query_batcher is None
+        rows = await asyncio.gather(*(s.embedder.embed([f"query {i}"]) for i in range(8)))
+        assert all(r.shape == (1, 384) for r in rows)
 
 
 async def test_batching_is_on_for_a_remote_embedding_backend(
