@@ -285,6 +285,8 @@ class Ingestor:
                 return await asyncio.shield(write)
             except asyncio.CancelledError:
                 await asyncio.wait([write])
+                if not write.cancelled():
+                    write.exception()  # the cancel is what the caller hears; no "never retrieved"
                 raise
 
     async def embed_prepared(
