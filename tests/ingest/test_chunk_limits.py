@@ -78,7 +78,7 @@ def test_cancelling_an_ingestion_stops_its_chunking_thread() -> None:
         sandbox = ParseSandbox(ParseSettings())
         try:
             ingestor = Ingestor(None, None, None, Chunker(counter, 64, 8),  # type: ignore[arg-type]
-                                max_bytes=64 * 1024 * 1024, parser=sandbox)
+                                max_bytes=64 * 1024 * 1024, parser=sandbox, transactions=None)  # type: ignore[arg-type]
             text = many_sentences(COUNT_BATCH * 5).encode()
             task = asyncio.create_task(ingestor.prepare_async(Upload("big.txt", text)))
             assert await asyncio.to_thread(counting.wait, 60)

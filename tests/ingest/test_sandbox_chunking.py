@@ -125,7 +125,7 @@ async def test_prepare_chunks_in_the_parser_process_not_in_the_server(
         raise AssertionError("the server's chunker ran")
 
     ingestor = Ingestor(None, None, None, Chunker(must_not_count, 64, 8),  # type: ignore[arg-type]
-                        max_bytes=1 << 20, parser=sandbox)
+                        max_bytes=1 << 20, parser=sandbox, transactions=None)  # type: ignore[arg-type]
     text = b"One sentence. Another one follows it.\n\nA second paragraph."
     prepared = await ingestor.prepare_async(Upload("note.txt", text))
     parsed = await sandbox.parse(text, "note.txt")

@@ -148,11 +148,10 @@ class Ingestor:
         *,
         max_bytes: int,
         parser: ParseSandbox,
+        transactions: Transactions,
         document_cache: TieredCache | None = None,
-        transactions: Transactions | None = None,
     ) -> None:
-        """`transactions` runs the document write (services: SQLite's twin on a thread of its
-        own); without it, the write runs in a session of `sessions`."""
+        """`transactions` runs the document write (on SQLite, on a thread of its own)."""
         self._transactions = transactions
         self._document_cache = document_cache
         self._parser = parser
@@ -309,11 +308,7 @@ class Ingestor:
         def work(conn: Connection) -> _Written:
             return self._write_all(conn, tenant, collection, group, vectors, analysis_pending)
 
-        if self._transactions is not None:
-            written = await self._transactions.run(work)
-        else:
-            async with self._sessions() as session, session.begin():
-                written = await session.run_sync(lambda s: work(s.connection()))
+        written = await self._transactions.run(work)
         if self._inline:
             return written.report
         if written.removed:
