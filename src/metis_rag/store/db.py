@@ -163,13 +163,6 @@ class TwinWriter:
         return await asyncio.get_running_loop().run_in_executor(
             self._thread, self._in_transaction, work)
 
-    async def execute(self, steps: list[tuple[Any, Any]]) -> None:
-        """Each (statement, rows) in order, all in one transaction."""
-        def work(conn: Connection) -> None:
-            for statement, rows in steps:
-                conn.execute(statement, rows)
-        await self.run(work)
-
     def _in_transaction(self, work: Callable[[Connection], T]) -> T:
         with self.engine.begin() as conn:
             return work(conn)

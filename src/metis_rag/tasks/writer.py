@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import bindparam, delete, insert, text, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..store.db import TwinWriter
+from ..store.db import Transactions
 from .models import Task, TaskBlob, TaskEdge
 
 log = logging.getLogger("metis.tasks")
@@ -67,10 +68,10 @@ class StateWriter:
         # to the event loop while the transaction held the write lock; on a loop saturated with
         # cached questions each hop came late, and the other writers (the conversation log, an
         # ingestion's commit) ran out their busy timeout behind it: "database is locked".
-        self._direct: TwinWriter | None = None
+        self._direct: Transactions | None = None
 
     async def start(self) -> None:
-        self._direct = TwinWriter.for_engine(self._engine, "metis-task-writer")
+        self._direct = Transactions(self._engine, "metis-task-writer")
         self._flusher = asyncio.create_task(self._run(), name="metis-task-writer")
 
     async def close(self) -> None:
@@ -181,16 +182,18 @@ class StateWriter:
 
     async def _write(self, batch: _Batch) -> None:
         steps = _steps(batch)
-        if self._direct is not None:
-            await self._direct.execute(steps)
-            return
-        async with self._engine.begin() as conn:
-            if not batch.tasks and conn.dialect.name == "postgresql":
-                # State changes only: losing the last instants of them in a PostgreSQL crash
-                # re-runs those tasks, so they need not wait for the WAL flush. Submissions do.
-                await conn.execute(text("SET LOCAL synchronous_commit TO off"))
+        # State changes only: losing the last instants of them in a PostgreSQL crash re-runs
+        # those tasks, so they need not wait for the WAL flush. Submissions do.
+        lazy = not batch.tasks
+
+        def work(conn: Connection) -> None:
+            if lazy and conn.dialect.name == "postgresql":
+                conn.execute(text("SET LOCAL synchronous_commit TO off"))
             for statement, rows in steps:
-                await conn.execute(statement, rows)
+                conn.execute(statement, rows)
+
+        assert self._direct is not None, "StateWriter.start() was not called"
+        await self._direct.run(work)
 
 
 @functools.lru_cache(maxsize=256)
