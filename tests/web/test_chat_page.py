@@ -200,7 +200,8 @@ def test_documents_upload_browse_view_and_delete(page: Page, tmp_path: Path) -> 
 
 @pytest.mark.slow
 @needs_chromium
-def test_chat_streams_cites_and_keeps_conversations(page: Page, metis_url: str) -> None:
+def test_chat_streams_cites_and_keeps_conversations(page: Page, metis_url: str,
+                                                     fake_llm: FakeLLMServer) -> None:
     with httpx.Client(base_url=metis_url, timeout=30) as c:  # stored already, or now
         for name, text in [("policy.md", POLICY), ("faq.md", FAQ)]:
             r = c.post("/api/documents", data={"collection": "handbook"},
@@ -278,14 +279,21 @@ def test_chat_streams_cites_and_keeps_conversations(page: Page, metis_url: str) 
     page.wait.until(lambda _: not page.find_all(f'#conversations li[data-id="{conv_id}"]'))
     assert page.find("#conversation").text == "new conversation"
 
-    # stop generation: the answer stops where it was
-    page.find("#bypass-cache").click()
-    page.fill("question", "What is the office cat called?")
-    page.find("#ask-button").click()
-    page.wait.until(lambda _: (t := page.find_all(".turn")) and
-                    t[-1].find_element("css selector", ".answer").text)
-    page.find("#stop-button").click()
-    page.wait.until(lambda _: page.find_all(".turn")[-1].get_attribute("data-state") == "stopped")
+    # stop generation: the answer stops where it was. The model streams slowly here, so the
+    # answer is still growing when Stop is clicked (at 40 tokens/s a short answer could end
+    # first, and Stop is hidden once it has).
+    fake_llm.configure(tokens_per_s=4)
+    try:
+        page.find("#bypass-cache").click()
+        page.fill("question", "What is the office cat called?")
+        page.find("#ask-button").click()
+        page.wait.until(lambda _: (t := page.find_all(".turn")) and
+                        t[-1].find_element("css selector", ".answer").text)
+        page.find("#stop-button").click()
+        page.wait.until(lambda _: page.find_all(".turn")[-1].get_attribute("data-state")
+                        == "stopped")
+    finally:
+        fake_llm.configure(tokens_per_s=40)
     assert page.find("#ask-status").text == "stopped"
     assert not page.find("#stop-button").is_displayed()
 
