@@ -138,7 +138,7 @@ class OnnxEmbedder:
     over a pool of that many threads, and a call of at most `QUERY_MAX_TEXTS` texts (a
     question) runs in its caller's thread beside them instead of waiting for a chunk batch to
     end. One batch split over every core (until 2026-12-07) lost time whenever another thread
-    took one of them, as the split halves wait for each other (README, Benchmarks: the
+    took one of them, as the split halves wait for each other (docs/benchmarks.md: the
     `bench_ingest.py` row of the 2026-12-07 evening)."""
 
     def __init__(self, settings: EmbedSettings, models_dir: Path) -> None:

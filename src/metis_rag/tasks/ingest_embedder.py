@@ -7,7 +7,7 @@ freed task slot starts parsing the next file meanwhile. With two calls in flight
 is ready when the model's runs free up: one at a time, the model's cores idled at the end of
 each slice while its last, shortest batch ran. Calls of whole documents (until 2026-12-07) were
 traced at one document per call, with the model idle between calls while documents were
-written and the next files parsed (README, Benchmarks: "ingest-90").
+written and the next files parsed (docs/benchmarks.md: "ingest-90").
 """
 
 from __future__ import annotations
