@@ -4,6 +4,7 @@ not; a task still running on a live worker must not start a second time."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -70,3 +71,67 @@ async def test_a_redelivered_message_takes_only_a_dead_owners_task(engine: Any) 
         assert await claims.claim(conn, list(owners), "someone:1:x", repo.to_dt(now)) == []
         states = await repo.statuses(conn, list(owners))
     assert set(states.values()) == {"running"}
+
+
+def _index_names(plan: Any) -> set[str]:
+    found = {plan["Index Name"]} if "Index Name" in plan else set()
+    for child in plan.get("Plans", []):
+        found |= _index_names(child)
+    return found
+
+
+@pytest.mark.databases
+@pytest.mark.parametrize("analysed", [300, 0], ids=["few-pending", "empty"])
+async def test_a_claim_finds_its_tasks_by_key_whatever_the_statistics(
+    engine: Any, analysed: int
+) -> None:
+    """Statistics from before a burst say almost nothing is pending (`analysed` completed tasks,
+    or an empty table); the claim must still read its few tasks by primary key, not every
+    pending task's entry (2.3 ms a claim at 2,000 pending, growing with the queue) nor the whole
+    table. Run as the worker runs it: on its held connection, as the prepared statement's
+    generic plan."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("a question about PostgreSQL's planner")
+    from sqlalchemy import text
+
+    from metis_rag.tasks.worker import HeldConnection
+
+    now = repo.to_dt(time.time())
+
+    def rows(status: str, n: int) -> list[dict[str, Any]]:
+        return [{"id": f"{status}-{i}", "name": "x", "type": "noop", "params": {},
+                 "priority": 1, "status": status, "dependencies": [], "timeout_s": 60,
+                 "max_retries": 3, "attempts": 0, "progress": 0.0, "cancel_requested": False,
+                 "created_at": now} for i in range(n)]
+
+    async with engine.begin() as conn:
+        await conn.execute(text("ALTER TABLE tasks SET (autovacuum_enabled = false)"))
+    held = HeldConnection(engine, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.begin() as conn:
+            if analysed:
+                await conn.execute(repo.T.insert(), rows("completed", analysed))
+        async with engine.connect() as conn:
+            await (await conn.execution_options(isolation_level="AUTOCOMMIT")).execute(
+                text("VACUUM ANALYZE tasks"))
+        async with engine.begin() as conn:  # the burst, after the statistics were taken
+            await conn.execute(repo.T.insert(), rows("pending", 3000))
+        async with held as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            await raw.execute("SET plan_cache_mode = force_generic_plan")
+            await raw.execute("PREPARE claim_probe(varchar[], varchar, timestamptz) AS "
+                              + claims._PG_CLAIM[False])
+            try:
+                plan = (await raw.fetchval(
+                    "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim_probe("
+                    "ARRAY['pending-7', 'pending-2999']::varchar[], 'me:1:x', now())"))
+            finally:
+                await raw.execute("DEALLOCATE claim_probe")
+                await raw.execute("RESET plan_cache_mode")
+        top = (json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]
+        assert top["Actual Rows"] == 2  # both claimed
+        assert _index_names(top) == {"tasks_pkey"}, top
+    finally:
+        await held.close()
+        async with engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE tasks RESET (autovacuum_enabled)"))
