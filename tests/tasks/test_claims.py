@@ -80,7 +80,7 @@ def _index_names(plan: Any) -> set[str]:
     return found
 
 
-@pytest.mark.databases
+@pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True)  # the planner's question
 @pytest.mark.parametrize("analysed", [300, 0], ids=["few-pending", "empty"])
 async def test_a_claim_finds_its_tasks_by_key_whatever_the_statistics(
     engine: Any, analysed: int
@@ -90,8 +90,6 @@ async def test_a_claim_finds_its_tasks_by_key_whatever_the_statistics(
     pending task's entry (2.3 ms a claim at 2,000 pending, growing with the queue) nor the whole
     table. Run as the worker runs it: on its held connection, as the prepared statement's
     generic plan."""
-    if engine.dialect.name != "postgresql":
-        pytest.skip("a question about PostgreSQL's planner")
     from sqlalchemy import text
 
     from metis_rag.tasks.worker import HeldConnection
