@@ -35,6 +35,7 @@ from sqlalchemy import Connection, Engine, bindparam, insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from ..aio import wait_at_most
 from ..llm.base import ChatMessage
 from ..store import repo
 from ..store.db import TwinWriter
@@ -267,9 +268,8 @@ class ConversationLog:
     async def _run(self) -> None:
         while not self._closing:
             await self._queued.wait()
-            if not self._closing:
-                with contextlib.suppress(TimeoutError):  # let the group gather
-                    await asyncio.wait_for(self._hurry.wait(), self._max_delay_s)
+            if not self._closing:  # let the group gather
+                await wait_at_most(self._hurry, self._max_delay_s)
             self._hurry.clear()
             try:
                 await self._commit()

@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..aio import wait_at_most
 from ..config import TaskSettings
 from ..errors import Conflict, InvalidInput
 from ..observability.metrics import TaskSnapshot
@@ -189,17 +190,7 @@ class TaskBackend(ABC):
         if not watch.ended.isdisjoint(pending):  # ended while the caller was busy
             return False
         watch.changed.clear()
-        polled = False
-
-        def poll() -> None:
-            nonlocal polled
-            polled = True
-            watch.changed.set()
-
-        timer = asyncio.get_running_loop().call_later(poll_s, poll)
-        await watch.changed.wait()
-        timer.cancel()
-        return polled
+        return not await wait_at_most(watch.changed, poll_s)
 
     @contextlib.contextmanager
     def watch(self, ids: set[str]) -> Iterator[Watch | None]:

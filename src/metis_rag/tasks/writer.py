@@ -22,6 +22,7 @@ from sqlalchemy import bindparam, delete, insert, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..aio import wait_at_most
 from ..store.db import Transactions
 from .models import Task, TaskBlob, TaskEdge
 
@@ -134,13 +135,10 @@ class StateWriter:
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
-            if self._behind_s > 0 and not self._hurry.is_set():
+            if self._behind_s > 0:
                 # Only state changes behind: let more of them join this batch (a bulk
-                # ingestion's progress made a commit every few ms), unless someone waits. A
-                # timer, not wait_for: its task and cancellation cost more than the wait.
-                timer = asyncio.get_running_loop().call_later(self._behind_s, self._hurry.set)
-                await self._hurry.wait()
-                timer.cancel()
+                # ingestion's progress made a commit every few ms), unless someone waits.
+                await wait_at_most(self._hurry, self._behind_s)
             self._wake.clear()
             self._hurry.clear()
             batch, self._batch = self._batch, _Batch()
