@@ -44,11 +44,15 @@ from metis_rag.devtools.pgvector_server import PgServer, start_pgvector_server  
 
 
 def cpu_s(pids: list[int]) -> float:
+    """CPU seconds of these processes and of their children that have exited (reaped): a
+    PostgreSQL backend that ends during a run (an overflow connection closed by a server's
+    pool) leaves its time in its postmaster's children's times. Until 2026-12-08 only the
+    processes' own times were read, and PostgreSQL's cost read 0 ms a request."""
     total = 0.0
     for pid in pids:
         try:
             t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
+            total += t.user + t.system + t.children_user + t.children_system
         except psutil.NoSuchProcess:
             pass
     return total
@@ -71,6 +75,16 @@ def postgres_pids(pg: PgServer) -> list[int]:
     return [p.pid for p in procs]
 
 
+async def pg_sessions(pg: PgServer) -> int:
+    """Sessions PostgreSQL has opened so far (every database): a server's pool that opens and
+    closes connections under load shows here."""
+    conn = await pg.connect()
+    try:
+        return int(await conn.fetchval("SELECT sum(sessions) FROM pg_stat_database") or 0)
+    finally:
+        await conn.close()
+
+
 def measure(cluster: Cluster, url: str, servers: list[int], pg: PgServer, bodies: Path,
             args: argparse.Namespace) -> dict[str, Any]:
     assert cluster.balancer is not None and cluster.balancer.proc is not None
@@ -80,10 +94,12 @@ def measure(cluster: Cluster, url: str, servers: list[int], pg: PgServer, bodies
         # Read now: a backend that exits during the run takes its CPU time with it (counted 0).
         "postgres": postgres_pids(pg),
     }
+    sessions_before = asyncio.run(pg_sessions(pg))
     before = {k: cpu_s(v) for k, v in groups.items()}
     children_before = os.times()
     got = wrk(url, bodies, args.seconds, args.connections)
     children_after = os.times()
+    got["postgres_sessions_opened"] = asyncio.run(pg_sessions(pg)) - sessions_before
     used = {k: max(0.0, cpu_s(v) - before[k]) for k, v in groups.items()}
     # wrk has exited: its CPU time is in this process's reaped children's times.
     used["wrk"] = ((children_after.children_user - children_before.children_user)
@@ -153,7 +169,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                                               bodies, args)
                     print(f"  run {run + 1}: " + ", ".join(
                         f"{k}: {v['rps']:.0f} req/s (p50 {v['p50_ms']:.1f} p99 {v['p99_ms']:.1f}"
-                        f" ms, errors {v['errors']}, server CPU {v['server_cpu_share']:.2f})"
+                        f" ms, errors {v['errors']}, server CPU {v['server_cpu_share']:.2f},"
+                        f" PostgreSQL {v['cpu_ms_per_request']['postgres']:.3f} ms a request,"
+                        f" {v['postgres_sessions_opened']} sessions opened)"
                         for k, v in got.items()))
                     runs.append(got)
             finally:
