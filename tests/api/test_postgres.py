@@ -120,3 +120,27 @@ async def test_the_collection_lookup_retries_once_on_a_dropped_connection(
     assert await lookup.find("default", "c") == created
     await admin.close()
     await engine.dispose()
+
+
+async def test_concurrent_lookups_share_queries_and_see_every_earlier_commit(
+    tmp_path: Path, pg_server: PgServer, pg_database: str
+) -> None:
+    settings = Settings(data_dir=tmp_path, database_url=pg_server.url(pg_database))
+    engine = create_engine(settings)
+    await migrate(engine)
+    lookup = CollectionLookup(session_factory(engine))
+    created = await lookup.get_or_create("default", "c")
+    admin = await pg_server.connect(pg_database)
+    queries = lookup.reads.queries
+    earlier = [asyncio.ensure_future(lookup.find("default", "c")) for _ in range(50)]
+    # A deletion elsewhere commits while those lookups are in flight...
+    await admin.execute("UPDATE collections SET version = version + 1 WHERE id = $1", created.id)
+    # ...so every lookup that starts after it must see it, whatever is still in flight.
+    later = await asyncio.gather(*(lookup.find("default", "c") for _ in range(50)))
+    assert {ref.version for ref in later} == {created.version + 1}
+    assert {ref.version for ref in await asyncio.gather(*earlier)} <= {
+        created.version, created.version + 1}
+    assert await lookup.version(created.id) == created.version + 1
+    assert lookup.reads.queries - queries <= 6  # a few shared queries, not 101
+    await admin.close()
+    await engine.dispose()
