@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -29,6 +29,11 @@ from . import repo
 from .models import Collection
 
 _QUERY = "SELECT id, version, analysis_version FROM collections WHERE tenant = ? AND name = ?"
+# Built once: building the SELECT for every question was 16 % of a PostgreSQL replica's samples
+# under load (py-spy, 2026-12-08), six times what running it through the pool took.
+_BY_NAME = select(Collection.id, Collection.version, Collection.analysis_version).where(
+    Collection.tenant == bindparam("tenant"), Collection.name == bindparam("name"))
+_VERSION = select(Collection.version).where(Collection.id == bindparam("id"))
 
 
 class CollectionRef(NamedTuple):
@@ -73,14 +78,13 @@ class CollectionLookup:
         if self._conn is not None:
             row = self._conn.execute(_QUERY, (tenant, name)).fetchone()
             return CollectionRef(int(row[0]), int(row[1]), int(row[2])) if row else None
-        query = select(Collection.id, Collection.version, Collection.analysis_version).where(
-            Collection.tenant == tenant, Collection.name == name)
+        params = {"tenant": tenant, "name": name}
 
         async def fetch() -> Any:
             if self._reader is not None:
-                return await self._read(lambda conn: conn.execute(query), first=True)
+                return await self._read(lambda conn: conn.execute(_BY_NAME, params), first=True)
             async with self._sessions() as session:
-                return (await session.execute(query)).first()
+                return (await session.execute(_BY_NAME, params)).first()
 
         found = await self.reads.read(("name", tenant, name), fetch)
         return CollectionRef(int(found[0]), int(found[1]), int(found[2])) if found else None
@@ -108,13 +112,13 @@ class CollectionLookup:
                 "SELECT version FROM collections WHERE id = ?", (collection_id,)
             ).fetchone()
             return int(row[0]) if row else -1
-        query = select(Collection.version).where(Collection.id == collection_id)
+        params = {"id": collection_id}
 
         async def fetch() -> Any:
             if self._reader is not None:
-                return await self._read(lambda conn: conn.scalar(query))
+                return await self._read(lambda conn: conn.scalar(_VERSION, params))
             async with self._sessions() as session:
-                return await session.scalar(query)
+                return await session.scalar(_VERSION, params)
 
         found = await self.reads.read(("id", str(collection_id)), fetch)
         return int(found) if found is not None else -1
