@@ -1,4 +1,5 @@
-"""The conversation log: group commits, read-your-writes, and a refused row dropped alone."""
+"""The conversation log: group commits, read-your-writes, and a refused row dropped alone, on
+SQLite (through a synchronous twin's thread) and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ from metis_rag.store.db import create_engine, migrate, session_factory
 from metis_rag.store.models import Message
 from tests.fakeclock import settle
 
+pytestmark = pytest.mark.databases
+
 
 @pytest.fixture
-async def db(tmp_path: Path):  # type: ignore[no-untyped-def]
-    engine = create_engine(Settings(data_dir=tmp_path))
+async def db(tmp_path: Path, database_url: str):  # type: ignore[no-untyped-def]
+    engine = create_engine(Settings(data_dir=tmp_path, database_url=database_url))
     await migrate(engine)
     sessions = session_factory(engine)
     async with sessions() as session, session.begin():
@@ -35,6 +38,15 @@ async def db(tmp_path: Path):  # type: ignore[no-untyped-def]
     event.remove(Engine, "commit", count)
     await engine.dispose()
 
+
+
+def statements_seen(log: ConversationLog, sessions: Any, seen: list[tuple[str, bool]],
+                    prefix: str) -> None:
+    """Appends to `seen` each statement starting with `prefix` that the log's writer sends, and
+    whether it was an executemany: on SQLite through a synchronous twin of the engine."""
+    engine = log.writer_engine or sessions.kw["bind"].sync_engine
+    event.listen(engine, "before_cursor_execute",
+                 lambda *a: seen.append((a[2], a[5])) if a[2].startswith(prefix) else None)
 
 
 class GatedLog(ConversationLog):
@@ -68,7 +80,8 @@ async def test_concurrent_turns_share_commits_and_are_read_back(db) -> None:  # 
     sessions, coll_id, commits = db
     log = ConversationLog(sessions, max_delay_ms=20)
     await log.start()
-    assert log.writer_engine is not None  # SQLite: a batch is one hop to a thread
+    # SQLite: a batch is one hop to a thread of its own; PostgreSQL: the pool's connections.
+    assert (log.writer_engine is not None) == (sessions.kw["bind"].dialect.name == "sqlite")
     ids = [log.new_id() for _ in range(50)]
 
     async def turn(conv_id: str) -> None:
@@ -145,14 +158,10 @@ async def test_a_conversation_is_stamped_with_its_last_turn_without_an_update(db
         clock[0] += timedelta(seconds=1)
         return clock[0]
 
-    updates: list[str] = []
+    updates: list[tuple[str, bool]] = []
     log = ConversationLog(sessions, max_delay_ms=60_000, now=now)
     await log.start()
-    # The engine the log writes with: a synchronous twin of the pool's on SQLite.
-    engine = log.writer_engine or sessions.kw["bind"].sync_engine
-    event.listen(engine, "before_cursor_execute",
-                 lambda *a: updates.append(a[2]) if a[2].startswith("UPDATE conversations")
-                 else None)
+    statements_seen(log, sessions, updates, "UPDATE conversations")
     conv = log.new_id()
     log.new_conversation(conv, coll_id, "q")  # 00:00:01
     await log.append(conv, "user", "q", [])  # 00:00:02
@@ -245,10 +254,10 @@ async def test_a_turn_waits_for_room_once_and_goes_in_whole(db) -> None:  # type
             ("user", "q2", []), ("assistant", "a2", [{"index": 2}])]
 
 
-async def test_the_fast_sqlite_write_stores_rows_as_the_orm_would(db) -> None:  # type: ignore[no-untyped-def]
-    """One statement per table on the twin's connection (the batch as a JSON array read by
-    `json_each`): the stored values (timestamp text, JSON text, their SQLite types, ids) and the
-    rows read back through the ORM are those of SQLAlchemy's Core insert."""
+async def test_the_fast_write_stores_rows_as_the_orm_would(db) -> None:  # type: ignore[no-untyped-def]
+    """One statement per table for the whole batch (SQLite: on the twin's connection, the batch
+    as a JSON array read by `json_each`): the stored values (timestamps, JSON text, their types,
+    ids) and the rows read back through the ORM are those of SQLAlchemy's Core insert."""
     from datetime import UTC, datetime, timedelta, timezone
 
     from sqlalchemy import insert, text
@@ -256,6 +265,7 @@ async def test_the_fast_sqlite_write_stores_rows_as_the_orm_would(db) -> None:  
     from metis_rag.store.models import Conversation
 
     sessions, coll_id, _ = db
+    sqlite = sessions.kw["bind"].dialect.name == "sqlite"
     paris = timezone(timedelta(hours=1))
     stamps = iter([datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=paris),
                    datetime(2026, 3, 1, 12, 0, 1, tzinfo=UTC),
@@ -264,19 +274,19 @@ async def test_the_fast_sqlite_write_stores_rows_as_the_orm_would(db) -> None:  
                  {"index": 2, "tags": ["a", "b"], "big": 2**53}]
     log = ConversationLog(sessions, max_delay_ms=60_000, now=lambda: next(stamps))
     await log.start()
-    assert log.writer_engine is not None  # this is the fast path
     statements: list[tuple[str, bool]] = []
-    event.listen(log.writer_engine, "before_cursor_execute",
-                 lambda *a: statements.append((a[2], a[5])))
+    statements_seen(log, sessions, statements, "INSERT")
     fast = log.new_id()
     log.new_conversation(fast, coll_id, "a title " * 40)  # cut at 200 characters
     await log.append(fast, "user", "question ✓", [])
     await log.append(fast, "assistant", "answer", citations)
     await log.flush()
     await log.close()
-    # Two statements for the batch, each one step over the whole batch (no executemany).
-    assert [(sql.split(" (")[0], "json_each(?)" in sql, many) for sql, many in statements] == [
-        ("INSERT INTO conversations", True, False), ("INSERT INTO messages", True, False)]
+    # Two statements for the batch: on SQLite each one step over the whole batch (no
+    # executemany); on PostgreSQL SQLAlchemy's "insertmanyvalues" (one INSERT of many rows).
+    assert [(sql.split(" (")[0], "json_each(?)" in sql and not many if sqlite else True)
+            for sql, many in statements] == [("INSERT INTO conversations", True),
+                                             ("INSERT INTO messages", True)]
 
     # The same rows, the way they used to be written: Core inserts of dicts.
     old = "0" * 32
@@ -298,10 +308,11 @@ async def test_the_fast_sqlite_write_stores_rows_as_the_orm_would(db) -> None:  
         def stored(sql: str, conv: str) -> Any:
             return session.execute(text(sql), {"c": conv})
 
+        typeof = "typeof" if sqlite else "pg_typeof"
         for sql in ("SELECT collection_id, tenant, title, created_at, updated_at, "
-                    "typeof(created_at) FROM conversations WHERE id = :c",
-                    "SELECT role, content, citations, created_at, typeof(citations), "
-                    "typeof(id) FROM messages WHERE conversation_id = :c ORDER BY id"):
+                    f"{typeof}(created_at) FROM conversations WHERE id = :c",
+                    f"SELECT role, content, CAST(citations AS TEXT), created_at, {typeof}(citations), "
+                    f"{typeof}(id) FROM messages WHERE conversation_id = :c ORDER BY id"):
             assert (await stored(sql, fast)).all() == (await stored(sql, old)).all()
         convs = {c.id: c for c in (await session.execute(select(Conversation))).scalars()}
         assert ((convs[fast].title, convs[fast].created_at, convs[fast].updated_at)
@@ -317,25 +328,33 @@ async def test_the_fast_sqlite_write_stores_rows_as_the_orm_would(db) -> None:  
         assert ids == sorted(ids) and len(set(ids)) == 4
 
 
-async def test_a_nul_character_is_stored_whole(db) -> None:  # type: ignore[no-untyped-def]
+async def test_a_nul_character_is_stored_whole_or_its_row_dropped_alone(db) -> None:  # type: ignore[no-untyped-def]
     """SQLite's JSON functions end a string at an escaped NUL: a batch that holds one is written
-    row by row, and every text reads back whole."""
+    row by row, and every text reads back whole. PostgreSQL refuses a NUL in text (the API
+    answers 422 before one gets here): that row is dropped alone, the others are written and
+    the log goes on."""
     from metis_rag.store.models import Conversation
 
     sessions, coll_id, _ = db
+    sqlite = sessions.kw["bind"].dialect.name == "sqlite"
     log = ConversationLog(sessions, max_delay_ms=60_000)
     await log.start()
-    conv = log.new_id()
-    log.new_conversation(conv, coll_id, "a\x00title")
+    conv, other = log.new_id(), log.new_id()
+    log.new_conversation(conv, coll_id, "a\x00title" if sqlite else "title")
     await log.append(conv, "user", "before\x00after", [{"title": "x\x00y"}])
     await log.append(conv, "assistant", "plain", [])
+    await log.flush()
+    log.new_conversation(other, coll_id, "later")  # the log is not stuck on the refused row
+    await log.append(other, "user", "next", [])
     await log.close()
     async with sessions() as session:
-        assert await session.scalar(select(Conversation.title)) == "a\x00title"
+        titles = (await session.execute(select(Conversation.title)
+                                        .order_by(Conversation.created_at))).scalars().all()
         rows = (await session.execute(select(Message.content, Message.citations)
                                       .order_by(Message.id))).all()
-        assert [tuple(r) for r in rows] == [("before\x00after", [{"title": "x\x00y"}]),
-                                            ("plain", [])]
+    kept = [("before\x00after", [{"title": "x\x00y"}])] if sqlite else []
+    assert titles == ["a\x00title" if sqlite else "title", "later"]
+    assert [tuple(r) for r in rows] == [*kept, ("plain", []), ("next", [])]
 
 
 async def test_a_long_queue_is_written_in_batches_of_max_batch_messages(db) -> None:  # type: ignore[no-untyped-def]

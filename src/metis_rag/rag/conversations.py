@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Connection, Engine, bindparam, insert, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from ..aio import wait_at_most
@@ -47,6 +47,16 @@ log = logging.getLogger("metis.conversations")
 # dict was one more object for every full garbage collection to walk.
 CONVERSATION_COLUMNS = ("id", "collection_id", "tenant", "title", "created_at", "updated_at")
 MESSAGE_COLUMNS = ("conversation_id", "role", "content", "citations", "created_at")
+
+
+def _refused(exc: DBAPIError) -> bool:
+    """Whether the database refused a row for good: a constraint (its conversation's collection
+    was deleted meanwhile) or its data (SQLSTATE class 22: PostgreSQL holds no NUL in text, and
+    an answer is the model's text, which may hold one). Anything else (the database away) keeps
+    the batch for the next try. asyncpg's data errors reach SQLAlchemy as a plain DBAPIError."""
+    if isinstance(exc, IntegrityError | DataError):
+        return True
+    return str(getattr(exc.orig, "sqlstate", None) or "").startswith("22")
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,7 +303,9 @@ class ConversationLog:
             try:
                 try:
                     await self._write(batch)
-                except IntegrityError:
+                except DBAPIError as exc:
+                    if not _refused(exc):
+                        raise
                     await self._write_one_by_one(batch)
             except BaseException:
                 # Put the batch back in front of what arrived meanwhile, in order.
@@ -374,7 +386,9 @@ class ConversationLog:
     async def _write_or_drop(self, single: _Pending) -> None:
         try:
             await self._write(single)
-        except IntegrityError as exc:
+        except DBAPIError as exc:
+            if not _refused(exc):
+                raise
             log.error("dropped a conversation row the database refused: %s", exc.orig)
 
 
