@@ -70,7 +70,10 @@ class ProcessLog:
             session.add(AgentQuery(
                 id=self.id, tenant=self.tenant, collection=self.collection,
                 conversation_id=conversation_id, question=self.question, analysis=analysis,
-                plan=_clip(plan), answer=answer, scores=_clip(scores), rounds=rounds,
+                # The model's text may hold a NUL, which PostgreSQL text cannot: U+FFFD in its
+                # place, on every database (saving failed the whole answer with a 500).
+                plan=_clip(plan), answer=answer.replace("\x00", "\ufffd"), scores=_clip(scores),
+                rounds=rounds,
                 total_ms=round(self.now_ms(), 3), tokens=tokens, cost=round(cost, 6)))
             await session.flush()  # the query row before its events (foreign key)
             session.add_all(AgentEvent(query_id=self.id, **e) for e in self.events)
