@@ -51,6 +51,19 @@ async def test_a_task_runs_and_records_its_result_and_figures(backend: TaskBacke
     assert done.cpu_s is not None and done.peak_rss_bytes and done.peak_rss_bytes > 10_000_000
 
 
+async def test_a_progress_message_with_a_nul_is_kept_and_stops_no_write(
+    backend: TaskBackend,
+) -> None:
+    """A handler's message is its own text: PostgreSQL text cannot hold a NUL, and a batch of
+    state changes holding one failed and was retried for ever, with every later change (and,
+    on the embedded engine, every submission) behind it. It is kept with U+FFFD instead."""
+    task = await submit(backend, "sleep", params={"seconds": 0.05, "steps": 1, "label": "a\x00b "})
+    done = await finished(backend, task.id)
+    assert (done.status, done.message) == ("completed", "a\ufffdb step 1/1")
+    after = await submit(backend, "sleep", params={"seconds": 0.01, "steps": 1})
+    assert (await finished(backend, after.id, timeout_s=30)).status == "completed"
+
+
 async def test_progress_is_visible_while_running(backend: TaskBackend) -> None:
     task = await submit(backend, "sleep", params={"seconds": 1.5, "steps": 10})
     mid = await until(backend, task.id, lambda t: t.status == "running" and 0 < t.progress < 100)

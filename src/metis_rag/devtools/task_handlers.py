@@ -21,9 +21,10 @@ from ..tasks.runner import HandlerRegistry, TaskContext
 async def sleep(ctx: TaskContext) -> dict[str, Any]:
     seconds = float(ctx.params.get("seconds", 1.0))
     steps = max(1, int(ctx.params.get("steps", 10)))
+    label = str(ctx.params.get("label", ""))  # before each progress message
     for i in range(steps):
         await asyncio.sleep(seconds / steps)
-        ctx.progress(100 * (i + 1) / steps, f"step {i + 1}/{steps}")
+        ctx.progress(100 * (i + 1) / steps, f"{label}step {i + 1}/{steps}")
     return {"slept_s": seconds}
 
 

@@ -284,7 +284,7 @@ class EmbeddedBackend(TaskBackend):
 
     def _progress(self, task_id: str, percent: float, message: str | None) -> None:
         if task_id in self._running:
-            self.writer.update(task_id, progress=percent, message=message and message[:500])
+            self.writer.update(task_id, progress=percent, message=message)
 
     async def _blob(self, task_id: str) -> bytes | None:
         pending = self._uncommitted.get(task_id)

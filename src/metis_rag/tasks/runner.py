@@ -109,8 +109,11 @@ class TaskContext:
     used_blob: bool = False  # its blob is deleted when the task completes
 
     def progress(self, percent: float, message: str | None = None) -> None:
-        """Reports progress (0-100); safe to call from a handler's thread."""
+        """Reports progress (0-100) and a message (500 characters kept; a NUL, which
+        PostgreSQL text cannot hold, becomes U+FFFD); safe to call from a handler's thread."""
         percent = max(0.0, min(100.0, float(percent)))
+        if message:
+            message = message[:500].replace("\x00", "\ufffd")
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:

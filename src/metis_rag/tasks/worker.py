@@ -279,7 +279,7 @@ class WorkerRuntime:
 
     def _progress(self, task_id: str, percent: float, message: str | None) -> None:
         if task_id in self._running:
-            self.backend.writer.update(task_id, progress=percent, message=message and message[:500])
+            self.backend.writer.update(task_id, progress=percent, message=message)
 
     async def _blob(self, task_id: str) -> bytes | None:
         async with self.engine.connect() as conn:
