@@ -1,5 +1,5 @@
-"""A NUL character in a filter or a question is refused with 422 `invalid_input` on SQLite and
-PostgreSQL alike: PostgreSQL text cannot hold one, and asking it to was a 500."""
+"""A NUL character in a filter, a question or a task's text is refused with 422 `invalid_input`
+on SQLite and PostgreSQL alike: PostgreSQL text cannot hold one, and asking it to was a 500."""
 
 from __future__ import annotations
 
@@ -47,6 +47,14 @@ async def test_nul_in_filters_is_422_not_500(db_backend: str, client: httpx.Asyn
                         ("collection", "invalid_collection")):
         _refused(await client.post("/api/documents", files={"files": ("b.txt", txt_bytes())},
                                    data={field: NUL}), code)
+    # A task's text columns: a 422, not a failed batch (a 500, and every submission that
+    # shared its commit failed with it). Inside `params` (JSON) a NUL is kept, escaped.
+    for body in ({"type": "reindex_collection", "name": NUL}, {"type": NUL},
+                 {"type": "reindex_collection", "depends_on": [NUL]}):
+        _refused(await client.post("/api/tasks", json=body))
+    kept = await client.post("/api/tasks", json={"type": "noop", "params": {"k": NUL}})
+    assert kept.status_code == 202, kept.text
+    assert (await client.get(f"/api/tasks/{kept.json()['id']}")).json()["params"]["k"] == NUL
     # Nothing was stored by the refused requests, and the server still answers.
     listed = (await client.get("/api/documents")).json()
     assert listed["total"] == 1

@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..schemas import NO_NUL, NoNul
+
 
 class Priority(enum.IntEnum):
     low = 0
@@ -83,11 +85,14 @@ class TaskCreate(BaseModel):
 
     id: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,32}$",
                            description="Optional: lets tasks of one batch depend on each other.")
-    type: str = Field(min_length=1, max_length=100, examples=["reindex_collection"])
+    # No NUL in the text columns (PostgreSQL text cannot hold one): a 422, not a failed batch of
+    # everyone's submissions. In `params` (JSON) a NUL is kept, escaped.
+    type: str = Field(min_length=1, max_length=100, pattern=NO_NUL,
+                      examples=["reindex_collection"])
     params: dict[str, Any] = Field(default_factory=dict)
-    name: str = Field("", max_length=200)
+    name: str = Field("", max_length=200, pattern=NO_NUL)
     priority: Literal["low", "normal", "high", "urgent", "critical"] = "normal"
-    depends_on: list[str] = Field(default_factory=list, max_length=1000)
+    depends_on: list[NoNul] = Field(default_factory=list, max_length=1000)
     start_at: datetime | None = Field(None, description="Do not start before (ISO 8601).")
     timeout_s: float | None = Field(None, gt=0, le=7 * 86400)
     max_retries: int | None = Field(None, ge=0, le=100)
