@@ -178,6 +178,23 @@ class UploadLimit:
         return f"The upload is larger than the limit of {self.max_bytes / 1048576:g} MB."
 
 
+class NulInUrl:
+    """Refuses a request with a NUL character in its path or query (422 `invalid_input`): no
+    id, name or filter holds one, and PostgreSQL text cannot, so looking one up there was a 500.
+    (Fields of a JSON body are checked by their models, see `schemas.NO_NUL`.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and ("\x00" in scope["path"]
+                                        or b"%00" in scope["query_string"]):
+            await _error(422, "invalid_input", "Invalid request: a NUL character is not allowed "
+                         "in the URL.")(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> FastAPI:
     """`freeze_gc` (for a server process, `metis serve`): once started, move every object
     built so far (the model, the indexes, the settings) out of the garbage collector's reach.
@@ -212,6 +229,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     app.add_middleware(chat.ChatQueryShortcut, route=_route(chat.router, chat.QUERY_PATH),
                        render_error=error_response)
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(NulInUrl)
     compression = settings.compression
     if compression.enabled:
         app.add_middleware(Compression, min_bytes=compression.min_bytes,

@@ -1,5 +1,6 @@
-"""A NUL character in a filter, a question or a task's text is refused with 422 `invalid_input`
-on SQLite and PostgreSQL alike: PostgreSQL text cannot hold one, and asking it to was a 500."""
+"""A NUL character in a filter, a question, a task's or a key's name, a conversation's title or
+anywhere in the URL is refused with 422 `invalid_input` on SQLite and PostgreSQL alike:
+PostgreSQL text cannot hold one, and asking it to was a 500."""
 
 from __future__ import annotations
 
@@ -55,6 +56,18 @@ async def test_nul_in_filters_is_422_not_500(db_backend: str, client: httpx.Asyn
     kept = await client.post("/api/tasks", json={"type": "noop", "params": {"k": NUL}})
     assert kept.status_code == 202, kept.text
     assert (await client.get(f"/api/tasks/{kept.json()['id']}")).json()["params"]["k"] == NUL
+    # Ids in the path and any query parameter: refused before routing (each was a 500 on
+    # PostgreSQL, where the lookup failed). Names in a JSON body: by their models.
+    conv = (await client.post("/api/chat/query", json={"message": "What is it?"})).json()
+    for method, url in (("GET", "/api/documents/a%00b"), ("DELETE", "/api/documents/a%00b"),
+                        ("GET", "/api/conversations/a%00b"), ("GET", "/api/tasks/a%00b"),
+                        ("POST", "/api/tasks/a%00b/cancel"), ("GET", "/api/queries/a%00b/audit"),
+                        ("GET", "/api/tasks?type=a%00b"), ("GET", "/api/audit?actor=a%00b"),
+                        ("DELETE", "/api/keys/a%00b")):
+        _refused(await client.request(method, url))
+    _refused(await client.patch(f"/api/conversations/{conv['conversation_id']}",
+                                json={"title": NUL}))
+    _refused(await client.post("/api/keys", json={"role": "reader", "name": NUL}))
     # Nothing was stored by the refused requests, and the server still answers.
     listed = (await client.get("/api/documents")).json()
     assert listed["total"] == 1

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from ..errors import Forbidden
+from ..schemas import NO_NUL
 from ..tenancy import keys
 from ..tenancy.audit import query_audit
 from ..tenancy.keys import KeyInfo
@@ -22,7 +23,7 @@ router = APIRouter(prefix="/api", tags=["admin"])
 class KeyCreate(BaseModel):
     role: Literal["reader", "writer", "admin", "operator"] = Field(
         description="At most the caller's own role.")
-    name: str = Field("", max_length=200, description="What the key is for.")
+    name: str = Field("", max_length=200, pattern=NO_NUL, description="What the key is for.")
 
 
 class KeyOut(BaseModel):

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
-from ..schemas import ConversationOut, MessageOut
+from ..schemas import NO_NUL, ConversationOut, MessageOut
 from ..store import browse, repo
 from ..store.models import Collection
 from .deps import ReaderDep, ServicesDep, WriterDep
@@ -33,7 +33,7 @@ class ConversationPage(BaseModel):
 
 
 class ConversationRename(BaseModel):
-    title: str = Field(min_length=1, max_length=200)
+    title: str = Field(min_length=1, max_length=200, pattern=NO_NUL)
 
 
 @router.get("/conversations", response_model=ConversationPage,
