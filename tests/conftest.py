@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from metis_rag.app import create_app
-from metis_rag.config import EmbedSettings, Settings
+from metis_rag.config import EmbedSettings, LLMSettings, Settings
 from metis_rag.devtools.fake_llm import FakeLLMServer
 from metis_rag.devtools.pgvector_server import SYSTEM_URL, PgServer, start_pgvector_server
 from tests.lifespan import lifespan
@@ -102,6 +102,20 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://metis") as c:
             yield c
+
+
+@pytest.fixture
+async def fake_llm_client(
+    make_settings: Callable[..., Settings],
+) -> AsyncIterator[tuple[httpx.AsyncClient, FakeLLMServer]]:
+    """An app whose model is our fake OpenAI-compatible server (its own), and a client of it."""
+    with FakeLLMServer() as server:
+        llm = LLMSettings(provider="openai", url=server.url, model="fake", timeout_s=5)
+        app = create_app(make_settings(llm=llm))
+        async with lifespan(app) as manager:
+            transport = httpx.ASGITransport(app=manager.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://metis") as c:
+                yield c, server
 
 
 @pytest.fixture(scope="module")

@@ -210,26 +210,18 @@ async def test_a_low_score_is_refined_and_the_scores_reach_metrics(
 
 @pytest.mark.databases
 async def test_a_nul_in_the_models_answer_is_answered_and_audited(
-    make_settings: Callable[..., Settings],
+    fake_llm_client,  # type: ignore[no-untyped-def]
 ) -> None:
     """The model's text is from outside: PostgreSQL text cannot hold a NUL, which made saving
     the audit fail the whole answer (500). The audit keeps U+FFFD in its place."""
-    from metis_rag.config import LLMSettings
-    from metis_rag.devtools.fake_llm import FakeLLMServer
-
-    with FakeLLMServer() as server:
-        llm = LLMSettings(provider="openai", url=server.url, model="fake", timeout_s=5)
-        app = create_app(make_settings(llm=llm))
-        async with lifespan(app) as m:
-            transport = httpx.ASGITransport(app=m.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://m") as client:
-                await seed(client)
-                server.configure(answer="ssh listens on port 22\x00 [1].")
-                r = await client.post("/api/chat/query", json={
-                    "message": "Which port does ssh use?", "collection": "net",
-                    "mode": "agent", "cache": False})
-                assert r.status_code == 200, r.text
-                body = r.json()
-                audit = await client.get(f"/api/queries/{body['agent']['query_id']}/audit")
+    client, server = fake_llm_client
+    await seed(client)
+    server.configure(answer="ssh listens on port 22\x00 [1].")
+    r = await client.post("/api/chat/query", json={
+        "message": "Which port does ssh use?", "collection": "net", "mode": "agent",
+        "cache": False})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    audit = await client.get(f"/api/queries/{body['agent']['query_id']}/audit")
     assert audit.status_code == 200, audit.text
     assert audit.json()["answer"] == body["answer"].replace("\x00", "\ufffd")

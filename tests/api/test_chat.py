@@ -165,31 +165,24 @@ async def test_llm_failure_degrades_to_extractive(llm_client) -> None:  # type: 
 
 @pytest.mark.databases
 async def test_a_nul_in_the_models_answer_does_not_stop_the_conversation_log(
-    db_backend: str, make_settings  # type: ignore[no-untyped-def]
+    db_backend: str, fake_llm_client  # type: ignore[no-untyped-def]
 ) -> None:
     """The model's answer is text from outside: one with a NUL is logged whole on SQLite and
     dropped alone on PostgreSQL (whose text cannot hold it). It used to fail the log's batch on
     PostgreSQL, retried forever: no conversation was written again."""
-    from metis_rag.devtools.fake_llm import FakeLLMServer
-
-    with FakeLLMServer() as server:
-        llm = LLMSettings(provider="openai", url=server.url, model="fake", timeout_s=5)
-        app = create_app(make_settings(llm=llm))
-        async with lifespan(app) as m:
-            transport = httpx.ASGITransport(app=m.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://m") as client:
-                await seed(client)
-                server.configure(answer="The valve\x00closes at noon [1].")
-                first = (await client.post("/api/chat/query", json={
-                    "message": FACTS[0][1], "collection": "handbook", "cache": False})).json()
-                assert first["answer"] == "The valve\x00closes at noon [1]."
-                server.configure(answer="It opens at dawn [1].")
-                # It reads the first turn back, which waits for the log (a stuck log: forever).
-                r = await asyncio.wait_for(client.post("/api/chat/query", json={
-                    "message": FACTS[1][1], "collection": "handbook", "cache": False,
-                    "conversation_id": first["conversation_id"]}), 60)
-                assert r.status_code == 200, r.text
-                later = await client.get(f"/api/conversations/{first['conversation_id']}")
+    client, server = fake_llm_client
+    await seed(client)
+    server.configure(answer="The valve\x00closes at noon [1].")
+    first = (await client.post("/api/chat/query", json={
+        "message": FACTS[0][1], "collection": "handbook", "cache": False})).json()
+    assert first["answer"] == "The valve\x00closes at noon [1]."
+    server.configure(answer="It opens at dawn [1].")
+    # It reads the first turn back, which waits for the log (a stuck log: forever).
+    r = await asyncio.wait_for(client.post("/api/chat/query", json={
+        "message": FACTS[1][1], "collection": "handbook", "cache": False,
+        "conversation_id": first["conversation_id"]}), 60)
+    assert r.status_code == 200, r.text
+    later = await client.get(f"/api/conversations/{first['conversation_id']}")
     assert later.status_code == 200, later.text
     kept = [(m["role"], m["content"]) for m in later.json()["messages"]]
     nul_answer = [("assistant", "The valve\x00closes at noon [1].")] if db_backend == "sqlite" else []
