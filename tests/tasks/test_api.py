@@ -161,3 +161,25 @@ def test_cli_ingests_through_tasks_and_manages_them(make_settings, tmp_path: Pat
     assert "task_not_found" in run("tasks", "show", "nope", *dd, code=2)
     table = run("tasks", "list", *dd)
     assert "11 of 11" in table
+
+
+@pytest.mark.databases
+async def test_what_cannot_be_stored_is_a_422_and_fails_no_other_submission(
+    client: httpx.AsyncClient,
+) -> None:
+    """Params are stored as JSON by orjson, which refuses integers beyond 64 bits and nesting
+    deeper than 254. Such a task reached the submitters' group commit and failed there: a 500,
+    and every submission that shared the commit failed with it."""
+    deep: dict[str, object] = {}
+    for _ in range(300):
+        deep = {"a": deep}
+    for params in ({"x": 2**70}, deep):
+        bad, *others = await asyncio.gather(
+            client.post("/api/tasks", json={"type": "noop", "params": params}),
+            *(client.post("/api/tasks", json={"type": "noop"}) for _ in range(5)))
+        await expect_error(bad, 422, "invalid_input")
+        assert [r.status_code for r in others] == [202] * 5
+    await wait_tasks(client, [r.json()["id"] for r in others])
+    # An offset beyond PostgreSQL's bigint, as the other lists refuse it.
+    await expect_error(await client.get("/api/audit", params={"offset": 2**64}), 422,
+                       "invalid_input")

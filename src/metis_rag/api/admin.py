@@ -144,7 +144,7 @@ async def audit_log(
     until: datetime | None = None,
     trace_id: Annotated[str | None, Query(max_length=128)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
     tenant: Annotated[str | None, Query(max_length=64, description="Another tenant's log "
                                         "(operators).")] = None,
     all_tenants: Annotated[bool, Query(description="Every tenant's records (operators).")] = False,
