@@ -12,6 +12,9 @@ from pydantic_core import PydanticCustomError
 # fail in the database (a 500) instead of being refused as input (422 invalid_input).
 NO_NUL = r"^[^\x00]*$"
 NoNul = Annotated[str, Field(pattern=NO_NUL)]
+# Tags a document carries, and so a question's tag filter names, at most: each filter tag is
+# one more subquery, and 20,000 of them were a 500 on PostgreSQL.
+MAX_TAGS = 100
 
 # Characters that show nothing: a question made only of these and spaces is empty.
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
@@ -109,7 +112,8 @@ class ChatQuery(BaseModel):
     use_rag: bool = True
     top_k: int | None = Field(None, ge=1, le=50)
     stream: bool = False
-    tags: list[NoNul] = Field(default_factory=list, description="Only chunks carrying every tag.")
+    tags: list[NoNul] = Field(default_factory=list, max_length=MAX_TAGS,
+                              description="Only chunks carrying every tag.")
     folder: str | None = Field(None, pattern=NO_NUL,
                                description="Only documents in this folder (or below).")
     doc_type: str | None = Field(None, max_length=40, pattern=NO_NUL,

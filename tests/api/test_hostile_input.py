@@ -85,6 +85,21 @@ async def test_a_question_of_only_spaces_is_invalid(client: httpx.AsyncClient, m
 
 @pytest.mark.slow
 @pytest.mark.databases
+async def test_more_than_100_tags_is_a_human_error(client: httpx.AsyncClient) -> None:
+    """A document carries at most 100 tags, so a question filters by at most 100: each is one
+    more subquery, and 20,000 of them were a 500 on PostgreSQL."""
+    many = [f"t{i}" for i in range(101)]
+    r = await client.post("/api/chat/query", json={"message": "What is it?", "tags": many})
+    assert r.status_code == 422 and r.json()["code"] == "invalid_input", r.text
+    r = await client.post("/api/documents", files=[("files", ("a.txt", txt_bytes()))],
+                          data={"tags": ",".join(many)})
+    assert r.status_code == 422 and "at most 100 tags" in r.json()["message"], r.text
+    await _nothing_stored(client)
+    r = await client.post("/api/chat/query", json={"message": "What is it?", "tags": many[:100]})
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.databases
 async def test_document_timestamps_carry_a_time_zone(client: httpx.AsyncClient) -> None:
     body = await ingest(client, {"a.txt": txt_bytes()})
     doc_id = body["results"][0]["document_id"]

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ..cache.tiered import TieredCache
 from ..embed.base import Embedder
 from ..errors import InvalidInput, PayloadTooLarge
+from ..schemas import MAX_TAGS
 from ..store import repo
 from ..store.db import Transactions
 from ..store.models import Chunk, Document, DocumentTopic, new_public_id
@@ -135,7 +136,10 @@ def clean_tags(tags: Iterable[str]) -> tuple[str, ...]:
         if len(tag) > _TAG_MAX:
             raise InvalidInput(f"Tag {tag[:20]!r}... is longer than {_TAG_MAX} characters.")
         out.append(tag)
-    return tuple(dict.fromkeys(out))
+    unique = tuple(dict.fromkeys(out))
+    if len(unique) > MAX_TAGS:
+        raise InvalidInput(f"A document carries at most {MAX_TAGS} tags; {len(unique)} were given.")
+    return unique
 
 
 class Ingestor:
