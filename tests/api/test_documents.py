@@ -136,3 +136,15 @@ async def test_tag_and_folder_filters_restrict_retrieval(client: httpx.AsyncClie
     q = {"message": FACTS[1][1], "folder": "it"}
     r = (await client.post("/api/chat/query", json=q)).json()
     assert {c["filename"] for c in r["citations"]} == {"security.txt"}
+
+
+async def test_a_folder_filter_is_taken_literally(client: httpx.AsyncClient) -> None:
+    """`_` and `%` in a folder's name are no wildcards: "i_" is neither "it" nor "ix"."""
+    await ingest(client, {"security.txt": MAKERS["security.txt"]()}, folder="it/sec")
+    await ingest(client, {"ops.md": MAKERS["ops.md"]()}, folder="i_/ops")
+    for folder, cited in (("i_", {"ops.md"}), ("%", set()), ("it", {"security.txt"})):
+        r = (await client.post("/api/chat/query", json={
+            "message": FACTS[1][1], "folder": folder, "cache": False})).json()
+        assert {c["filename"] for c in r["citations"]} == cited, folder
+        listed = (await client.get("/api/documents", params={"folder": folder})).json()
+        assert {d["filename"] for d in listed["items"]} == cited, folder

@@ -15,7 +15,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
 from .models import Collection, Conversation, Document, DocumentTag, Message
-from .repo import AnalysisFilter, get_conversation, tenant_collections
+from .repo import AnalysisFilter, get_conversation, in_folder, like_escaped, tenant_collections
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +67,6 @@ class DocumentQuery:
     analysis: AnalysisFilter = AnalysisFilter()  # type, language, topic (agent.analysis)
 
 
-def _like_escaped(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 class _ContainsFolded(FunctionElement[bool]):
     """`column` contains `pattern` (a lower-case LIKE pattern, `\\` escapes), ignoring case."""
 
@@ -98,13 +94,11 @@ def _filtered(stmt: Select[Any], tenant: str, q: DocumentQuery) -> Select[Any]:
     if q.collection_id is not None:
         stmt = stmt.where(Document.collection_id == q.collection_id)
     if q.search:
-        pattern = f"%{_like_escaped(q.search.lower())}%"
+        pattern = f"%{like_escaped(q.search.lower())}%"
         stmt = stmt.where(or_(_ContainsFolded(Document.filename, pattern),
                               _ContainsFolded(Document.title, pattern)))
     if q.folder is not None:
-        below = f"{_like_escaped(q.folder)}/%"
-        stmt = stmt.where(or_(Document.folder == q.folder,
-                              Document.folder.like(below, escape="\\")))
+        stmt = stmt.where(in_folder(Document.folder, q.folder))
     if q.status is not None:
         stmt = stmt.where(Document.status == q.status)
     if q.mime is not None:

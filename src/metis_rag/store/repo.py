@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import Select, Table, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 
 from ..errors import InvalidInput, NotFound
 from .models import (
@@ -257,6 +258,18 @@ async def embeddings_of(session: AsyncSession, chunk_ids: Sequence[int]) -> list
     return out
 
 
+def like_escaped(text: str) -> str:
+    """`text` as a LIKE pattern that matches it literally (with `escape="\\"`)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def in_folder(column: Any, folder: str) -> ColumnElement[bool]:
+    """`column` (a document's folder) is `folder` or below it. The folder is matched as it is:
+    a `_` or `%` in its name is no LIKE wildcard (a question's folder filter took them for
+    wildcards and searched other folders too)."""
+    return or_(column == folder, column.like(f"{like_escaped(folder)}/%", escape="\\"))
+
+
 async def allowed_chunk_ids(
     session: AsyncSession, collection_id: int, tags: Sequence[str], folder: str | None,
     analysis: AnalysisFilter | None = None,
@@ -267,7 +280,7 @@ async def allowed_chunk_ids(
     if analysis is not None:
         docs = analysis.apply(docs)
     if folder is not None:
-        docs = docs.where((Document.folder == folder) | Document.folder.like(f"{folder}/%"))
+        docs = docs.where(in_folder(Document.folder, folder))
     for tag in tags:
         docs = docs.where(
             Document.id.in_(select(DocumentTag.document_id).where(DocumentTag.tag == tag))
