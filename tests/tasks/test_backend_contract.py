@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -299,3 +300,28 @@ async def test_task_ids_are_scoped_per_tenant(backend: TaskBackend) -> None:
     with pytest.raises(InvalidInput) as foreign:  # a dependency never reaches another tenant
         await submit(backend, "stamp", tenant="globex", depends_on=[stored["acme"][0]])
     assert foreign.value.code == "unknown_dependency"
+
+
+async def test_a_submission_the_database_refuses_fails_alone(backend: TaskBackend) -> None:
+    """Concurrent submissions share one commit. Two that name the same new id both pass the
+    check for it (neither is stored yet): the database refuses the second, and that one alone
+    fails (409 `task_exists`); the submissions beside it in the commit are stored. They all
+    failed with it before."""
+    tag = uuid.uuid4().hex[:8]
+    subs = [await backend.prepare([TaskSpec("noop", id=f"{tag}-{name}")], owner=None)
+            for name in ("same", "same", "a", "b")]
+    writer = backend.writer  # type: ignore[attr-defined]  # both backends have one
+    outcomes = await asyncio.gather(*(writer.insert(s.rows, s.edges, s.blobs) for s in subs),
+                                    return_exceptions=True)
+    ids = [s.rows[0]["id"] for s in subs]
+    try:
+        assert outcomes[0] is None and outcomes[2:] == [None, None], outcomes
+        assert isinstance(outcomes[1], Conflict) and outcomes[1].code == "task_exists"
+        async with backend.engine.connect() as conn:
+            stored = (await conn.execute(text("SELECT id FROM tasks WHERE id IN (:a, :b, :c)"),
+                                         dict(zip("abc", ids[1:], strict=True)))).scalars()
+            assert sorted(stored) == sorted(set(ids))
+    finally:  # never run: not this suite's business to leave them pending
+        async with backend.engine.begin() as conn:
+            await conn.execute(text("DELETE FROM tasks WHERE id IN (:a, :b, :c)"),
+                               dict(zip("abc", ids[1:], strict=True)))

@@ -32,13 +32,13 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Connection, Engine, bindparam, insert, update
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from ..aio import wait_at_most
 from ..llm.base import ChatMessage
 from ..store import repo
-from ..store.db import TwinWriter
+from ..store.db import TwinWriter, refused
 from ..store.models import Conversation, Message, utcnow
 
 log = logging.getLogger("metis.conversations")
@@ -47,16 +47,6 @@ log = logging.getLogger("metis.conversations")
 # dict was one more object for every full garbage collection to walk.
 CONVERSATION_COLUMNS = ("id", "collection_id", "tenant", "title", "created_at", "updated_at")
 MESSAGE_COLUMNS = ("conversation_id", "role", "content", "citations", "created_at")
-
-
-def _refused(exc: DBAPIError) -> bool:
-    """Whether the database refused a row for good: a constraint (its conversation's collection
-    was deleted meanwhile) or its data (SQLSTATE class 22: PostgreSQL holds no NUL in text, and
-    an answer is the model's text, which may hold one). Anything else (the database away) keeps
-    the batch for the next try. asyncpg's data errors reach SQLAlchemy as a plain DBAPIError."""
-    if isinstance(exc, IntegrityError | DataError):
-        return True
-    return str(getattr(exc.orig, "sqlstate", None) or "").startswith("22")
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,7 +294,10 @@ class ConversationLog:
                 try:
                     await self._write(batch)
                 except DBAPIError as exc:
-                    if not _refused(exc):
+                    # A row the database will never take (its conversation's collection was
+                    # deleted meanwhile; a NUL in the model's answer on PostgreSQL): row by row,
+                    # that one dropped. Anything else keeps the batch for the next try.
+                    if not refused(exc):
                         raise
                     await self._write_one_by_one(batch)
             except BaseException:
@@ -387,7 +380,7 @@ class ConversationLog:
         try:
             await self._write(single)
         except DBAPIError as exc:
-            if not _refused(exc):
+            if not refused(exc):
                 raise
             log.error("dropped a conversation row the database refused: %s", exc.orig)
 

@@ -13,7 +13,7 @@ import orjson
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, Engine, ExceptionContext, make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from ..config import Settings
@@ -70,6 +70,17 @@ def _close_abandoned_cursor(ctx: ExceptionContext) -> None:
         cursor.close()
     except (Exception, asyncio.CancelledError):
         pass
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether the database refused a row for good, so that trying it again cannot help: a
+    constraint (a key taken meanwhile, a row it refers to deleted) or its data (SQLSTATE class
+    22: PostgreSQL holds no NUL in text). Anything else (the database away, a lock) may pass
+    next time. asyncpg's data errors reach SQLAlchemy as a plain DBAPIError."""
+    if isinstance(exc, IntegrityError | DataError):
+        return True
+    return isinstance(exc, DBAPIError) and str(
+        getattr(exc.orig, "sqlstate", None) or "").startswith("22")
 
 
 def _json_dumps(value: Any) -> str:

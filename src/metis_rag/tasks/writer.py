@@ -6,7 +6,8 @@ Losing the last few of those in a crash is safe: unfinished tasks are re-queued 
 and handlers are idempotent. A batch is cut as soon as the previous one commits, so batches
 grow under load by themselves and an idle submission pays one commit. On SQLite a batch is one
 hop to a thread of the writer's own (as the conversation log's), so SQLite's write lock is never
-held across the event loop's turns.
+held across the event loop's turns. A batch the database refuses for one of its rows is written
+again submission by submission, so only that submission fails, not the others that shared it.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from typing import Any
 
 from sqlalchemy import bindparam, delete, insert, text, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..aio import wait_at_most
-from ..store.db import Transactions
+from ..errors import Conflict, InvalidInput, MetisError
+from ..store.db import Transactions, refused
 from .models import Task, TaskBlob, TaskEdge
 
 log = logging.getLogger("metis.tasks")
@@ -33,18 +36,32 @@ RETRY_DELAY_S = 0.5
 BEHIND_S = 0.05
 
 
+@dataclass(frozen=True, slots=True)
+class _Insert:
+    """One caller's submission: its rows, and what the caller waits on."""
+
+    tasks: Sequence[dict[str, Any]]
+    edges: Sequence[dict[str, Any]]
+    blobs: Sequence[dict[str, Any]]
+    done: asyncio.Future[None]
+
+
 @dataclass(slots=True)
 class _Batch:
-    tasks: list[dict[str, Any]] = field(default_factory=list)
-    edges: list[dict[str, Any]] = field(default_factory=list)
-    blobs: list[dict[str, Any]] = field(default_factory=list)
-    inserted: list[asyncio.Future[None]] = field(default_factory=list)
+    inserts: list[_Insert] = field(default_factory=list)
     updates: dict[str, dict[str, Any]] = field(default_factory=dict)
     dropped_blobs: set[str] = field(default_factory=set)
     flushed: list[asyncio.Future[None]] = field(default_factory=list)
 
     def empty(self) -> bool:
-        return not (self.tasks or self.updates or self.dropped_blobs or self.flushed)
+        return not (self.inserts or self.updates or self.dropped_blobs or self.flushed)
+
+    def writes(self) -> bool:
+        return bool(self.inserts or self.updates or self.dropped_blobs)
+
+    def rows(self, kind: str) -> list[dict[str, Any]]:
+        """Every submission's rows of one kind (`tasks`, `edges`, `blobs`), in order."""
+        return [row for ins in self.inserts for row in getattr(ins, kind)]
 
 
 class StateWriter:
@@ -97,11 +114,7 @@ class StateWriter:
         if not tasks:
             return  # no commit will ever come for an empty batch: do not wait for one
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        b = self._batch
-        b.tasks.extend(tasks)
-        b.edges.extend(edges)
-        b.blobs.extend(blobs)
-        b.inserted.append(done)
+        self._batch.inserts.append(_Insert(tasks, edges, blobs, done))
         self._wake.set()
         self._hurry.set()
         await done
@@ -123,8 +136,7 @@ class StateWriter:
         """Returns once everything queued before the call has been written (or has failed)."""
         if self._flusher is None or self._flusher.done():
             return
-        b = self._batch
-        if not self._writing and not (b.tasks or b.updates or b.dropped_blobs):
+        if not self._writing and not self._batch.writes():
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._batch.flushed.append(done)
@@ -146,8 +158,13 @@ class StateWriter:
                 continue
             self._writing = True
             try:
-                if batch.tasks or batch.updates or batch.dropped_blobs:
-                    await self._write(batch)
+                if batch.writes():
+                    try:
+                        await self._write(batch)
+                    except Exception as exc:
+                        if not refused(exc):
+                            raise
+                        await self._write_apart(batch)
             except Exception as exc:
                 self.errors += 1
                 log.warning("writing task state failed (%s); retrying", exc)
@@ -157,19 +174,51 @@ class StateWriter:
             finally:
                 self._writing = False
             self.batches += 1
-            for fut in (*batch.inserted, *batch.flushed):
+            for fut in (*(ins.done for ins in batch.inserts), *batch.flushed):
                 if not fut.done():
                     fut.set_result(None)
 
+    async def _write_apart(self, batch: _Batch) -> None:
+        """The database refused a row of the batch for good (a task id taken by a submission
+        checked at the same time, a text it cannot hold): each submission is written alone,
+        and only the refused one fails, not every submission that shared its commit. Then the
+        state changes, together, else one by one, a refused one dropped with an error."""
+        for ins in batch.inserts:
+            try:
+                await self._write(_Batch(inserts=[ins]))
+            except Exception as exc:
+                if not refused(exc):
+                    raise  # the database is away: `_fail` fails this one and those after it
+                ins.done.set_exception(_refusal(exc))
+        changes = _Batch(updates=batch.updates, dropped_blobs=batch.dropped_blobs)
+        if not changes.writes():
+            return
+        try:
+            await self._write(changes)
+            return
+        except Exception as exc:
+            if not refused(exc):
+                raise
+        for task_id, values in batch.updates.items():
+            try:
+                await self._write(_Batch(updates={task_id: values}))
+            except Exception as exc:
+                if not refused(exc):
+                    raise
+                log.error("dropped a state change of task %s the database refused: %s",
+                          task_id, exc)
+        if batch.dropped_blobs:
+            await self._write(_Batch(dropped_blobs=batch.dropped_blobs))
+
     def _fail(self, batch: _Batch, exc: Exception) -> None:
         # Submissions fail (their caller answers 503); state changes are kept for the next try.
-        for fut in batch.inserted:
-            if not fut.done():
-                fut.set_exception(exc)
+        for ins in batch.inserts:
+            if not ins.done.done():
+                ins.done.set_exception(exc)
         for fut in batch.flushed:
             if not fut.done():
                 fut.set_result(None)
-        failed_ids = {row["id"] for row in batch.tasks}
+        failed_ids = {row["id"] for row in batch.rows("tasks")}
         for task_id, values in batch.updates.items():
             if task_id in failed_ids:
                 continue
@@ -182,7 +231,7 @@ class StateWriter:
         steps = _steps(batch)
         # State changes only: losing the last instants of them in a PostgreSQL crash re-runs
         # those tasks, so they need not wait for the WAL flush. Submissions do.
-        lazy = not batch.tasks
+        lazy = not batch.inserts
 
         def work(conn: Connection) -> None:
             if lazy and conn.dialect.name == "postgresql":
@@ -192,6 +241,14 @@ class StateWriter:
 
         assert self._direct is not None, "StateWriter.start() was not called"
         await self._direct.run(work)
+
+
+def _refusal(exc: BaseException) -> MetisError:
+    """What the caller of a submission the database refused is told."""
+    if isinstance(exc, IntegrityError):  # a submission checked at the same time took its id
+        return Conflict("A task of this submission was stored by another one meanwhile (its id "
+                        "is taken), or a task it depends on was deleted.", code="task_exists")
+    return InvalidInput("The database cannot store this submission's text (a NUL character?).")
 
 
 @functools.lru_cache(maxsize=256)
@@ -205,12 +262,11 @@ def _update_of(columns: tuple[str, ...]) -> Any:
 def _steps(batch: _Batch) -> list[tuple[Any, list[dict[str, Any]] | None]]:
     """The statements of a batch, in order, each with its rows (None: no parameters)."""
     steps: list[tuple[Any, list[dict[str, Any]] | None]] = []
-    if batch.tasks:
-        steps.append((insert(T), batch.tasks))
-    if batch.edges:
-        steps.append((insert(TaskEdge.__table__), batch.edges))
-    if batch.blobs:
-        steps.append((insert(TaskBlob.__table__), batch.blobs))
+    for kind, table in (("tasks", T), ("edges", TaskEdge.__table__),
+                        ("blobs", TaskBlob.__table__)):
+        rows = batch.rows(kind)
+        if rows:
+            steps.append((insert(table), rows))
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for task_id, values in batch.updates.items():
         # Bind names must differ from column names in an UPDATE ... SET.
