@@ -189,7 +189,14 @@ class StateWriter:
             except Exception as exc:
                 if not refused(exc):
                     raise  # the database is away: `_fail` fails this one and those after it
-                ins.done.set_exception(_refusal(exc))
+                if not ins.done.done():  # its caller may have gone (cancelled) meanwhile
+                    ins.done.set_exception(_refusal(exc))
+            else:
+                if not ins.done.done():  # committed: whatever fails next is not its failure
+                    ins.done.set_result(None)
+        await self._changes_apart(batch)
+
+    async def _changes_apart(self, batch: _Batch) -> None:
         changes = _Batch(updates=batch.updates, dropped_blobs=batch.dropped_blobs)
         if not changes.writes():
             return
@@ -212,13 +219,16 @@ class StateWriter:
 
     def _fail(self, batch: _Batch, exc: Exception) -> None:
         # Submissions fail (their caller answers 503); state changes are kept for the next try.
-        for ins in batch.inserts:
+        # (Those `_write_apart` committed before the failure are done already, and kept.)
+        failed = [ins for ins in batch.inserts if not ins.done.done() or ins.done.cancelled()
+                  or ins.done.exception() is not None]
+        for ins in failed:
             if not ins.done.done():
                 ins.done.set_exception(exc)
         for fut in batch.flushed:
             if not fut.done():
                 fut.set_result(None)
-        failed_ids = {row["id"] for row in batch.rows("tasks")}
+        failed_ids = {row["id"] for ins in failed for row in ins.tasks}
         for task_id, values in batch.updates.items():
             if task_id in failed_ids:
                 continue
